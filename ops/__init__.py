@@ -1,0 +1,1 @@
+"""Operations: the sandbox provider, the local stack, and the `videoqueue` command line."""

@@ -1,0 +1,431 @@
+"""The sandbox's routes: the provider API, the file (CDN) routes and the admin routes.
+
+Auth, the per-minute limit and transport faults have already been applied by gate.Gate by the
+time a handler runs; handlers parse, validate, consult the state and render.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from .errors import ApiError, invalid, not_found
+from .files import Mp4Body, parse_range, send_file
+from .gate import KEY_SCOPE, Gate
+from .state import TERMINAL, Phase, Task
+from .validation import (
+    OPENAI_MODELS,
+    parse_character,
+    parse_unified_create,
+    parse_videos_create,
+)
+from .vocabulary import render_task
+
+if TYPE_CHECKING:
+    from .service import Sandbox
+
+# Past this much extra, an oversized body is no longer drained before the 413 (see _read_body).
+_DRAIN_CAP_BYTES = 64 << 20
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def build_app(sandbox: Sandbox) -> Gate:
+    """The ASGI app: the routes behind the gate."""
+    h = _Handlers(sandbox)
+    routes = [
+        Route("/v1/videos", h.create_video, methods=["POST"]),
+        Route("/v1/video/create", h.create_unified, methods=["POST"]),
+        Route("/v1/video/query", h.query_unified, methods=["GET"]),
+        Route("/v1/videos/characters", h.create_character_openai, methods=["POST"]),
+        Route("/v1/videos/{task_id}", h.get_video, methods=["GET"]),
+        Route("/v1/videos/{task_id}", h.delete_video, methods=["DELETE"]),
+        Route("/v1/videos/{task_id}/content", h.video_content, methods=["GET"]),
+        Route("/sora/v1/characters", h.create_character, methods=["POST"]),
+        Route("/sora/v1/characters/{char_id}", h.get_character, methods=["GET"]),
+        Route("/files/{name}", h.file, methods=["GET"]),
+        Route("/cdn/{name}", h.cdn_file, methods=["GET"]),
+        Route("/_sandbox/health", h.health, methods=["GET"]),
+        Route("/_sandbox/stats", h.admin_stats, methods=["GET"]),
+        Route("/_sandbox/config", h.admin_config, methods=["GET", "POST"]),
+        Route("/_sandbox/reset", h.admin_reset, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    return Gate(app, sandbox)
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    # Starlette's own 404/405 are plain text; a client expects the provider's JSON everywhere.
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return ApiError(
+        exc.status_code,
+        str(exc.detail),
+        code=codes.get(exc.status_code, "http_error"),
+        headers=dict(exc.headers or {}),
+    ).response()
+
+
+class _Handlers:
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sb = sandbox
+
+    # --- video API ---
+
+    async def create_video(self, request: Request) -> Response:
+        body = await self._create_body(request)
+        return await self._create(request, "videos", body)
+
+    async def create_unified(self, request: Request) -> Response:
+        body = await self._create_body(request)
+        return await self._create(request, "unified", body)
+
+    async def _create(self, request: Request, kind: str, body: dict[str, Any]) -> Response:
+        sb, cfg, key = self.sb, self.sb.config, request.scope[KEY_SCOPE]
+        idem = request.headers.get("idempotency-key")
+        models = set(cfg.timings)
+        default_model = "sora-2" if cfg.flavor == "openai" else "sora"
+        parse = parse_videos_create if kind == "videos" else parse_unified_create
+        spec = parse(body, models=models, default_model=default_model)
+        prefix = "video_" if cfg.flavor == "openai" else "sora_task_"
+        task, replayed = sb.state.create_task(
+            key=key,
+            kind=kind,
+            spec=spec,
+            idempotency_key=idem,
+            config=cfg,
+            now=sb.clock(),
+            task_id=sb.state.new_id(prefix),
+        )
+        if not replayed:
+            sb.media.prefetch((spec.width, spec.height, spec.duration_s, cfg.fps))
+            if sb.state.roll("lost_create", cfg.lost_create_rate):
+                # The task exists and will be billed; only the answer is lost.
+                sb.state.count_in("faults", "lost_create")
+                raise ApiError(502, "bad gateway", code="bad_gateway", type_="server_error")
+        headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        return JSONResponse(self._render(request, task), headers=headers)
+
+    async def get_video(self, request: Request) -> Response:
+        task = self.sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
+        self.sb.state.note_status_query(task)
+        return JSONResponse(self._render(request, task), headers=self._poll_headers(task))
+
+    async def query_unified(self, request: Request) -> Response:
+        task_id = request.query_params.get("id")
+        if not task_id:
+            raise invalid("the id query parameter is required", code="missing_id", param="id")
+        try:
+            task = self.sb.state.get_task(request.scope[KEY_SCOPE], task_id)
+        except ApiError as err:
+            # This router's unified format also says so at top level.
+            err.extra = {"code": "task_not_exist", "message": err.message}
+            raise
+        self.sb.state.note_status_query(task)
+        return JSONResponse(
+            self._render(request, task, unified=True), headers=self._poll_headers(task)
+        )
+
+    async def delete_video(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        self.sb.state.delete_task(request.scope[KEY_SCOPE], task_id, self.sb.clock())
+        return JSONResponse({"id": task_id, "object": "video.deleted", "deleted": True})
+
+    async def video_content(self, request: Request) -> Response:
+        sb = self.sb
+        task = sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
+        variant = request.query_params.get("variant", "video")
+        if variant != "video":
+            raise invalid(
+                f"variant {variant!r} is not available in the sandbox; use video",
+                code="invalid_variant",
+                param="variant",
+            )
+        if task.phase(sb.clock()) is not Phase.COMPLETED:
+            raise invalid(
+                f"video {task.id} is not completed; poll it until status is completed",
+                code="video_not_ready",
+            )
+        return await self._serve_file(request, task, via_api=True)
+
+    # --- characters ---
+
+    async def create_character(self, request: Request) -> Response:
+        body = await self._json_body(request)
+        name, description, images = parse_character(body)
+        char = self.sb.state.create_character(
+            request.scope[KEY_SCOPE], name, description, images, self.sb.clock()
+        )
+        return JSONResponse(_character_json(char))
+
+    async def create_character_openai(self, request: Request) -> Response:
+        body = await self._create_body(request)
+        name, _, _ = parse_character({"name": body.get("name")})
+        if body.get("video") is None:
+            raise invalid("video (a file) is required", code="missing_video", param="video")
+        char = self.sb.state.create_character(
+            request.scope[KEY_SCOPE], name, "", [], self.sb.clock()
+        )
+        return JSONResponse(_character_json(char))
+
+    async def get_character(self, request: Request) -> Response:
+        char = self.sb.state.get_character(request.scope[KEY_SCOPE], request.path_params["char_id"])
+        return JSONResponse(_character_json(char))
+
+    # --- files ---
+
+    async def file(self, request: Request) -> Response:
+        """The URL in ``video.url``: served here, or redirected to the CDN origin."""
+        task = self._signed_task(request)
+        cdn = self.sb.config.cdn_base_url
+        if cdn is not None:
+            self.sb.state.count("redirects")
+            url = f"{cdn}/cdn/{request.path_params['name']}?{request.url.query}"
+            return RedirectResponse(url, status_code=302)
+        return await self._serve_file(request, task)
+
+    async def cdn_file(self, request: Request) -> Response:
+        """The CDN origin's copy of a file."""
+        return await self._serve_file(request, self._signed_task(request))
+
+    def _signed_task(self, request: Request) -> Task:
+        name = request.path_params["name"]
+        if not name.endswith(".mp4"):
+            raise not_found(f"no such file {name!r}")
+        task_id = name.removesuffix(".mp4")
+        refused = self.sb.signer.check(
+            task_id,
+            request.query_params.get("exp"),
+            request.query_params.get("sig"),
+            self.sb.clock(),
+        )
+        if refused is not None:
+            code = "url_expired" if refused == "link expired" else "invalid_signature"
+            raise ApiError(403, f"{refused}: fetch the task again for a fresh URL", code=code)
+        task = self.sb.state.task_for_file(task_id)
+        if task is None or task.phase(self.sb.clock()) is not Phase.COMPLETED:
+            raise not_found(f"no such file {name!r}")
+        return task
+
+    async def _serve_file(self, request: Request, task: Task, via_api: bool = False) -> Response:
+        sb, cfg = self.sb, self.sb.config
+        clip = await sb.media.get(
+            (task.spec.width, task.spec.height, task.spec.duration_s, cfg.fps)
+        )
+        body = Mp4Body(clip=clip, task_id=task.id, padding=cfg.file_padding_bytes)
+        # The content route wants the key; on a file URL a bearer token is a leak.
+        leaked = not via_api and "authorization" in request.headers
+        sb.state.note_download(task, with_auth=leaked)
+        return _FileResponse(body, request.headers.get("range"), sb)
+
+    # --- admin ---
+
+    async def health(self, _request: Request) -> Response:
+        return JSONResponse({"ok": True, "flavor": self.sb.config.flavor})
+
+    async def admin_stats(self, request: Request) -> Response:
+        self._admin_enabled()
+        include = request.query_params.get("tasks", "1") not in ("0", "false", "no")
+        return JSONResponse(self.sb.stats(include_tasks=include))
+
+    async def admin_config(self, request: Request) -> Response:
+        self._admin_enabled()
+        if request.method == "POST":
+            patch = await self._json_body(request)
+            try:
+                self.sb.configure(**patch)
+            except ValueError as exc:
+                # pydantic's ValidationError is a ValueError; its text names every bad field.
+                raise invalid(str(exc), code="invalid_config") from exc
+        return JSONResponse({"config": self.sb.config.model_dump(mode="json")})
+
+    async def admin_reset(self, request: Request) -> Response:
+        self._admin_enabled()
+        raw = await request.body()
+        patch = await self._json_body(request) if raw.strip() else {}
+        self.sb.reset_stats(drop_tasks=bool(patch.get("tasks", False)))
+        return JSONResponse({"ok": True})
+
+    def _admin_enabled(self) -> None:
+        if not self.sb.config.admin:
+            raise not_found("the admin routes are disabled (admin=false)")
+
+    # --- helpers ---
+
+    def _render(self, request: Request, task: Task, *, unified: bool = False) -> dict[str, Any]:
+        cfg, now = self.sb.config, self.sb.clock()
+        base = cfg.public_base_url or str(request.base_url).rstrip("/")
+        query = self.sb.signer.query(task.id, cfg.url_ttl_s, now)
+        return render_task(
+            task,
+            now,
+            flavor=cfg.flavor,
+            vocabulary=cfg.vocabulary,
+            file_url=f"{base}/files/{task.id}.mp4?{query}",
+            unified=unified,
+        )
+
+    def _poll_headers(self, task: Task) -> dict[str, str]:
+        cfg, now = self.sb.config, self.sb.clock()
+        if cfg.flavor != "openai" or task.phase(now) in TERMINAL:
+            return {}
+        if cfg.poll_after_ms is not None:
+            ms = cfg.poll_after_ms
+        elif task.ends_at is None:
+            ms = 5000
+        else:
+            ms = int(min(5000, max(20, (task.ends_at - now) * 1000)))
+        return {"openai-poll-after-ms": str(ms)}
+
+    async def _create_body(self, request: Request) -> dict[str, Any]:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith(_FORM_TYPES):
+            return await self._form_body(request)
+        return await self._json_body(request)
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        raw = await _read_body(request, self.sb.config.max_json_bytes)
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise invalid(
+                f"malformed JSON body: {exc}; send a JSON object", code="invalid_json"
+            ) from exc
+        if not isinstance(body, dict):
+            raise invalid("the JSON body must be an object", code="invalid_json")
+        return body
+
+    async def _form_body(self, request: Request) -> dict[str, Any]:
+        raw = await _read_body(request, self.sb.config.max_upload_bytes)
+        replay = _replaying(raw)
+        form_request = Request(request.scope, receive=replay)
+        body: dict[str, Any] = {}
+        try:
+            async with form_request.form(max_files=4, max_fields=100) as form:
+                for name in form:
+                    values = form.getlist(name)
+                    if name in ("characters", "characters[]"):
+                        body["characters"] = [v for v in values if isinstance(v, str)]
+                    elif name == "input_reference[image_url]":
+                        body["input_reference"] = {"image_url": values[0]}
+                    elif isinstance(values[0], UploadFile):
+                        # Uploads only need to be present: the sandbox does not look inside.
+                        body[name] = {"filename": values[0].filename, "bytes": values[0].size}
+                    else:
+                        body[name] = values[0]
+        except HTTPException as exc:
+            raise invalid(f"malformed form body: {exc.detail}", code="invalid_form") from exc
+        return body
+
+
+class _FileResponse(Response):
+    """A (possibly ranged, possibly truncated) MP4 streamed from an Mp4Body."""
+
+    def __init__(self, body: Mp4Body, range_header: str | None, sandbox: Sandbox) -> None:
+        super().__init__()
+        self._mp4 = body
+        self._range = range_header
+        self._sb = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = self._mp4.size
+        headers = [
+            (b"content-type", b"video/mp4"),
+            (b"accept-ranges", b"bytes"),
+            (b"cache-control", b"private, max-age=3600"),
+        ]
+        wanted = parse_range(self._range, size)
+        if wanted == "unsatisfiable":
+            await ApiError(
+                416,
+                f"range not satisfiable (size {size})",
+                code="range_not_satisfiable",
+                headers={"Content-Range": f"bytes */{size}"},
+            ).response()(scope, receive, send)
+            return
+        status, start, stop = 200, 0, size
+        if isinstance(wanted, tuple):
+            status, (start, stop) = 206, wanted
+            headers.append((b"content-range", f"bytes {start}-{stop - 1}/{size}".encode()))
+        if scope["method"] == "HEAD":
+            headers.append((b"content-length", str(stop - start).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        truncate = self._sb.state.roll("truncate", self._sb.config.truncate_rate)
+        if truncate:
+            self._sb.state.count_in("faults", "truncate")
+        await send_file(
+            self._mp4,
+            start,
+            stop,
+            status=status,
+            headers=headers,
+            truncate=truncate,
+            receive=receive,
+            send=send,
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 when it is over limit bytes."""
+    declared = request.headers.get("content-length", "")
+    chunks, size = [], 0
+    if not (declared.isdigit() and int(declared) > limit + _DRAIN_CAP_BYTES):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > limit + _DRAIN_CAP_BYTES:
+                break
+            # else: read and drop the rest before answering, because closing on a client that
+            # is still sending makes its kernel see a reset, and it never reads the 413.
+    if size > limit or (declared.isdigit() and int(declared) > limit):
+        raise ApiError(
+            413,
+            f"request body too large: the limit is {limit} bytes",
+            code="request_too_large",
+        )
+    return b"".join(chunks)
+
+
+def _replaying(raw: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return receive
+
+
+def _character_json(char: Any) -> dict[str, Any]:
+    return {
+        "id": char.id,
+        "object": "character",
+        "name": char.name,
+        "description": char.description,
+        "reference_images": char.reference_images,
+        "created_at": int(char.created_at),
+    }
+
+
+__all__ = ["OPENAI_MODELS", "build_app"]

@@ -1,0 +1,165 @@
+"""Every knob of the sandbox provider, in one pydantic model.
+
+A profile (JSON or TOML file) and the CLI flags fill the same model; at run time
+``Sandbox.configure(...)`` and ``POST /_sandbox/config`` patch it. Each fault knob is off by
+default, and every random choice is drawn from generators seeded with ``seed``, so a run with
+the same seed and the same sequence of requests makes the same choices.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Flavor = Literal["router", "openai"]
+Vocabulary = Literal["standard", "alt", "upper"]
+RouteClass = Literal["create", "status", "content", "file", "characters"]
+
+ALL_ROUTE_CLASSES: list[RouteClass] = ["create", "status", "content", "file", "characters"]
+
+# Speed-up applied to every generation time in fast mode: a 4 s sora clip then takes ~0.05 s
+# and the slowest clip (20 s sora-pro) well under a second.
+FAST_TIME_SCALE = 0.005
+
+
+class ModelTiming(BaseModel):
+    """How long one model takes: ``base_s + per_video_second_s * duration``, then jitter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_s: float = Field(ge=0)
+    per_video_second_s: float = Field(ge=0)
+
+
+def _default_timings() -> dict[str, ModelTiming]:
+    # Realistic orders of magnitude, but short enough for a demo: a 4 s sora clip takes ~12 s,
+    # the same clip on sora-pro ~27 s (the issue: "within a minute" with default settings).
+    return {
+        "sora": ModelTiming(base_s=6.0, per_video_second_s=1.5),
+        "sora-pro": ModelTiming(base_s=15.0, per_video_second_s=3.0),
+        "sora-2": ModelTiming(base_s=6.0, per_video_second_s=1.5),
+        "sora-2-pro": ModelTiming(base_s=15.0, per_video_second_s=3.0),
+    }
+
+
+class SandboxConfig(BaseModel):
+    """The sandbox's configuration; every field is a knob (see docs/sandbox.md).
+
+    Unknown fields are rejected so that a typo in a profile or a ``/_sandbox/config`` patch
+    fails loudly instead of silently leaving a fault switched off.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- identity ---
+    flavor: Flavor = "router"
+    api_key: str = Field(default="sk-sandbox", min_length=1)
+    # More keys that are accepted; limits and stats are kept per key.
+    extra_api_keys: list[str] = Field(default_factory=list)
+    # Absolute base for file URLs (e.g. behind Docker port mapping); None: the Host header.
+    public_base_url: str | None = None
+    # The admin routes under /_sandbox (stats, config, reset); off for a shared deployment.
+    admin: bool = True
+
+    # --- generation time ---
+    seed: int = 0
+    fast: bool = False
+    # Multiplies every generation time (fast mode multiplies it again by FAST_TIME_SCALE).
+    time_scale: float = Field(default=1.0, gt=0)
+    # +/- this fraction of uniform jitter on each task's generation time.
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    # The first part of a generation during which the task reads as queued (not yet running).
+    queued_fraction: float = Field(default=0.2, ge=0, le=1)
+    timings: dict[str, ModelTiming] = Field(default_factory=_default_timings)
+    # The openai-poll-after-ms header; None: the time left, clamped to 20 ms .. 5 s.
+    poll_after_ms: int | None = Field(default=None, ge=0)
+
+    # --- limits (429 with Retry-After) ---
+    rpm_limit: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+    # --- transport faults ---
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    error_routes: list[RouteClass] = Field(default_factory=lambda: list(ALL_ROUTE_CLASSES))
+    error_codes: list[int] = Field(default_factory=lambda: [500, 502, 503])
+    slow_rate: float = Field(default=0.0, ge=0, le=1)
+    slow_s: float = Field(default=2.0, ge=0)
+    hang_rate: float = Field(default=0.0, ge=0, le=1)
+    hang_s: float = Field(default=300.0, ge=0)
+    # A create that makes the task but answers 502: the lost-response case Idempotency-Key is for.
+    lost_create_rate: float = Field(default=0.0, ge=0, le=1)
+
+    # --- task faults ---
+    fail_rate: float = Field(default=0.0, ge=0, le=1)
+    stuck_rate: float = Field(default=0.0, ge=0, le=1)
+
+    # --- file faults and shape ---
+    # File URLs expire this long after the task query that handed them out (0: at once).
+    url_ttl_s: float | None = Field(default=None, ge=0)
+    truncate_rate: float = Field(default=0.0, ge=0, le=1)
+    cdn_base_url: str | None = None
+    vocabulary: Vocabulary = "standard"
+    file_padding_bytes: int = Field(default=0, ge=0)
+    fps: int = Field(default=1, ge=1, le=30)
+
+    # --- robustness ---
+    max_json_bytes: int = Field(default=1 << 20, ge=1024)
+    max_upload_bytes: int = Field(default=20 << 20, ge=1024)
+
+    @field_validator("error_codes")
+    @classmethod
+    def _error_codes_are_5xx(cls, codes: list[int]) -> list[int]:
+        if not codes or any(not 500 <= c <= 599 for c in codes):
+            raise ValueError("error_codes must be a non-empty list of 5xx codes")
+        return codes
+
+    @field_validator("timings")
+    @classmethod
+    def _keep_default_models(cls, timings: dict[str, ModelTiming]) -> dict[str, ModelTiming]:
+        # A profile that retimes one model must not make the others unknown.
+        return {**_default_timings(), **timings}
+
+    @field_validator("cdn_base_url", "public_base_url")
+    @classmethod
+    def _strip_slash(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return url.rstrip("/")
+
+    @property
+    def api_keys(self) -> frozenset[str]:
+        """Every key the sandbox accepts."""
+        return frozenset([self.api_key, *self.extra_api_keys])
+
+    @property
+    def effective_time_scale(self) -> float:
+        """The factor applied to every generation time."""
+        return self.time_scale * (FAST_TIME_SCALE if self.fast else 1.0)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> SandboxConfig:
+        """Load a profile: a JSON object, or a TOML table at top level.
+
+        Args:
+            path: a ``.json`` or ``.toml`` file (by suffix; anything else is read as JSON).
+            **overrides: fields that win over the file (the CLI's explicit flags).
+
+        Returns:
+            The validated config.
+        """
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a profile must be an object/table of knobs")
+        return cls.model_validate({**data, **overrides})
+
+    def patched(self, patch: dict[str, Any]) -> SandboxConfig:
+        """A copy with patch applied, validated as a whole (unknown keys rejected)."""
+        return type(self).model_validate({**self.model_dump(), **patch})

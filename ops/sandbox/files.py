@@ -1,0 +1,160 @@
+"""Serving a task's file like a CDN: signed, expiring URLs, ranges, padding, truncation.
+
+File URLs carry their own authority (an HMAC over the task id and expiry) instead of asking for
+the API key, as CDN links do; a client that sends its bearer token there anyway is counted,
+because that token would leak to a third party on a real CDN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from starlette.types import Receive, Send
+
+from .errors import DeliberateTruncation
+from .media import free_box_header
+
+CHUNK_BYTES = 1 << 20
+_ZEROS = memoryview(bytes(CHUNK_BYTES))
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class UrlSigner:
+    """Signs and checks ``exp``/``sig`` query parameters for one sandbox instance."""
+
+    def __init__(self) -> None:
+        # A fresh secret per instance: links from an earlier run must not work in this one.
+        self._secret = secrets.token_bytes(32)
+
+    def sign(self, task_id: str, expires_at: int) -> str:
+        """The signature for task_id's file valid until expires_at (0: never expires)."""
+        msg = f"{task_id}:{expires_at}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
+
+    def query(self, task_id: str, ttl_s: float | None, now: float) -> str:
+        """The query string of a fresh link."""
+        expires_at = 0 if ttl_s is None else int(now + ttl_s)
+        return f"exp={expires_at}&sig={self.sign(task_id, expires_at)}"
+
+    def check(self, task_id: str, exp: str | None, sig: str | None, now: float) -> str | None:
+        """Why the link is refused ("invalid signature", "expired"), or None when it is good."""
+        if exp is None or sig is None or not exp.isdigit():
+            return "missing or malformed signature"
+        if not hmac.compare_digest(self.sign(task_id, int(exp)), sig):
+            return "invalid signature"
+        if int(exp) and now >= int(exp):
+            return "link expired"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Mp4Body:
+    """One task's file: the cached clip, then a ``free`` box with the task id and padding."""
+
+    clip: bytes
+    task_id: str
+    padding: int
+
+    @property
+    def _tail(self) -> bytes:
+        tag = f"videoqueue-sandbox task={self.task_id}\n".encode()
+        return free_box_header(len(tag) + self.padding) + tag
+
+    @property
+    def size(self) -> int:
+        """Total bytes."""
+        return len(self.clip) + len(self._tail) + self.padding
+
+    def iter_range(self, start: int, stop: int) -> Iterator[bytes | memoryview]:
+        """Chunks covering bytes [start, stop), padding streamed from one shared zero buffer."""
+        pos = 0
+        for segment in (self.clip, self._tail):
+            end = pos + len(segment)
+            if start < end and stop > pos:
+                lo, hi = max(start, pos) - pos, min(stop, end) - pos
+                for off in range(lo, hi, CHUNK_BYTES):
+                    yield memoryview(segment)[off : min(off + CHUNK_BYTES, hi)]
+            pos = end
+        lo, hi = max(start, pos), min(stop, pos + self.padding)
+        while lo < hi:
+            n = min(CHUNK_BYTES, hi - lo)
+            yield _ZEROS[:n]
+            lo += n
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """A single ``Range: bytes=a-b`` as [start, stop); None for a whole-file GET.
+
+    Returns:
+        (start, stop), None when there is no (usable) Range header, or "unsatisfiable".
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None or match.groups() == ("", ""):
+        return None  # multi-range or garbage: RFC 9110 lets us answer with the whole file
+    first, last = match.groups()
+    if first == "":
+        start, stop = max(0, size - int(last)), size
+    else:
+        start = int(first)
+        stop = size if last == "" else min(size, int(last) + 1)
+    if start >= size or start >= stop:
+        return "unsatisfiable"
+    return start, stop
+
+
+async def send_file(
+    body: Mp4Body,
+    start: int,
+    stop: int,
+    *,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    truncate: bool,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Stream bytes [start, stop) of body as the response.
+
+    With truncate, about half the promised bytes are sent and then the connection is dropped
+    (Content-Length still promises all of them), as a flaky CDN does.
+
+    Raises:
+        DeliberateTruncation: after a truncated body, to make the server close the connection.
+    """
+    length = stop - start
+    limit = stop if not truncate else start + max(0, min(length - 1, length // 2))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(length).encode())],
+        }
+    )
+    disconnected = asyncio.Event()
+
+    async def watch() -> None:
+        # uvicorn silently drops writes after a disconnect; without this a client that gave
+        # up would still cost us the rest of a 1 GiB padded file.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        for chunk in body.iter_range(start, limit):
+            if disconnected.is_set():
+                return
+            await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+        if truncate:
+            raise DeliberateTruncation(f"cut after {limit - start} of {length} bytes")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        watcher.cancel()

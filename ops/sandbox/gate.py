@@ -1,0 +1,189 @@
+"""The one place every request passes: counting, bearer auth, the per-minute limit, and the
+transport faults (5xx before the request takes effect; slow answers and hangs after).
+
+Written as plain ASGI middleware rather than per-route code, so that route handlers read as
+the happy path and a fault knob applies the same way to every route it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .service import Sandbox
+
+# Where handlers find the caller's API key.
+KEY_SCOPE = "sandbox.api_key"
+
+_CLASSES: list[tuple[str | None, re.Pattern[str], str]] = [
+    (None, re.compile(r"^/_sandbox(/.*)?$"), "admin"),
+    (None, re.compile(r"^/(files|cdn)/[^/]+$"), "file"),
+    ("POST", re.compile(r"^/v1/videos/?$"), "create"),
+    ("POST", re.compile(r"^/v1/video/create/?$"), "create"),
+    (None, re.compile(r"^/v1/videos/characters(/[^/]+)?/?$"), "characters"),
+    (None, re.compile(r"^/sora/v1/characters(/[^/]+)?/?$"), "characters"),
+    (None, re.compile(r"^/v1/videos/[^/]+/content/?$"), "content"),
+    (None, re.compile(r"^/v1/videos/[^/]+/?$"), "status"),
+    (None, re.compile(r"^/v1/video/query/?$"), "status"),
+]
+_NEEDS_KEY = frozenset({"create", "status", "content", "characters"})
+_POLL_S = 0.05
+
+
+def classify(method: str, path: str) -> str | None:
+    """The fault/route class of a request: create, status, content, file, characters, admin."""
+    for want, pattern, name in _CLASSES:
+        if (want is None or want == method) and pattern.match(path):
+            return name
+    return None
+
+
+class Gate:
+    """ASGI middleware in front of the sandbox's routes."""
+
+    def __init__(self, app: ASGIApp, sandbox: Sandbox) -> None:
+        self.app = app
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = classify(scope["method"], scope["path"])
+        if route == "admin":
+            await self.app(scope, receive, send)
+            return
+
+        sb, state = self.sandbox, self.sandbox.state
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state.count_in("responses_by_code", str(message["status"]))
+            await send(message)
+
+        try:
+            try:
+                key = self._authorize(scope, route)
+            finally:
+                state.note_request(scope.get(KEY_SCOPE))
+            if key is not None:
+                self._check_rpm(key)
+            if route is not None:
+                self._maybe_inject_error(route)
+        except ApiError as err:
+            await err.response()(scope, receive, counting_send)
+            return
+
+        cfg = sb.config
+        # Slow answers and hangs come after the request took effect (a create has made its
+        # task): the nasty case, where a client that gives up does not know what happened.
+        slow = route is not None and state.roll("slow", cfg.slow_rate)
+        hang = route is not None and state.roll("hang", cfg.hang_rate)
+        if not (slow or hang):
+            await self.app(scope, receive, counting_send)
+            return
+        swallow = False
+
+        async def delaying_send(message: Message) -> None:
+            nonlocal swallow
+            if swallow:
+                return
+            if message["type"] == "http.response.start":
+                if hang:
+                    state.count_in("faults", "hang")
+                    swallow = True
+                    if not await self._hold(cfg.hang_s, receive):
+                        err = ApiError(
+                            504, "upstream timed out", code="gateway_timeout", type_="server_error"
+                        )
+                        await err.response()(scope, receive, counting_send)
+                    return
+                state.count_in("faults", "slow")
+                await self._hold(cfg.slow_s, None)
+            await counting_send(message)
+
+        await self.app(scope, receive, delaying_send)
+
+    def _check_rpm(self, key: str) -> None:
+        sb = self.sandbox
+        retry = sb.state.take_rpm_slot(key, sb.config.rpm_limit, sb.clock())
+        if retry is not None:
+            sb.state.count_in("rate_limited", "rpm")
+            raise ApiError(
+                429,
+                f"rate limit of {sb.config.rpm_limit} requests per minute reached; "
+                f"retry after {retry} s",
+                code="rate_limit_exceeded",
+                type_="rate_limit_error",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def _maybe_inject_error(self, route: str) -> None:
+        """Refuse the request with a 5xx before it does anything (error_rate)."""
+        state, cfg = self.sandbox.state, self.sandbox.config
+        if route in cfg.error_routes and state.roll("error", cfg.error_rate):
+            state.count_in("faults", "error")
+            status = state.choice("error_code", cfg.error_codes)
+            raise ApiError(
+                status,
+                f"the sandbox injected a {status} (error_rate={cfg.error_rate})",
+                code="injected_error",
+                type_="server_error",
+                headers={"Retry-After": "1"} if status == 503 else None,
+            )
+
+    def _authorize(self, scope: Scope, route: str | None) -> str | None:
+        if route not in _NEEDS_KEY:
+            return None
+        header = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value.decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "You didn't provide an API key: send Authorization: Bearer YOUR_KEY.",
+                code="missing_api_key",
+            )
+        if token.strip() not in self.sandbox.config.api_keys:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        key = token.strip()
+        scope[KEY_SCOPE] = key
+        return key
+
+    async def _hold(self, seconds: float, receive: Receive | None) -> bool:
+        """Wait before answering; True when the client disconnected meanwhile.
+
+        Args:
+            seconds: how long.
+            receive: watch it for the client's disconnect (None: don't).
+        """
+        sb = self.sandbox
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            assert receive is not None
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        watcher = asyncio.create_task(watch()) if receive is not None else None
+        deadline = sb.clock() + seconds
+        try:
+            # Poll so that shutting the sandbox down is not held up by a long hang.
+            while not disconnected.is_set() and not sb.closing.is_set():
+                left = deadline - sb.clock()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(_POLL_S, left))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        return disconnected.is_set()

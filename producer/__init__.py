@@ -1,0 +1,38 @@
+"""videoqueue's producer: what a backend imports to queue video generation jobs.
+
+    from producer import enqueue, wait
+    job_id = enqueue({"model": "sora", "prompt": "a cat playing piano", "size": "1280x720"})
+    record = wait(job_id, timeout=600)
+
+It loads no Celery task code and no boto3: jobs reach the workers through Redis by name.
+"""
+
+from producer.errors import (
+    InvalidRequest,
+    JobNotFound,
+    VideoqueueError,
+    WaitTimeout,
+    WebhookVerificationError,
+)
+from producer.jobs import cancel, enqueue, get, wait
+from producer.records import JobRecord, JobStatus
+from producer.requests import CharacterRequest, Scene, VideoRequest
+from producer.webhooks import verify_webhook
+
+__all__ = [
+    "CharacterRequest",
+    "InvalidRequest",
+    "JobNotFound",
+    "JobRecord",
+    "JobStatus",
+    "Scene",
+    "VideoRequest",
+    "VideoqueueError",
+    "WaitTimeout",
+    "WebhookVerificationError",
+    "cancel",
+    "enqueue",
+    "get",
+    "verify_webhook",
+    "wait",
+]

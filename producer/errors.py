@@ -1,0 +1,72 @@
+"""Every exception videoqueue raises, in one hierarchy.
+
+VideoqueueError
+├── InvalidRequest        a request (or batch item) failed validation; nothing was written
+├── JobNotFound           no job record under that id
+├── WaitTimeout           wait() gave up before the job ended
+├── WebhookVerificationError   a webhook's signature or timestamp did not verify
+└── ProviderError         the provider answered with an error (raised in the worker)
+    ├── RetryableError    try again later: 429, 5xx, timeouts (carries delay_s)
+    └── PermanentError    the provider refused for good: other 4xx, a failed task
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VideoqueueError(Exception):
+    """Raised for anything videoqueue itself reports."""
+
+
+class InvalidRequest(VideoqueueError, ValueError):
+    """Raised when a request fails validation; `errors` lists each problem with its field."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class JobNotFound(VideoqueueError, KeyError):
+    """Raised when no job record exists under the given id."""
+
+    def __str__(self) -> str:
+        return f"no job with id {self.args[0]!r}"
+
+
+class WaitTimeout(VideoqueueError, TimeoutError):
+    """Raised when wait() reaches its timeout before the job ends."""
+
+
+class WebhookVerificationError(VideoqueueError):
+    """Raised when a received webhook's signature or timestamp does not verify."""
+
+
+class ProviderError(VideoqueueError):
+    """Raised when the video provider answers with an error."""
+
+    def __init__(
+        self, message: str, *, code: str = "provider_error", status_code: int | None = None
+    ):
+        super().__init__(message)
+        self.code = code
+        self.status_code = status_code
+
+
+class RetryableError(ProviderError):
+    """Raised when the call may succeed later (429, 5xx, timeout); `delay_s` is the hint, if any."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        delay_s: float | None = None,
+        code: str = "provider_unavailable",
+        status_code: int | None = None,
+    ):
+        super().__init__(message, code=code, status_code=status_code)
+        self.delay_s = delay_s
+
+
+class PermanentError(ProviderError):
+    """Raised when retrying cannot help: a 4xx other than 429, or a task the provider failed."""

@@ -1,0 +1,119 @@
+"""The producer's verbs: enqueue a job, read it, wait for it, cancel it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from producer import names
+from producer.errors import WaitTimeout
+from producer.messages import task_message
+from producer.records import TERMINAL, JobRecord, JobStatus, utcnow_iso
+from producer.requests import VideoRequest, parse_request
+from producer.settings import Settings, get_settings
+from producer.store import JobStore
+
+
+@lru_cache(maxsize=8)
+def _store_for(url: str, prefix: str) -> JobStore:
+    return JobStore.from_url(url, prefix)
+
+
+def store(settings: Settings | None = None) -> JobStore:
+    """The job store for these settings (one connection pool per URL and prefix)."""
+    s = settings or get_settings()
+    return _store_for(s.records_url, s.key_prefix)
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def new_record(request: VideoRequest, settings: Settings, **fields: Any) -> JobRecord:
+    """A fresh job record for a validated request."""
+    return JobRecord(
+        id=new_job_id(),
+        request=request.model_dump(mode="json", exclude_none=True),
+        metadata=request.metadata,
+        api_format=(request.api_format or settings.api_format).value,
+        **fields,
+    )
+
+
+def enqueue(request: VideoRequest | dict[str, Any], *, settings: Settings | None = None) -> str:
+    """Validate a generation request and queue it.
+
+    Args:
+        request: a VideoRequest or the JSON-shaped dict (see README, "The request").
+        settings: defaults to the environment's.
+
+    Returns:
+        The job id. With an idempotency_key that an earlier job holds, that job's id:
+        the request is not queued twice.
+
+    Raises:
+        InvalidRequest: naming the bad field; nothing was written.
+    """
+    s = settings or get_settings()
+    req = parse_request(request)
+    record = new_record(req, s)
+    message = task_message(names.SUBMIT, [record.id], s.queue)
+    return store(s).create(record, message, s.queue, req.idempotency_key)
+
+
+def get(job_id: str, *, settings: Settings | None = None) -> JobRecord:
+    """The job's current record.
+
+    Raises:
+        JobNotFound: when no job has that id.
+    """
+    return store(settings).get(job_id)
+
+
+def wait(job_id: str, timeout: float = 600.0, *, settings: Settings | None = None) -> JobRecord:
+    """Block until the job ends (completed, failed or cancelled) and return its record.
+
+    Meant for scripts and the CLI; services should take the webhook instead.
+
+    Raises:
+        JobNotFound: when no job has that id.
+        WaitTimeout: when it has not ended within timeout seconds.
+    """
+    st = store(settings)
+    deadline = time.monotonic() + timeout
+    pubsub = st.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(st.keys.events(job_id))
+    try:
+        while True:
+            record = st.get(job_id)
+            if record.status in TERMINAL:
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"job {job_id} still {record.status.value} after {timeout:g} s")
+            # A change is announced on the job's channel; the timeout bounds a missed one.
+            pubsub.get_message(timeout=min(remaining, 1.0))
+    finally:
+        pubsub.close()
+
+
+def cancel(job_id: str, *, settings: Settings | None = None) -> JobRecord:
+    """Cancel a job that has not ended.
+
+    A job not yet submitted never will be. One already at the provider stops being
+    tracked; the provider API offers no cancel, so its generation runs to the end there.
+
+    Raises:
+        JobNotFound: when no job has that id.
+    """
+
+    def change(record: JobRecord) -> bool:
+        if record.status in TERMINAL:
+            return False
+        record.status = JobStatus.CANCELLED
+        record.finished_at = utcnow_iso()
+        return True
+
+    return store(settings).update(job_id, change)

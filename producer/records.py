@@ -1,0 +1,105 @@
+"""What videoqueue knows about a job: its status and its record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobStatus(StrEnum):
+    """Where a job is in the pipeline."""
+
+    QUEUED = "queued"  # enqueued, not yet accepted by the provider
+    SUBMITTED = "submitted"  # the provider accepted it; not yet seen running
+    PROCESSING = "processing"  # the provider is generating it
+    FINALIZING = "finalizing"  # the MP4 is being copied into S3
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset(set(JobStatus) - TERMINAL)
+# At the provider: a generation that counts against its concurrency cap.
+AT_PROVIDER = frozenset({JobStatus.SUBMITTED, JobStatus.PROCESSING})
+
+
+class WebhookState(StrEnum):
+    """Delivery of the job's webhook."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"  # every attempt failed: the dead-letter state
+    GONE = "gone"  # the receiver answered 410 Gone; we stopped
+
+
+def utcnow_iso() -> str:
+    """Now, as ISO 8601 UTC with a Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Output(BaseModel):
+    """Where the finished MP4 landed, and what it is."""
+
+    bucket: str
+    key: str
+    size_bytes: int
+    sha256: str
+    content_type: str = "video/mp4"
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+
+
+class ErrorInfo(BaseModel):
+    """Why a job failed: a stable code and a readable message."""
+
+    code: str
+    message: str
+
+
+class WebhookDelivery(BaseModel):
+    """How the job's webhook is doing."""
+
+    url: str
+    event_type: str
+    state: WebhookState = WebhookState.PENDING
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+    last_attempt_at: str | None = None
+
+
+class JobRecord(BaseModel):
+    """A job, as `videoqueue status --json` prints it and webhooks carry it."""
+
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    request: dict[str, Any]
+    metadata: dict[str, str] = Field(default_factory=dict)
+    provider_task_id: str | None = None
+    output: Output | None = None
+    error: ErrorInfo | None = None
+    # Calls made to the provider to submit this job (1 when all went well).
+    attempts: int = 0
+    created_at: str = Field(default_factory=utcnow_iso)
+    updated_at: str = Field(default_factory=utcnow_iso)
+    api_format: str | None = None
+    progress: int | None = None
+    provider_status: str | None = None
+    submitted_at: str | None = None
+    finished_at: str | None = None
+    polls: int = 0
+    batch_id: str | None = None
+    webhook: WebhookDelivery | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def public(self) -> dict[str, Any]:
+        """The record as JSON-ready data (webhook `data`, status --json)."""
+        return self.model_dump(mode="json")

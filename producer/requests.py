@@ -1,0 +1,157 @@
+"""What a backend can ask for: the request schema, validated before anything is enqueued."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from producer.errors import InvalidRequest
+from producer.settings import ApiFormat
+
+_SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+ASPECT_RATIOS = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)}
+
+
+def _http_url(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    if not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
+        raise ValueError(f"{field} must be an http(s) URL")
+    return value
+
+
+class Scene(BaseModel):
+    """One scene of a storyboard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    duration: int = Field(ge=1, le=60)
+
+
+class VideoRequest(BaseModel):
+    """A video generation job, in the shape of the provider's own request plus our fields.
+
+    Exactly one of `prompt` and `storyboard`. `size` ("WxH") or `aspect_ratio` ("16:9");
+    each API format gets the one it understands. Unknown top-level fields are refused;
+    `extra` is forwarded to the provider verbatim.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("sora", min_length=1, max_length=100)
+    prompt: str | None = Field(None, min_length=1, max_length=4000)
+    size: str | None = None
+    aspect_ratio: str | None = None
+    duration: int | None = Field(None, ge=1, le=60)
+    image_url: str | None = None
+    storyboard: list[Scene] | None = Field(None, min_length=1, max_length=20)
+    characters: list[str] = Field(default_factory=list, max_length=10)
+    webhook_url: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    api_format: ApiFormat | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None and not _SIZE.match(v):
+            raise ValueError('size must look like "1920x1080" (width x height)')
+        return v
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _aspect(cls, v: str | None) -> str | None:
+        if v is not None and v not in ASPECT_RATIOS:
+            raise ValueError(f"aspect_ratio must be one of {', '.join(ASPECT_RATIOS)}")
+        return v
+
+    @field_validator("image_url")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        return _http_url(v, "image_url")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        return _http_url(v, "webhook_url")
+
+    @model_validator(mode="after")
+    def _prompt_or_storyboard(self) -> VideoRequest:
+        if (self.prompt is None) == (self.storyboard is None):
+            raise ValueError("give exactly one of prompt and storyboard")
+        if self.size is not None and self.aspect_ratio is not None:
+            raise ValueError("give size or aspect_ratio, not both")
+        if self.storyboard is not None and self.duration is not None:
+            raise ValueError("duration is the sum of the storyboard's scenes; leave it out")
+        return self
+
+    @property
+    def total_duration_s(self) -> int | None:
+        if self.storyboard is not None:
+            return sum(scene.duration for scene in self.storyboard)
+        return self.duration
+
+
+class CharacterRequest(BaseModel):
+    """A reusable character (POST /sora/v1/characters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=4000)
+    reference_images: list[str] = Field(default_factory=list, max_length=10)
+
+    @field_validator("reference_images")
+    @classmethod
+    def _images(cls, v: list[str]) -> list[str]:
+        for url in v:
+            _http_url(url, "reference_images")
+        return v
+
+
+def _describe(error: ValidationError, where: str = "") -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(request)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (put provider-specific fields under `extra`)"
+        problems.append({"field": f"{where}{field}", "message": msg})
+    text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return text, problems
+
+
+def parse_request(data: VideoRequest | dict[str, Any]) -> VideoRequest:
+    """Validate one request.
+
+    Raises:
+        InvalidRequest: naming each bad field.
+    """
+    if isinstance(data, VideoRequest):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"a request must be a JSON object, not {type(data).__name__}")
+    try:
+        return VideoRequest.model_validate(data)
+    except ValidationError as e:
+        text, problems = _describe(e)
+        raise InvalidRequest(f"invalid request: {text}", problems) from None
+
+
+def parse_character(data: CharacterRequest | dict[str, Any]) -> CharacterRequest:
+    """Validate a character request.
+
+    Raises:
+        InvalidRequest: naming each bad field.
+    """
+    if isinstance(data, CharacterRequest):
+        return data
+    try:
+        return CharacterRequest.model_validate(data)
+    except ValidationError as e:
+        text, problems = _describe(e)
+        raise InvalidRequest(f"invalid character: {text}", problems) from None

@@ -1,0 +1,110 @@
+"""Every knob of videoqueue, read from the environment in one place.
+
+Each field maps to an environment variable with the ``VIDEOQUEUE_`` prefix
+(``poll_cap_s`` -> ``VIDEOQUEUE_POLL_CAP_S``). S3 credentials are not here on
+purpose: boto3 reads them through its usual chain (AWS_ACCESS_KEY_ID, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ApiFormat(StrEnum):
+    """Which request shape the provider speaks."""
+
+    OPENAI = "openai"  # POST /v1/videos
+    UNIFIED = "unified"  # POST /v1/video/create
+
+
+class Settings(BaseSettings):
+    """videoqueue's configuration; every default is documented in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDEOQUEUE_", extra="ignore")
+
+    # --- Redis: the Celery broker, and the job records beside it ---
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Job records live in the broker's Redis unless told otherwise.
+    redis_url: str | None = None
+    # Every key videoqueue writes starts with this; tests give each run its own.
+    key_prefix: str = "videoqueue"
+    # The Celery queue the pipeline's tasks travel on; tests give each run its own.
+    queue: str = "videoqueue"
+
+    # --- the provider ---
+    api_base_url: str = "http://127.0.0.1:8300"
+    api_key: SecretStr = SecretStr("")
+    api_format: ApiFormat = ApiFormat.OPENAI
+    api_timeout_s: float = 30.0
+    api_connect_timeout_s: float = 5.0
+
+    # --- submit retries (429, 5xx, timeouts) ---
+    submit_max_attempts: int = Field(8, ge=1)
+    retry_base_s: float = Field(2.0, gt=0)
+    retry_cap_s: float = Field(120.0, gt=0)
+
+    # --- polling ---
+    poll_first_s: float = Field(2.0, gt=0)
+    poll_factor: float = Field(1.5, ge=1.0)
+    poll_cap_s: float = Field(30.0, gt=0)
+    # A job not finished at the provider this long after submission fails with "timeout".
+    deadline_s: float = Field(3600.0, gt=0)
+
+    # --- broker redelivery ---
+    # On Redis an unacknowledged message (an ETA task held by a worker, or a task whose worker
+    # was SIGKILLed) is redelivered after this long. It is therefore also the recovery time
+    # after a worker crash. Every countdown videoqueue schedules stays below max_countdown_s,
+    # which config.py checks is at most half of this.
+    visibility_timeout_s: int = Field(900, ge=10)
+    max_countdown_s: float = Field(300.0, gt=0)
+
+    # --- S3 ---
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "videoqueue"
+    s3_region: str = "us-east-1"
+    s3_key_template: str = "videos/{job_id}.mp4"
+    s3_part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Parts uploaded while the next one downloads; memory is about (this + 2) parts.
+    s3_parts_in_flight: int = Field(2, ge=1)
+    download_max_attempts: int = Field(4, ge=1)
+    download_timeout_s: float = 60.0
+
+    # --- webhooks ---
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: float = 15.0
+    # Seconds to wait before each delivery attempt (Svix's schedule); the first is immediate.
+    # From the environment: comma-separated ("0,5,300") or a JSON list.
+    webhook_schedule_s: Annotated[list[float], NoDecode] = [
+        0, 5, 300, 1800, 7200, 18000, 36000, 36000,
+    ]  # fmt: skip
+
+    @field_validator("webhook_schedule_s", mode="before")
+    @classmethod
+    def _schedule(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            return json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p]
+        return v
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_shape(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value() and not v.get_secret_value().startswith("whsec_"):
+            raise ValueError('VIDEOQUEUE_WEBHOOK_SECRET must look like "whsec_" + base64')
+        return v
+
+    @property
+    def records_url(self) -> str:
+        return self.redis_url or self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,25 @@
+"""The producer's public surface, and what importing it costs a backend."""
+
+import subprocess
+import sys
+
+import producer
+
+
+def test_producer_exports_exactly_the_intended_names():
+    assert set(producer.__all__) == {
+        "CharacterRequest", "InvalidRequest", "JobNotFound", "JobRecord", "JobStatus", "Scene",
+        "VideoRequest", "VideoqueueError", "WaitTimeout", "WebhookVerificationError", "cancel",
+        "enqueue", "get", "verify_webhook", "wait",
+    }  # fmt: skip
+
+
+def test_importing_the_producer_loads_no_worker_celery_or_boto3():
+    code = (
+        "import sys, producer, producer.cli;"
+        "heavy = {'worker', 'celery', 'boto3', 'botocore', 'kombu'};"
+        "bad = [m for m in sys.modules if m.split('.')[0] in heavy];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

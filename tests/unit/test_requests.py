@@ -1,0 +1,67 @@
+"""Request validation: bad input is refused with the field named."""
+
+import pytest
+
+from producer.errors import InvalidRequest
+from producer.requests import parse_character, parse_request
+
+
+def _fields(error: InvalidRequest) -> set[str]:
+    return {p["field"] for p in error.errors}
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        ({"prompt": "x", "size": "1920*1080"}, "size"),
+        ({"prompt": "x", "aspect_ratio": "4:3"}, "aspect_ratio"),
+        ({"prompt": "x", "duration": 0}, "duration"),
+        ({"prompt": "x", "image_url": "file:///etc/passwd"}, "image_url"),
+        ({"prompt": "x", "webhook_url": "ftp://example.com/hook"}, "webhook_url"),
+        ({"prompt": "x", "metadata": {"n": 1}}, "metadata.n"),
+        ({"prompt": "x", "api_format": "soap"}, "api_format"),
+        ({"prompt": "x", "colour": "red"}, "colour"),
+        ({"storyboard": [{"prompt": "a", "duration": 0}]}, "storyboard.0.duration"),
+        ({"prompt": "x", "characters": "char_1"}, "characters"),
+    ],
+)
+def test_a_bad_field_is_named_in_the_error(request_, field):
+    with pytest.raises(InvalidRequest) as e:
+        parse_request(request_)
+    assert field in _fields(e.value)
+    assert field in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [{}, {"prompt": "x", "storyboard": [{"prompt": "a", "duration": 2}]}],
+)
+def test_exactly_one_of_prompt_and_storyboard(request_):
+    with pytest.raises(InvalidRequest, match="exactly one of prompt and storyboard"):
+        parse_request(request_)
+
+
+def test_unknown_fields_are_refused_but_extra_is_forwarded():
+    with pytest.raises(InvalidRequest, match="unknown field"):
+        parse_request({"prompt": "x", "seed": 4})
+    req = parse_request({"prompt": "x", "extra": {"seed": 4, "style": {"a": 1}}})
+    assert req.extra == {"seed": 4, "style": {"a": 1}}
+
+
+def test_a_storyboard_lasts_the_sum_of_its_scenes():
+    req = parse_request(
+        {"storyboard": [{"prompt": "a", "duration": 2}, {"prompt": "b", "duration": 3}]}
+    )
+    assert req.total_duration_s == 5
+
+
+def test_a_non_object_request_is_refused_plainly():
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        parse_request(["prompt"])  # type: ignore[arg-type]
+
+
+def test_character_reference_images_must_be_http_urls():
+    with pytest.raises(InvalidRequest) as e:
+        parse_character({"name": "Luna", "reference_images": ["data:image/png;base64,AA"]})
+    assert "reference_images" in str(e.value)
+    assert parse_character({"name": "Luna"}).name == "Luna"

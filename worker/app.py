@@ -1,0 +1,22 @@
+"""The Celery application."""
+
+from __future__ import annotations
+
+import structlog
+from celery import Celery
+
+from producer.settings import get_settings
+from worker.config import celery_config
+
+structlog.configure(
+    processors=[
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
+    ],
+    logger_factory=structlog.PrintLoggerFactory(),
+    cache_logger_on_first_use=True,
+)
+
+app = Celery("videoqueue")
+app.conf.update(celery_config(get_settings()))

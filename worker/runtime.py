@@ -1,0 +1,57 @@
+"""What a worker process keeps between tasks: settings, clients and connection pools.
+
+Built lazily on first use, so each prefork child makes its own connections after the fork.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import httpx
+
+from producer.jobs import store
+from producer.settings import Settings, get_settings
+from producer.store import JobStore
+from worker.provider import ProviderClient
+from worker.storage import ensure_bucket, s3_client
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def store(self) -> JobStore:
+        return store(self.settings)
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        return httpx.Client(
+            timeout=httpx.Timeout(
+                self.settings.api_timeout_s, connect=self.settings.api_connect_timeout_s
+            ),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        )
+
+    @cached_property
+    def provider(self) -> ProviderClient:
+        return ProviderClient(self.settings, self.http)
+
+    @cached_property
+    def s3(self) -> Any:
+        client = s3_client(self.settings)
+        ensure_bucket(client, self.settings.s3_bucket)
+        return client
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(get_settings())
+    return _runtime

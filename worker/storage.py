@@ -1,0 +1,135 @@
+"""Streaming a download into S3 with a multipart upload, never holding the file in memory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from producer.settings import Settings
+from worker.media import check_ftyp
+
+
+def s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client for the configured endpoint; credentials come from boto3's chain."""
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=Config(
+            # Some S3-compatible servers (SeaweedFS, older MinIO) mishandle boto3's default
+            # CRC32 trailers on streamed parts; checksums are asked for only where required.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 5, "mode": "standard"},
+        ),
+    )
+
+
+def ensure_bucket(client: Any, bucket: str) -> None:
+    """Create the bucket unless it exists."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+        try:
+            client.create_bucket(Bucket=bucket)
+        except ClientError as e2:
+            if e2.response.get("Error", {}).get("Code") not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+
+
+@dataclass
+class Upload:
+    size_bytes: int
+    sha256: str
+
+
+def stream_to_s3(
+    chunks: Iterable[bytes],
+    client: Any,
+    bucket: str,
+    key: str,
+    *,
+    metadata: dict[str, str],
+    part_size_bytes: int,
+    parts_in_flight: int,
+    expected_size_bytes: int | None = None,
+) -> Upload:
+    """Copy a stream of bytes into bucket/key as one multipart upload.
+
+    The first bytes must be an MP4 `ftyp` box; sha256 and size are computed on the way.
+    Parts upload in background threads while the next one downloads; memory stays near
+    (parts_in_flight + 2) x part_size_bytes whatever the file's size. A failure aborts the
+    upload, so no half object and no orphaned parts are left.
+
+    Raises:
+        PermanentError: the bytes are not an MP4.
+        IOError: the stream ended short of expected_size_bytes (a truncated download).
+    """
+    digest = hashlib.sha256()
+    upload = client.create_multipart_upload(
+        Bucket=bucket, Key=key, ContentType="video/mp4", Metadata=metadata
+    )
+    upload_id = upload["UploadId"]
+    pending: list[Future[dict[str, Any]]] = []
+    parts: list[dict[str, Any]] = []
+    size = 0
+    checked = False
+    buffer = bytearray()
+
+    def send(number: int, data: bytes) -> dict[str, Any]:
+        answer = client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    try:
+        with ThreadPoolExecutor(max_workers=parts_in_flight) as pool:
+
+            def flush() -> None:
+                pending.append(pool.submit(send, len(pending) + 1, bytes(buffer)))
+                buffer.clear()
+                # Backpressure: wait for the oldest part before reading more.
+                while sum(not f.done() for f in pending) >= parts_in_flight:
+                    next(f for f in pending if not f.done()).result()
+
+            for chunk in chunks:
+                if not checked and len(buffer) + len(chunk) >= 8:
+                    check_ftyp(bytes(buffer[:8]) + chunk[:8])
+                    checked = True
+                digest.update(chunk)
+                size += len(chunk)
+                buffer += chunk
+                if len(buffer) >= part_size_bytes:
+                    flush()
+            if not checked:
+                check_ftyp(bytes(buffer))
+            if expected_size_bytes is not None and size != expected_size_bytes:
+                raise OSError(
+                    f"download ended at {size} of {expected_size_bytes} bytes (truncated)"
+                )
+            if buffer or not pending:
+                flush()
+            parts = [f.result() for f in pending]
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        # An abort that fails means the upload is gone already; the first error matters.
+        with contextlib.suppress(ClientError):
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+    return Upload(size_bytes=size, sha256=digest.hexdigest())

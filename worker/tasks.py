@@ -1,0 +1,415 @@
+"""The pipeline's tasks: submit -> poll (rescheduled, never sleeping) -> finalize -> notify.
+
+Every task may run more than once (acks_late redelivers after a crash), so each one reads
+the job's record first and does only what is still to be done:
+- submit: a job that already has a provider task id is never submitted again, and the
+  provider sees the job id as the Idempotency-Key should a crash fall between its answer
+  and our record of it;
+- poll: one live chain per job, enforced by a token in Redis (see _schedule_poll);
+- finalize: one deterministic S3 key per job, so a re-run overwrites, never duplicates;
+- notify: one webhook-id per event, so a receiver can drop a repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+from celery import Task
+
+from producer import names
+from producer.errors import PermanentError, RetryableError
+from producer.records import (
+    ErrorInfo,
+    JobRecord,
+    JobStatus,
+    Output,
+    WebhookDelivery,
+    WebhookState,
+    utcnow_iso,
+)
+from producer.requests import VideoRequest
+from producer.settings import ApiFormat
+from worker.app import app
+from worker.media import S3RangeReader, probe
+from worker.provider import TaskState
+from worker.runtime import runtime
+from worker.schedule import poll_delay_s, retry_delay_s, split_countdown
+from worker.storage import stream_to_s3
+from worker.webhooks import deliver, message_id
+
+log = structlog.get_logger("videoqueue.worker")
+
+_DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+class PipelineTask(Task):  # type: ignore[misc]
+    """Adds deferral past the broker's countdown cap: a task given not_before re-defers
+    itself until then instead of running early (and never sleeps)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        not_before = kwargs.pop("not_before", None)
+        if not_before is not None and not_before - time.time() > 0.05:
+            later(self, list(args), not_before - time.time(), **kwargs)
+            return None
+        return super().__call__(*args, **kwargs)
+
+
+def later(task: Task, args: list[Any], delay_s: float, **kwargs: Any) -> None:
+    """Run task(*args) in delay_s seconds, in hops of at most max_countdown_s."""
+    countdown = split_countdown(delay_s, runtime().settings.max_countdown_s)
+    if countdown < delay_s:
+        kwargs["not_before"] = time.time() + delay_s
+    task.apply_async(args=args, kwargs=kwargs, countdown=countdown)
+
+
+def _seconds_since(iso: str | None) -> float:
+    if not iso:
+        return 0.0
+    return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+# --- ending a job ---
+
+
+def _finish(job_id: str, change: Any, event_type: str) -> JobRecord | None:
+    """Apply a terminal change and queue the job's webhook; None if it had already ended."""
+
+    ended: list[bool] = []
+
+    def apply(record: JobRecord) -> bool:
+        if record.terminal:
+            return False
+        change(record)
+        record.finished_at = utcnow_iso()
+        if url := record.request.get("webhook_url"):
+            record.webhook = WebhookDelivery(url=url, event_type=event_type)
+        ended.append(True)
+        return True
+
+    record = runtime().store.update(job_id, apply)
+    if not ended:
+        return None
+    if record.webhook is not None:
+        notify.apply_async(args=[job_id])
+    return record
+
+
+def fail(job_id: str, code: str, message: str) -> None:
+    """End the job as failed, with a code and a readable message."""
+
+    def change(record: JobRecord) -> None:
+        record.status = JobStatus.FAILED
+        record.error = ErrorInfo(code=code, message=message)
+
+    if _finish(job_id, change, "video.failed"):
+        log.warning("job failed", job_id=job_id, code=code, message=message)
+
+
+# --- submit ---
+
+
+@app.task(name=names.SUBMIT, base=PipelineTask, bind=True)
+def submit(self: Task, job_id: str) -> None:
+    """Send the job to the provider once, then start polling it."""
+    rt = runtime()
+    s = rt.settings
+    record = rt.store.get(job_id)
+    if record.terminal:
+        return
+    if record.provider_task_id is None:
+
+        def count_attempt(r: JobRecord) -> None:
+            r.attempts += 1
+
+        record = rt.store.update(job_id, count_attempt)
+        request = VideoRequest.model_validate(record.request)
+        try:
+            task = rt.provider.create(
+                request, ApiFormat(record.api_format or s.api_format), idempotency_key=job_id
+            )
+        except RetryableError as e:
+            if record.attempts >= s.submit_max_attempts:
+                fail(job_id, e.code, f"gave up after {record.attempts} attempts: {e}")
+                return
+            delay_s = e.delay_s
+            if delay_s is None:
+                delay_s = retry_delay_s(record.attempts - 1, s.retry_base_s, s.retry_cap_s)
+            log.info("submit deferred", job_id=job_id, delay_s=round(delay_s, 2), reason=str(e))
+            later(self, [job_id], delay_s)
+            return
+        except PermanentError as e:
+            fail(job_id, e.code, str(e))
+            return
+
+        def submitted(r: JobRecord) -> None:
+            r.provider_task_id = task.id
+            r.provider_status = task.raw_status
+            r.submitted_at = r.submitted_at or utcnow_iso()
+            if r.status is JobStatus.QUEUED:
+                r.status = JobStatus.SUBMITTED
+
+        record = rt.store.update(job_id, submitted)
+        log.info("submitted", job_id=job_id, provider_task_id=task.id)
+        if record.terminal:  # cancelled while the provider answered
+            return
+    _schedule_poll(job_id, rt.store.poll_token(job_id), s.poll_first_s)
+
+
+# --- poll ---
+
+
+def _schedule_poll(job_id: str, expected_token: str, delay_s: float) -> None:
+    """Queue the job's next poll and make it the only live one.
+
+    The message goes out first, then the token moves to it. A crash in between leaves the
+    old token in place, so the redelivered old poll runs again and supersedes the orphan;
+    a lost race (another chain moved the token) leaves this new message stale, and a stale
+    poll does nothing. So exactly one chain survives.
+    """
+    token = uuid.uuid4().hex
+    later(poll, [job_id, token], delay_s)
+    runtime().store.swap_poll_token(job_id, expected_token, token)
+
+
+@app.task(name=names.POLL, base=PipelineTask, bind=True)
+def poll(self: Task, job_id: str, token: str) -> None:
+    """Ask the provider how the job is doing; hand off, fail, or poll again later."""
+    rt = runtime()
+    s = rt.settings
+    if rt.store.poll_token(job_id) != token:
+        return  # superseded by a newer chain
+    record = rt.store.get(job_id)
+    if record.terminal:
+        return
+    elapsed_s = _seconds_since(record.submitted_at)
+    if elapsed_s > s.deadline_s:
+        fail(job_id, "timeout", f"not finished {s.deadline_s:g} s after submission")
+        return
+    api_format = ApiFormat(record.api_format or s.api_format)
+    try:
+        task = rt.provider.get(record.provider_task_id or "", api_format)
+    except RetryableError as e:
+        delay_s = max(
+            e.delay_s or 0.0,
+            poll_delay_s(
+                record.polls, first_s=s.poll_first_s, factor=s.poll_factor, cap_s=s.poll_cap_s
+            ),
+        )
+        _schedule_poll(job_id, token, delay_s)
+        return
+    except PermanentError as e:
+        fail(job_id, e.code, str(e))
+        return
+
+    def observed(r: JobRecord) -> None:
+        r.polls += 1
+        r.provider_status = task.raw_status
+        r.progress = task.progress if task.progress is not None else r.progress
+        if task.state is TaskState.RUNNING and r.status is JobStatus.SUBMITTED:
+            r.status = JobStatus.PROCESSING
+        if task.state is TaskState.DONE and r.status in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
+            r.status = JobStatus.FINALIZING
+
+    record = rt.store.update(job_id, observed)
+    if record.terminal:
+        return
+    if task.state is TaskState.DONE:
+        finalize.apply_async(args=[job_id, task.video_url])
+        rt.store.swap_poll_token(job_id, token, "")
+        return
+    if task.state is TaskState.FAILED:
+        fail(
+            job_id,
+            task.error_code or "generation_failed",
+            task.error_message or f"the provider reports {task.raw_status!r}",
+        )
+        return
+    if task.state is TaskState.UNKNOWN:
+        # Unknown words keep the job polling until its deadline: a new word for "done"
+        # costs time, not the video. Counted so that operators can teach us the word.
+        rt.store.redis.hincrby(f"{rt.store.keys.prefix}:stats:unknown_status", str(task.raw_status))
+        log.warning("unknown provider status", job_id=job_id, status=task.raw_status)
+    delay_s = poll_delay_s(
+        record.polls,
+        first_s=s.poll_first_s,
+        factor=s.poll_factor,
+        cap_s=s.poll_cap_s,
+        hint_s=task.poll_after_s,
+        progress=task.progress,
+        elapsed_s=elapsed_s,
+    )
+    # Never sleep past the deadline: the last poll lands on it.
+    delay_s = min(delay_s, max(0.0, s.deadline_s - elapsed_s) + 0.05)
+    _schedule_poll(job_id, token, delay_s)
+
+
+# --- finalize ---
+
+
+class _UrlExpired(Exception):
+    """Raised when the provider's file URL answers 403/410: ask the provider for a new one."""
+
+
+def _copy(url: str, job_id: str, key: str, metadata: dict[str, str]) -> Any:
+    rt = runtime()
+    s = rt.settings
+    headers = rt.provider.download_headers(url)
+    # httpx drops the Authorization header on a redirect to another origin, so the API
+    # key never reaches a CDN; download_headers() already leaves it off foreign URLs.
+    with rt.http.stream(
+        "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
+    ) as response:
+        if response.status_code in (403, 410):
+            raise _UrlExpired(f"HTTP {response.status_code}")
+        if not response.is_success:
+            raise OSError(f"download answered HTTP {response.status_code}")
+        expected = response.headers.get("content-length")
+        encoded = response.headers.get("content-encoding", "identity") != "identity"
+        return stream_to_s3(
+            response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
+            rt.s3,
+            s.s3_bucket,
+            key,
+            metadata=metadata,
+            part_size_bytes=s.s3_part_size_bytes,
+            parts_in_flight=s.s3_parts_in_flight,
+            expected_size_bytes=int(expected) if expected and not encoded else None,
+        )
+
+
+def _object_metadata(record: JobRecord) -> dict[str, str]:
+    # S3 metadata travels in HTTP headers: ASCII only, so other text is percent-encoded.
+    meta = {"job-id": record.id}
+    for k, v in record.metadata.items():
+        meta[quote(k.lower(), safe="-_.")] = v if v.isascii() else quote(v)
+    return meta
+
+
+@app.task(name=names.FINALIZE, base=PipelineTask, bind=True)
+def finalize(self: Task, job_id: str, url: str | None = None, rounds: int = 0) -> None:
+    """Copy the finished MP4 into S3, read its shape, and complete the job."""
+    rt = runtime()
+    s = rt.settings
+    record = rt.store.get(job_id)
+    if record.status is not JobStatus.FINALIZING:
+        return
+    api_format = ApiFormat(record.api_format or s.api_format)
+    key = s.s3_key_template.format(job_id=job_id)
+    upload = None
+    last_error = ""
+    for _ in range(s.download_max_attempts):
+        try:
+            if url is None:
+                url = rt.provider.get(record.provider_task_id or "", api_format).video_url
+                if not url:
+                    raise OSError("the provider gave no file URL")
+            upload = _copy(url, job_id, key, _object_metadata(record))
+            break
+        except _UrlExpired as e:
+            last_error = f"file URL expired ({e})"
+            url = None  # a fresh query gives a fresh URL
+        except (httpx.HTTPError, OSError, RetryableError) as e:
+            last_error = f"{type(e).__name__}: {e}"
+        except PermanentError as e:
+            fail(job_id, e.code, str(e))
+            return
+        log.info("download retried", job_id=job_id, reason=last_error)
+    if upload is None:
+        if rounds + 1 < s.download_max_attempts:
+            delay_s = retry_delay_s(rounds, s.retry_base_s, s.retry_cap_s)
+            later(self, [job_id, None], delay_s, rounds=rounds + 1)
+        else:
+            fail(job_id, "download_failed", f"could not copy the video: {last_error}")
+        return
+    info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
+    output = Output(
+        bucket=s.s3_bucket,
+        key=key,
+        size_bytes=upload.size_bytes,
+        sha256=upload.sha256,
+        width=info.width,
+        height=info.height,
+        duration_s=info.duration_s,
+    )
+
+    def completed(r: JobRecord) -> None:
+        r.status = JobStatus.COMPLETED
+        r.output = output
+        r.progress = 100
+
+    _finish(job_id, completed, "video.completed")
+    log.info("completed", job_id=job_id, key=key, size_bytes=upload.size_bytes)
+
+
+# --- notify ---
+
+
+def _event_body(job_id: str, record: JobRecord, event_type: str) -> str:
+    """The event's body, fixed at its first attempt so every retry carries the same bytes."""
+    st = runtime().store
+    key = f"{st.keys.job(job_id)}:event"
+    data = record.public()
+    data.pop("webhook", None)  # delivery bookkeeping changes per attempt; the event does not
+    body = json.dumps({"type": event_type, "timestamp": utcnow_iso(), "data": data})
+    st.redis.set(key, body, nx=True)
+    stored = st.redis.get(key)
+    return stored.decode() if stored else body
+
+
+@app.task(name=names.NOTIFY, base=PipelineTask, bind=True)
+def notify(self: Task, job_id: str) -> None:
+    """Deliver the job's webhook; retry on the configured schedule, then dead-letter."""
+    rt = runtime()
+    s = rt.settings
+    record = rt.store.get(job_id)
+    hook = record.webhook
+    if hook is None or hook.state is not WebhookState.PENDING:
+        return
+    body = _event_body(job_id, record, hook.event_type)
+    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+    result = deliver(
+        rt.http, hook.url, body, message_id(job_id, hook.event_type), secret, s.webhook_timeout_s
+    )
+
+    def attempted(r: JobRecord) -> None:
+        assert r.webhook is not None
+        w = r.webhook
+        w.attempts += 1
+        w.last_status_code = result.status_code
+        w.last_error = result.error
+        w.last_attempt_at = utcnow_iso()
+        if result.ok:
+            w.state = WebhookState.DELIVERED
+        elif result.gone:
+            w.state = WebhookState.GONE
+        elif w.attempts >= len(s.webhook_schedule_s):
+            w.state = WebhookState.DEAD
+
+    record = rt.store.update(job_id, attempted)
+    w = record.webhook
+    assert w is not None
+    if w.state is WebhookState.DEAD:
+        rt.store.record_dead_letter(
+            job_id,
+            {
+                "url": w.url,
+                "event_type": w.event_type,
+                "attempts": w.attempts,
+                "last_status_code": w.last_status_code,
+                "last_error": w.last_error,
+            },
+        )
+        log.warning("webhook dead-lettered", job_id=job_id, attempts=w.attempts)
+    elif w.state is WebhookState.PENDING:
+        delay_s = s.webhook_schedule_s[w.attempts]
+        if result.retry_after_s is not None:
+            delay_s = max(delay_s, result.retry_after_s)
+        later(self, [job_id], delay_s * random.uniform(1.0, 1.1) if delay_s else 0.0)

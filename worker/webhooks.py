@@ -1,0 +1,62 @@
+"""Signing and sending webhooks, per Standard Webhooks (the scheme OpenAI and Svix use)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from worker.provider import retry_after_s
+
+
+def message_id(job_id: str, event_type: str) -> str:
+    """The webhook-id of one event: the same on every retry, so receivers can dedupe."""
+    return "msg_" + hashlib.sha256(f"{job_id}:{event_type}".encode()).hexdigest()[:32]
+
+
+def signed_headers(secret: str | None, msg_id: str, body: str, now: datetime) -> dict[str, str]:
+    """The webhook-id, webhook-timestamp and (with a secret) webhook-signature headers."""
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "user-agent": "videoqueue-webhooks",
+    }
+    if secret:
+        headers["webhook-signature"] = Webhook(secret).sign(msg_id, now, body)
+    return headers
+
+
+@dataclass
+class DeliveryResult:
+    ok: bool
+    status_code: int | None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def gone(self) -> bool:
+        """410 Gone: the receiver asks us to stop sending."""
+        return self.status_code == 410
+
+
+def deliver(
+    http: httpx.Client, url: str, body: str, msg_id: str, secret: str | None, timeout_s: float
+) -> DeliveryResult:
+    """POST one signed delivery. 2xx is success; redirects are not followed (a failure)."""
+    headers = signed_headers(secret, msg_id, body, datetime.now(UTC))
+    try:
+        response = http.post(url, content=body.encode(), headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        return DeliveryResult(False, None, f"{type(e).__name__}: {e}")
+    if response.is_success:
+        return DeliveryResult(True, response.status_code)
+    return DeliveryResult(
+        False,
+        response.status_code,
+        f"HTTP {response.status_code}",
+        retry_after_s(response.headers),
+    )
