@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from producer.cli import app
 from ops.sandbox.cli import sandbox
+from producer.cli import app
 
 app.command("sandbox", help="Serve the sandbox provider API (a stand-in for the video API).")(
     sandbox

@@ -7,6 +7,7 @@ All state sits behind one lock because tests read stats from another thread than
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import threading
@@ -22,6 +23,11 @@ from .validation import VideoSpec
 RPM_WINDOW_S = 60.0
 # When every slot is held by a stuck task nothing will free one soon; tell the client so.
 STUCK_RETRY_AFTER_S = 30
+
+
+def key_fingerprint(api_key: str) -> str:
+    """How stats name an API key: never the key itself, which the stats route would leak."""
+    return "key_" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
 class Phase(StrEnum):
@@ -400,7 +406,7 @@ class SandboxState:
             for group in ("responses_by_code", "rate_limited", "faults"):
                 totals[group] = {str(k): v for k, v in sorted(self._totals[group].items())}
             keys = {
-                key: {
+                key_fingerprint(key): {
                     "requests": st.requests,
                     "tasks": st.tasks,
                     "active": len(self._prune_active(st, now)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from ops.sandbox.state import key_fingerprint
 from tests.e2e.sandbox_helpers import API_KEY, OTHER_KEY, create, probe, running, wait_terminal
 
 
@@ -211,7 +212,9 @@ def test_admin_routes_read_patch_and_reset_without_auth():
         plain = httpx.Client(base_url=str(client.base_url))
         stats = plain.get("/_sandbox/stats").json()
         assert stats == sb.stats() | {"tasks": stats["tasks"]}
-        assert stats["totals"]["tasks"] == 1 and stats["keys"][API_KEY]["tasks"] == 1
+        assert (
+            stats["totals"]["tasks"] == 1 and stats["keys"][key_fingerprint(API_KEY)]["tasks"] == 1
+        )
         assert "tasks" not in plain.get("/_sandbox/stats?tasks=0").json()
 
         patched = plain.post("/_sandbox/config", json={"error_rate": 0.25})
@@ -236,4 +239,7 @@ def test_stats_count_responses_by_code_and_requests_per_key():
         httpx.get(f"{client.base_url}/v1/videos/x")
         totals = sb.stats()["totals"]
         assert totals["responses_by_code"] == {"200": 1, "401": 1, "404": 1}
-        assert totals["requests"] == 3 and sb.stats()["keys"][API_KEY]["requests"] == 2
+        assert (
+            totals["requests"] == 3
+            and sb.stats()["keys"][key_fingerprint(API_KEY)]["requests"] == 2
+        )

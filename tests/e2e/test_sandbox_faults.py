@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from ops.sandbox import Sandbox, SandboxConfig
+from ops.sandbox.state import key_fingerprint
 from tests.e2e.sandbox_helpers import API_KEY, OTHER_KEY, create, probe, running, wait_terminal
 
 
@@ -39,7 +40,7 @@ def test_max_concurrent_rejects_creates_until_a_generation_finishes():
         wait_terminal(client, first["id"])
         create(client, duration=1)
         stats = sb.stats()
-        assert stats["keys"][API_KEY]["max_concurrent"] == 2
+        assert stats["keys"][key_fingerprint(API_KEY)]["max_concurrent"] == 2
         assert stats["totals"]["rate_limited"] == {"concurrency": 1}
 
 
