@@ -23,6 +23,18 @@ class Keys:
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 
+    def poll_token(self, job_id: str) -> str:
+        """The token of the job's one live poll chain."""
+        return f"{self.prefix}:job:{job_id}:poll"
+
+    def event_body(self, job_id: str) -> str:
+        """The job's webhook body, fixed at its first delivery attempt."""
+        return f"{self.prefix}:job:{job_id}:event"
+
+    def unknown_statuses(self) -> str:
+        """A hash counting status words no vocabulary knew."""
+        return f"{self.prefix}:stats:unknown_status"
+
     def events(self, job_id: str) -> str:
         """A pub/sub channel that announces each change of a job (for wait())."""
         return f"{self.prefix}:events:{job_id}"

@@ -62,7 +62,7 @@ class JobStore:
             keys=[idem, self.keys.job(record.id), queue],
             args=[record.id, record.model_dump_json(), message],
         )
-        return held.decode() if isinstance(held, bytes) else str(held)
+        return _text(held)
 
     def get(self, job_id: str) -> JobRecord:
         """The job's record.
@@ -105,11 +105,25 @@ class JobStore:
 
     def swap_poll_token(self, job_id: str, expected: str, new: str) -> bool:
         """Set the job's poll token to new if it is still expected; True when it was."""
-        return bool(self._cas(keys=[f"{self.keys.job(job_id)}:poll"], args=[expected, new]))
+        return bool(self._cas(keys=[self.keys.poll_token(job_id)], args=[expected, new]))
 
     def poll_token(self, job_id: str) -> str:
-        raw = self.redis.get(f"{self.keys.job(job_id)}:poll")
-        return raw.decode() if raw else ""
+        return _text(self.redis.get(self.keys.poll_token(job_id)))
+
+    def fix_event_body(self, job_id: str, body: str) -> str:
+        """Keep body as the job's webhook body unless one is kept already; return the kept one."""
+        key = self.keys.event_body(job_id)
+        self.redis.set(key, body, nx=True)
+        return _text(self.redis.get(key)) or body
+
+    def count_unknown_status(self, word: str) -> None:
+        self.redis.hincrby(self.keys.unknown_statuses(), word, 1)
 
     def record_dead_letter(self, job_id: str, detail: dict[str, Any]) -> None:
         self.redis.hset(self.keys.dead_letters(), job_id, json.dumps(detail))
+
+
+def _text(raw: bytes | str | None) -> str:
+    if raw is None:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -235,7 +235,7 @@ def poll(self: Task, job_id: str, token: str) -> None:
     if task.state is TaskState.UNKNOWN:
         # Unknown words keep the job polling until its deadline: a new word for "done"
         # costs time, not the video. Counted so that operators can teach us the word.
-        rt.store.redis.hincrby(f"{rt.store.keys.prefix}:stats:unknown_status", str(task.raw_status))
+        rt.store.count_unknown_status(str(task.raw_status))
         log.warning("unknown provider status", job_id=job_id, status=task.raw_status)
     delay_s = poll_delay_s(
         record.polls,
@@ -354,14 +354,10 @@ def finalize(self: Task, job_id: str, url: str | None = None, rounds: int = 0) -
 
 def _event_body(job_id: str, record: JobRecord, event_type: str) -> str:
     """The event's body, fixed at its first attempt so every retry carries the same bytes."""
-    st = runtime().store
-    key = f"{st.keys.job(job_id)}:event"
     data = record.public()
     data.pop("webhook", None)  # delivery bookkeeping changes per attempt; the event does not
     body = json.dumps({"type": event_type, "timestamp": utcnow_iso(), "data": data})
-    st.redis.set(key, body, nx=True)
-    stored = st.redis.get(key)
-    return stored.decode() if stored else body
+    return runtime().store.fix_event_body(job_id, body)
 
 
 @app.task(name=names.NOTIFY, base=PipelineTask, bind=True)

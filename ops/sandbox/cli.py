@@ -55,7 +55,7 @@ def sandbox(
         str | None, typer.Option(help="Base of file URLs (default: the Host header).")
     ] = None,
     vocabulary: Annotated[
-        str | None, typer.Option(help="Status words: standard | alt | upper.")
+        str | None, typer.Option(help="Status words: standard | alt | upper | novel.")
     ] = None,
     file_padding_bytes: Annotated[
         int | None, typer.Option(help="Extra bytes in each file (a free box).")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Flavor = Literal["router", "openai"]
-Vocabulary = Literal["standard", "alt", "upper"]
+Vocabulary = Literal["standard", "alt", "upper", "novel"]
 RouteClass = Literal["create", "status", "content", "file", "characters"]
 
 ALL_ROUTE_CLASSES: list[RouteClass] = ["create", "status", "content", "file", "characters"]
@@ -47,7 +47,7 @@ def _default_timings() -> dict[str, ModelTiming]:
 
 
 class SandboxConfig(BaseModel):
-    """The sandbox's configuration; every field is a knob (see docs/sandbox.md).
+    """The sandbox's configuration; every field is a knob (see README.md, "The sandbox provider").
 
     Unknown fields are rejected so that a typo in a profile or a ``/_sandbox/config`` patch
     fails loudly instead of silently leaving a fault switched off.

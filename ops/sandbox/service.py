@@ -64,7 +64,7 @@ class Sandbox:
         return new
 
     def stats(self, *, include_tasks: bool = True) -> dict[str, Any]:
-        """The counters, as GET /_sandbox/stats answers them (see docs/sandbox.md)."""
+        """The counters, as GET /_sandbox/stats answers them (shape: README.md, Stats)."""
         out = self.state.stats(self.clock(), include_tasks=include_tasks)
         out["flavor"] = self.config.flavor
         return out

@@ -400,7 +400,7 @@ class SandboxState:
     # --- stats ---
 
     def stats(self, now: float, *, include_tasks: bool = True) -> dict[str, Any]:
-        """A JSON-ready snapshot of every counter (the shape is documented in docs/sandbox.md)."""
+        """A JSON-ready snapshot of every counter (the shape is documented in README.md)."""
         with self._lock:
             totals = dict(self._totals)
             for group in ("responses_by_code", "rate_limited", "faults"):

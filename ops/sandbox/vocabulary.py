@@ -6,7 +6,8 @@
   no URL: the bytes come from ``/v1/videos/{id}/content``).
 - vocabulary ``alt`` (``queued/running/succeeded/failed``, plus a top-level ``video_url``) and
   ``upper`` (``IN_QUEUE/IN_PROGRESS/COMPLETED/FAILED``) mimic other routers, to exercise a
-  client's status mapping.
+  client's status mapping; ``novel`` (``warming_up/rendering_frames``, then ``completed``)
+  uses words nobody documents, to exercise how a client treats the unknown.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ _WORDS: dict[str, dict[Phase, str]] = {
         Phase.QUEUED: "queued",
         Phase.RUNNING: "running",
         Phase.COMPLETED: "succeeded",
+        Phase.FAILED: "failed",
+    },
+    # Words no documented vocabulary has, while the task runs: a client should keep polling.
+    "novel": {
+        Phase.QUEUED: "warming_up",
+        Phase.RUNNING: "rendering_frames",
+        Phase.COMPLETED: "completed",
         Phase.FAILED: "failed",
     },
     "upper": {

@@ -61,6 +61,13 @@ def test_a_job_lands_in_s3_and_the_signed_webhook_follows(make_pipeline, s3_clie
     assert final.webhook.attempts == 1 and final.webhook.last_status_code == 200
     stats = p.sandbox.stats()
     assert stats["tasks"][record.provider_task_id]["creates"] == 1
+    secrets = [API_KEY, WEBHOOK_SECRET, p.env["AWS_SECRET_ACCESS_KEY"]]
+    log = p.workers[0].log_text()
+    assert "succeeded" in log
+    for secret in secrets:
+        assert secret not in log
+        assert secret not in final.model_dump_json()
+        assert secret not in delivery.body.decode()
 
 
 FEATURES = {
@@ -293,3 +300,14 @@ def test_an_idempotency_key_gives_back_the_earlier_job(make_pipeline):
     b = enqueue(p.request(idempotency_key="order-17", prompt="other"), settings=p.settings)
     assert a == b
     assert store(p.settings).redis.llen(p.settings.queue) == 1
+
+
+def test_an_unknown_status_word_is_counted_and_polling_goes_on(make_pipeline):
+    p = make_pipeline(sandbox={"vocabulary": "novel", "fast": False, "time_scale": 0.1})
+    job_id = enqueue(p.request(), settings=p.settings)
+    record = wait(job_id, 60, settings=p.settings)
+    assert record.status is JobStatus.COMPLETED, record.error
+    st = store(p.settings)
+    counted = {k.decode(): int(v) for k, v in st.redis.hgetall(st.keys.unknown_statuses()).items()}
+    assert set(counted) <= {"warming_up", "rendering_frames"} and sum(counted.values()) >= 1
+    assert "unknown provider status" in p.workers[0].log_text()

@@ -1,0 +1,92 @@
+"""The `videoqueue` command as a user runs it: a real process, real Redis and workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import redis
+
+from producer import JobStatus, get
+
+VIDEOQUEUE = shutil.which("videoqueue", path=os.path.dirname(sys.executable))
+
+
+def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    argv = [VIDEOQUEUE] if VIDEOQUEUE else [sys.executable, "-m", "ops"]
+    return subprocess.run(
+        [*argv, *args], input=stdin, capture_output=True, text=True, timeout=90,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_submit_wait_and_status_print_the_job_record(make_pipeline):
+    p = make_pipeline()
+    submitted = run(p.env, "submit", "-", "--json", stdin=json.dumps(p.request()))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    waited = run(p.env, "wait", job_id, "--json", "--timeout", "60")
+    assert waited.returncode == 0, waited.stderr
+    status = run(p.env, "status", job_id, "--json")
+    record = json.loads(status.stdout)
+    assert record["id"] == job_id and record["status"] == "completed"
+    assert set(record) >= {"id", "status", "request", "metadata", "provider_task_id", "output",
+                           "error", "attempts", "created_at", "updated_at"}  # fmt: skip
+    assert set(record["output"]) >= {"bucket", "key", "size_bytes", "sha256", "content_type",
+                                     "width", "height", "duration_s"}  # fmt: skip
+    assert record["created_at"].endswith("Z") and record["updated_at"].endswith("Z")
+
+
+def test_submit_flags_build_the_request_and_wait_blocks_until_done(make_pipeline):
+    p = make_pipeline()
+    done = run(p.env, "submit", "--prompt", "a fox", "--size", "64x48", "--duration", "1",
+               "--wait", "--json", "--timeout", "60")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "completed"
+    assert record["request"]["prompt"] == "a fox" and record["output"]["width"] == 64
+
+
+def test_invalid_input_names_the_field_exits_non_zero_and_writes_nothing(make_pipeline):
+    p = make_pipeline(workers=0)
+    client = redis.Redis.from_url(p.settings.broker_url)
+    before = set(client.scan_iter(f"{p.settings.key_prefix}*"))
+    bad = run(p.env, "submit", "-", stdin=json.dumps({"prompt": "x", "size": "big"}))
+    assert bad.returncode != 0
+    assert "size" in bad.stderr
+    not_json = run(p.env, "submit", "-", stdin="{prompt: x}")
+    assert not_json.returncode != 0 and "not valid JSON" in not_json.stderr
+    assert set(client.scan_iter(f"{p.settings.key_prefix}*")) == before
+    assert client.llen(p.settings.queue) == 0
+    client.close()
+
+
+def test_status_of_an_unknown_job_says_so(make_pipeline):
+    p = make_pipeline(workers=0)
+    missing = run(p.env, "status", "job_nope", "--json")
+    assert missing.returncode == 1 and "no job with id 'job_nope'" in missing.stderr
+
+
+def test_character_create_prints_the_providers_id_and_jobs_can_use_it(make_pipeline):
+    p = make_pipeline()
+    body = {"name": "Luna", "description": "silver hair",
+            "reference_images": ["https://example.com/luna.jpg"]}  # fmt: skip
+    made = run(p.env, "character", "create", "-", "--json", stdin=json.dumps(body))
+    assert made.returncode == 0, made.stderr
+    character = json.loads(made.stdout)
+    assert character["id"].startswith("char_")
+    submitted = run(p.env, "submit", "-", stdin=json.dumps(p.request(characters=[character["id"]])))
+    job_id = submitted.stdout.strip()
+    waited = run(p.env, "wait", job_id, "--timeout", "60")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert get(job_id, settings=p.settings).status is JobStatus.COMPLETED
+
+
+def test_cancel_marks_a_queued_job_cancelled(make_pipeline):
+    p = make_pipeline(workers=0)
+    job_id = run(p.env, "submit", "-", stdin=json.dumps(p.request())).stdout.strip()
+    cancelled = run(p.env, "cancel", job_id)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
