@@ -119,7 +119,10 @@ class _Handlers:
                 sb.state.count_in("faults", "lost_create")
                 raise ApiError(502, "bad gateway", code="bad_gateway", type_="server_error")
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
-        return JSONResponse(self._render(request, task), headers=headers)
+        # A fresh create answers as of its own creation (queued), as providers do, however
+        # long this request took to serve; a replay answers as of now.
+        at = None if replayed else task.created_at
+        return JSONResponse(self._render(request, task, at=at), headers=headers)
 
     async def get_video(self, request: Request) -> Response:
         task = self.sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
@@ -267,8 +270,11 @@ class _Handlers:
 
     # --- helpers ---
 
-    def _render(self, request: Request, task: Task, *, unified: bool = False) -> dict[str, Any]:
+    def _render(
+        self, request: Request, task: Task, *, unified: bool = False, at: float | None = None
+    ) -> dict[str, Any]:
         cfg, now = self.sb.config, self.sb.clock()
+        now = now if at is None else at
         base = cfg.public_base_url or str(request.base_url).rstrip("/")
         query = self.sb.signer.query(task.id, cfg.url_ttl_s, now)
         return render_task(
