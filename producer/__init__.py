@@ -7,6 +7,7 @@
 It loads no Celery task code and no boto3: jobs reach the workers through Redis by name.
 """
 
+from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.errors import (
     InvalidRequest,
     JobNotFound,
@@ -15,11 +16,12 @@ from producer.errors import (
     WebhookVerificationError,
 )
 from producer.jobs import cancel, enqueue, get, wait
-from producer.records import JobRecord, JobStatus
+from producer.records import BatchRecord, JobRecord, JobStatus
 from producer.requests import CharacterRequest, Scene, VideoRequest
 from producer.webhooks import verify_webhook
 
 __all__ = [
+    "BatchRecord",
     "CharacterRequest",
     "InvalidRequest",
     "JobNotFound",
@@ -31,8 +33,11 @@ __all__ = [
     "WaitTimeout",
     "WebhookVerificationError",
     "cancel",
+    "cancel_batch",
     "enqueue",
+    "enqueue_batch",
     "get",
+    "get_batch",
     "verify_webhook",
     "wait",
 ]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.characters import create_character
 from producer.errors import InvalidRequest, JobNotFound, VideoqueueError, WaitTimeout
 from producer.jobs import cancel, enqueue, get, wait
-from producer.records import JobStatus
+from producer.records import ACTIVE, BatchRecord, JobStatus
 
 app = typer.Typer(
     name="videoqueue",
@@ -153,3 +155,140 @@ def character_create(
     except VideoqueueError as e:
         _die(str(e), 1)
     _print_json(answer) if as_json else typer.echo(answer.get("id"))
+
+
+def _read_requests(source: str) -> list[Any]:
+    """Requests from JSON Lines (one per line) or one JSON array."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            _die(f"{source}: not a valid JSON array: {e}")
+        return list(data)
+    requests = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            _die(f"{source}, line {number}: not valid JSON: {e}")
+    return requests
+
+
+@app.command()
+def batch(
+    file: Annotated[
+        str, typer.Argument(help="JSON Lines (a request per line) or a JSON array; - for stdin.")
+    ],
+    webhook_url: Annotated[
+        str | None, typer.Option(help="Each job's webhook, unless it names its own.")
+    ] = None,
+    batch_webhook_url: Annotated[
+        str | None, typer.Option(help="Receives batch.completed once.")
+    ] = None,
+    wait_: Annotated[
+        bool, typer.Option("--wait", help="Show progress until every job ends.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="--wait gives up after this many s.")] = 86400,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Queue many jobs as one batch and print the batch id."""
+    requests = _read_requests(file)
+    if not requests:
+        _die(f"{file}: no requests")
+    try:
+        batch_id = enqueue_batch(
+            requests, webhook_url=webhook_url, batch_webhook_url=batch_webhook_url
+        )
+    except InvalidRequest as e:
+        _die(str(e))
+    if not wait_:
+        _print_json({"id": batch_id}) if as_json else typer.echo(batch_id)
+        return
+    err.print(f"batch {batch_id}: {len(requests)} requests")
+    record = _follow(batch_id, timeout)
+    if as_json:
+        _print_json(record.public())
+    else:
+        _summary(record)
+    if record.failed or not record.done:
+        raise typer.Exit(1)
+
+
+def _follow(batch_id: str, timeout: float) -> BatchRecord:
+    """A live progress bar (done, failed, in flight, rate, ETA) until the batch ends."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )  # fmt: skip
+
+    record = get_batch(batch_id)
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    columns = (
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}  in flight {task.fields[in_flight]}"
+                   "  {task.fields[rate]:.1f} jobs/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err) as progress:
+        bar = progress.add_task("jobs", total=record.total, failed=0, in_flight=0, rate=0.0)
+        while True:
+            record = store_batch = get_batch(batch_id)
+            in_flight = sum(
+                store_batch.counts.get(s.value, 0) for s in ACTIVE if s.value != "queued"
+            )
+            rate = record.ended / max(time.monotonic() - started, 1e-6)
+            progress.update(bar, completed=record.ended, failed=record.failed,
+                            in_flight=in_flight, rate=rate)  # fmt: skip
+            if record.done or time.monotonic() > deadline:
+                return record
+            time.sleep(0.5)
+
+
+def _summary(record: BatchRecord) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"batch {record.id}")
+    table.add_column("status")
+    table.add_column("jobs", justify="right")
+    for status, count in sorted(record.counts.items()):
+        table.add_row(status, str(count))
+    table.add_row("[bold]total", str(record.total))
+    out.print(table)
+    if record.deduplicated:
+        out.print(f"{len(record.deduplicated)} requests matched earlier jobs (idempotency_key)")
+    if not record.done:
+        err.print("[yellow]timed out before every job ended[/yellow]")
+
+
+@app.command("batch-status")
+def batch_status(
+    batch_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole record.")] = False,
+) -> None:
+    """Show a batch: counts by status, times, job ids."""
+    try:
+        record = get_batch(batch_id)
+    except JobNotFound:
+        _die(f"no batch with id {batch_id!r}", 1)
+    if as_json:
+        _print_json(record.public())
+    else:
+        _summary(record)
+
+
+@app.command("cancel-batch")
+def cancel_batch_command(batch_id: str) -> None:
+    """Cancel every job of a batch that has not ended."""
+    try:
+        record = cancel_batch(batch_id)
+    except JobNotFound:
+        _die(f"no batch with id {batch_id!r}", 1)
+    typer.echo(f"{record.id} cancelled; {record.counts}")

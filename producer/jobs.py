@@ -17,14 +17,14 @@ from producer.store import JobStore
 
 
 @lru_cache(maxsize=8)
-def _store_for(url: str, prefix: str) -> JobStore:
-    return JobStore.from_url(url, prefix)
+def _store_for(url: str, prefix: str, queue: str) -> JobStore:
+    return JobStore.from_url(url, prefix, queue)
 
 
 def store(settings: Settings | None = None) -> JobStore:
-    """The job store for these settings (one connection pool per URL and prefix)."""
+    """The job store for these settings (one connection pool per URL, prefix and queue)."""
     s = settings or get_settings()
-    return _store_for(s.records_url, s.key_prefix)
+    return _store_for(s.records_url, s.key_prefix, s.queue)
 
 
 def new_job_id() -> str:

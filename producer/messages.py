@@ -3,7 +3,7 @@
 The producer puts a job's record and its first task message into Redis in one atomic step
 (see store.py), which Celery's own apply_async cannot do, and without loading Celery into
 every backend that enqueues. The envelope is what kombu's Redis transport stores for a
-Celery protocol-2 message (checked against kombu 5.7 in tests/e2e: a real worker runs it).
+Celery protocol-2 message (kombu 5.7; tests/e2e run it through real workers).
 """
 
 from __future__ import annotations
@@ -11,11 +11,27 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
-import uuid
+from functools import lru_cache
 from typing import Any
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
+_EMBED = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
+
+# The envelope as one template: batches build tens of thousands of these, and filling a
+# template is several times faster than json.dumps of the nested dict.
+_ENVELOPE = (
+    '{"body":"%(body)s","content-encoding":"utf-8","content-type":"application/json",'
+    '"headers":{"lang":"py","task":%(task)s,"id":"%(id)s","shadow":null,"eta":null,'
+    '"expires":null,"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
+    '"root_id":"%(id)s","parent_id":null,"argsrepr":%(argsrepr)s,"kwargsrepr":"{}",'
+    '"origin":%(origin)s,"ignore_result":true},'
+    '"properties":{"correlation_id":"%(id)s","reply_to":"","delivery_mode":2,'
+    '"delivery_info":{"exchange":"","routing_key":%(queue)s},"priority":%(priority)d,'
+    '"body_encoding":"base64","delivery_tag":"%(tag)s"}}'
+)
 
 
 def task_message(name: str, args: list[Any], queue: str, *, priority: int = 0) -> str:
@@ -27,40 +43,26 @@ def task_message(name: str, args: list[Any], queue: str, *, priority: int = 0) -
         queue: the Celery queue (also the Redis list the worker pops from).
         priority: kombu's Redis priority; 0 goes to the queue's main list.
     """
-    task_id = str(uuid.uuid4())
-    body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    return json.dumps(
-        {
-            "body": base64.b64encode(json.dumps(body).encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                "lang": "py",
-                "task": name,
-                "id": task_id,
-                "shadow": None,
-                "eta": None,
-                "expires": None,
-                "group": None,
-                "group_index": None,
-                "retries": 0,
-                "timelimit": [None, None],
-                "root_id": task_id,
-                "parent_id": None,
-                "argsrepr": repr(args),
-                "kwargsrepr": "{}",
-                "origin": _ORIGIN,
-                "ignore_result": True,
-            },
-            "properties": {
-                "correlation_id": task_id,
-                "reply_to": "",
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": priority,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        },
-        separators=(",", ":"),
-    )
+    if len(args) == 1 and isinstance(args[0], str) and _PLAIN.fullmatch(args[0]):
+        # The common case (a job or batch id) without two JSON encodings of the args.
+        body = f'[["{args[0]}"],{{}},{_EMBED}]'
+        argsrepr = f"\"['{args[0]}']\""
+    else:
+        body = f"[{json.dumps(args, separators=(',', ':'))},{{}},{_EMBED}]"
+        argsrepr = json.dumps(repr(args))
+    ids = os.urandom(32).hex()
+    return _ENVELOPE % {
+        "body": base64.b64encode(body.encode()).decode(),
+        "task": _quoted(name),
+        "id": ids[:32],
+        "argsrepr": argsrepr,
+        "origin": _quoted(_ORIGIN),
+        "queue": _quoted(queue),
+        "priority": priority,
+        "tag": ids[32:],
+    }
+
+
+@lru_cache(maxsize=64)
+def _quoted(text: str) -> str:
+    return json.dumps(text)

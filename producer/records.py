@@ -103,3 +103,31 @@ class JobRecord(BaseModel):
     def public(self) -> dict[str, Any]:
         """The record as JSON-ready data (webhook `data`, status --json)."""
         return self.model_dump(mode="json")
+
+
+class BatchRecord(BaseModel):
+    """A batch of jobs enqueued together, as `videoqueue batch-status --json` prints it."""
+
+    id: str
+    total: int
+    counts: dict[str, int]
+    ended: int
+    created_at: str
+    finished_at: str | None = None
+    cancelled: bool = False
+    job_ids: list[str] = Field(default_factory=list)
+    # Request index -> the earlier job that already held the item's idempotency key.
+    deduplicated: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    webhook: WebhookDelivery | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(JobStatus.FAILED.value, 0)
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -14,7 +14,12 @@ _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 ASPECT_RATIOS = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)}
 
 
-def _http_url(value: str | None, field: str) -> str | None:
+def http_url(value: str | None, field: str) -> str | None:
+    """value, if it is an http(s) URL (or None).
+
+    Raises:
+        ValueError: naming field.
+    """
     if value is None:
         return None
     if not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
@@ -72,12 +77,12 @@ class VideoRequest(BaseModel):
     @field_validator("image_url")
     @classmethod
     def _image(cls, v: str | None) -> str | None:
-        return _http_url(v, "image_url")
+        return http_url(v, "image_url")
 
     @field_validator("webhook_url")
     @classmethod
     def _webhook(cls, v: str | None) -> str | None:
-        return _http_url(v, "webhook_url")
+        return http_url(v, "webhook_url")
 
     @model_validator(mode="after")
     def _prompt_or_storyboard(self) -> VideoRequest:
@@ -109,7 +114,7 @@ class CharacterRequest(BaseModel):
     @classmethod
     def _images(cls, v: list[str]) -> list[str]:
         for url in v:
-            _http_url(url, "reference_images")
+            http_url(url, "reference_images")
         return v
 
 

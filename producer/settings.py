@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(900, ge=10)
     max_countdown_s: float = Field(300.0, gt=0)
 
+    # --- provider limits, shared by every worker through Redis ---
+    # Requests per second to the provider (submits and polls together); None: no limit.
+    rate_limit_per_s: float | None = Field(None, gt=0)
+    # Requests that may go at once after a quiet spell.
+    rate_burst: int = Field(5, ge=1)
+    # Generations at the provider at once per API key; None: no cap. Jobs over it wait
+    # in Redis (single jobs before batch jobs) until a slot frees.
+    max_in_flight: int | None = Field(None, ge=1)
+
     # --- S3 ---
     s3_endpoint_url: str | None = None
     s3_bucket: str = "videoqueue"

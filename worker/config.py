@@ -7,6 +7,7 @@ from typing import Any
 from kombu import Queue
 
 from producer.errors import VideoqueueError
+from producer.names import bulk_queue
 from producer.settings import Settings
 
 
@@ -48,7 +49,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue,
-        "task_queues": [Queue(settings.queue, routing_key=settings.queue)],
+        # Batch jobs start on the bulk queue. A worker consumes both, and kombu rotates
+        # between them, so a single job is picked up within seconds of a 10,000-job batch.
+        "task_queues": [
+            Queue(settings.queue, routing_key=settings.queue),
+            Queue(bulk_queue(settings.queue), routing_key=bulk_queue(settings.queue)),
+        ],
         # At-least-once: a task is acknowledged only after it ran, and one whose worker
         # process died (OOM, SIGKILL) is requeued instead of acknowledged. Every task is
         # idempotent for that reason (see tasks.py).

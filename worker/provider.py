@@ -247,16 +247,19 @@ class ProviderClient:
             poll_after_s=_poll_after_s(response.headers),
         )
 
+    def cancel(self, task_id: str) -> bool:
+        """Ask the provider to drop a task (DELETE /v1/videos/{id}); False where it can't."""
+        try:
+            self._call("DELETE", f"/v1/videos/{task_id}")
+        except (PermanentError, RetryableError):
+            return False
+        return True
+
     # --- files ---
 
     def download_headers(self, url: str) -> dict[str, str]:
         """Headers for fetching a video URL: the API key only if the URL is the API's own."""
         return self._auth() if same_origin(url, self.base_url) else {}
-
-    def create_character(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = self._call("POST", "/sora/v1/characters", json=body)
-        data: dict[str, Any] = response.json()
-        return data
 
 
 def _poll_after_s(headers: httpx.Headers) -> float | None:

@@ -14,6 +14,7 @@ import httpx
 from producer.jobs import store
 from producer.settings import Settings, get_settings
 from producer.store import JobStore
+from worker.limits import ProviderLimits
 from worker.provider import ProviderClient
 from worker.storage import ensure_bucket, s3_client
 
@@ -39,6 +40,10 @@ class Runtime:
     @cached_property
     def provider(self) -> ProviderClient:
         return ProviderClient(self.settings, self.http)
+
+    @cached_property
+    def limits(self) -> ProviderLimits:
+        return ProviderLimits(self.store.redis, self.settings)
 
     @cached_property
     def s3(self) -> Any:

@@ -13,9 +13,9 @@ the job's record first and does only what is still to be done:
 from __future__ import annotations
 
 import json
-import random
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from celery import Task
 
 from producer import names
 from producer.errors import PermanentError, RetryableError
+from producer.messages import task_message
 from producer.records import (
     ErrorInfo,
     JobRecord,
@@ -38,12 +39,13 @@ from producer.records import (
 from producer.requests import VideoRequest
 from producer.settings import ApiFormat
 from worker.app import app
+from worker.limits import BULK, INTERACTIVE
 from worker.media import S3RangeReader, probe
 from worker.provider import TaskState
 from worker.runtime import runtime
 from worker.schedule import poll_delay_s, retry_delay_s, split_countdown
 from worker.storage import stream_to_s3
-from worker.webhooks import deliver, message_id
+from worker.webhooks import DeliveryResult, deliver, message_id, record_attempt, retry_delay
 
 log = structlog.get_logger("videoqueue.worker")
 
@@ -79,9 +81,11 @@ def _seconds_since(iso: str | None) -> float:
 # --- ending a job ---
 
 
-def _finish(job_id: str, change: Any, event_type: str) -> JobRecord | None:
-    """Apply a terminal change and queue the job's webhook; None if it had already ended."""
-
+def _finish(job_id: str, change: Any, event_type: str | None) -> JobRecord | None:
+    """Apply a terminal change, give back the job's provider slot, and queue its webhook
+    (unless event_type is None: a cancelled job's backend asked for that itself) in the
+    same transaction as the change; None if the job had already ended."""
+    rt = runtime()
     ended: list[bool] = []
 
     def apply(record: JobRecord) -> bool:
@@ -89,17 +93,19 @@ def _finish(job_id: str, change: Any, event_type: str) -> JobRecord | None:
             return False
         change(record)
         record.finished_at = utcnow_iso()
-        if url := record.request.get("webhook_url"):
+        if event_type and (url := record.request.get("webhook_url")):
             record.webhook = WebhookDelivery(url=url, event_type=event_type)
         ended.append(True)
         return True
 
-    record = runtime().store.update(job_id, apply)
-    if not ended:
-        return None
-    if record.webhook is not None:
-        notify.apply_async(args=[job_id])
-    return record
+    def webhook(record: JobRecord) -> list[tuple[str, str]]:
+        if record.webhook is None:
+            return []
+        return [(rt.settings.queue, task_message(names.NOTIFY, [job_id], rt.settings.queue))]
+
+    record = rt.store.update(job_id, apply, then=webhook)
+    rt.limits.give_slot(job_id)
+    return record if ended else None
 
 
 def fail(job_id: str, code: str, message: str) -> None:
@@ -113,18 +119,37 @@ def fail(job_id: str, code: str, message: str) -> None:
         log.warning("job failed", job_id=job_id, code=code, message=message)
 
 
+def _cancelled(record: JobRecord) -> None:
+    record.status = JobStatus.CANCELLED
+
+
 # --- submit ---
 
 
 @app.task(name=names.SUBMIT, base=PipelineTask, bind=True)
-def submit(self: Task, job_id: str) -> None:
-    """Send the job to the provider once, then start polling it."""
+def submit(self: Task, job_id: str, reserved: bool = False) -> None:
+    """Send the job to the provider once, then start polling it.
+
+    Args:
+        reserved: this run already holds a token of the shared rate limit.
+    """
     rt = runtime()
     s = rt.settings
     record = rt.store.get(job_id)
+    if record.batch_id and not record.terminal and rt.store.batch_cancelled(record.batch_id):
+        _finish(job_id, _cancelled, None)
+        record = rt.store.get(job_id)
     if record.terminal:
+        rt.limits.give_slot(job_id)  # it may have been handed one while it waited
         return
     if record.provider_task_id is None:
+        lane = BULK if record.batch_id else INTERACTIVE
+        if not rt.limits.take_slot(job_id, lane):
+            log.info("waiting for a provider slot", job_id=job_id, lane=lane)
+            return
+        if not reserved and (wait_s := rt.limits.wait_for_token_s()) > 0:
+            later(self, [job_id], wait_s, reserved=True)
+            return
 
         def count_attempt(r: JobRecord) -> None:
             r.attempts += 1
@@ -166,7 +191,9 @@ def submit(self: Task, job_id: str) -> None:
 # --- poll ---
 
 
-def _schedule_poll(job_id: str, expected_token: str, delay_s: float) -> None:
+def _schedule_poll(
+    job_id: str, expected_token: str, delay_s: float, *, reserved: bool = False
+) -> None:
     """Queue the job's next poll and make it the only live one.
 
     The message goes out first, then the token moves to it. A crash in between leaves the
@@ -175,19 +202,31 @@ def _schedule_poll(job_id: str, expected_token: str, delay_s: float) -> None:
     poll does nothing. So exactly one chain survives.
     """
     token = uuid.uuid4().hex
-    later(poll, [job_id, token], delay_s)
+    later(poll, [job_id, token], delay_s, reserved=reserved)
     runtime().store.swap_poll_token(job_id, expected_token, token)
 
 
 @app.task(name=names.POLL, base=PipelineTask, bind=True)
-def poll(self: Task, job_id: str, token: str) -> None:
-    """Ask the provider how the job is doing; hand off, fail, or poll again later."""
+def poll(self: Task, job_id: str, token: str, reserved: bool = False) -> None:
+    """Ask the provider how the job is doing; hand off, fail, or poll again later.
+
+    Args:
+        token: this poll chain's token; a poll whose chain was superseded does nothing.
+        reserved: this run already holds a token of the shared rate limit.
+    """
     rt = runtime()
     s = rt.settings
     if rt.store.poll_token(job_id) != token:
         return  # superseded by a newer chain
     record = rt.store.get(job_id)
+    if record.status is JobStatus.CANCELLED and record.provider_task_id:
+        # Cancelled while generating: stop it upstream where the provider allows.
+        rt.provider.cancel(record.provider_task_id)
     if record.terminal:
+        rt.limits.give_slot(job_id)
+        return
+    if not reserved and (wait_s := rt.limits.wait_for_token_s()) > 0:
+        _schedule_poll(job_id, token, wait_s, reserved=True)
         return
     elapsed_s = _seconds_since(record.submitted_at)
     if elapsed_s > s.deadline_s:
@@ -219,6 +258,8 @@ def poll(self: Task, job_id: str, token: str) -> None:
             r.status = JobStatus.FINALIZING
 
     record = rt.store.update(job_id, observed)
+    if task.state in (TaskState.DONE, TaskState.FAILED):
+        rt.limits.give_slot(job_id)  # the generation is over at the provider
     if record.terminal:
         return
     if task.state is TaskState.DONE:
@@ -352,60 +393,77 @@ def finalize(self: Task, job_id: str, url: str | None = None, rounds: int = 0) -
 # --- notify ---
 
 
-def _event_body(job_id: str, record: JobRecord, event_type: str) -> str:
-    """The event's body, fixed at its first attempt so every retry carries the same bytes."""
-    data = record.public()
+@dataclass
+class _Attempt:
+    """One delivery attempt of an event, and what follows from it."""
+
+    task: Task
+    args: list[Any]
+    msg_id: str
+    result: DeliveryResult
+
+    def count(self, hook: WebhookDelivery) -> None:
+        record_attempt(hook, self.result, len(runtime().settings.webhook_schedule_s))
+
+    def follow_up(self, hook: WebhookDelivery) -> None:
+        """Dead-letter a delivery that ran out of attempts, or schedule its next one."""
+        if hook.state is WebhookState.DEAD:
+            runtime().store.record_dead_letter(self.msg_id, hook.model_dump(mode="json"))
+            log.warning("webhook dead-lettered", msg_id=self.msg_id, attempts=hook.attempts)
+        elif hook.state is WebhookState.PENDING:
+            schedule_s = runtime().settings.webhook_schedule_s
+            later(self.task, self.args, retry_delay(hook, self.result, schedule_s))
+
+
+def _send(task: Task, owner_id: str, hook: WebhookDelivery, data: dict[str, Any]) -> _Attempt:
+    """Deliver one event once. The body is fixed at the first attempt, so every retry
+    carries the same bytes under the same webhook-id; only the signature's time is new."""
+    rt = runtime()
+    s = rt.settings
     data.pop("webhook", None)  # delivery bookkeeping changes per attempt; the event does not
-    body = json.dumps({"type": event_type, "timestamp": utcnow_iso(), "data": data})
-    return runtime().store.fix_event_body(job_id, body)
+    body = rt.store.fix_event_body(
+        rt.store.keys.event_body(owner_id),
+        json.dumps({"type": hook.event_type, "timestamp": utcnow_iso(), "data": data}),
+    )
+    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+    msg_id = message_id(owner_id, hook.event_type)
+    result = deliver(rt.http, hook.url, body, msg_id, secret, s.webhook_timeout_s)
+    return _Attempt(task, [owner_id], msg_id, result)
 
 
 @app.task(name=names.NOTIFY, base=PipelineTask, bind=True)
 def notify(self: Task, job_id: str) -> None:
     """Deliver the job's webhook; retry on the configured schedule, then dead-letter."""
-    rt = runtime()
-    s = rt.settings
-    record = rt.store.get(job_id)
-    hook = record.webhook
-    if hook is None or hook.state is not WebhookState.PENDING:
+    st = runtime().store
+    record = st.get(job_id)
+    if record.webhook is None or record.webhook.state is not WebhookState.PENDING:
         return
-    body = _event_body(job_id, record, hook.event_type)
-    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
-    result = deliver(
-        rt.http, hook.url, body, message_id(job_id, hook.event_type), secret, s.webhook_timeout_s
-    )
+    attempt = _send(self, job_id, record.webhook, record.public())
 
-    def attempted(r: JobRecord) -> None:
+    def count(r: JobRecord) -> None:
         assert r.webhook is not None
-        w = r.webhook
-        w.attempts += 1
-        w.last_status_code = result.status_code
-        w.last_error = result.error
-        w.last_attempt_at = utcnow_iso()
-        if result.ok:
-            w.state = WebhookState.DELIVERED
-        elif result.gone:
-            w.state = WebhookState.GONE
-        elif w.attempts >= len(s.webhook_schedule_s):
-            w.state = WebhookState.DEAD
+        attempt.count(r.webhook)
 
-    record = rt.store.update(job_id, attempted)
-    w = record.webhook
-    assert w is not None
-    if w.state is WebhookState.DEAD:
-        rt.store.record_dead_letter(
-            job_id,
-            {
-                "url": w.url,
-                "event_type": w.event_type,
-                "attempts": w.attempts,
-                "last_status_code": w.last_status_code,
-                "last_error": w.last_error,
-            },
-        )
-        log.warning("webhook dead-lettered", job_id=job_id, attempts=w.attempts)
-    elif w.state is WebhookState.PENDING:
-        delay_s = s.webhook_schedule_s[w.attempts]
-        if result.retry_after_s is not None:
-            delay_s = max(delay_s, result.retry_after_s)
-        later(self, [job_id], delay_s * random.uniform(1.0, 1.1) if delay_s else 0.0)
+    record = st.update(job_id, count)
+    assert record.webhook is not None
+    attempt.follow_up(record.webhook)
+
+
+@app.task(name=names.NOTIFY_BATCH, base=PipelineTask, bind=True)
+def notify_batch(self: Task, batch_id: str) -> None:
+    """Deliver the batch.completed webhook (queued once, when the batch's last job ended)."""
+    st = runtime().store
+    url = st.batch_webhook_url(batch_id)
+    if not url:
+        return
+    batch = st.get_batch(batch_id, with_jobs=False)
+    hook = batch.webhook or WebhookDelivery(url=url, event_type="batch.completed")
+    if hook.state is not WebhookState.PENDING:
+        return
+    data = batch.public()
+    data.pop("job_ids", None)  # 10,000 ids are not news; get_batch() has them
+    attempt = _send(self, batch_id, hook, data)
+    attempt.count(hook)
+    # One notify_batch runs per batch at a time (its retries are chained): a plain write.
+    st.set_batch_fields(batch_id, {"webhook": hook.model_dump_json()})
+    attempt.follow_up(hook)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from producer.records import WebhookDelivery, WebhookState, utcnow_iso
 from worker.provider import retry_after_s
 
 
@@ -60,3 +62,26 @@ def deliver(
         f"HTTP {response.status_code}",
         retry_after_s(response.headers),
     )
+
+
+def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allowed: int) -> None:
+    """Count one delivery attempt and move the delivery to its next state."""
+    hook.attempts += 1
+    hook.last_status_code = result.status_code
+    hook.last_error = result.error
+    hook.last_attempt_at = utcnow_iso()
+    if result.ok:
+        hook.state = WebhookState.DELIVERED
+    elif result.gone:
+        hook.state = WebhookState.GONE
+    elif hook.attempts >= attempts_allowed:
+        hook.state = WebhookState.DEAD
+
+
+def retry_delay(hook: WebhookDelivery, result: DeliveryResult, schedule_s: list[float]) -> float:
+    """Seconds until the next attempt: the schedule's, or the receiver's Retry-After if
+    longer, plus up to 10 % jitter so that a receiver coming back is not hit all at once."""
+    delay_s = schedule_s[hook.attempts]
+    if result.retry_after_s is not None:
+        delay_s = max(delay_s, result.retry_after_s)
+    return delay_s * random.uniform(1.0, 1.1)

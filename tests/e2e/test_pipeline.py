@@ -16,6 +16,7 @@ from producer.jobs import store
 from producer.messages import task_message
 from producer.records import WebhookState
 from tests.e2e.conftest import API_KEY, BUCKET, WEBHOOK_SECRET, eventually
+from worker.webhooks import message_id
 
 
 def _check_object(s3_client, record, width, height, duration_s):
@@ -217,7 +218,9 @@ def test_a_webhook_that_never_succeeds_is_dead_lettered(make_pipeline):
                         and r.webhook.state is WebhookState.DEAD and r, 40)  # fmt: skip
     assert record.status is JobStatus.COMPLETED
     assert record.webhook.attempts == 4 and record.webhook.last_status_code == 500
-    assert store(p.settings).redis.hexists(store(p.settings).keys.dead_letters(), job_id)
+    st = store(p.settings)
+    dead = st.redis.hget(st.keys.dead_letters(), message_id(job_id, "video.completed"))
+    assert json.loads(dead)["state"] == "dead" and json.loads(dead)["attempts"] == 4
 
 
 def test_410_gone_stops_webhook_retries(make_pipeline):
