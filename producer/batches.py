@@ -15,9 +15,9 @@ from typing import Any
 
 from producer import names
 from producer.errors import InvalidRequest
-from producer.jobs import store
+from producer.jobs import mark_cancelled, store
 from producer.messages import task_message
-from producer.records import TERMINAL, BatchRecord, JobRecord, JobStatus, utcnow_iso
+from producer.records import BatchRecord, JobRecord, utcnow_iso
 from producer.requests import VideoRequest, http_url, parse_request
 from producer.settings import Settings, get_settings
 from producer.store import NewJob
@@ -191,13 +191,6 @@ def cancel_batch(batch_id: str, *, settings: Settings | None = None) -> BatchRec
     st.get_batch(batch_id, with_jobs=False)
     st.set_batch_fields(batch_id, {"cancelled": "1"})
 
-    def change(record: JobRecord) -> bool:
-        if record.status in TERMINAL:
-            return False
-        record.status = JobStatus.CANCELLED
-        record.finished_at = utcnow_iso()
-        return True
-
     for job_id in st.batch_job_ids(batch_id):
-        st.update(job_id, change)
+        st.update(job_id, mark_cancelled)
     return st.get_batch(batch_id)

@@ -102,18 +102,20 @@ def wait(job_id: str, timeout: float = 600.0, *, settings: Settings | None = Non
 def cancel(job_id: str, *, settings: Settings | None = None) -> JobRecord:
     """Cancel a job that has not ended.
 
-    A job not yet submitted never will be. One already at the provider stops being
-    tracked; the provider API offers no cancel, so its generation runs to the end there.
+    A job not yet submitted never will be. One already at the provider is cancelled there
+    (DELETE /v1/videos/{id}) by its next poll where the provider allows it, and is no longer
+    tracked; no webhook is sent for a cancelled job.
 
     Raises:
         JobNotFound: when no job has that id.
     """
+    return store(settings).update(job_id, mark_cancelled)
 
-    def change(record: JobRecord) -> bool:
-        if record.status in TERMINAL:
-            return False
-        record.status = JobStatus.CANCELLED
-        record.finished_at = utcnow_iso()
-        return True
 
-    return store(settings).update(job_id, change)
+def mark_cancelled(record: JobRecord) -> bool:
+    """A store.update change: cancel the job unless it has ended."""
+    if record.status in TERMINAL:
+        return False
+    record.status = JobStatus.CANCELLED
+    record.finished_at = utcnow_iso()
+    return True
