@@ -314,3 +314,25 @@ def test_an_unknown_status_word_is_counted_and_polling_goes_on(make_pipeline):
     counted = {k.decode(): int(v) for k, v in st.redis.hgetall(st.keys.unknown_statuses()).items()}
     assert set(counted) <= {"warming_up", "rendering_frames"} and sum(counted.values()) >= 1
     assert "unknown provider status" in p.workers[0].log_text()
+
+
+def test_an_openai_shaped_provider_serves_the_file_from_its_content_route(make_pipeline, s3_client):
+    p = make_pipeline(sandbox={"flavor": "openai"})
+    job_id = enqueue(p.request(model="sora-2", size="1280x720", duration=4), settings=p.settings)
+    record = wait(job_id, 60, settings=p.settings)
+    assert record.status is JobStatus.COMPLETED, record.error
+    _check_object(s3_client, record, 1280, 720, 4)
+    task = p.sandbox.stats()["tasks"][record.provider_task_id]
+    assert task["downloads"] == 1 and task["creates"] == 1
+
+
+def test_429_from_the_providers_concurrency_cap_is_retried_after_retry_after(make_pipeline):
+    one_second = {"sora": {"base_s": 1.0, "per_video_second_s": 0}}
+    p = make_pipeline(sandbox={"max_concurrent": 1, "fast": False, "timings": one_second})
+    ids = [enqueue(p.request(), settings=p.settings) for _ in range(3)]
+    records = [wait(i, 60, settings=p.settings) for i in ids]
+    assert all(r.status is JobStatus.COMPLETED for r in records), [r.error for r in records]
+    stats = p.sandbox.stats()
+    assert stats["totals"]["rate_limited"].get("concurrency", 0) >= 1
+    assert max(r.attempts for r in records) >= 2
+    assert len(stats["tasks"]) == 3
