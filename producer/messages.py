@@ -24,9 +24,9 @@ _EMBED = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
 # template is several times faster than json.dumps of the nested dict.
 _ENVELOPE = (
     '{"body":"%(body)s","content-encoding":"utf-8","content-type":"application/json",'
-    '"headers":{"lang":"py","task":%(task)s,"id":"%(id)s","shadow":null,"eta":null,'
+    '"headers":{"lang":"py","task":%(task)s,"id":"%(id)s","shadow":null,"eta":%(eta)s,'
     '"expires":null,"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
-    '"root_id":"%(id)s","parent_id":null,"argsrepr":%(argsrepr)s,"kwargsrepr":"{}",'
+    '"root_id":"%(id)s","parent_id":null,"argsrepr":%(argsrepr)s,"kwargsrepr":%(kwargsrepr)s,'
     '"origin":%(origin)s,"ignore_result":true},'
     '"properties":{"correlation_id":"%(id)s","reply_to":"","delivery_mode":2,'
     '"delivery_info":{"exchange":"","routing_key":%(queue)s},"priority":%(priority)d,'
@@ -34,28 +34,41 @@ _ENVELOPE = (
 )
 
 
-def task_message(name: str, args: list[Any], queue: str, *, priority: int = 0) -> str:
+def task_message(
+    name: str,
+    args: list[Any],
+    queue: str,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    eta: str | None = None,
+    priority: int = 0,
+) -> str:
     """The JSON envelope that `LPUSH queue` hands to a Celery worker.
 
     Args:
         name: the registered task name (see producer.names).
         args: positional arguments, JSON-serialisable.
         queue: the Celery queue (also the Redis list the worker pops from).
+        kwargs: keyword arguments, JSON-serialisable.
+        eta: ISO 8601 time the task was due (a deferred task; see worker.deferred).
         priority: kombu's Redis priority; 0 goes to the queue's main list.
     """
+    kw = json.dumps(kwargs, separators=(",", ":")) if kwargs else "{}"
     if len(args) == 1 and isinstance(args[0], str) and _PLAIN.fullmatch(args[0]):
         # The common case (a job or batch id) without two JSON encodings of the args.
-        body = f'[["{args[0]}"],{{}},{_EMBED}]'
+        body = f'[["{args[0]}"],{kw},{_EMBED}]'
         argsrepr = f"\"['{args[0]}']\""
     else:
-        body = f"[{json.dumps(args, separators=(',', ':'))},{{}},{_EMBED}]"
+        body = f"[{json.dumps(args, separators=(',', ':'))},{kw},{_EMBED}]"
         argsrepr = json.dumps(repr(args))
     ids = os.urandom(32).hex()
     return _ENVELOPE % {
         "body": base64.b64encode(body.encode()).decode(),
         "task": _quoted(name),
         "id": ids[:32],
+        "eta": json.dumps(eta),
         "argsrepr": argsrepr,
+        "kwargsrepr": json.dumps(repr(kwargs or {})),
         "origin": _quoted(_ORIGIN),
         "queue": _quoted(queue),
         "priority": priority,

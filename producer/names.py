@@ -65,6 +65,14 @@ class Keys:
         """The token bucket of the shared request rate."""
         return f"{self.prefix}:limits:{account}:rate"
 
+    def deferred(self) -> str:
+        """A sorted set of deferred task messages by due time (see worker/deferred.py)."""
+        return f"{self.prefix}:deferred"
+
+    def deferred_messages(self) -> str:
+        """A hash: deferred message id -> its queue and message."""
+        return f"{self.prefix}:deferred:messages"
+
     def events(self, job_id: str) -> str:
         """A pub/sub channel that announces each change of a job (for wait())."""
         return f"{self.prefix}:events:{job_id}"

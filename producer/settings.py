@@ -57,12 +57,11 @@ class Settings(BaseSettings):
     deadline_s: float = Field(3600.0, gt=0)
 
     # --- broker redelivery ---
-    # On Redis an unacknowledged message (an ETA task held by a worker, or a task whose worker
-    # was SIGKILLed) is redelivered after this long. It is therefore also the recovery time
-    # after a worker crash. Every countdown videoqueue schedules stays below max_countdown_s,
-    # which config.py checks is at most half of this.
+    # On Redis a message delivered but not acknowledged is handed out again after this long:
+    # the recovery time for the tasks a crashed worker was running. videoqueue's waits are
+    # not broker countdowns (see worker/deferred.py), so this only has to exceed the run
+    # time of one task, and finalize's copy of one file is the longest.
     visibility_timeout_s: int = Field(900, ge=10)
-    max_countdown_s: float = Field(300.0, gt=0)
 
     # --- provider limits, shared by every worker through Redis ---
     # Requests per second to the provider (submits and polls together); None: no limit.

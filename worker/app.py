@@ -7,6 +7,7 @@ from celery import Celery
 
 from producer.settings import get_settings
 from worker.config import celery_config
+from worker.deferred import DeferredPump
 
 structlog.configure(
     processors=[
@@ -20,3 +21,4 @@ structlog.configure(
 
 app = Celery("videoqueue")
 app.conf.update(celery_config(get_settings()))
+app.steps["worker"].add(DeferredPump)

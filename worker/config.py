@@ -6,29 +6,21 @@ from typing import Any
 
 from kombu import Queue
 
-from producer.errors import VideoqueueError
 from producer.names import bulk_queue
 from producer.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery configuration for these settings.
-
-    Raises:
-        VideoqueueError: when max_countdown_s is not well below visibility_timeout_s.
-    """
+    """The Celery configuration for these settings."""
     # On the Redis broker a message that is delivered but not acknowledged within
     # visibility_timeout_s is handed out again. A countdown (an ETA task held by a worker)
-    # is unacknowledged the whole time it waits, so a countdown near the visibility timeout
-    # would be redelivered while the first copy still waits: every wait we schedule is
-    # capped at max_countdown_s, and this keeps that cap at most half the timeout, leaving
-    # the other half for the task's own run time (acks_late counts it too).
-    if settings.max_countdown_s * 2 > settings.visibility_timeout_s:
-        raise VideoqueueError(
-            f"max_countdown_s ({settings.max_countdown_s:g}) must be at most half of "
-            f"visibility_timeout_s ({settings.visibility_timeout_s}): an ETA task held "
-            "longer than the visibility timeout is redelivered"
-        )
+    # is unacknowledged the whole time it waits, so any countdown near the timeout would be
+    # redelivered while the first copy still waits, and a SIGKILLed worker's waits would
+    # come back only after it. That is why videoqueue hands the broker no countdowns at all:
+    # every wait is a deferred message in Redis (worker/deferred.py). What is left for the
+    # timeout to cover is a task's own run time (acks_late counts it): seconds for a poll,
+    # the copy of one file for finalize. It is therefore also the recovery time for the
+    # tasks a crashed worker was running.
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
         # kombu sweeps for messages past the visibility timeout every interval x throttle

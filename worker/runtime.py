@@ -14,6 +14,7 @@ import httpx
 from producer.jobs import store
 from producer.settings import Settings, get_settings
 from producer.store import JobStore
+from worker.deferred import Deferred
 from worker.limits import ProviderLimits
 from worker.provider import ProviderClient
 from worker.storage import ensure_bucket, s3_client
@@ -40,6 +41,10 @@ class Runtime:
     @cached_property
     def provider(self) -> ProviderClient:
         return ProviderClient(self.settings, self.http)
+
+    @cached_property
+    def deferred(self) -> Deferred:
+        return Deferred(self.store.redis, self.store.keys)
 
     @cached_property
     def limits(self) -> ProviderLimits:

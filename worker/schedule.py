@@ -54,13 +54,3 @@ def poll_delay_s(
     if hint_s is not None:
         delay = max(delay, hint_s)
     return min(delay, cap_s) if hint_s is None else delay
-
-
-def split_countdown(delay_s: float, max_countdown_s: float) -> float:
-    """The countdown to give the broker for a wait of delay_s: never above max_countdown_s.
-
-    A longer wait is taken in hops (the task re-defers itself until its not_before time),
-    because on Redis an ETA message held longer than the visibility timeout is redelivered
-    while the first worker still holds it.
-    """
-    return max(0.0, min(delay_s, max_countdown_s))

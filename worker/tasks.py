@@ -43,7 +43,7 @@ from worker.limits import BULK, INTERACTIVE
 from worker.media import S3RangeReader, probe
 from worker.provider import TaskState
 from worker.runtime import runtime
-from worker.schedule import poll_delay_s, retry_delay_s, split_countdown
+from worker.schedule import poll_delay_s, retry_delay_s
 from worker.storage import stream_to_s3
 from worker.webhooks import DeliveryResult, deliver, message_id, record_attempt, retry_delay
 
@@ -52,24 +52,21 @@ log = structlog.get_logger("videoqueue.worker")
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
-class PipelineTask(Task):  # type: ignore[misc]
-    """Adds deferral past the broker's countdown cap: a task given not_before re-defers
-    itself until then instead of running early (and never sleeps)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        not_before = kwargs.pop("not_before", None)
-        if not_before is not None and not_before - time.time() > 0.05:
-            later(self, list(args), not_before - time.time(), **kwargs)
-            return None
-        return super().__call__(*args, **kwargs)
-
-
 def later(task: Task, args: list[Any], delay_s: float, **kwargs: Any) -> None:
-    """Run task(*args) in delay_s seconds, in hops of at most max_countdown_s."""
-    countdown = split_countdown(delay_s, runtime().settings.max_countdown_s)
-    if countdown < delay_s:
-        kwargs["not_before"] = time.time() + delay_s
-    task.apply_async(args=args, kwargs=kwargs, countdown=countdown)
+    """Run task(*args, **kwargs) in delay_s seconds.
+
+    The wait is a deferred message in Redis (worker/deferred.py), not a Celery countdown:
+    no worker holds it in memory, a crashed worker loses none, and no wait is ever close
+    to the broker's visibility timeout however long it is (webhook retries take hours).
+    It goes back to the queue the current task came from, so batch jobs stay on theirs.
+    """
+    rt = runtime()
+    info = getattr(task.request, "delivery_info", None) or {}
+    queue = info.get("routing_key") or rt.settings.queue
+    if delay_s <= 0:
+        task.apply_async(args=args, kwargs=kwargs, queue=queue)
+        return
+    rt.deferred.defer(task.name, args, kwargs, queue, time.time() + delay_s)
 
 
 def _seconds_since(iso: str | None) -> float:
@@ -126,7 +123,7 @@ def _cancelled(record: JobRecord) -> None:
 # --- submit ---
 
 
-@app.task(name=names.SUBMIT, base=PipelineTask, bind=True)
+@app.task(name=names.SUBMIT, bind=True)
 def submit(self: Task, job_id: str, reserved: bool = False) -> None:
     """Send the job to the provider once, then start polling it.
 
@@ -206,7 +203,7 @@ def _schedule_poll(
     runtime().store.swap_poll_token(job_id, expected_token, token)
 
 
-@app.task(name=names.POLL, base=PipelineTask, bind=True)
+@app.task(name=names.POLL, bind=True)
 def poll(self: Task, job_id: str, token: str, reserved: bool = False) -> None:
     """Ask the provider how the job is doing; hand off, fail, or poll again later.
 
@@ -334,7 +331,7 @@ def _object_metadata(record: JobRecord) -> dict[str, str]:
     return meta
 
 
-@app.task(name=names.FINALIZE, base=PipelineTask, bind=True)
+@app.task(name=names.FINALIZE, bind=True)
 def finalize(self: Task, job_id: str, url: str | None = None, rounds: int = 0) -> None:
     """Copy the finished MP4 into S3, read its shape, and complete the job."""
     rt = runtime()
@@ -431,7 +428,7 @@ def _send(task: Task, owner_id: str, hook: WebhookDelivery, data: dict[str, Any]
     return _Attempt(task, [owner_id], msg_id, result)
 
 
-@app.task(name=names.NOTIFY, base=PipelineTask, bind=True)
+@app.task(name=names.NOTIFY, bind=True)
 def notify(self: Task, job_id: str) -> None:
     """Deliver the job's webhook; retry on the configured schedule, then dead-letter."""
     st = runtime().store
@@ -449,7 +446,7 @@ def notify(self: Task, job_id: str) -> None:
     attempt.follow_up(record.webhook)
 
 
-@app.task(name=names.NOTIFY_BATCH, base=PipelineTask, bind=True)
+@app.task(name=names.NOTIFY_BATCH, bind=True)
 def notify_batch(self: Task, batch_id: str) -> None:
     """Deliver the batch.completed webhook (queued once, when the batch's last job ended)."""
     st = runtime().store

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 
 import av
 import httpx
@@ -273,8 +274,7 @@ def test_a_killed_worker_loses_no_job_and_submits_nothing_twice(make_pipeline):
     timeout a second worker gets the message back and completes the job."""
     p = make_pipeline(
         sandbox={"slow_s": 4.0, "slow_rate": 1.0},
-        env={"VIDEOQUEUE_VISIBILITY_TIMEOUT_S": "10", "VIDEOQUEUE_MAX_COUNTDOWN_S": "5",
-             "VIDEOQUEUE_API_TIMEOUT_S": "8"},
+        env={"VIDEOQUEUE_VISIBILITY_TIMEOUT_S": "10", "VIDEOQUEUE_API_TIMEOUT_S": "8"},
     )  # fmt: skip
     job_id = enqueue(p.request(), settings=p.settings)
     eventually(lambda: p.sandbox.stats()["totals"]["creates"] >= 1, 20)
@@ -336,3 +336,21 @@ def test_429_from_the_providers_concurrency_cap_is_retried_after_retry_after(mak
     assert stats["totals"]["rate_limited"].get("concurrency", 0) >= 1
     assert max(r.attempts for r in records) >= 2
     assert len(stats["tasks"]) == 3
+
+
+def test_a_killed_worker_loses_no_waiting_poll(make_pipeline):
+    """Waits live in Redis, not in the worker: after a SIGKILL between polls, another worker
+    polls the job on schedule, long before the broker's visibility timeout (120 s here)."""
+    p = make_pipeline(
+        sandbox={"fast": False, "timings": {"sora": {"base_s": 6.0, "per_video_second_s": 0}}},
+        env={"VIDEOQUEUE_POLL_FIRST_S": "2", "VIDEOQUEUE_POLL_CAP_S": "2"},
+    )
+    job_id = enqueue(p.request(), settings=p.settings)
+    eventually(lambda: get(job_id, settings=p.settings).polls >= 1, 20)
+    p.workers[0].kill()
+    killed_at = time.monotonic()
+    p.start_worker()
+    record = wait(job_id, 60, settings=p.settings)
+    assert record.status is JobStatus.COMPLETED, record.error
+    assert time.monotonic() - killed_at < 30
+    assert p.sandbox.stats()["totals"]["creates"] == 1

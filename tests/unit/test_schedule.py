@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from worker.schedule import poll_delay_s, retry_delay_s, split_countdown
+from worker.schedule import poll_delay_s, retry_delay_s
 
 
 def test_retry_delay_uses_full_jitter_below_the_exponential_ceiling():
@@ -49,9 +49,3 @@ def test_progress_shortens_the_wait_for_a_nearly_finished_job():
     # 90 % after 90 s: about 10 s left, so not the 30 s cap
     d = poll_delay_s(20, first_s=2, factor=1.5, cap_s=30, progress=90, elapsed_s=90, rng=rng)
     assert 8 <= d <= 12.5
-
-
-def test_countdown_never_exceeds_the_cap_so_long_waits_go_in_hops():
-    assert split_countdown(10, 300) == 10
-    assert split_countdown(36000, 300) == 300
-    assert split_countdown(-1, 300) == 0
