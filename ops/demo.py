@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import redis
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -31,7 +32,8 @@ from producer.jobs import enqueue, get
 from producer.records import TERMINAL, JobRecord, JobStatus
 from producer.settings import Settings
 
-console = Console()
+# Wide enough for the tables when the output is a file or a CI log, not a terminal.
+console = Console() if sys.stdout.isatty() else Console(width=140)
 TIMEOUT_S = 240.0
 
 
@@ -137,6 +139,7 @@ def main() -> int:
                 time.sleep(0.5)
                 records = {job_id: get(job_id, settings=settings) for job_id in jobs.values()}
                 live.update(_progress_table(jobs, records, started))
+        console.print()
         # Webhooks are sent right after each job ends; give the last one a moment.
         deadline = time.monotonic() + 15
         while len(receiver.verified_events()) < len(jobs) and time.monotonic() < deadline:
@@ -183,6 +186,11 @@ def main() -> int:
         ) == len(jobs)
         console.print("[bold green]demo passed[/]" if ok else "[bold red]demo failed[/]")
         console.print("shutting down…")
+        # The demo's keys go with it; the machine's Redis is left as it was found.
+        client = redis.Redis.from_url(local.broker_url)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        client.close()
         return 0 if ok else 1
 
 
