@@ -46,6 +46,21 @@ def redis_url() -> Iterator[str]:
         os.environ.get("VIDEOQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     ) as url:
         yield url
+        _forget_test_keys(url)
+
+
+def _forget_test_keys(url: str) -> None:
+    """Leave the Redis as it was found. kombu keeps every queue's unacknowledged messages in
+    one global hash, and a later test's worker restores a killed worker's messages into the
+    killed test's queue after that test has cleaned up: so sweep once more at the end."""
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter("vqtest-*"):
+        client.delete(key)
+    for tag, raw in client.hgetall("unacked").items():
+        if b'"vqtest-' in raw:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
+    client.close()
 
 
 @pytest.fixture(scope="session")
