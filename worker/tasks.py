@@ -181,6 +181,8 @@ def submit(self: Task, job_id: str, reserved: bool = False) -> None:
         record = rt.store.update(job_id, submitted)
         log.info("submitted", job_id=job_id, provider_task_id=task.id)
         if record.terminal:  # cancelled while the provider answered
+            rt.provider.cancel(task.id)
+            rt.limits.give_slot(job_id)
             return
     _schedule_poll(job_id, rt.store.poll_token(job_id), s.poll_first_s)
 
