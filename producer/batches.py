@@ -55,6 +55,8 @@ def enqueue_batch(
     """
     s = settings or get_settings()
     items = list(requests)
+    if not items:
+        raise InvalidRequest("a batch needs at least one request")
     try:
         http_url(webhook_url, "webhook_url")
         http_url(batch_webhook_url, "batch_webhook_url")
@@ -79,7 +81,7 @@ def enqueue_batch(
     if batch_webhook_url:
         fields["webhook_url"] = batch_webhook_url
     deduplicated: dict[int, str] = {}
-    for start in range(0, max(len(items), 1), CHUNK_JOBS):
+    for start in range(0, len(items), CHUNK_JOBS):
         chunk = items[start : start + CHUNK_JOBS]
         models = (
             validated[start : start + CHUNK_JOBS] if keep else [parse_request(x) for x in chunk]

@@ -51,6 +51,15 @@ def test_one_invalid_item_enqueues_nothing_and_each_bad_item_is_named(make_pipel
     client.close()
 
 
+def test_an_empty_batch_or_a_bad_batch_webhook_is_refused(make_pipeline):
+    p = make_pipeline(workers=0)
+    with pytest.raises(InvalidRequest, match="at least one request"):
+        enqueue_batch([], settings=p.settings)
+    with pytest.raises(InvalidRequest, match="batch_webhook_url"):
+        enqueue_batch([p.request()], batch_webhook_url="mailto:ops@example.com",
+                      settings=p.settings)  # fmt: skip
+
+
 def test_idempotency_keys_dedupe_within_the_batch_and_against_earlier_jobs(make_pipeline):
     p = make_pipeline()
     earlier = enqueue(p.request(idempotency_key="campaign-7"), settings=p.settings)
