@@ -1,0 +1,348 @@
+"""RESULTS.md and its charts, from the scenarios' stored outcomes.
+
+The table has one line per figure: scenario and metric | our figure | the comparison's |
+ratio | goal | met?. Each scenario then gets a section with the load it ran at, how it was
+measured, and (from its notes) what limits a goal it missed. Charts are matplotlib PNGs:
+poll lateness over time, API calls per job, and RSS over time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.model import Row, ScenarioResult
+
+LATENESS_PNG = "lateness.png"
+CALLS_PNG = "calls_per_job.png"
+RSS_PNG = "rss.png"
+
+
+def fmt(value: float | None, unit: str) -> str:
+    """A figure with its unit, rounded for reading: 273 MB, 0.042 s, 1,234 jobs/s."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if unit == "count":
+        return f"{value:,.0f}"
+    if unit == "x":
+        return f"{value:.2f}"
+    if unit == "s":
+        return f"{value:.3f} s" if abs(value) < 1 else f"{value:,.1f} s"
+    if abs(value) >= 100:
+        return f"{value:,.0f} {unit}"
+    if abs(value) >= 10:
+        return f"{value:.1f} {unit}"
+    return f"{value:.2f} {unit}"
+
+
+def _ratio(row: Row) -> str:
+    ratio = row.ratio
+    if ratio is None or math.isnan(ratio):
+        return "—"
+    return f"{ratio:.3g}×"
+
+
+def _met(row: Row) -> str:
+    if row.met is None:
+        return "—"
+    return "yes" if row.met else "**no**"
+
+
+def table(results: list[ScenarioResult]) -> str:
+    """The markdown results table."""
+    lines = [
+        "| scenario | our figure | comparison figure | ratio | goal | met? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        if result.error:
+            lines.append(f"| {result.name}: did not finish | — | — | — | — | **no** |")
+        for row in result.rows:
+            comparison = fmt(row.comparison, row.unit)
+            if row.comparison is not None and row.comparison_label:
+                comparison += f" ({row.comparison_label})"
+            lines.append(
+                f"| {row.scenario}: {row.metric} | {fmt(row.ours, row.unit)} | {comparison} "
+                f"| {_ratio(row)} | {row.goal or '—'} | {_met(row)} |"
+            )
+    return "\n".join(lines)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def machine() -> str:
+    """One line about where the figures come from."""
+    import celery
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    # What is measured is the product: the benchmark's own files do not make it "dirty".
+    product = ("producer", "worker", "ops", "pyproject.toml")
+    dirty = (
+        " with uncommitted changes to the product"
+        if _git("status", "--porcelain", "--", *product)
+        else ""
+    )
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, Celery {celery.__version__}; "
+        f"commit {commit}{dirty}"
+    )
+
+
+def _value(key: str, v: Any) -> str:
+    """A parameter's value for reading: bytes in MB, floats to 4 significant digits."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_value(k, x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(key, x) for x in v) + "]"
+    if isinstance(v, float | int) and not isinstance(v, bool) and key.endswith("_bytes"):
+        return f"{v / 1e6:,.1f} MB"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _params(params: dict[str, Any]) -> list[str]:
+    """A bullet per parameter; a list of records (one per load) gets a bullet each."""
+    lines = []
+    for key, v in params.items():
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            lines.append(f"- `{key}`:")
+            lines += [f"  - {_value(key, x)[1:-1]}" for x in v]
+        else:
+            lines.append(f"- `{key}`: {_value(key, v)}")
+    return lines
+
+
+def write(
+    results: list[ScenarioResult],
+    out_dir: Path,
+    *,
+    wall_s: float,
+    command: str,
+    fresh_only: bool = True,
+) -> Path:
+    """Write RESULTS.md and the charts into out_dir; returns the RESULTS.md path.
+
+    Args:
+        results: Every scenario's outcome, in table order.
+        out_dir: Where RESULTS.md and the PNGs go.
+        wall_s: How long this invocation took.
+        command: The command that produced it.
+        fresh_only: Whether every outcome comes from this invocation.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts = charts_for(results, out_dir)
+    smoke = any(r.smoke for r in results)
+    parts = [
+        "# videoqueue benchmark results",
+        "",
+        f"`{command}`: {'SMOKE SCALE, not for comparison; ' if smoke else ''}"
+        f"{wall_s / 60:.1f} min on {machine()}."
+        + (
+            ""
+            if fresh_only
+            else " Some scenarios are kept from earlier runs: each section says when it ran."
+        ),
+        "Figures come from the sandbox provider's counters, the workers' own trace "
+        "(bench/instrumented_worker.py), psutil's accounting of the real processes and Redis's "
+        "own memory accounting; see bench/README.md for how each is measured.",
+        "",
+        table(results),
+        "",
+    ]
+    if charts:
+        parts += ["## Charts", ""]
+        parts += [f"![{title}]({name})" for name, title in charts] + [""]
+    for r in results:
+        parts += [f"## {r.name}: {r.title}", ""]
+        parts += [f"Ran {r.started_at}, {r.wall_s:.0f} s.", ""]
+        for note in r.notes:
+            parts += [note, ""]
+        parts += ["Parameters and raw figures:", "", *_params(r.params), ""]
+        if r.error:
+            parts += [f"**Did not finish:** `{r.error}`", ""]
+    path = out_dir / "RESULTS.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+# --- charts --------------------------------------------------------------------------------
+
+
+def charts_for(results: list[ScenarioResult], out_dir: Path) -> list[tuple[str, str]]:
+    """Draw every chart whose data is present; returns (file name, title) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    by_name = {r.name: r for r in results if not r.error}
+    drawn = []
+    for name, title, draw in (
+        (LATENESS_PNG, "Poll lateness over time", _lateness),
+        (CALLS_PNG, "API status calls and detection latency per job", _calls),
+        (RSS_PNG, "RSS over time", _rss),
+    ):
+        if draw(by_name, out_dir / name):
+            drawn.append((name, title))
+    return drawn
+
+
+def _lateness(by_name: dict[str, ScenarioResult], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    loads = by_name.get("in-flight", ScenarioResult("", "", False, "")).series.get("loads", [])
+    loads = [load for load in loads if load.get("lateness")]
+    if not loads:
+        return False
+    fig, axes = plt.subplots(len(loads), 1, figsize=(9, 3.4 * len(loads)), squeeze=False)
+    for ax, load in zip(axes[:, 0], loads, strict=True):
+        t = [p[0] for p in load["lateness"]]
+        late = [p[1] for p in load["lateness"]]
+        ax.scatter(t, late, s=2, alpha=0.3, color="tab:blue", label="poll lateness (s)")
+        ax.axhline(1.0, color="tab:red", linewidth=1, linestyle="--", label="goal: p99 < 1 s")
+        ax.set_ylim(bottom=min(0.0, *late), top=max(1.2, *late) * 1.05)
+        ax.set_xlabel("seconds since the first enqueue")
+        ax.set_ylabel("actual - scheduled start (s)")
+        ax.set_title(f"{load['jobs']:,} jobs in flight, one worker host")
+        twin = ax.twinx()
+        flight = load.get("in_flight", [])
+        twin.plot(
+            [p[0] for p in flight],
+            [p[1] for p in flight],
+            color="tab:green",
+            linewidth=1.2,
+            label="jobs in flight at the sandbox",
+        )
+        twin.set_ylabel("in flight")
+        handles = ax.get_legend_handles_labels()
+        twin_handles = twin.get_legend_handles_labels()
+        ax.legend(
+            handles[0] + twin_handles[0],
+            handles[1] + twin_handles[1],
+            loc="center right",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _calls(by_name: dict[str, ScenarioResult], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    result = by_name.get("polling")
+    if result is None or not result.series.get("ours"):
+        return False
+    ours, theirs = result.series["ours"], result.series.get("baseline", [])
+    fig, (calls, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    for points, label, marker in ((ours, "videoqueue", "o"), (theirs, "fixed 1 s poll", "x")):
+        calls.scatter(
+            [p[0] for p in points], [p[1] for p in points], s=14, marker=marker, label=label
+        )
+        done = [p for p in points if p[2] is not None]
+        latency.scatter(
+            [p[0] for p in done], [p[2] for p in done], s=14, marker=marker, label=label
+        )
+    generation = sorted({p[0] for p in ours + theirs})
+    latency.plot(
+        generation,
+        [max(0.1 * g, 2.0) for g in generation],
+        color="tab:red",
+        linestyle="--",
+        linewidth=1,
+        label="goal: max(10 % of generation, 2 s)",
+    )
+    for ax in (calls, latency):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = [
+            t for t in (20, 30, 60, 120, 300, 600) if generation[0] / 2 < t < generation[-1] * 2
+        ]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("generation time (s, unscaled)")
+        ax.legend(fontsize=8)
+    calls.set_ylabel("status calls for the job")
+    calls.set_title("API status calls per job")
+    latency.set_ylabel("ready -> noticed (s, unscaled)")
+    latency.set_title("Detection latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _rss(by_name: dict[str, ScenarioResult], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    flight = by_name.get("in-flight")
+    copy = by_name.get("copy")
+    panels = []
+    if flight is not None and flight.series.get("loads"):
+        panels.append("in-flight")
+    if copy is not None and copy.series.get("rss"):
+        panels.append("copy")
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "in-flight" and flight is not None:
+            for load in flight.series["loads"]:
+                points = load.get("rss_ours", [])
+                ax.plot(
+                    [p[0] for p in points],
+                    [p[1] / 1e6 for p in points],
+                    label=f"worker tree, {load['jobs']:,} in flight",
+                )
+            base = flight.series.get("rss_baseline", [])
+            if base:
+                ax.plot(
+                    [p[0] for p in base],
+                    [p[1] / 1e6 for p in base],
+                    label=f"thread per job, {flight.series.get('baseline_jobs', 0):,} threads",
+                )
+            ax.axhline(300, color="tab:red", linestyle="--", linewidth=1, label="goal: 300 MB")
+            ax.set_title("In flight: RSS")
+            ax.set_xlabel("seconds since start")
+            ax.set_ylabel("RSS (MB)")
+        elif copy is not None:
+            points = copy.series["rss"]
+            ax.plot([p[0] for p in points], [p[1] / 2**20 for p in points], label="worker tree")
+            window = copy.series.get("copy_window")
+            if window:
+                ax.axvspan(
+                    window[0], window[1], color="tab:orange", alpha=0.15, label="finalize copying"
+                )
+            ax.set_title("Copy of a 1 GiB MP4: worker RSS")
+            ax.set_xlabel("seconds since the job was enqueued")
+            ax.set_ylabel("RSS (MiB)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
