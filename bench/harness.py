@@ -27,13 +27,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import psutil
 import redis
 
-import ops.stack
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.stack import S3Service, WorkerProcess, celery_worker, ensure_redis, seaweedfs
 from producer.settings import Settings
@@ -114,7 +112,7 @@ def services(raw_dir: Path, *, redis_url: str, smoke: bool) -> Iterator[Services
     with (
         ensure_redis(redis_url) as url,
         tempfile.TemporaryDirectory(prefix="vqbench-s3-") as s3_dir,
-        _seaweedfs_for_large_objects(Path(s3_dir)) as s3,
+        seaweedfs(Path(s3_dir)) as s3,
     ):
         s3.ensure_bucket(BUCKET)
         try:
@@ -141,29 +139,6 @@ def _tidy(redis_url: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
-
-
-@contextmanager
-def _seaweedfs_for_large_objects(workdir: Path) -> Iterator[S3Service]:
-    """ops.stack.seaweedfs, with room for objects larger than 512 MiB.
-
-    ops.stack runs SeaweedFS with 64 MB volumes and SeaweedFS's default cap of 8 volumes per
-    server, so it stores at most 512 MiB in all: the 1 GiB copy fails with "No writable
-    volumes and no free volumes left". ops/stack.py is not the benchmark's to change, so
-    this adds ``-volume.max=0`` (as many volumes as the disk has room for) to the command
-    ops.stack builds, while it starts. Drop it once ops.stack passes that flag itself.
-    """
-    spawn = ops.stack._spawn
-
-    def spawn_with_room(argv: list[str], log_path: Path, **kwargs: Any) -> Any:
-        if Path(argv[0]).name == "weed":
-            argv = [*argv, "-volume.max=0"]
-        return spawn(argv, log_path, **kwargs)
-
-    with ExitStack() as stack:
-        with mock.patch.object(ops.stack, "_spawn", spawn_with_room):
-            s3 = stack.enter_context(seaweedfs(workdir))
-        yield s3
 
 
 # --- a deployment --------------------------------------------------------------------------

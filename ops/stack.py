@@ -437,6 +437,9 @@ def seaweedfs(workdir: Path) -> Iterator[S3Service]:
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         "-master.volumeSizeLimitMB=64",
+        # Small volumes keep preallocation cheap; with the default cap of 8 per server they
+        # would hold 512 MiB in all, so let the disk decide how many there are.
+        "-volume.max=0",
         "-master.telemetry=false",  # no phoning home from tests
         "-s3",
         f"-s3.port={ports['s3']}",

@@ -25,6 +25,9 @@ from producer.store import NewJob
 # Jobs per Lua call: large enough that round trips vanish, small enough that one call
 # blocks Redis for milliseconds, not seconds.
 CHUNK_JOBS = 5000
+# Batches up to this size keep their validated models between checking and writing; larger
+# ones validate each request twice rather than hold every model in memory at once.
+KEEP_MODELS_UP_TO = 20_000
 # How many problems an InvalidRequest for a batch spells out.
 MAX_PROBLEMS_LISTED = 20
 
@@ -66,9 +69,7 @@ def enqueue_batch(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise InvalidRequest("metadata must map strings to strings")
-    # Small batches keep the validated models; large ones validate twice (once to check all,
-    # once per chunk to write) so that 100,000 models never sit in memory at once.
-    keep = len(items) <= CHUNK_JOBS
+    keep = len(items) <= KEEP_MODELS_UP_TO
     validated = _validate_all(items, keep=keep)
 
     batch_id = f"batch_{uuid.uuid4().hex}"

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import httpx
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
 
 from producer import names
@@ -356,7 +357,8 @@ def finalize(self: Task, job_id: str, url: str | None = None, rounds: int = 0) -
         except _UrlExpired as e:
             last_error = f"file URL expired ({e})"
             url = None  # a fresh query gives a fresh URL
-        except (httpx.HTTPError, OSError, RetryableError) as e:
+        except (httpx.HTTPError, OSError, RetryableError, BotoCoreError, ClientError) as e:
+            # S3 down or slow is as passing as the provider's CDN being so: try again.
             last_error = f"{type(e).__name__}: {e}"
         except PermanentError as e:
             fail(job_id, e.code, str(e))
