@@ -24,7 +24,7 @@ from producer.store import NewJob
 
 # Jobs per Lua call: large enough that round trips vanish, small enough that one call
 # blocks Redis for milliseconds, not seconds.
-CHUNK_JOBS = 5000
+CHUNK_JOBS = 2500
 # Batches up to this size keep their validated models between checking and writing; larger
 # ones validate each request twice rather than hold every model in memory at once.
 KEEP_MODELS_UP_TO = 20_000
