@@ -18,7 +18,6 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.harness import (
@@ -67,7 +66,6 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
         name=NAME,
         title="Copy: a 1 GiB MP4 from the provider into S3",
         smoke=services.smoke,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         params={**asdict(scale)},
     )
     env = {

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.harness import (
@@ -68,7 +67,6 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
         name=NAME,
         title="End to end in fast mode: jobs/s and worker CPU per job",
         smoke=services.smoke,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         params={**asdict(scale)},
     )
     figures = {n: _one(services, scale, n) for n in scale.workers}

@@ -29,7 +29,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,6 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
         name=NAME,
         title="Enqueue: 10,000 valid requests",
         smoke=services.smoke,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         params={**asdict(scale), "enqueue_batch": has_batch(), "lpush_pipeline": LPUSH_PIPELINE},
     )
     name = f"vqbench-{NAME}-{uuid.uuid4().hex[:8]}"

@@ -52,6 +52,8 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"videoqueue-benchmark-webhook-key!
 POLL_FIRST_S = 2.0
 POLL_FACTOR = 1.2
 POLL_CAP_S = 30.0
+# The poll settings, as scenarios report them in their parameters.
+POLL_PARAMS = {"poll_first_s": POLL_FIRST_S, "poll_factor": POLL_FACTOR, "poll_cap_s": POLL_CAP_S}
 
 
 def poll_env(time_scale: float = 1.0) -> dict[str, str]:

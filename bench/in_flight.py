@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.baseline import run_in_subprocess
@@ -35,6 +34,7 @@ from bench.harness import (
     POLL_CAP_S,
     POLL_FACTOR,
     POLL_FIRST_S,
+    POLL_PARAMS,
     Deployment,
     ProcessTree,
     Sampler,
@@ -107,12 +107,9 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
         name=NAME,
         title="In flight: jobs watched by one worker host",
         smoke=services.smoke,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         params={
             **asdict(scale),
-            "poll_first_s": POLL_FIRST_S,
-            "poll_factor": POLL_FACTOR,
-            "poll_cap_s": POLL_CAP_S,
+            **POLL_PARAMS,
             "pool": "prefork",
         },
     )

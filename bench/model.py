@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ class ScenarioResult:
     name: str
     title: str
     smoke: bool
-    started_at: str
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     wall_s: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.baseline import run_in_subprocess
@@ -27,6 +26,7 @@ from bench.harness import (
     POLL_CAP_S,
     POLL_FACTOR,
     POLL_FIRST_S,
+    POLL_PARAMS,
     Services,
     deployment,
     log,
@@ -86,12 +86,9 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
         name=NAME,
         title="Polling efficiency over generation times from 20 s to 10 min",
         smoke=services.smoke,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         params={
             **asdict(scale),
-            "poll_first_s": POLL_FIRST_S,
-            "poll_factor": POLL_FACTOR,
-            "poll_cap_s": POLL_CAP_S,
+            **POLL_PARAMS,
             "baseline_interval_s": 1.0,
             "flavor": "router",
         },

@@ -27,6 +27,7 @@ from celery import Task
 
 from producer import names
 from producer.errors import PermanentError, RetryableError
+from producer.jobs import mark_cancelled
 from producer.messages import task_message
 from producer.records import (
     ErrorInfo,
@@ -79,10 +80,9 @@ def _seconds_since(iso: str | None) -> float:
 # --- ending a job ---
 
 
-def _finish(job_id: str, change: Any, event_type: str | None) -> JobRecord | None:
-    """Apply a terminal change, give back the job's provider slot, and queue its webhook
-    (unless event_type is None: a cancelled job's backend asked for that itself) in the
-    same transaction as the change; None if the job had already ended."""
+def _finish(job_id: str, change: Any, event_type: str) -> JobRecord | None:
+    """Apply a terminal change, give back the job's provider slot, and queue its webhook in
+    the same transaction as the change; None if the job had already ended."""
     rt = runtime()
     ended: list[bool] = []
 
@@ -91,7 +91,7 @@ def _finish(job_id: str, change: Any, event_type: str | None) -> JobRecord | Non
             return False
         change(record)
         record.finished_at = utcnow_iso()
-        if event_type and (url := record.request.get("webhook_url")):
+        if url := record.request.get("webhook_url"):
             record.webhook = WebhookDelivery(url=url, event_type=event_type)
         ended.append(True)
         return True
@@ -117,10 +117,6 @@ def fail(job_id: str, code: str, message: str) -> None:
         log.warning("job failed", job_id=job_id, code=code, message=message)
 
 
-def _cancelled(record: JobRecord) -> None:
-    record.status = JobStatus.CANCELLED
-
-
 # --- submit ---
 
 
@@ -135,8 +131,7 @@ def submit(self: Task, job_id: str, reserved: bool = False) -> None:
     s = rt.settings
     record = rt.store.get(job_id)
     if record.batch_id and not record.terminal and rt.store.batch_cancelled(record.batch_id):
-        _finish(job_id, _cancelled, None)
-        record = rt.store.get(job_id)
+        record = rt.store.update(job_id, mark_cancelled)
     if record.terminal:
         rt.limits.give_slot(job_id)  # it may have been handed one while it waited
         return
