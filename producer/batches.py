@@ -1,9 +1,9 @@
 """Batches: thousands of jobs enqueued in one call, tracked together.
 
 A batch is validated whole before anything is written (all or nothing), then written in
-chunks, each one Lua script that stores the records and pushes the submit messages: a few
-round trips for 10,000 jobs instead of 20,000. Its jobs start on the bulk queue and wait
-behind single jobs for provider slots, so one campaign cannot starve everyone else.
+chunks, each one Lua script that stores the records and their schedule entries: a few
+round trips for 10,000 jobs instead of 20,000. Its jobs wait in the bulk submit lane,
+behind single jobs, for provider slots, so one campaign cannot starve everyone else.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from producer import names
 from producer.errors import InvalidRequest
 from producer.jobs import mark_cancelled, store
-from producer.messages import task_message
 from producer.records import BatchRecord, JobRecord, utcnow_iso
 from producer.requests import VideoRequest, http_url, parse_request
 from producer.settings import Settings, get_settings
@@ -74,7 +72,6 @@ def enqueue_batch(
 
     batch_id = f"batch_{uuid.uuid4().hex}"
     st = store(s)
-    queue = names.bulk_queue(s.queue)
     template = _record_template(batch_id)
     now = utcnow_iso()  # one instant for the whole batch
     api_format = s.api_format.value
@@ -87,13 +84,9 @@ def enqueue_batch(
         models = (
             validated[start : start + CHUNK_JOBS] if keep else [parse_request(x) for x in chunk]
         )
-        jobs, messages = [], []
-        for req in models:
-            job = _new_job(req, now, template, api_format, webhook_url, metadata)
-            jobs.append(job)
-            messages.append(task_message(names.SUBMIT, [job.id], queue))
+        jobs = [_new_job(req, now, template, api_format, webhook_url, metadata) for req in models]
         deduplicated |= st.create_batch_chunk(
-            batch_id, jobs, messages, queue=queue, first_index=start,
+            batch_id, jobs, first_index=start,
             seal=start + CHUNK_JOBS >= len(items), fields=fields if start == 0 else None,
         )  # fmt: skip
     if deduplicated:
@@ -195,5 +188,5 @@ def cancel_batch(batch_id: str, *, settings: Settings | None = None) -> BatchRec
     st.set_batch_fields(batch_id, {"cancelled": "1"})
 
     for job_id in st.batch_job_ids(batch_id):
-        st.update(job_id, mark_cancelled)
+        st.update(job_id, mark_cancelled, after=lambda r, pipe: st.schedule.nudge(r.id, pipe))
     return st.get_batch(batch_id)

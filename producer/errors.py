@@ -5,6 +5,7 @@ VideoqueueError
 ├── JobNotFound           no job record under that id
 ├── WaitTimeout           wait() gave up before the job ended
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
+├── InvalidVideo          the provider's file is not a readable MP4 (raised in the worker)
 └── ProviderError         the provider answered with an error (raised in the worker)
     ├── RetryableError    try again later: 429, 5xx, timeouts (carries delay_s)
     └── PermanentError    the provider refused for good: other 4xx, a failed task
@@ -40,6 +41,13 @@ class WaitTimeout(VideoqueueError, TimeoutError):
 
 class WebhookVerificationError(VideoqueueError):
     """Raised when a received webhook's signature or timestamp does not verify."""
+
+
+class InvalidVideo(VideoqueueError):
+    """Raised when a file is not a readable MP4: not one at all, cut short, or with a missing or
+    broken `moov` box. Reading the same bytes again cannot help; `code` is "invalid_video"."""
+
+    code = "invalid_video"
 
 
 class ProviderError(VideoqueueError):

@@ -7,9 +7,7 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
-from producer import names
 from producer.errors import WaitTimeout
-from producer.messages import task_message
 from producer.records import TERMINAL, JobRecord, JobStatus, utcnow_iso
 from producer.requests import VideoRequest, parse_request
 from producer.settings import Settings, get_settings
@@ -17,14 +15,14 @@ from producer.store import JobStore
 
 
 @lru_cache(maxsize=8)
-def _store_for(url: str, prefix: str, queue: str) -> JobStore:
-    return JobStore.from_url(url, prefix, queue)
+def _store_for(url: str, prefix: str) -> JobStore:
+    return JobStore.from_url(url, prefix)
 
 
 def store(settings: Settings | None = None) -> JobStore:
-    """The job store for these settings (one connection pool per URL, prefix and queue)."""
+    """The job store for these settings (one connection pool per URL and prefix)."""
     s = settings or get_settings()
-    return _store_for(s.records_url, s.key_prefix, s.queue)
+    return _store_for(s.records_url, s.key_prefix)
 
 
 def new_job_id() -> str:
@@ -59,8 +57,7 @@ def enqueue(request: VideoRequest | dict[str, Any], *, settings: Settings | None
     s = settings or get_settings()
     req = parse_request(request)
     record = new_record(req, s)
-    message = task_message(names.SUBMIT, [record.id], s.queue)
-    return store(s).create(record, message, s.queue, req.idempotency_key)
+    return store(s).create(record, req.idempotency_key)
 
 
 def get(job_id: str, *, settings: Settings | None = None) -> JobRecord:
@@ -109,7 +106,8 @@ def cancel(job_id: str, *, settings: Settings | None = None) -> JobRecord:
     Raises:
         JobNotFound: when no job has that id.
     """
-    return store(settings).update(job_id, mark_cancelled)
+    st = store(settings)
+    return st.update(job_id, mark_cancelled, after=lambda r, pipe: st.schedule.nudge(r.id, pipe))
 
 
 def mark_cancelled(record: JobRecord) -> bool:

@@ -79,3 +79,32 @@ def task_message(
 @lru_cache(maxsize=64)
 def _quoted(text: str) -> str:
     return json.dumps(text)
+
+
+def claim_envelope(name: str, queue: str) -> list[str]:
+    """The envelope of a message the schedule's claim script writes (worker/pump.py), cut
+    where the script fills in its values: body, id, id, id, delivery tag (six pieces).
+
+    The body is plain JSON text with no body_encoding, which kombu passes through as it is
+    (it decodes only the encodings it names), so a Lua script can write it without base64.
+    """
+    marks = {"body": "\x00", "id": "\x01", "tag": "\x02"}
+    text = _ENVELOPE % {
+        "body": marks["body"],
+        "task": _quoted(name),
+        "id": marks["id"],
+        "eta": "null",
+        "argsrepr": '"(claimed from the schedule)"',
+        "kwargsrepr": '"{}"',
+        "origin": _quoted(_ORIGIN),
+        "queue": _quoted(queue),
+        "priority": 0,
+        "tag": marks["tag"],
+    }
+    text = text.replace('"body":"\x00"', '"body":\x00').replace(',"body_encoding":"base64"', "")
+    pieces: list[str] = []
+    for part in text.split("\x00"):
+        for sub in part.split("\x01"):
+            pieces.extend(sub.split("\x02"))
+    assert len(pieces) == 6, pieces
+    return pieces

@@ -5,6 +5,8 @@ The producer reaches the worker by these names only, never by importing worker c
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 SUBMIT = "videoqueue.submit"
 POLL = "videoqueue.poll"
 FINALIZE = "videoqueue.finalize"
@@ -13,8 +15,57 @@ NOTIFY_BATCH = "videoqueue.notify_batch"
 
 
 def bulk_queue(queue: str) -> str:
-    """The queue batch jobs start on, so that a single job is not stuck behind a batch."""
+    """The queue batch jobs' submits travel on, so that a single job is not stuck behind a
+    batch."""
     return f"{queue}.bulk"
+
+
+def poll_queue(queue: str) -> str:
+    """The queue poll batches travel on, so that due polls never wait behind submits."""
+    return f"{queue}.poll"
+
+
+def queues(queue: str) -> list[str]:
+    """Every Celery queue a deployment's workers consume."""
+    return [queue, bulk_queue(queue), poll_queue(queue)]
+
+
+class Lane(StrEnum):
+    """Which part of the durable schedule an entry waits in (see producer/schedule.py).
+
+    Every unfinished job has exactly one entry, in the lane its status calls for; a lane
+    says which task the entry's step runs as and which Celery queue carries it.
+    """
+
+    POLL = "poll"  # at the provider: its next status query
+    SUBMIT = "submit"  # a single job waiting to be submitted (or for a slot, a token)
+    SUBMIT_BULK = "submit_bulk"  # the same for a batch's jobs, served after single jobs
+    FINALIZE = "finalize"  # done at the provider: the copy into S3
+    NOTIFY = "notify"  # ended: its webhook's next delivery attempt (keyed by job)
+    NOTIFY_BATCH = "notify_batch"  # a batch's batch.completed webhook (keyed by batch)
+
+    @property
+    def task(self) -> str:
+        return _LANE_TASKS[self]
+
+    def queue(self, queue: str) -> str:
+        """The Celery queue this lane's messages travel on."""
+        if self is Lane.POLL:
+            return poll_queue(queue)
+        return bulk_queue(queue) if self is Lane.SUBMIT_BULK else queue
+
+
+_LANE_TASKS = {
+    Lane.POLL: POLL, Lane.SUBMIT: SUBMIT, Lane.SUBMIT_BULK: SUBMIT, Lane.FINALIZE: FINALIZE,
+    Lane.NOTIFY: NOTIFY, Lane.NOTIFY_BATCH: NOTIFY_BATCH,
+}  # fmt: skip
+
+# The order the pump serves lanes in each tick: polls first (they free provider slots and
+# notice finished videos), then single jobs before batch jobs.
+LANES = list(Lane)
+# Lanes whose steps call the provider's API, and so spend the shared rate limit.
+RATE_LIMITED = frozenset({Lane.POLL, Lane.SUBMIT, Lane.SUBMIT_BULK})
+SUBMIT_LANES = frozenset({Lane.SUBMIT, Lane.SUBMIT_BULK})
 
 
 class Keys:
@@ -29,9 +80,10 @@ class Keys:
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
 
-    def poll_token(self, job_id: str) -> str:
-        """The token of the job's one live poll chain."""
-        return f"{self.prefix}:job:{job_id}:poll"
+    def file_url(self, job_id: str) -> str:
+        """The provider's file URL for a finished job, kept an hour for the copy step (it
+        may be signed: it is kept out of the record, which webhooks and status print)."""
+        return f"{self.prefix}:job:{job_id}:file"
 
     def event_body(self, job_id: str) -> str:
         """The job's webhook body, fixed at its first delivery attempt."""
@@ -57,21 +109,33 @@ class Keys:
         """A sorted set of the jobs holding a provider slot (score: when they took it)."""
         return f"{self.prefix}:limits:{account}:in_flight"
 
-    def waiting(self, account: str, lane: str) -> str:
-        """Submit messages of jobs waiting for a provider slot ("interactive" before "bulk")."""
-        return f"{self.prefix}:limits:{account}:waiting:{lane}"
-
     def rate(self, account: str) -> str:
         """The token bucket of the shared request rate."""
         return f"{self.prefix}:limits:{account}:rate"
 
-    def deferred(self) -> str:
-        """A sorted set of deferred task messages by due time (see worker/deferred.py)."""
-        return f"{self.prefix}:deferred"
+    def schedule(self, lane: Lane) -> str:
+        """A sorted set: entry (job or batch id) -> when it is next due, by Redis's clock."""
+        return f"{self.prefix}:schedule:{lane.value}"
 
-    def deferred_messages(self) -> str:
-        """A hash: deferred message id -> its queue and message."""
-        return f"{self.prefix}:deferred:messages"
+    def schedules(self) -> list[str]:
+        """Every lane's sorted set, in LANES order (the order scripts take them in)."""
+        return [self.schedule(lane) for lane in LANES]
+
+    def leases(self) -> str:
+        """A hash: entry -> the token of the claim that holds it (absent: not claimed)."""
+        return f"{self.prefix}:schedule:leases"
+
+    def faults(self) -> str:
+        """A hash: entry -> how many unexpected exceptions its steps raised."""
+        return f"{self.prefix}:schedule:faults"
+
+    def claim_seq(self) -> str:
+        """A counter that makes every claim's token unique."""
+        return f"{self.prefix}:schedule:seq"
+
+    def durations(self, model: str) -> str:
+        """A list of the latest generation times (s) seen for one model and size."""
+        return f"{self.prefix}:durations:{model}"
 
     def events(self, job_id: str) -> str:
         """A pub/sub channel that announces each change of a job (for wait())."""

@@ -95,6 +95,17 @@ class JobRecord(BaseModel):
     polls: int = 0
     batch_id: str | None = None
     webhook: WebhookDelivery | None = None
+    # Times a step of this job was claimed again because its last claim never finished
+    # (its worker died, its message was lost).
+    recoveries: int = 0
+    # When (seconds after submission) the provider is expected to finish, and the seconds
+    # after submission at which `progress` was reported: the poll schedule aims by them.
+    estimate_s: float | None = None
+    progress_s: float | None = None
+    # Seconds after submission of the latest status query.
+    polled_s: float | None = None
+    # Attempts to copy the finished video into S3.
+    copy_attempts: int = 0
 
     @property
     def terminal(self) -> bool:

@@ -47,20 +47,36 @@ class Settings(BaseSettings):
     # --- submit retries (429, 5xx, timeouts) ---
     submit_max_attempts: int = Field(8, ge=1)
     retry_base_s: float = Field(2.0, gt=0)
+    # The longest wait before a retry, the provider's Retry-After included.
     retry_cap_s: float = Field(120.0, gt=0)
 
     # --- polling ---
     poll_first_s: float = Field(2.0, gt=0)
     poll_factor: float = Field(1.2, ge=1.0)
+    # The longest wait between two status queries, the provider's poll hint included.
     poll_cap_s: float = Field(30.0, gt=0)
     # A job not finished at the provider this long after submission fails with "timeout".
     deadline_s: float = Field(3600.0, gt=0)
+    # Jobs one poll task queries at once (one message, one read, one write for all).
+    poll_batch_size: int = Field(50, ge=1, le=500)
+
+    # --- the schedule (producer/schedule.py) ---
+    # A claimed step not finished (nor extended) within this long comes due again: the
+    # recovery time after a worker dies. A running step extends its lease every third of it.
+    lease_s: float = Field(20.0, ge=2)
+    # A step running longer than this is abandoned (Celery's hard time limit), so that no
+    # hung call holds a job for good; its lease then brings it back.
+    step_timeout_s: float = Field(3600.0, ge=10)
+    # Unexpected exceptions (and lost leases) a job survives before it fails "internal_error".
+    fault_max_attempts: int = Field(5, ge=1)
+    # Messages the pump keeps waiting on each Celery queue at most: the rest of the due
+    # work waits in the schedule, where a lost message costs nothing.
+    dispatch_ahead: int = Field(16, ge=1)
 
     # --- broker redelivery ---
-    # On Redis a message delivered but not acknowledged is handed out again after this long:
-    # the recovery time for the tasks a crashed worker was running. videoqueue's waits are
-    # not broker countdowns (see worker/deferred.py), so this only has to exceed the run
-    # time of one task, and finalize's copy of one file is the longest.
+    # On Redis a message delivered but not acknowledged is handed out again after this long.
+    # Since the schedule's leases bring back a dead worker's steps (lease_s), a redelivered
+    # message is a stale duplicate that does nothing; this no longer sets the recovery time.
     visibility_timeout_s: int = Field(900, ge=10)
 
     # --- provider limits, shared by every worker through Redis ---

@@ -9,15 +9,19 @@ from typing import Any, cast
 
 import redis
 
-from producer import names
 from producer.errors import JobNotFound
-from producer.messages import task_message
-from producer.names import Keys
+from producer.names import Keys, Lane
 from producer.records import TERMINAL, BatchRecord, JobRecord, WebhookDelivery, utcnow_iso
+from producer.schedule import REDIS_NOW, Schedule
 
-# Record, idempotency claim and first task message land together or not at all, so a crash
-# can neither lose an accepted job nor leave a message without its record. An existing claim
-# on the idempotency key wins: the caller gets the job that holds it.
+# A change to one record: mutate it in place; return False to leave Redis untouched.
+Change = Callable[[JobRecord], bool | None]
+# More commands for the same transaction as a change, queued on its pipeline.
+After = Callable[[JobRecord, Any], None]
+
+# Record, idempotency claim and schedule entry land together or not at all, so a crash can
+# neither lose an accepted job nor leave an entry without its record. An existing claim on
+# the idempotency key wins: the caller gets the job that holds it.
 _CREATE = """
 if KEYS[1] ~= '' then
   local held = redis.call('GET', KEYS[1])
@@ -25,47 +29,50 @@ if KEYS[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('LPUSH', KEYS[3], ARGV[3])
+""" + REDIS_NOW + """
+redis.call('ZADD', KEYS[3], now, ARGV[1])
 return ARGV[1]
 """
 
-# A chunk of a batch in one atomic step: records, idempotency claims, submit messages and
+# A chunk of a batch in one atomic step: records, idempotency claims, schedule entries and
 # the batch's bookkeeping. Job and idempotency keys are built from prefixes inside the script
 # (one key per job would not fit in KEYS for 10,000 jobs); videoqueue needs one Redis, not a
 # cluster. ARGV: idempotency-key prefix, job-key prefix, index of the chunk's first request,
-# seal ("1" on the last chunk), now, the queue and message of the batch.completed webhook,
-# then one value per job: id, idempotency key or "", record JSON and submit message, joined
-# by the unit separator (\x1f), which JSON text escapes and ids never hold: one argument per
-# job instead of four is a third less work for the client.
+# seal ("1" on the last chunk), now, the batch id, then one value per job: id, idempotency
+# key or "" and record JSON, joined by the unit separator (\x1f), which JSON text escapes and
+# ids never hold: one argument per job instead of three is less work for the client.
+# KEYS: batch, its job list, the submit lane, its counts, the batch-webhook lane.
 # Returns the request indexes whose idempotency key an earlier job held, each
 # followed by that job's id.
-_CREATE_BATCH = """
-local batch, jobs, queue, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+_CREATE_BATCH = REDIS_NOW + """
+local batch, jobs, lane, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idem_prefix, job_prefix, first_index, seal = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local held, ids, msgs = {}, {}, {}
-for i = 8, #ARGV do
+local held, ids, entries = {}, {}, {}
+for i = 7, #ARGV do
   local f1 = string.find(ARGV[i], '\\31', 1, true)
   local f2 = string.find(ARGV[i], '\\31', f1 + 1, true)
-  local f3 = string.find(ARGV[i], '\\31', f2 + 1, true)
   local id, idem = string.sub(ARGV[i], 1, f1 - 1), string.sub(ARGV[i], f1 + 1, f2 - 1)
-  local record, message = string.sub(ARGV[i], f2 + 1, f3 - 1), string.sub(ARGV[i], f3 + 1)
+  local record = string.sub(ARGV[i], f2 + 1)
   local earlier = false
   if idem ~= '' then
     earlier = redis.call('GET', idem_prefix .. idem)
     if not earlier then redis.call('SET', idem_prefix .. idem, id) end
   end
   if earlier then
-    held[#held + 1] = tostring(first_index + i - 8)
+    held[#held + 1] = tostring(first_index + i - 7)
     held[#held + 1] = earlier
   else
     redis.call('SET', job_prefix .. id, record)
     ids[#ids + 1] = id
-    msgs[#msgs + 1] = message
+    entries[#entries + 1] = now
+    entries[#entries + 1] = id
   end
 end
-for j = 1, #msgs, 1000 do
-  redis.call('LPUSH', queue, unpack(msgs, j, math.min(j + 999, #msgs)))
+for j = 1, #ids, 1000 do
   redis.call('RPUSH', jobs, unpack(ids, j, math.min(j + 999, #ids)))
+end
+for j = 1, #entries, 2000 do
+  redis.call('ZADD', lane, unpack(entries, j, math.min(j + 1999, #entries)))
 end
 redis.call('HSETNX', batch, 'created_at', ARGV[5])
 redis.call('HINCRBY', batch, 'total', #ids)
@@ -77,31 +84,25 @@ if seal == '1' then
   if ended >= tonumber(redis.call('HGET', batch, 'total'))
       and redis.call('HSETNX', batch, 'finished_at', ARGV[5]) == 1
       and redis.call('HGET', batch, 'webhook_url') then
-    redis.call('LPUSH', ARGV[6], ARGV[7])
+    redis.call('ZADD', KEYS[5], now, ARGV[6])
   end
 end
 return held
 """
 
 # One of a batch's jobs ended. Exactly one caller sees the last job end (HINCRBY is atomic,
-# and HSETNX guards the seal race), and only that caller queues the batch.completed webhook,
-# inside the same transaction as the job's own transition: nothing in between to crash in.
-_JOB_ENDED = """
+# and HSETNX guards the seal race), and only that caller schedules the batch.completed
+# webhook, inside the same transaction as the job's own transition: nothing in between to
+# crash in. KEYS: the batch, the batch-webhook lane. ARGV: the batch id, now (ISO).
+_JOB_ENDED = REDIS_NOW + """
 local ended = redis.call('HINCRBY', KEYS[1], 'ended', 1)
 if redis.call('HGET', KEYS[1], 'sealed') == '1'
     and ended >= tonumber(redis.call('HGET', KEYS[1], 'total'))
     and redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 1
     and redis.call('HGET', KEYS[1], 'webhook_url') then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
 end
 return ended
-"""
-
-# Compare-and-set of a job's poll-chain token (see worker.tasks.poll).
-_CAS = """
-local cur = redis.call('GET', KEYS[1])
-if (cur or '') == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
-return 0
 """
 
 
@@ -115,40 +116,45 @@ class NewJob:
 
 
 class JobStore:
-    """Reads and writes job and batch records.
+    """Reads and writes job and batch records, and their schedule entries.
 
     Args:
         client: a Redis client.
         prefix: the key prefix every key of this deployment starts with.
-        queue: the Celery queue that follow-up messages (webhooks) go to.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str, queue: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.keys = Keys(prefix)
-        self.queue = queue
+        self.schedule = Schedule(client, self.keys)
         self._create = client.register_script(_CREATE)
         self._create_batch = client.register_script(_CREATE_BATCH)
         self._job_ended = client.register_script(_JOB_ENDED)
-        self._cas = client.register_script(_CAS)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, queue: str) -> JobStore:
-        return cls(redis.Redis.from_url(url), prefix, queue)
+    def from_url(cls, url: str, prefix: str) -> JobStore:
+        return cls(redis.Redis.from_url(url), prefix)
 
     # --- jobs ---
 
-    def create(
-        self, record: JobRecord, message: str, queue: str, idempotency_key: str | None
-    ) -> str:
-        """Store a new job and its first task message; returns the job id that holds the
-        idempotency key (the new one, or an earlier job's)."""
+    def create(self, record: JobRecord, idempotency_key: str | None) -> str:
+        """Store a new job with its schedule entry, due now; returns the job id that holds
+        the idempotency key (the new one, or an earlier job's)."""
         idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
+        lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         held = self._create(
-            keys=[idem, self.keys.job(record.id), queue],
-            args=[record.id, record.model_dump_json(), message],
+            keys=[idem, self.keys.job(record.id), self.keys.schedule(lane)],
+            args=[record.id, record.model_dump_json()],
         )
         return _text(held)
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord | None]:
+        """Records of many jobs in one round trip (None where there is none)."""
+        raws = self.redis.mget([self.keys.job(j) for j in job_ids]) if job_ids else []
+        return {
+            j: JobRecord.model_validate_json(raw) if raw is not None else None
+            for j, raw in zip(job_ids, raws, strict=True)
+        }
 
     def get(self, job_id: str) -> JobRecord:
         """The job's record.
@@ -161,45 +167,61 @@ class JobStore:
             raise JobNotFound(job_id)
         return JobRecord.model_validate_json(raw)
 
-    def update(
-        self,
-        job_id: str,
-        change: Callable[[JobRecord], bool | None],
-        *,
-        then: Callable[[JobRecord], Sequence[tuple[str, str]]] | None = None,
-    ) -> JobRecord:
+    def update(self, job_id: str, change: Change, *, after: After | None = None) -> JobRecord:
         """Apply change to the record atomically (optimistic locking; retried on conflict).
 
         `change` mutates the record in place; returning False leaves Redis untouched.
-        `then(record)` names (queue, message) pairs to enqueue in the same transaction, so
-        that a follow-up (a webhook) cannot be lost to a crash right after the change.
-        Workers on several hosts may update one job at once: the WATCH makes the last
-        writer re-read instead of overwriting the other's change. A batch's counts move
-        with its jobs' statuses in the same transaction.
+        `after(record, pipe)` queues more commands in the same transaction (a schedule move,
+        a slot given back), so that a follow-up cannot be lost to a crash right after the
+        change. Workers on several hosts may update one job at once: the WATCH makes the last
+        writer re-read instead of overwriting the other's change. A batch's counts move with
+        its jobs' statuses in the same transaction.
+
+        Raises:
+            JobNotFound: when there is no such job.
         """
-        key = self.keys.job(job_id)
+        return self.update_many({job_id: change}, after=after)[job_id]
+
+    def update_many(
+        self, changes: dict[str, Change], *, after: After | None = None
+    ) -> dict[str, JobRecord]:
+        """update() for many jobs in one transaction: one read, one write (poll batches).
+
+        A job without a record is left out of the result, unless it is the only one
+        (then JobNotFound is raised, as update() promises).
+        """
+        keys = {job_id: self.keys.job(job_id) for job_id in changes}
         while True:
             with self.redis.pipeline() as pipe:
                 try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise JobNotFound(job_id)
-                    record = JobRecord.model_validate_json(raw)
-                    before = record.status
-                    if change(record) is False:
+                    pipe.watch(*keys.values())
+                    raws = pipe.mget(list(keys.values()))
+                    records: dict[str, JobRecord] = {}
+                    written: list[tuple[JobRecord, Any]] = []
+                    for (job_id, change), raw in zip(changes.items(), raws, strict=True):
+                        if raw is None:
+                            if len(changes) == 1:
+                                raise JobNotFound(job_id)
+                            continue
+                        record = JobRecord.model_validate_json(raw)
+                        before = record.status
+                        records[job_id] = record
+                        if change(record) is not False:
+                            written.append((record, before))
+                    if not written:
                         pipe.unwatch()
-                        return record
-                    record.updated_at = utcnow_iso()
+                        return records
                     pipe.multi()
-                    pipe.set(key, record.model_dump_json())
-                    if record.batch_id and record.status is not before:
-                        self._count_move(pipe, record, before)
-                    for queue, message in then(record) if then else ():
-                        pipe.lpush(queue, message)
-                    pipe.publish(self.keys.events(job_id), record.status.value)
+                    for record, before in written:
+                        record.updated_at = utcnow_iso()
+                        pipe.set(keys[record.id], record.model_dump_json())
+                        if record.batch_id and record.status is not before:
+                            self._count_move(pipe, record, before)
+                        if after is not None:
+                            after(record, pipe)
+                        pipe.publish(self.keys.events(record.id), record.status.value)
                     pipe.execute()
-                    return record
+                    return records
                 except redis.WatchError:
                     continue
 
@@ -209,10 +231,9 @@ class JobStore:
         pipe.hincrby(counts, before.value, -1)
         pipe.hincrby(counts, record.status.value, 1)
         if record.status in TERMINAL and before not in TERMINAL:
-            message = task_message(names.NOTIFY_BATCH, [batch_id], self.queue)
             self._job_ended(
-                keys=[self.keys.batch(batch_id), self.queue],
-                args=[message, utcnow_iso()],
+                keys=[self.keys.batch(batch_id), self.keys.schedule(Lane.NOTIFY_BATCH)],
+                args=[batch_id, utcnow_iso()],
                 client=pipe,
             )
 
@@ -222,24 +243,18 @@ class JobStore:
         self,
         batch_id: str,
         jobs: Sequence[NewJob],
-        messages: Sequence[str],
         *,
-        queue: str,
         first_index: int,
         seal: bool,
         fields: dict[str, str] | None = None,
     ) -> dict[int, str]:
         """Write one chunk of a batch atomically; returns {request index: earlier job id} for
         items whose idempotency key an earlier job held (those got no new job)."""
-        notify = task_message(names.NOTIFY_BATCH, [batch_id], self.queue) if seal else ""
         args: list[str] = [
             self.keys.idempotency(""), self.keys.job(""), str(first_index),
-            "1" if seal else "0", utcnow_iso(), self.queue, notify,
+            "1" if seal else "0", utcnow_iso(), batch_id,
         ]  # fmt: skip
-        args += [
-            f"{job.id}\x1f{job.idempotency_key or ''}\x1f{job.record_json}\x1f{message}"
-            for job, message in zip(jobs, messages, strict=True)
-        ]
+        args += [f"{job.id}\x1f{job.idempotency_key or ''}\x1f{job.record_json}" for job in jobs]
         with self.redis.pipeline() as pipe:
             if fields:
                 pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
@@ -247,8 +262,9 @@ class JobStore:
                 keys=[
                     self.keys.batch(batch_id),
                     self.keys.batch_jobs(batch_id),
-                    queue,
+                    self.keys.schedule(Lane.SUBMIT_BULK),
                     self.keys.batch_counts(batch_id),
+                    self.keys.schedule(Lane.NOTIFY_BATCH),
                 ],
                 args=args,
                 client=pipe,
@@ -302,14 +318,16 @@ class JobStore:
 
     # --- odds and ends ---
 
-    def swap_poll_token(self, job_id: str, expected: str, new: str) -> bool:
-        """Set the job's poll token to new if it is still expected; True when it was."""
-        return bool(self._cas(keys=[self.keys.poll_token(job_id)], args=[expected, new]))
+    def stash_file_url(self, job_id: str, url: str, client: Any = None) -> None:
+        (client or self.redis).set(self.keys.file_url(job_id), url, ex=3600)
 
-    def poll_token(self, job_id: str) -> str:
-        return _text(self.redis.get(self.keys.poll_token(job_id)))
+    def file_url(self, job_id: str) -> str | None:
+        return _text(self.redis.get(self.keys.file_url(job_id))) or None
 
-    def fix_event_body(self, key: str, body: str) -> str:
+    def forget_file_url(self, job_id: str) -> None:
+        self.redis.delete(self.keys.file_url(job_id))
+
+    def pin_event_body(self, key: str, body: str) -> str:
         """Keep body under key unless one is kept already; return the kept one."""
         self.redis.set(key, body, nx=True)
         return _text(self.redis.get(key)) or body

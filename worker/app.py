@@ -7,10 +7,12 @@ from celery import Celery
 
 from producer.settings import get_settings
 from worker.config import celery_config
-from worker.deferred import DeferredPump
+from worker.pump import PumpStep
 
 structlog.configure(
     processors=[
+        # The job id the failure boundary binds (worker/steps.py) lands in every line.
+        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
@@ -21,4 +23,4 @@ structlog.configure(
 
 app = Celery("videoqueue")
 app.conf.update(celery_config(get_settings()))
-app.steps["worker"].add(DeferredPump)
+app.steps["worker"].add(PumpStep)

@@ -5,6 +5,7 @@ Built lazily on first use, so each prefork child makes its own connections after
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -14,9 +15,10 @@ import httpx
 from producer.jobs import store
 from producer.settings import Settings, get_settings
 from producer.store import JobStore
-from worker.deferred import Deferred
+from worker.history import GenerationTimes
 from worker.limits import ProviderLimits
 from worker.provider import ProviderClient
+from worker.pump import Pump
 from worker.storage import ensure_bucket, s3_client
 
 
@@ -35,7 +37,7 @@ class Runtime:
                 self.settings.api_timeout_s, connect=self.settings.api_connect_timeout_s
             ),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
         )
 
     @cached_property
@@ -43,8 +45,17 @@ class Runtime:
         return ProviderClient(self.settings, self.http)
 
     @cached_property
-    def deferred(self) -> Deferred:
-        return Deferred(self.store.redis, self.store.keys)
+    def pump(self) -> Pump:
+        return Pump(self.store.redis, self.settings)
+
+    @cached_property
+    def pool(self) -> ThreadPoolExecutor:
+        """Threads for a poll batch's status queries, which go out at once."""
+        return ThreadPoolExecutor(max_workers=16, thread_name_prefix="videoqueue-poll")
+
+    @cached_property
+    def history(self) -> GenerationTimes:
+        return GenerationTimes(self.store.redis, self.store.keys)
 
     @cached_property
     def limits(self) -> ProviderLimits:

@@ -10,11 +10,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import httpx
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from producer.errors import InvalidVideo, RetryableError
 from producer.settings import Settings
 from worker.media import check_ftyp
+
+_DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+
+# What a failed copy may raise that another attempt may cure: the provider's CDN or S3
+# down or slow, a body cut short, bytes that do not parse as a video (a truncated transfer).
+COPY_FAILURES = (
+    httpx.HTTPError, OSError, RetryableError, BotoCoreError, ClientError, InvalidVideo,
+)  # fmt: skip
+
+
+class UrlExpired(Exception):
+    """Raised when the provider's file URL answers 403/410: ask the provider for a new one."""
 
 
 def s3_client(settings: Settings) -> Any:
@@ -133,3 +147,46 @@ def stream_to_s3(
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
     return Upload(size_bytes=size, sha256=digest.hexdigest())
+
+
+def copy_url_to_s3(
+    http: httpx.Client,
+    url: str,
+    headers: dict[str, str],
+    s3: Any,
+    key: str,
+    metadata: dict[str, str],
+    settings: Settings,
+) -> Upload:
+    """Stream the file at url into the bucket under key.
+
+    httpx drops the Authorization header on a redirect to another origin, so an API key in
+    headers never reaches a CDN.
+
+    Raises:
+        UrlExpired: the URL answered 403 or 410.
+    """
+    s = settings
+    with http.stream(
+        "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
+    ) as response:
+        if response.status_code in (403, 410):
+            raise UrlExpired(f"HTTP {response.status_code}")
+        if not response.is_success:
+            raise OSError(f"download answered HTTP {response.status_code}")
+        expected = response.headers.get("content-length")
+        encoded = response.headers.get("content-encoding", "identity") != "identity"
+        try:
+            expected_size = int(expected) if expected and not encoded else None
+        except ValueError:
+            expected_size = None  # an unparsable length is checked by the probe instead
+        return stream_to_s3(
+            response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
+            s3,
+            s.s3_bucket,
+            key,
+            metadata=metadata,
+            part_size_bytes=s.s3_part_size_bytes,
+            parts_in_flight=s.s3_parts_in_flight,
+            expected_size_bytes=expected_size,
+        )

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from standardwebhooks.webhooks import Webhook
 
 from producer.records import WebhookDelivery, WebhookState, utcnow_iso
+from producer.settings import Settings
+from producer.store import JobStore
 from worker.provider import retry_after_s
+from worker.timing import bounded_hint_s
 
 
 def message_id(job_id: str, event_type: str) -> str:
@@ -80,8 +85,30 @@ def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allow
 
 def retry_delay(hook: WebhookDelivery, result: DeliveryResult, schedule_s: list[float]) -> float:
     """Seconds until the next attempt: the schedule's, or the receiver's Retry-After if
-    longer, plus up to 10 % jitter so that a receiver coming back is not hit all at once."""
-    delay_s = schedule_s[hook.attempts]
-    if result.retry_after_s is not None:
-        delay_s = max(delay_s, result.retry_after_s)
+    longer (up to the schedule's longest wait), plus up to 10 % jitter so that a receiver
+    coming back is not hit all at once."""
+    delay_s = schedule_s[min(hook.attempts, len(schedule_s) - 1)]
+    if (hint_s := bounded_hint_s(result.retry_after_s, max(schedule_s))) is not None:
+        delay_s = max(delay_s, hint_s)
     return delay_s * random.uniform(1.0, 1.1)
+
+
+def send_event(
+    store: JobStore,
+    http: httpx.Client,
+    settings: Settings,
+    owner_id: str,
+    hook: WebhookDelivery,
+    data: dict[str, Any],
+) -> tuple[str, DeliveryResult]:
+    """Deliver one event once; returns its webhook-id and how it went. The body is pinned at
+    the first attempt, so every retry carries the same bytes under the same webhook-id; only
+    the signature's time is new."""
+    data.pop("webhook", None)  # delivery bookkeeping changes per attempt; the event does not
+    body = store.pin_event_body(
+        store.keys.event_body(owner_id),
+        json.dumps({"type": hook.event_type, "timestamp": utcnow_iso(), "data": data}),
+    )
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    msg_id = message_id(owner_id, hook.event_type)
+    return msg_id, deliver(http, hook.url, body, msg_id, secret, settings.webhook_timeout_s)

@@ -19,7 +19,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .errors import ApiError, invalid, not_found
 from .files import Mp4Body, parse_range, send_file
-from .gate import KEY_SCOPE, Gate
+from .gate import KEY_SCOPE, RAW_SCOPE, Gate
+from .media import break_moov
+from .oddities import status_response
 from .state import TERMINAL, Phase, Task
 from .validation import (
     OPENAI_MODELS,
@@ -127,7 +129,7 @@ class _Handlers:
     async def get_video(self, request: Request) -> Response:
         task = self.sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
         self.sb.state.note_status_query(task)
-        return JSONResponse(self._render(request, task), headers=self._poll_headers(task))
+        return status_response(self.sb, self._render(request, task), self._poll_headers(task))
 
     async def query_unified(self, request: Request) -> Response:
         task_id = request.query_params.get("id")
@@ -140,9 +142,8 @@ class _Handlers:
             err.extra = {"code": "task_not_exist", "message": err.message}
             raise
         self.sb.state.note_status_query(task)
-        return JSONResponse(
-            self._render(request, task, unified=True), headers=self._poll_headers(task)
-        )
+        body = self._render(request, task, unified=True)
+        return status_response(self.sb, body, self._poll_headers(task))
 
     async def delete_video(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -230,6 +231,10 @@ class _Handlers:
         clip = await sb.media.get(
             (task.spec.width, task.spec.height, task.spec.duration_s, cfg.fps)
         )
+        # Decided per download, not per task: a client that retries may get a good copy.
+        if request.method != "HEAD" and sb.state.roll("broken_moov", cfg.broken_moov_rate):
+            sb.state.count_in("faults", "broken_moov")
+            clip = break_moov(clip)
         body = Mp4Body(clip=clip, task_id=task.id, padding=cfg.file_padding_bytes)
         # The content route wants the key; on a file URL a bearer token is a leak.
         leaked = not via_api and "authorization" in request.headers
@@ -284,6 +289,8 @@ class _Handlers:
             vocabulary=cfg.vocabulary,
             file_url=f"{base}/files/{task.id}.mp4?{query}",
             unified=unified,
+            numeric_error_code=cfg.numeric_error_code,
+            url_as_list=cfg.url_as_list,
         )
 
     def _poll_headers(self, task: Task) -> dict[str, str]:
@@ -373,9 +380,16 @@ class _FileResponse(Response):
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        truncate = self._sb.state.roll("truncate", self._sb.config.truncate_rate)
+        state, cfg = self._sb.state, self._sb.config
+        truncate = state.roll("truncate", cfg.truncate_rate)
+        short = state.roll("short_content_length", cfg.short_content_length_rate)
+        # A body cut short already breaks its Content-Length; one lie per download is enough.
+        # Without a transport to write to (not uvicorn), the lie can't be told at all.
+        short = short and not truncate and bool(scope.get(RAW_SCOPE))
         if truncate:
-            self._sb.state.count_in("faults", "truncate")
+            state.count_in("faults", "truncate")
+        if short:
+            state.count_in("faults", "short_content_length")
         await send_file(
             self._mp4,
             start,
@@ -385,6 +399,7 @@ class _FileResponse(Response):
             truncate=truncate,
             receive=receive,
             send=send,
+            short_length=short,
         )
 
 

@@ -48,6 +48,35 @@ def sandbox(
     stuck_rate: Annotated[float | None, typer.Option(help="Tasks queued forever.")] = None,
     url_ttl_s: Annotated[float | None, typer.Option(help="File URLs expire after this.")] = None,
     truncate_rate: Annotated[float | None, typer.Option(help="Downloads cut short.")] = None,
+    broken_moov_rate: Annotated[
+        float | None, typer.Option(help="Downloads with a corrupt moov box.")
+    ] = None,
+    short_content_length_rate: Annotated[
+        float | None, typer.Option(help="Downloads whose Content-Length is half the body.")
+    ] = None,
+    retry_after: Annotated[
+        str | None, typer.Option(help="Retry-After sent verbatim on 429, 5xx and status.")
+    ] = None,
+    html_rate: Annotated[
+        float | None, typer.Option(help="Status queries answered 200 with an HTML page.")
+    ] = None,
+    non_json_rate: Annotated[
+        float | None, typer.Option(help="Status queries answered 200 with truncated JSON.")
+    ] = None,
+    missing_status_rate: Annotated[
+        float | None, typer.Option(help="Status answers without their status field.")
+    ] = None,
+    nan_progress_rate: Annotated[
+        float | None, typer.Option(help='Status answers with "progress": NaN.')
+    ] = None,
+    numeric_error_code: Annotated[
+        bool | None,
+        typer.Option("--numeric-error-code/--no-numeric-error-code", help="Numeric error codes."),
+    ] = None,
+    url_as_list: Annotated[
+        bool | None,
+        typer.Option("--url-as-list/--no-url-as-list", help="File URLs as a list of one string."),
+    ] = None,
     cdn_base_url: Annotated[
         str | None, typer.Option(help="Redirect file URLs (302) to this origin.")
     ] = None,

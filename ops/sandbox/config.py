@@ -9,11 +9,16 @@ the same seed and the same sequence of requests makes the same choices.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# What h11 (uvicorn's HTTP layer) accepts as a header value, restricted to ASCII: anything else
+# would make every answer that carries it fail at the server instead of reaching the client.
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 
 Flavor = Literal["router", "openai"]
 Vocabulary = Literal["standard", "alt", "upper", "novel"]
@@ -97,10 +102,29 @@ class SandboxConfig(BaseModel):
     fail_rate: float = Field(default=0.0, ge=0, le=1)
     stuck_rate: float = Field(default=0.0, ge=0, le=1)
 
+    # --- malformed answers (oddities.py) ---
+    # Sent verbatim as Retry-After on every 429, every 5xx and every successful status query,
+    # replacing the sandbox's own value: garbage ("soon", "-5") and huge hints ("99999999999").
+    retry_after: str | None = None
+    # Status queries answered 200 with, instead of the task: a CDN's HTML page; truncated JSON.
+    html_rate: float = Field(default=0.0, ge=0, le=1)
+    non_json_rate: float = Field(default=0.0, ge=0, le=1)
+    # Status queries answered with the task minus its status field; with "progress": NaN.
+    missing_status_rate: float = Field(default=0.0, ge=0, le=1)
+    nan_progress_rate: float = Field(default=0.0, ge=0, le=1)
+    # A failed task's error.code as a JSON number (40001) instead of a string.
+    numeric_error_code: bool = False
+    # A completed task's file URL(s) as a list of one string.
+    url_as_list: bool = False
+
     # --- file faults and shape ---
     # File URLs expire this long after the task query that handed them out (0: at once).
     url_ttl_s: float | None = Field(default=None, ge=0)
     truncate_rate: float = Field(default=0.0, ge=0, le=1)
+    # Downloads whose moov box is garbage (ftyp intact, same length): unplayable.
+    broken_moov_rate: float = Field(default=0.0, ge=0, le=1)
+    # Downloads whose Content-Length promises half of the bytes that follow it.
+    short_content_length_rate: float = Field(default=0.0, ge=0, le=1)
     cdn_base_url: str | None = None
     vocabulary: Vocabulary = "standard"
     file_padding_bytes: int = Field(default=0, ge=0)
@@ -116,6 +140,15 @@ class SandboxConfig(BaseModel):
         if not codes or any(not 500 <= c <= 599 for c in codes):
             raise ValueError("error_codes must be a non-empty list of 5xx codes")
         return codes
+
+    @field_validator("retry_after")
+    @classmethod
+    def _retry_after_is_a_header_value(cls, value: str | None) -> str | None:
+        if value is not None and not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                "retry_after must be printable ASCII without leading or trailing whitespace"
+            )
+        return value
 
     @field_validator("timings")
     @classmethod

@@ -1,4 +1,5 @@
-"""Serving a task's file like a CDN: signed, expiring URLs, ranges, padding, truncation.
+"""Serving a task's file like a CDN: signed, expiring URLs, ranges, padding, truncation, and a
+Content-Length that promises less than what follows it.
 
 File URLs carry their own authority (an HMAC over the task id and expiry) instead of asking for
 the API key, as CDN links do; a client that sends its bearer token there anyway is counted,
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from starlette.types import Receive, Send
 
 from .errors import DeliberateTruncation
+from .gate import RAW_BODY
 from .media import free_box_header
 
 CHUNK_BYTES = 1 << 20
@@ -120,24 +122,28 @@ async def send_file(
     truncate: bool,
     receive: Receive,
     send: Send,
+    short_length: bool = False,
 ) -> None:
     """Stream bytes [start, stop) of body as the response.
 
     With truncate, about half the promised bytes are sent and then the connection is dropped
     (Content-Length still promises all of them), as a flaky CDN does.
 
+    With short_length, Content-Length promises half of the bytes, all of which are sent
+    anyway, and the connection is closed after them. The bytes past the promise bypass the
+    HTTP layer (gate.RAW_BODY): uvicorn's h11 and httptools both refuse to send them.
+
     Raises:
         DeliberateTruncation: after a truncated body, to make the server close the connection.
     """
     length = stop - start
     limit = stop if not truncate else start + max(0, min(length - 1, length // 2))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(length).encode())],
-        }
-    )
+    declared = length // 2 if short_length else length
+    framing = [(b"content-length", str(declared).encode())]
+    if short_length:
+        # Without it the surplus would be read as the start of the next response.
+        framing.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers + framing})
     disconnected = asyncio.Event()
 
     async def watch() -> None:
@@ -148,11 +154,22 @@ async def send_file(
         disconnected.set()
 
     watcher = asyncio.create_task(watch())
+    promised = start + declared
+    pos = start
     try:
         for chunk in body.iter_range(start, limit):
             if disconnected.is_set():
                 return
-            await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+            split = max(0, min(len(chunk), promised - pos))
+            if split:
+                message = {"type": "http.response.body", "body": bytes(chunk[:split])}
+                await send({**message, "more_body": True})
+            if split < len(chunk):
+                await send({"type": RAW_BODY, "body": bytes(chunk[split:])})
+            pos += len(chunk)
+            # A write that fails on a reset socket only schedules connection_lost; yielding
+            # lets it run, instead of writing on into a dead transport (asyncio logs each).
+            await asyncio.sleep(0)
         if truncate:
             raise DeliberateTruncation(f"cut after {limit - start} of {length} bytes")
         await send({"type": "http.response.body", "body": b"", "more_body": False})

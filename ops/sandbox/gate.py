@@ -1,5 +1,7 @@
 """The one place every request passes: counting, bearer auth, the per-minute limit, and the
-transport faults (5xx before the request takes effect; slow answers and hangs after).
+transport faults (5xx before the request takes effect; slow answers and hangs after), plus the
+two things only the outermost layer can do: overriding Retry-After on whatever answer it goes
+out with (retry_after), and writing bytes past the HTTP layer (RAW_BODY).
 
 Written as plain ASGI middleware rather than per-route code, so that route handlers read as
 the happy path and a fault knob applies the same way to every route it names.
@@ -20,6 +22,13 @@ if TYPE_CHECKING:
 
 # Where handlers find the caller's API key.
 KEY_SCOPE = "sandbox.api_key"
+# A send() message whose body goes to the socket as is, after whatever the server has written;
+# the scope key is set when the server lets the gate do that (uvicorn does).
+RAW_BODY = "sandbox.raw_body"
+RAW_SCOPE = "sandbox.raw_writes"
+# Raw writes bypass uvicorn's flow control, so they wait for the socket buffer to drain here.
+_RAW_HIGH_WATER = 1 << 20
+_RAW_DRAIN_POLL_S = 0.002
 
 _CLASSES: list[tuple[str | None, re.Pattern[str], str]] = [
     (None, re.compile(r"^/_sandbox(/.*)?$"), "admin"),
@@ -61,10 +70,19 @@ class Gate:
             return
 
         sb, state = self.sandbox, self.sandbox.state
+        transport = _transport(send)
+        if transport is not None:
+            scope[RAW_SCOPE] = True
+        status_query = route == "status" and scope["method"] in ("GET", "HEAD")
 
         async def counting_send(message: Message) -> None:
+            if message["type"] == RAW_BODY:
+                if transport is not None:
+                    await _write_raw(transport, message["body"])
+                return
             if message["type"] == "http.response.start":
                 state.count_in("responses_by_code", str(message["status"]))
+                message = _retry_after(message, sb.config.retry_after, status_query)
             await send(message)
 
         try:
@@ -187,3 +205,30 @@ class Gate:
             if watcher is not None:
                 watcher.cancel()
         return disconnected.is_set()
+
+
+def _retry_after(message: Message, value: str | None, status_query: bool) -> Message:
+    """The response start with Retry-After replaced by value, where retry_after says so."""
+    status = message["status"]
+    if value is None or not (status == 429 or status >= 500 or (status_query and status < 300)):
+        return message
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
+    return {**message, "headers": [*headers, (b"retry-after", value.encode("ascii"))]}
+
+
+def _transport(send: Send) -> asyncio.WriteTransport | None:
+    """The connection's transport, when the server exposes it.
+
+    ASGI has no way to write bytes the HTTP layer refuses; uvicorn's send is a bound method of
+    its per-request cycle object, which holds the transport (h11 and httptools alike).
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    return transport if isinstance(transport, asyncio.WriteTransport) else None
+
+
+async def _write_raw(transport: asyncio.WriteTransport, data: bytes) -> None:
+    if transport.is_closing():
+        return
+    transport.write(data)
+    while transport.get_write_buffer_size() > _RAW_HIGH_WATER and not transport.is_closing():
+        await asyncio.sleep(_RAW_DRAIN_POLL_S)

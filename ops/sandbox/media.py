@@ -65,6 +65,42 @@ def free_box_header(payload_len: int) -> bytes:
     return struct.pack(">I4sQ", 1, b"free", payload_len + 16)
 
 
+# broken_moov: a box size below the 8 bytes of its own header is impossible, and it is what
+# makes ffmpeg give up: a moov of the right size with garbage inside still opens, with no streams.
+_IMPOSSIBLE_BOX_SIZE = 7
+_GARBAGE = b"\xde\xad\xbe\xef"
+
+
+def break_moov(clip: bytes) -> bytes:
+    """The clip with its top-level ``moov`` box ruined and every other byte kept.
+
+    The ``ftyp`` box and the ``mdat`` are untouched, so the file still looks like an MP4 to
+    anything that checks the first box; moov keeps its type but gets an impossible size and
+    garbage in place of its children, so PyAV/ffmpeg refuses to open the file.
+
+    Raises:
+        ValueError: when clip has no top-level moov box.
+    """
+    pos = 0
+    while pos + 8 <= len(clip):
+        size, kind = struct.unpack_from(">I4s", clip, pos)
+        if size == 1:
+            size = struct.unpack_from(">Q", clip, pos + 8)[0]
+        elif size == 0:
+            size = len(clip) - pos
+        if kind == b"moov":
+            out = bytearray(clip)
+            end = min(pos + size, len(clip))  # a moov that claims more than is there
+            garbage = _GARBAGE * ((end - pos) // len(_GARBAGE) + 1)
+            out[pos + 8 : end] = garbage[: max(0, end - pos - 8)]
+            struct.pack_into(">I", out, pos, _IMPOSSIBLE_BOX_SIZE)
+            return bytes(out)
+        if size < 8:
+            break
+        pos += size
+    raise ValueError("no top-level moov box")
+
+
 class MediaCache:
     """Encoded clips by shape, least recently used first out.
 

@@ -8,6 +8,8 @@
   ``upper`` (``IN_QUEUE/IN_PROGRESS/COMPLETED/FAILED``) mimic other routers, to exercise a
   client's status mapping; ``novel`` (``warming_up/rendering_frames``, then ``completed``)
   uses words nobody documents, to exercise how a client treats the unknown.
+- knobs ``numeric_error_code`` (``error.code`` as a number) and ``url_as_list`` (every URL field
+  as a list of one string) reshape the answer in either flavor.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ _WORDS: dict[str, dict[Phase, str]] = {
 # OpenAI: downloadable assets expire (at most) an hour after generation.
 ASSET_LIFETIME_S = 3600
 
+# numeric_error_code: what some routers send instead of a word (4xxxx: the request's fault).
+NUMERIC_ERROR_CODES = {
+    "content_policy_violation": 40001,
+    "generation_failed": 50001,
+    "internal_error": 50002,
+}
+
 
 def status_word(phase: Phase, flavor: Flavor, vocabulary: Vocabulary) -> str:
     """The word this flavor and vocabulary use for phase."""
@@ -64,6 +73,8 @@ def render_task(
     vocabulary: Vocabulary,
     file_url: str | None,
     unified: bool = False,
+    numeric_error_code: bool = False,
+    url_as_list: bool = False,
 ) -> dict[str, Any]:
     """The task as GET /v1/videos/{id} (or the unified query) answers it.
 
@@ -74,9 +85,12 @@ def render_task(
         vocabulary: which status words.
         file_url: a fresh signed URL of the file (used only once completed).
         unified: the unified format's answer (top-level ``video_url``), router flavor only.
+        numeric_error_code: a failed task's ``error.code`` as a number.
+        url_as_list: every URL field as a list of one string.
     """
+    url: str | list[str | None] | None = [file_url] if url_as_list else file_url
     if flavor == "openai":
-        return _openai_video(task, now, vocabulary, file_url)
+        return _openai_video(task, now, vocabulary, url, numeric_error_code)
     phase = task.phase(now)
     spec = task.spec
     out: dict[str, Any] = {
@@ -90,24 +104,28 @@ def render_task(
     if phase is Phase.COMPLETED:
         out["completed_at"] = int(task.created_at + task.generation_s)
         if unified:
-            out.update(video_url=file_url, duration=spec.duration_s)
+            out.update(video_url=url, duration=spec.duration_s)
             out.update(width=spec.width, height=spec.height)
         else:
             out["video"] = {
-                "url": file_url,
+                "url": url,
                 "duration": spec.duration_s,
                 "width": spec.width,
                 "height": spec.height,
             }
             if vocabulary == "alt":
-                out["video_url"] = file_url
+                out["video_url"] = url
     elif phase is Phase.FAILED:
-        out["error"] = _error(task)
+        out["error"] = _error(task, numeric_error_code)
     return out
 
 
 def _openai_video(
-    task: Task, now: float, vocabulary: Vocabulary, file_url: str | None
+    task: Task,
+    now: float,
+    vocabulary: Vocabulary,
+    url: str | list[str | None] | None,
+    numeric_error_code: bool,
 ) -> dict[str, Any]:
     phase = task.phase(now)
     spec = task.spec
@@ -126,14 +144,14 @@ def _openai_video(
         "created_at": int(task.created_at),
         "completed_at": ended,
         "expires_at": None if ended is None else ended + ASSET_LIFETIME_S,
-        "error": _error(task) if phase is Phase.FAILED else None,
+        "error": _error(task, numeric_error_code) if phase is Phase.FAILED else None,
         "remixed_from_video_id": None,
     }
     if vocabulary == "alt" and phase is Phase.COMPLETED:
-        out["video_url"] = file_url
+        out["video_url"] = url
     return out
 
 
-def _error(task: Task) -> dict[str, str]:
+def _error(task: Task, numeric_code: bool) -> dict[str, str | int]:
     code, message = task.failure or ("generation_failed", "Video generation failed.")
-    return {"code": code, "message": message}
+    return {"code": NUMERIC_ERROR_CODES[code] if numeric_code else code, "message": message}

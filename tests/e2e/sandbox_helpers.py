@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,3 +65,28 @@ def probe(data: bytes) -> tuple[int, int, float]:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         return stream.codec_context.width, stream.codec_context.height, container.duration / 1e6
+
+
+def raw_get(
+    url: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """GET url on a bare socket and read until the server closes: what is really on the wire.
+
+    An HTTP client stops reading at Content-Length; this does not, so it sees the bytes past a
+    Content-Length that lies.
+
+    Returns:
+        (status, headers with lower-case names, every byte after the header block).
+    """
+    target = httpx.URL(url)
+    lines = [f"GET {target.raw_path.decode()} HTTP/1.1", f"Host: {target.host}:{target.port}"]
+    lines += [f"{k}: {v}" for k, v in {"Connection": "close", **(headers or {})}.items()]
+    data = bytearray()
+    with socket.create_connection((target.host, target.port or 80), timeout=timeout_s) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    parsed = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+    return int(status_line.split()[1]), parsed, body

@@ -20,6 +20,7 @@ from producer import (
     get_batch,
     wait,
 )
+from producer.jobs import store
 from tests.e2e.conftest import eventually
 from tests.e2e.test_cli import run
 
@@ -47,7 +48,7 @@ def test_one_invalid_item_enqueues_nothing_and_each_bad_item_is_named(make_pipel
     assert "item 1: size" in str(e.value) and "item 3: webhook_url" in str(e.value)
     assert {(x["index"], x["field"]) for x in e.value.errors} == {(1, "size"), (3, "webhook_url")}
     assert list(client.scan_iter(f"{p.settings.key_prefix}*")) == []
-    assert client.llen(p.settings.queue + ".bulk") == 0
+    assert store(p.settings).schedule.total() == 0
     client.close()
 
 

@@ -11,6 +11,7 @@ import sys
 import redis
 
 from producer import JobStatus, get
+from producer.jobs import store
 
 VIDEOQUEUE = shutil.which("videoqueue", path=os.path.dirname(sys.executable))
 
@@ -60,7 +61,7 @@ def test_invalid_input_names_the_field_exits_non_zero_and_writes_nothing(make_pi
     not_json = run(p.env, "submit", "-", stdin="{prompt: x}")
     assert not_json.returncode != 0 and "not valid JSON" in not_json.stderr
     assert set(client.scan_iter(f"{p.settings.key_prefix}*")) == before
-    assert client.llen(p.settings.queue) == 0
+    assert store(p.settings).schedule.total() == 0
     client.close()
 
 

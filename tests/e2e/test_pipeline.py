@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from producer import JobStatus, cancel, enqueue, get, names, wait
 from producer.jobs import store
 from producer.messages import task_message
+from producer.names import Lane
 from producer.records import WebhookState
 from tests.e2e.conftest import API_KEY, BUCKET, WEBHOOK_SECRET, eventually
 from worker.webhooks import message_id
@@ -234,20 +235,38 @@ def test_410_gone_stops_webhook_retries(make_pipeline):
     assert len(p.receiver.deliveries) == 1
 
 
-def test_a_redelivered_submit_does_not_submit_twice(make_pipeline):
-    """A second submit message for a job (as the broker redelivers after a crash) finds the
-    provider task id in the record and does not call the provider again."""
+def test_a_submit_run_again_after_the_provider_accepted_the_job_does_not_submit_twice(
+    make_pipeline,
+):
+    """A job put back in the submit lane after it was submitted (as a crash between our
+    record and the schedule's move would leave it) is handed on to polling: the record has
+    its provider task id, so the provider is not called again."""
     p = make_pipeline(sandbox={"stuck_rate": 1.0}, env={"VIDEOQUEUE_DEADLINE_S": "6"})
     job_id = enqueue(p.request(), settings=p.settings)
     eventually(lambda: get(job_id, settings=p.settings).polls >= 1, 20)
     st = store(p.settings)
-    st.redis.lpush(p.settings.queue, task_message(names.SUBMIT, [job_id], p.settings.queue))
+    st.schedule.place(job_id, Lane.SUBMIT, 0.0)
     eventually(lambda: p.workers[0].log_text().count(f"{names.SUBMIT}[") >= 4, 20)
-    assert p.workers[0].log_text().count("succeeded") >= 2
     record = wait(job_id, 30, settings=p.settings)
     assert record.error.code == "timeout"  # the job went on, with its one provider task
     assert p.sandbox.stats()["totals"]["creates"] == 1
     assert record.attempts == 1
+
+
+def test_a_stale_claim_message_does_nothing(make_pipeline):
+    """A message whose claim token no longer holds the job's entry (kombu restoring an old
+    message, a duplicate) runs no step: the job is submitted once."""
+    p = make_pipeline(workers=0)
+    job_id = enqueue(p.request(), settings=p.settings)
+    st = store(p.settings)
+    stale = task_message(names.SUBMIT, [[job_id], "not-the-claim", "submit", []], p.settings.queue)
+    for _ in range(3):
+        st.redis.lpush(p.settings.queue, stale)
+    p.start_worker()
+    record = wait(job_id, 60, settings=p.settings)
+    assert record.status is JobStatus.COMPLETED, record.error
+    assert record.attempts == 1 and p.sandbox.stats()["totals"]["creates"] == 1
+    eventually(lambda: p.workers[0].log_text().count(f"{names.SUBMIT}[") >= 4, 20)
 
 
 def test_a_crash_between_the_providers_answer_and_our_record_does_not_submit_twice(
@@ -270,8 +289,8 @@ def test_a_crash_between_the_providers_answer_and_our_record_does_not_submit_twi
 
 
 def test_a_killed_worker_loses_no_job_and_submits_nothing_twice(make_pipeline):
-    """SIGKILL a worker while the provider is answering its submit; after the visibility
-    timeout a second worker gets the message back and completes the job."""
+    """SIGKILL a worker while the provider is answering its submit; when the claim's lease
+    runs out a second worker claims the job again and completes it, with the same task."""
     p = make_pipeline(
         sandbox={"slow_s": 4.0, "slow_rate": 1.0},
         env={"VIDEOQUEUE_VISIBILITY_TIMEOUT_S": "10", "VIDEOQUEUE_API_TIMEOUT_S": "8"},
@@ -292,7 +311,7 @@ def test_a_job_cancelled_before_submission_is_never_submitted(make_pipeline):
     job_id = enqueue(p.request(), settings=p.settings)
     assert cancel(job_id, settings=p.settings).status is JobStatus.CANCELLED
     p.start_worker()
-    eventually(lambda: store(p.settings).redis.llen(p.settings.queue) == 0, 10)
+    eventually(lambda: store(p.settings).schedule.total() == 0, 10)
     assert p.sandbox.stats()["totals"]["creates"] == 0
     assert get(job_id, settings=p.settings).status is JobStatus.CANCELLED
 
@@ -302,7 +321,8 @@ def test_an_idempotency_key_gives_back_the_earlier_job(make_pipeline):
     a = enqueue(p.request(idempotency_key="order-17"), settings=p.settings)
     b = enqueue(p.request(idempotency_key="order-17", prompt="other"), settings=p.settings)
     assert a == b
-    assert store(p.settings).redis.llen(p.settings.queue) == 1
+    st = store(p.settings)
+    assert st.schedule.total() == 1 and st.schedule.entry(a)[0] is Lane.SUBMIT
 
 
 def test_an_unknown_status_word_is_counted_and_polling_goes_on(make_pipeline):

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import io
+import json
+import math
+import struct
 import time
 
+import av
 import httpx
 import pytest
 
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.sandbox.state import key_fingerprint
-from tests.e2e.sandbox_helpers import API_KEY, OTHER_KEY, create, probe, running, wait_terminal
+from ops.sandbox.vocabulary import NUMERIC_ERROR_CODES
+from tests.e2e.sandbox_helpers import (
+    API_KEY,
+    OTHER_KEY,
+    create,
+    probe,
+    raw_get,
+    running,
+    wait_terminal,
+)
 
 
 def test_rpm_limit_answers_429_with_retry_after_per_key():
@@ -235,3 +249,207 @@ def test_a_sandbox_can_be_served_twice():
             assert httpx.post(f"{url}/v1/videos", json={"prompt": "x"}, headers=headers).is_success
     assert sb.stats()["totals"]["tasks"] == 2
     sb.close()
+
+
+# --- malformed answers ---
+
+
+def _status_paths(task_id: str) -> list[str]:
+    return [f"/v1/videos/{task_id}", f"/v1/video/query?id={task_id}"]
+
+
+def _refuse_constant(token: str) -> float:
+    raise ValueError(f"{token} is not JSON")  # what JSON.parse, Go and orjson do
+
+
+@pytest.mark.parametrize("value", ["soon", "99999999999", "-5", "Wed, 99 Foo"])
+def test_retry_after_is_sent_verbatim_on_5xx_429_and_successful_status_answers(value):
+    with running(retry_after=value, error_rate=1.0, error_routes=["create"]) as (sb, client):
+        refused = [client.post("/v1/videos", json={"prompt": "x"}) for _ in range(10)]
+        assert {r.status_code for r in refused} == {500, 502, 503}  # 503's own "1" replaced
+        assert {r.headers["retry-after"] for r in refused} == {value}
+        sb.configure(error_rate=0.0)
+        made = client.post("/v1/videos", json={"prompt": "x", "size": "64x48"})
+        assert made.status_code == 200 and "retry-after" not in made.headers
+        for path in _status_paths(made.json()["id"]):
+            answer = client.get(path)
+            assert answer.status_code == 200 and answer.headers["retry-after"] == value
+        assert "retry-after" not in client.get("/v1/videos/nope").headers  # a 404
+        sb.configure(rpm_limit=1)
+        assert client.get(f"/v1/videos/{made.json()['id']}").status_code == 200
+        limited = client.get(f"/v1/videos/{made.json()['id']}")
+        assert limited.status_code == 429 and limited.headers["retry-after"] == value
+
+
+def test_status_answers_are_well_formed_by_default():
+    with running(fail_rate=0.5) as (_, client):
+        for _ in range(4):
+            task = create(client)
+            for path in _status_paths(task["id"]):
+                answer = client.get(path)
+                assert answer.headers["content-type"] == "application/json"
+                assert "retry-after" not in answer.headers
+                body = json.loads(answer.text, parse_constant=_refuse_constant)
+                assert isinstance(body["status"], str) and isinstance(body["progress"], int)
+            done = wait_terminal(client, task["id"])
+            url = done.get("video", {}).get("url")
+            assert isinstance(url, str) or isinstance(done["error"]["code"], str)
+
+
+def test_html_rate_answers_status_queries_200_with_an_html_page():
+    with running() as (sb, client):
+        task_id = wait_terminal(client, create(client)["id"])["id"]
+        assert client.post("/_sandbox/config", json={"html_rate": 1.0}).status_code == 200
+        for path in _status_paths(task_id):
+            answer = client.get(path)
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/html")
+            assert answer.text.startswith("<!DOCTYPE html>") and task_id not in answer.text
+            with pytest.raises(json.JSONDecodeError):
+                answer.json()
+        assert sb.stats()["totals"]["faults"] == {"html": 2}
+
+
+@pytest.mark.parametrize("flavor", ["router", "openai"])
+def test_non_json_rate_answers_status_queries_200_with_truncated_json(flavor):
+    with running(flavor=flavor) as (sb, client):
+        task_id = wait_terminal(client, create(client)["id"])["id"]
+        sb.configure(non_json_rate=1.0)
+        answer = client.get(f"/v1/videos/{task_id}")
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+        assert answer.text == f'{{"id":"{task_id}","object":"video","stat'
+        with pytest.raises(json.JSONDecodeError):
+            answer.json()
+        assert sb.stats()["totals"]["faults"] == {"non_json": 1}
+
+
+@pytest.mark.parametrize("flavor", ["router", "openai"])
+def test_missing_status_rate_drops_only_the_status_field(flavor):
+    with running(flavor=flavor) as (sb, client):
+        task_id = wait_terminal(client, create(client)["id"])["id"]
+        whole = [client.get(path).json() for path in _status_paths(task_id)]
+        sb.configure(missing_status_rate=1.0)
+        for path, expected in zip(_status_paths(task_id), whole, strict=True):
+            answer = client.get(path).json()
+            assert "status" in expected and "status" not in answer
+            assert answer == {k: v for k, v in expected.items() if k != "status"}
+        assert sb.stats()["totals"]["faults"] == {"missing_status": 2}
+
+
+@pytest.mark.parametrize("flavor", ["router", "openai"])
+def test_nan_progress_rate_sends_the_token_nan(flavor):
+    with running(flavor=flavor, nan_progress_rate=1.0) as (sb, client):
+        task = create(client)
+        answer = client.get(f"/v1/videos/{task['id']}")
+        assert '"progress":NaN' in answer.text
+        # Python's json (and so httpx) takes it, as a float that breaks any arithmetic on it.
+        assert math.isnan(answer.json()["progress"]) and answer.json()["status"]
+        with pytest.raises(ValueError, match="NaN is not JSON"):
+            json.loads(answer.text, parse_constant=_refuse_constant)
+        assert sb.stats()["totals"]["faults"] == {"nan_progress": 1}
+
+
+def test_malformed_answers_are_reproducible_from_the_seed():
+    def shapes(seed: int) -> list[str]:
+        knobs = {"html_rate": 0.2, "non_json_rate": 0.2, "missing_status_rate": 0.3}
+        with running(seed=seed, **knobs) as (_, client):
+            task_id = create(client)["id"]
+            answers = [client.get(f"/v1/videos/{task_id}") for _ in range(30)]
+        return [
+            "html" if a.text.startswith("<") else "cut" if a.text.endswith("stat") else
+            "nostatus" if "status" not in a.json() else "ok"
+            for a in answers
+        ]  # fmt: skip
+
+    assert shapes(3) == shapes(3) != shapes(4)
+    assert {"html", "cut", "nostatus", "ok"} == set(shapes(3))
+
+
+@pytest.mark.parametrize("flavor", ["router", "openai"])
+def test_numeric_error_code_reports_a_failed_tasks_code_as_a_number(flavor):
+    with running(flavor=flavor, fail_rate=1.0, numeric_error_code=True) as (sb, client):
+        task_id = create(client)["id"]
+        numeric = wait_terminal(client, task_id)["error"]
+        assert type(numeric["code"]) is int and isinstance(numeric["message"], str)
+        sb.configure(numeric_error_code=False)
+        word = wait_terminal(client, task_id)["error"]
+        assert isinstance(word["code"], str)
+        assert NUMERIC_ERROR_CODES[word["code"]] == numeric["code"]
+        assert word["message"] == numeric["message"]
+
+
+def test_url_as_list_gives_every_file_url_as_a_list_of_one_string():
+    with running(url_as_list=True, vocabulary="alt") as (_, client):
+        task = wait_terminal(client, create(client)["id"])
+        urls = task["video"]["url"]
+        assert isinstance(urls, list) and len(urls) == 1 and isinstance(urls[0], str)
+        assert task["video_url"] == urls  # the alt vocabulary's top-level copy
+        unified = client.get(f"/v1/video/query?id={task['id']}").json()
+        assert unified["video_url"] == urls
+        assert probe(httpx.get(urls[0]).content) == (64, 48, 2.0)
+
+
+def test_url_as_list_adds_nothing_to_the_openai_flavor():
+    with running(flavor="openai") as (sb, client):
+        task_id = wait_terminal(client, create(client)["id"])["id"]
+        plain = client.get(f"/v1/videos/{task_id}").json()
+        sb.configure(url_as_list=True)
+        assert client.get(f"/v1/videos/{task_id}").json() == plain
+        assert client.get(f"/v1/videos/{task_id}/content").status_code == 200
+
+
+# --- broken files ---
+
+
+@pytest.mark.parametrize("flavor", ["router", "openai"])
+def test_broken_moov_serves_a_file_that_starts_with_ftyp_but_does_not_open(flavor):
+    with running(flavor=flavor) as (sb, client):
+        task = wait_terminal(client, create(client)["id"])
+        if flavor == "router":
+            url = task["video"]["url"]
+            fetch = lambda: httpx.get(url).content  # noqa: E731
+        else:
+            fetch = lambda: client.get(f"/v1/videos/{task['id']}/content").content  # noqa: E731
+        good = fetch()
+        sb.configure(broken_moov_rate=1.0)
+        broken = fetch()
+        ftyp_size, first_box = struct.unpack(">I4s", broken[:8])
+        assert first_box == b"ftyp" and broken[:ftyp_size] == good[:ftyp_size]
+        assert len(broken) == len(good) and broken != good
+        with pytest.raises(av.error.InvalidDataError):
+            av.open(io.BytesIO(broken))
+        assert probe(good) == (64, 48, 2.0)
+        assert sb.stats()["totals"]["faults"] == {"broken_moov": 1}
+
+
+def test_broken_moov_is_drawn_per_download_so_a_retry_can_get_a_good_file():
+    with running(broken_moov_rate=0.5) as (sb, client):
+        url = wait_terminal(client, create(client)["id"])["video"]["url"]
+        opened = []
+        for _ in range(12):
+            try:
+                opened.append(probe(httpx.get(url).content) == (64, 48, 2.0))
+            except av.error.InvalidDataError:
+                opened.append(False)
+        assert True in opened and False in opened
+        assert sb.stats()["totals"]["faults"]["broken_moov"] == opened.count(False)
+
+
+def test_short_content_length_declares_half_of_the_body_really_sent():
+    with running(short_content_length_rate=1.0) as (sb, client):
+        url = wait_terminal(client, create(client)["id"])["video"]["url"]
+        status, headers, body = raw_get(url)
+        declared = int(headers["content-length"])
+        assert status == 200 and headers["connection"] == "close"
+        assert declared == len(body) // 2 and probe(body) == (64, 48, 2.0)  # all of it came
+        # An HTTP client believes the header: a 200 with half a file, and no error at all.
+        short = httpx.get(url)
+        assert short.status_code == 200 and short.content == body[:declared]
+        with av.open(io.BytesIO(short.content)) as half:
+            assert not half.streams.video  # it opens, cut inside its moov: nothing to play
+        status, headers, part = raw_get(url, {"Range": "bytes=100-199"})
+        assert status == 206 and headers["content-length"] == "50" and part == body[100:200]
+        assert sb.stats()["totals"]["faults"] == {"short_content_length": 3}
+        sb.configure(short_content_length_rate=0.0)
+        _, headers, honest = raw_get(url)
+        assert int(headers["content-length"]) == len(honest) == len(body)

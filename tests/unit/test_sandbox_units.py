@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.sandbox.files import Mp4Body, UrlSigner, parse_range
-from ops.sandbox.media import encode_mp4, free_box_header
+from ops.sandbox.media import break_moov, encode_mp4, free_box_header
+from ops.sandbox.oddities import status_response
 from ops.sandbox.state import Phase, SandboxState, key_fingerprint
 from ops.sandbox.validation import parse_videos_create
 
@@ -155,3 +156,52 @@ def test_signed_links_expire_and_resist_tampering():
     never = dict(p.split("=") for p in signer.query("t1", None, now=0).split("&"))
     assert signer.check("t1", never["exp"], never["sig"], now=1e12) is None
     assert UrlSigner().check("t1", query["exp"], query["sig"], now=1000.0) is not None
+
+
+_ODDITY_KNOBS = ["retry_after", "html_rate", "non_json_rate", "missing_status_rate",
+                 "nan_progress_rate", "numeric_error_code", "url_as_list", "broken_moov_rate",
+                 "short_content_length_rate"]  # fmt: skip
+
+
+def test_every_oddity_is_off_by_default_and_a_header_breaking_retry_after_is_refused():
+    config = SandboxConfig()
+    assert not any(getattr(config, knob) for knob in _ODDITY_KNOBS)
+    assert config.retry_after is None
+    assert SandboxConfig(retry_after="Wed, 99 Foo").retry_after == "Wed, 99 Foo"
+    for bad in ["1\r\nSet-Cookie: x=1", "soon\n", " 5", "5 ", "caf\u00e9"]:
+        with pytest.raises(ValidationError):
+            SandboxConfig(retry_after=bad)
+
+
+@pytest.mark.parametrize("shape", [(64, 48, 2), (1280, 720, 4)])
+def test_a_broken_moov_keeps_ftyp_and_length_and_does_not_open(shape):
+    clip = encode_mp4(*shape)
+    broken = break_moov(clip)
+    ftyp_size, kind = struct.unpack(">I4s", clip[:8])
+    assert kind == b"ftyp" and broken[:ftyp_size] == clip[:ftyp_size]
+    assert len(broken) == len(clip) and b"moov" in broken
+    with pytest.raises(av.error.InvalidDataError):
+        av.open(io.BytesIO(broken))
+    with pytest.raises(ValueError, match="moov"):
+        break_moov(b"\0\0\0\x10ftypisom\0\0\0\0")
+
+
+def test_html_beats_non_json_and_missing_status_and_nan_share_an_answer():
+    def answer(**rates: float) -> tuple[str, bytes, dict[str, int]]:
+        sb = Sandbox(SandboxConfig(**rates))
+        body = {"id": "t1", "object": "video", "status": "completed", "progress": 100}
+        response = status_response(sb, body, {"x-kept": "1"})
+        sb.close()
+        assert response.headers["x-kept"] == "1"
+        return response.media_type or "", bytes(response.body), sb.stats()["totals"]["faults"]
+
+    everything = {"html_rate": 1.0, "non_json_rate": 1.0, "missing_status_rate": 1.0}
+    media_type, _, faults = answer(**everything, nan_progress_rate=1.0)
+    assert media_type == "text/html" and faults == {"html": 1}
+    _, text, faults = answer(non_json_rate=1.0, nan_progress_rate=1.0)
+    assert text == b'{"id":"t1","object":"video","stat' and faults == {"non_json": 1}
+    _, text, faults = answer(missing_status_rate=1.0, nan_progress_rate=1.0)
+    assert text == b'{"id":"t1","object":"video","progress":NaN}'
+    assert faults == {"missing_status": 1, "nan_progress": 1}
+    _, text, faults = answer()
+    assert json.loads(text)["status"] == "completed" and faults == {}

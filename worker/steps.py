@@ -1,0 +1,287 @@
+"""What every task shares, attached in one place: the claim, the lease, the log context and
+the failure boundary.
+
+Every task is a `Step`. Its message carries a claim from the schedule (worker/pump.py): the
+entries, the claim's token, the lane, and which entries are recoveries. `Step.__call__`
+drops entries a newer claim holds (a stale or redelivered message), keeps the lease alive
+while the step runs, loads each job's record and routes it: a job whose status calls for
+another lane is handed there, an ended job is cleaned up. Then, for each job, inside one
+boundary that binds its id into every log line:
+
+- an exception nobody anticipated is retried with backoff up to fault_max_attempts times,
+  then the job fails with code "internal_error" naming the exception type and the step
+  (never its message, which may quote a URL or a body), its slot given back and its webhook
+  scheduled in the same transaction;
+- a claim found unfinished (its worker died, its message was lost) counts as a recovery, and
+  too many of them end the job the same way.
+
+Tasks then read as the happy path (worker/tasks.py).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from celery import Task
+
+from producer.errors import JobNotFound
+from producer.names import SUBMIT_LANES, Lane
+from producer.records import (
+    ErrorInfo,
+    JobRecord,
+    JobStatus,
+    WebhookDelivery,
+    WebhookState,
+    utcnow_iso,
+)
+from worker.leases import Lease
+from worker.runtime import runtime
+from worker.timing import retry_delay_s
+
+log = structlog.get_logger("videoqueue.worker")
+
+# Lanes whose jobs hold (or are about to take) a provider slot.
+_HOLDS_SLOT = SUBMIT_LANES | {Lane.POLL}
+
+
+def route(record: JobRecord) -> Lane | None:
+    """The lane the job's status calls for; None when nothing is left to do for it."""
+    if record.status is JobStatus.QUEUED:
+        return Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
+    if record.status in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
+        return Lane.POLL
+    if record.status is JobStatus.FINALIZING:
+        return Lane.FINALIZE
+    if record.webhook is not None and record.webhook.state is WebhookState.PENDING:
+        return Lane.NOTIFY
+    return None
+
+
+def place(job_id: str, record: JobRecord, delay_s: float, token: str, pipe: Any) -> None:
+    """Queue on pipe: the job's entry to the lane its record calls for, due in delay_s; its
+    provider slot given back once its status no longer needs one."""
+    rt = runtime()
+    lane = route(record)
+    rt.store.schedule.place(job_id, lane, delay_s, token=token, client=pipe)
+    if lane not in _HOLDS_SLOT:
+        rt.limits.release(job_id, pipe)
+
+
+@dataclass
+class Job:
+    """One job a step runs on: its record, its claim, and the moves it can make."""
+
+    id: str
+    record: JobRecord
+    lane: Lane
+    token: str
+
+    def update(self, change: Callable[[JobRecord], bool | None]) -> JobRecord:
+        """Change the record (store.update) and keep the new one."""
+        self.record = runtime().store.update(self.id, change)
+        return self.record
+
+    def revisit(self, delay_s: float = 0.0) -> None:
+        """Finish this step: the job is next due in delay_s, in the lane its record calls for
+        (or leaves the schedule if nothing is left to do)."""
+        store = runtime().store
+        with store.redis.pipeline() as pipe:
+            place(self.id, self.record, delay_s, self.token, pipe)
+            pipe.execute()
+
+    def end(self, change: Callable[[JobRecord], None], event_type: str) -> bool:
+        """Apply a terminal change; in the same transaction give back the job's slot and
+        schedule its webhook. False if the job had already ended."""
+        ended: list[bool] = []
+
+        def apply(record: JobRecord) -> bool:
+            if record.terminal:
+                return False
+            change(record)
+            record.finished_at = utcnow_iso()
+            if url := record.request.get("webhook_url"):
+                record.webhook = WebhookDelivery(url=url, event_type=event_type)
+            ended.append(True)
+            return True
+
+        self.record = runtime().store.update(
+            self.id, apply, after=lambda r, pipe: place(self.id, r, 0.0, self.token, pipe)
+        )
+        if not ended:
+            self.revisit()
+        return bool(ended)
+
+    def fail(self, code: str, message: str) -> None:
+        """End the job as failed, with a code and a readable message."""
+
+        def failed(record: JobRecord) -> None:
+            record.status = JobStatus.FAILED
+            record.error = ErrorInfo(code=str(code), message=message)
+
+        if self.end(failed, "video.failed"):
+            log.warning("job failed", code=code, message=message)
+
+
+class Step(Task):  # type: ignore[misc]
+    """The base of every videoqueue task (see the module's docstring)."""
+
+    # Lanes whose entries this task runs (a submit runs both submit lanes).
+    lanes: frozenset[Lane] = frozenset()
+    # The task takes all its claim's jobs in one call (polls), not one job per call.
+    batched = False
+
+    def __call__(
+        self, members: list[str], token: str, lane: str, recovered: Sequence[str] = ()
+    ) -> None:
+        rt = runtime()
+        s = rt.settings
+        claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token)
+        held = claim.held(members)
+        if not held:
+            return  # a newer claim holds these entries: this message is stale
+        with claim.heartbeat(held, s.lease_s, s.step_timeout_s):
+            self.run_claim(held, Lane(lane), token, frozenset(recovered))
+
+    def run_claim(
+        self, members: list[str], lane: Lane, token: str, recovered: frozenset[str]
+    ) -> None:
+        """Run the step for each claimed entry, one at a time (or all at once if batched)."""
+        jobs = []
+        for member in members:
+            with self.boundary(member, lane, token):
+                job = self.load(member, lane, token, member in recovered)
+                if job is not None and self.batched:
+                    jobs.append(job)
+                elif job is not None:
+                    self.run(job)
+        if jobs:
+            with self.boundary([j.id for j in jobs], lane, [j.token for j in jobs]):
+                self.run(jobs)
+
+    def load(self, job_id: str, lane: Lane, token: str, recovered: bool) -> Job | None:
+        """The job, if this step is what it needs now; else route it and return None."""
+        rt = runtime()
+        try:
+            record = rt.store.get(job_id)
+        except JobNotFound:
+            # Only a record deleted by hand leaves an entry behind; drop the entry with it.
+            rt.store.schedule.place(job_id, None, token=token)
+            return None
+        job = Job(job_id, record, lane, token)
+        if recovered:
+            record = job.update(_count_recovery)
+            log.warning("step recovered", recoveries=record.recoveries, lane=lane.value)
+            if record.recoveries > rt.settings.fault_max_attempts and not record.terminal:
+                job.fail(
+                    "internal_error",
+                    f"the {lane.value} step was lost {record.recoveries} times"
+                    " (its worker died or its message was lost)",
+                )
+                return None
+        if route(record) in self.lanes:
+            return job
+        if record.terminal:
+            self.clean_up(job)
+        job.revisit()  # hand the job to the lane its status calls for
+        return None
+
+    def clean_up(self, job: Job) -> None:
+        """An ended job met in a lane it no longer belongs to: a cancelled job still at the
+        provider is cancelled there (where the provider allows it)."""
+        record = job.record
+        at_provider = record.provider_task_id and job.lane in _HOLDS_SLOT
+        if record.status is JobStatus.CANCELLED and at_provider:
+            runtime().provider.cancel(record.provider_task_id or "")
+
+    @contextmanager
+    def boundary(
+        self, member: str | list[str], lane: Lane, token: str | list[str]
+    ) -> Iterator[None]:
+        """Bind the job (or jobs) into the log context; turn an unexpected exception into a
+        retry with backoff, then an "internal_error" failure, for each of them."""
+        members = [member] if isinstance(member, str) else member
+        tokens = [token] * len(members) if isinstance(token, str) else token
+        bound = {"job_id": members[0]} if len(members) == 1 else {"jobs": len(members)}
+        with structlog.contextvars.bound_contextvars(**bound, step=self.name):
+            try:
+                yield
+            except Exception as e:  # the failure boundary: every task's, in one place
+                for m, t in zip(members, tokens, strict=True):
+                    self.on_fault(m, lane, t, e)
+
+    def on_fault(self, member: str, lane: Lane, token: str, error: Exception) -> None:
+        rt = runtime()
+        s = rt.settings
+        where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        log.error(
+            "unexpected exception",
+            error_type=type(error).__name__,
+            at=f"{where.filename.rsplit('/', 2)[-1]}:{where.lineno}" if where else None,
+        )
+        try:
+            faults = int(rt.store.redis.hincrby(rt.store.keys.faults(), member, 1))
+            if faults < s.fault_max_attempts:
+                delay_s = retry_delay_s(faults, s.retry_base_s, s.retry_cap_s)
+                rt.store.schedule.place(member, lane, max(delay_s, 0.1), token=token)
+                return
+            self.give_up(member, lane, token, f"unexpected {type(error).__name__} in the "
+                         f"{self.name.rsplit('.', 1)[-1]} step ({faults} times)")  # fmt: skip
+        except Exception as e:  # Redis itself is down: the lease brings the job back
+            log.error("could not record a fault", error_type=type(e).__name__)
+
+    def give_up(self, member: str, lane: Lane, token: str, message: str) -> None:
+        """End the entry's job for good after too many faults."""
+        job = Job(member, runtime().store.get(member), lane, token)
+        if job.record.terminal:  # it is its webhook that keeps failing: stop delivering it
+            job.update(_webhook_given_up)
+            job.revisit()
+            return
+        job.fail("internal_error", message)
+
+
+def _count_recovery(record: JobRecord) -> None:
+    record.recoveries += 1
+
+
+def _webhook_given_up(record: JobRecord) -> None:
+    if record.webhook is not None and record.webhook.state is WebhookState.PENDING:
+        record.webhook.state = WebhookState.DEAD
+        record.webhook.last_error = "internal_error: delivery kept raising"
+
+
+@dataclass
+class BatchEntry:
+    """A batch's schedule entry (its batch.completed webhook), as a step runs on it."""
+
+    id: str
+    lane: Lane
+    token: str
+
+    def revisit(self, delay_s: float) -> None:
+        runtime().store.schedule.place(self.id, self.lane, delay_s, token=self.token)
+
+    def done(self) -> None:
+        runtime().store.schedule.place(self.id, None, token=self.token)
+
+
+class BatchStep(Step):
+    """The base of tasks whose entries are batches, not jobs."""
+
+    def load(  # type: ignore[override]
+        self, batch_id: str, lane: Lane, token: str, recovered: bool
+    ) -> BatchEntry | None:
+        return BatchEntry(batch_id, lane, token)
+
+    def give_up(self, member: str, lane: Lane, token: str, message: str) -> None:
+        st = runtime().store
+        batch = st.get_batch(member, with_jobs=False)
+        if batch.webhook is not None and batch.webhook.state is WebhookState.PENDING:
+            batch.webhook.state = WebhookState.DEAD
+            batch.webhook.last_error = message
+            st.set_batch_fields(member, {"webhook": batch.webhook.model_dump_json()})
+        BatchEntry(member, lane, token).done()
