@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -32,7 +33,8 @@ log = structlog.get_logger("videoqueue.pump")
 
 # KEYS: lane, leases, queue, claim counter, slots ('' none), rate bucket ('' none).
 # ARGV: lease_s, dispatch_ahead, entries per message, token prefix, slot cap, stale slot age,
-# rate, burst, then the six pieces of the message envelope. Returns the entries claimed.
+# rate, burst, the lane's name, then the six pieces of the message envelope. Returns the
+# entries claimed, their total and their worst lateness in milliseconds.
 _CLAIM = """
 pcall(redis.replicate_commands)  -- Redis < 7 needs it for TIME before writes
 local lane, leases, queue, seq, slots, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -50,7 +52,7 @@ if bucket ~= '' then
   tokens = math.min(burst, tokens + math.max(0, now - since) * rate)
   want = math.min(want, math.floor(tokens))
 end
-local chosen, seen = {}, {}
+local chosen, seen, late = {}, {}, {}
 if want > 0 and slots ~= '' then
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now - tonumber(ARGV[6]))
   -- Jobs that hold a slot first: a submit retry must not wait behind jobs that have none.
@@ -59,23 +61,31 @@ if want > 0 and slots ~= '' then
     local due = redis.call('ZSCORE', lane, m)
     if due and tonumber(due) <= now then
       chosen[#chosen + 1] = m
+      late[#late + 1] = now - tonumber(due)
       seen[m] = true
     end
   end
   local free = tonumber(ARGV[5]) - redis.call('ZCARD', slots)
   if free > 0 and #chosen < want then
-    local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'LIMIT', 0, free + #chosen)
-    for _, m in ipairs(due) do
+    local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+      free + #chosen)
+    for i = 1, #due, 2 do
+      local m = due[i]
       if free <= 0 or #chosen >= want then break end
       if not seen[m] then
         redis.call('ZADD', slots, now, m)
         free = free - 1
         chosen[#chosen + 1] = m
+        late[#late + 1] = now - tonumber(due[i + 1])
       end
     end
   end
 elseif want > 0 then
-  chosen = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'LIMIT', 0, want)
+  local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
+  for i = 1, #due, 2 do
+    chosen[#chosen + 1] = due[i]
+    late[#late + 1] = now - tonumber(due[i + 1])
+  end
 end
 if bucket ~= '' then
   redis.call('HSET', bucket, 'tokens', tostring(tokens - #chosen), 'ts', tostring(now))
@@ -98,8 +108,23 @@ for g = 1, #chosen, per do
   redis.call('LPUSH', queue, ARGV[10] .. cjson.encode(body) .. ARGV[11] .. token .. ARGV[12]
     .. token .. ARGV[13] .. token .. ARGV[14] .. token .. ARGV[15])
 end
-return #chosen
+-- How late the claimed work was picked up (ms): the schedule's lateness, for metrics.
+local total, worst = 0, 0
+for _, l in ipairs(late) do
+  total = total + l
+  if l > worst then worst = l end
+end
+return {#chosen, math.floor(total * 1000), math.floor(worst * 1000)}
 """
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one claim of a lane handed out, and how late (after its due time) it was."""
+
+    entries: int
+    lateness_total_s: float
+    lateness_max_s: float
 
 
 class Pump:
@@ -129,12 +154,16 @@ class Pump:
                 *limit_args[2:], lane.value, *claim_envelope(lane.task, queue)]  # fmt: skip
         return keys + limit_keys, args
 
-    def claim_due(self) -> int:
-        """One pass over every lane, in one round trip; returns the entries claimed."""
+    def claim_due(self) -> dict[Lane, Claimed]:
+        """One pass over every lane, in one round trip; what each lane handed out."""
         with self.redis.pipeline(transaction=False) as pipe:
             for _, keys, args in self._lanes:
                 self._claim(keys=keys, args=args, client=pipe)
-            return sum(int(n) for n in pipe.execute())
+            results = pipe.execute()
+        return {
+            lane: Claimed(int(n), int(total_ms) / 1000, int(worst_ms) / 1000)
+            for (lane, _, _), (n, total_ms, worst_ms) in zip(self._lanes, results, strict=True)
+        }
 
 
 class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -164,7 +193,7 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
         pump = runtime().pump
         while not self._stop.is_set():
             try:
-                claimed = pump.claim_due()
+                claimed = sum(c.entries for c in pump.claim_due().values())
             except redis.RedisError as e:
                 log.warning("pump could not reach Redis", error=str(e))
                 claimed = 0
