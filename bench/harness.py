@@ -5,7 +5,8 @@
   and Celery queue of its own, and workers that run the product's app with a trace attached
   (bench/instrumented_worker.py); on exit it stops everything it started and deletes every
   Redis key it wrote, also when the scenario raised.
-- ``read_trace()`` turns the workers' trace files into task runs (ETA, start, end).
+- ``read_trace()`` turns the workers' trace files into task runs (start, end) and the pump's
+  claims (how late due work was picked up).
 - ``Sampler`` records probes (RSS and CPU of a process tree, Redis memory...) over time.
 
 Every figure in RESULTS.md comes from these: the sandbox's own counters, the workers' trace,
@@ -321,54 +322,123 @@ class TaskRun:
     """One execution of a task by a worker, from the trace.
 
     Attributes:
-        task: The task's short name: submit, poll, finalize, notify.
-        task_id: Celery's id of this message.
-        job_id: The job it worked on.
+        task: The task's short name: submit, poll, finalize, notify, notify_batch.
+        task_id: Celery's id of this message: the token of the claim it carries.
+        members: The schedule entries (job ids; a batch id for notify_batch) it ran on: up
+            to VIDEOQUEUE_POLL_BATCH_SIZE for a poll, one for every other task.
         started_at: Epoch seconds it started (task_prerun).
-        eta: Epoch seconds it was scheduled for; None for a task sent without a countdown.
         redelivered: Whether the broker had delivered this message before.
         ended_at: Epoch seconds it ended (task_postrun); None if the worker stopped first.
     """
 
     task: str
     task_id: str
-    job_id: str
+    members: tuple[str, ...]
     started_at: float
-    eta: float | None
     redelivered: bool
     ended_at: float | None
 
     @property
-    def lateness_s(self) -> float | None:
-        """Actual minus scheduled start, for a task that had a schedule."""
-        return None if self.eta is None else self.started_at - self.eta
+    def job_id(self) -> str:
+        """The first (for every task but a poll, the only) entry it ran on."""
+        return self.members[0] if self.members else "-"
 
 
-def read_trace(trace_dir: Path) -> list[TaskRun]:
-    """Every task run recorded in trace_dir, in start order."""
+@dataclass(frozen=True)
+class Claim:
+    """One lane's share of one pass of a worker's pump (worker/pump.py), from the trace.
+
+    Attributes:
+        at: Epoch seconds the pass returned.
+        lane: The schedule lane: poll, submit, submit_bulk, finalize, notify, notify_batch.
+        entries: Entries claimed (due jobs handed to Celery).
+        lateness_total_s: Their lateness (claim time minus due time, by Redis's clock), summed.
+        lateness_max_s: The worst of them.
+        tokens: The Celery task ids of the messages the claim pushed.
+    """
+
+    at: float
+    lane: str
+    entries: int
+    lateness_total_s: float
+    lateness_max_s: float
+    tokens: tuple[str, ...]
+
+    @property
+    def lateness_mean_s(self) -> float:
+        """The claim's average lateness per entry."""
+        return self.lateness_total_s / self.entries if self.entries else 0.0
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything the instrumented workers wrote: task runs and pump claims, in time order."""
+
+    runs: list[TaskRun]
+    claims: list[Claim]
+
+    def claim_of(self) -> dict[str, Claim]:
+        """Each message's claim, by its Celery task id (the claim token)."""
+        return {token: c for c in self.claims for token in c.tokens}
+
+
+def read_trace(trace_dir: Path) -> Trace:
+    """Every task run and pump claim recorded in trace_dir (bench/instrumented_worker.py)."""
     starts: dict[str, list[str]] = {}
     ends: dict[str, float] = {}
+    claims: list[Claim] = []
     for path in trace_dir.glob("trace-*.tsv"):
         for line in path.read_text().splitlines():
             fields = line.split("\t")
-            if fields[0] == "S" and len(fields) == 7:
+            if fields[0] == "S" and len(fields) == 6:
                 starts[fields[3]] = fields
-            elif fields[0] == "E" and len(fields) == 5:
+            elif fields[0] == "E" and len(fields) == 4:
                 ends[fields[3]] = float(fields[1])
+            elif fields[0] == "C" and len(fields) == 9:
+                prefix, first, last = fields[6], int(fields[7]), int(fields[8])
+                claims.append(
+                    Claim(
+                        at=float(fields[1]),
+                        lane=fields[2],
+                        entries=int(fields[3]),
+                        lateness_total_s=float(fields[4]),
+                        lateness_max_s=float(fields[5]),
+                        tokens=tuple(f"{prefix}{i}" for i in range(first, last + 1)),
+                    )
+                )
     runs = [
         TaskRun(
             task=f[2].rsplit(".", 1)[-1],
             task_id=f[3],
-            job_id=f[4],
+            members=tuple(m for m in f[4].split(",") if m and m != "-"),
             started_at=float(f[1]),
-            eta=None if f[5] == "-" else float(f[5]),
-            redelivered=f[6] == "1",
+            redelivered=f[5] == "1",
             ended_at=ends.get(f[3]),
         )
         for f in starts.values()
     ]
     runs.sort(key=lambda r: r.started_at)
-    return runs
+    claims.sort(key=lambda c: c.at)
+    return Trace(runs, claims)
+
+
+def weighted_percentile(pairs: Sequence[tuple[float, int]], q: float) -> float:
+    """The q-th percentile (0-100) of values each counted weight times; NaN for none.
+
+    Claims are traced per claim, not per entry: a claim of 50 entries with worst lateness
+    0.2 s counts as 50 entries 0.2 s late, an upper bound for each of them.
+    """
+    pairs = [(v, w) for v, w in pairs if w > 0]
+    if not pairs:
+        return float("nan")
+    values = np.asarray([v for v, _ in pairs], dtype=float)
+    weights = np.asarray([w for _, w in pairs], dtype=float)
+    order = np.argsort(values)
+    values, weights = values[order], weights[order]
+    cumulative = np.cumsum(weights)
+    rank = q / 100 * cumulative[-1]
+    index = int(np.searchsorted(cumulative, rank, side="left"))
+    return float(values[min(index, len(values) - 1)])
 
 
 # --- sampling real processes ---------------------------------------------------------------

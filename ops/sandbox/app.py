@@ -400,6 +400,7 @@ class _FileResponse(Response):
             receive=receive,
             send=send,
             short_length=short,
+            stream_s=cfg.file_stream_s,
         )
 
 

@@ -93,6 +93,7 @@ class SandboxConfig(BaseModel):
     error_codes: list[int] = Field(default_factory=lambda: [500, 502, 503])
     slow_rate: float = Field(default=0.0, ge=0, le=1)
     slow_s: float = Field(default=2.0, ge=0)
+    slow_routes: list[RouteClass] = Field(default_factory=lambda: list(ALL_ROUTE_CLASSES))
     hang_rate: float = Field(default=0.0, ge=0, le=1)
     hang_s: float = Field(default=300.0, ge=0)
     # A create that makes the task but answers 502: the lost-response case Idempotency-Key is for.
@@ -128,6 +129,8 @@ class SandboxConfig(BaseModel):
     cdn_base_url: str | None = None
     vocabulary: Vocabulary = "standard"
     file_padding_bytes: int = Field(default=0, ge=0)
+    # Every download is spread over this many seconds (a slow CDN; 0: as fast as it goes).
+    file_stream_s: float = Field(default=0.0, ge=0)
     fps: int = Field(default=1, ge=1, le=30)
 
     # --- robustness ---

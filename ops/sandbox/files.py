@@ -123,8 +123,9 @@ async def send_file(
     receive: Receive,
     send: Send,
     short_length: bool = False,
+    stream_s: float = 0.0,
 ) -> None:
-    """Stream bytes [start, stop) of body as the response.
+    """Stream bytes [start, stop) of body as the response, spread over stream_s seconds.
 
     With truncate, about half the promised bytes are sent and then the connection is dropped
     (Content-Length still promises all of them), as a flaky CDN does.
@@ -156,10 +157,14 @@ async def send_file(
     watcher = asyncio.create_task(watch())
     promised = start + declared
     pos = start
+    began = asyncio.get_running_loop().time()
     try:
         for chunk in body.iter_range(start, limit):
             if disconnected.is_set():
                 return
+            if stream_s:  # a chunk leaves when its share of stream_s is over
+                due = began + stream_s * (pos + len(chunk) - start) / max(length, 1)
+                await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
             split = max(0, min(len(chunk), promised - pos))
             if split:
                 message = {"type": "http.response.body", "body": bytes(chunk[:split])}

@@ -101,7 +101,7 @@ class Gate:
         cfg = sb.config
         # Slow answers and hangs come after the request took effect (a create has made its
         # task): the nasty case, where a client that gives up does not know what happened.
-        slow = route is not None and state.roll("slow", cfg.slow_rate)
+        slow = route in cfg.slow_routes and state.roll("slow", cfg.slow_rate)
         hang = route is not None and state.roll("hang", cfg.hang_rate)
         if not (slow or hang):
             await self.app(scope, receive, counting_send)

@@ -453,3 +453,24 @@ def test_short_content_length_declares_half_of_the_body_really_sent():
         sb.configure(short_content_length_rate=0.0)
         _, headers, honest = raw_get(url)
         assert int(headers["content-length"]) == len(honest) == len(body)
+
+
+def test_slow_routes_slow_only_the_routes_named():
+    with running(slow_rate=1.0, slow_s=1.0, slow_routes=["status"]) as (sb, client):
+        started = time.monotonic()
+        task = create(client)
+        assert time.monotonic() - started < 0.8  # the create is not slowed
+        started = time.monotonic()
+        client.get(f"/v1/videos/{task['id']}")
+        assert time.monotonic() - started >= 1.0
+        assert sb.stats()["totals"]["faults"]["slow"] == 1
+
+
+def test_file_stream_s_spreads_a_download_over_that_many_seconds():
+    with running(file_stream_s=1.5, file_padding_bytes=4 << 20) as (_, client):
+        task = wait_terminal(client, create(client)["id"])
+        started = time.monotonic()
+        with client.stream("GET", f"/v1/videos/{task['id']}/content") as response:
+            sizes = [len(c) for c in response.iter_bytes()]
+        assert response.status_code == 200 and sum(sizes) > 4 << 20
+        assert time.monotonic() - started >= 1.4
