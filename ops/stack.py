@@ -500,7 +500,9 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL the main process and its pool at once, like a crashed host.
 
-        Messages the worker held stay unacknowledged in Redis until the visibility timeout.
+        The steps it was running come due again when their leases (VIDEOQUEUE_LEASE_S) run
+        out; messages it held stay unacknowledged in Redis until the visibility timeout, and
+        then do nothing.
         """
         _kill_group(self.popen, self.pgid)
 

@@ -1,7 +1,7 @@
 """videoqueue's Celery worker: `celery -A worker worker`.
 
-Submits jobs to the video API, polls them with backoff as rescheduled tasks, streams each
-finished MP4 into S3 and sends the signed webhook.
+Claims due work from the durable schedule (worker/pump.py), submits jobs to the video API,
+polls them in batches, streams each finished MP4 into S3 and sends the signed webhook.
 """
 
 from worker import tasks  # noqa: F401  (registers the tasks with the app)

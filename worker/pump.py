@@ -195,8 +195,10 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
             try:
                 claimed = sum(c.entries for c in pump.claim_due().values())
             except redis.RedisError as e:
-                log.warning("pump could not reach Redis", error=str(e))
-                claimed = 0
+                # Once a second, not every tick: an outage should not flood the log.
+                log.warning("pump could not reach Redis", error_type=type(e).__name__)
+                self._stop.wait(1.0)
+                continue
             # Work claimed means more may be due: go again at once; else wait a tick. This
             # wait is the pump thread's, not a task's: no task ever sleeps.
             if not claimed:
