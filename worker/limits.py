@@ -9,13 +9,17 @@ served before the batch lane, so a freed slot goes to a single job first. Nothin
 nothing is handed over, and no worker waits.
 
 - Rate: a token bucket refilled by Redis's clock at rate_limit_per_s up to rate_burst.
-- Slots: a job takes one when its submit is claimed and gives it back when its generation ends
-  at the provider (or the job ends), in the same transaction as that change.
+- Slots: a job takes one when its submit is claimed, under the claim's lease: a submit that
+  dies frees its slot when its lease runs out. Once the provider has the job, the slot is
+  held until its generation ends (or the job ends), given back in the same transaction as
+  that change. A submit that will be retried gives its slot back meanwhile: it holds no
+  generation, and it competes for a slot again, in order, when it is due.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import redis
@@ -50,14 +54,19 @@ class ProviderLimits:
 
     def claim_terms(self, lane: Lane) -> tuple[list[str], list[Any]]:
         """The claim script's limit keys (slots, bucket; '' for none) and arguments (cap,
-        stale age, rate, burst) for one lane."""
+        rate, burst) for one lane."""
         s = self.settings
         slots = self.in_flight if lane in SUBMIT_LANES and s.max_in_flight is not None else ""
         rated = lane in RATE_LIMITED and s.rate_limit_per_s is not None
         return (
             [slots, self.bucket if rated else ""],
-            [s.max_in_flight or 0, self.stale_after_s, s.rate_limit_per_s or 0, s.rate_burst],
+            [s.max_in_flight or 0, s.rate_limit_per_s or 0, s.rate_burst],
         )
+
+    def hold_for_generation(self, job_id: str, client: Any = None) -> None:
+        """Keep the job's slot (if it holds one) while the provider generates its video."""
+        until = time.time() + self.stale_after_s
+        (client or self.redis).zadd(self.in_flight, {job_id: until}, xx=True, gt=True)
 
     def release(self, job_id: str, client: Any = None) -> None:
         """Give the job's slot back (a no-op if it holds none), on client's transaction."""

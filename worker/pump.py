@@ -32,53 +32,46 @@ from worker.limits import ProviderLimits
 log = structlog.get_logger("videoqueue.pump")
 
 # KEYS: lane, leases, queue, claim counter, slots ('' none), rate bucket ('' none).
-# ARGV: lease_s, dispatch_ahead, entries per message, token prefix, slot cap, stale slot age,
-# rate, burst, the lane's name, then the six pieces of the message envelope. Returns the
-# entries claimed, their total and their worst lateness in milliseconds.
+# ARGV: lease_s, dispatch_ahead, entries per message, token prefix, slot cap, rate, burst,
+# the lane's name, then the six pieces of the message envelope. Returns the entries claimed,
+# their total and their worst lateness in milliseconds.
 _CLAIM = """
 pcall(redis.replicate_commands)  -- Redis < 7 needs it for TIME before writes
 local lane, leases, queue, seq, slots, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local room = tonumber(ARGV[2]) - redis.call('LLEN', queue)
-if room <= 0 then return 0 end
+if room <= 0 then return {0, 0, 0} end
 local per = tonumber(ARGV[3])
 local want = room * per
 local tokens
 if bucket ~= '' then
-  local rate, burst = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
   tokens = tonumber(redis.call('HGET', bucket, 'tokens') or burst)
   local since = tonumber(redis.call('HGET', bucket, 'ts') or now)
   tokens = math.min(burst, tokens + math.max(0, now - since) * rate)
   want = math.min(want, math.floor(tokens))
 end
-local chosen, seen, late = {}, {}, {}
+local chosen, late = {}, {}
+local until_ = now + tonumber(ARGV[1])
 if want > 0 and slots ~= '' then
-  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now - tonumber(ARGV[6]))
-  -- Jobs that hold a slot first: a submit retry must not wait behind jobs that have none.
-  for _, m in ipairs(redis.call('ZRANGE', slots, 0, -1)) do
-    if #chosen >= want then break end
-    local due = redis.call('ZSCORE', lane, m)
-    if due and tonumber(due) <= now then
-      chosen[#chosen + 1] = m
-      late[#late + 1] = now - tonumber(due)
-      seen[m] = true
-    end
-  end
+  -- A slot taken for a submit is held under the claim's lease (extended while the submit
+  -- runs, pushed far ahead once the provider has the job): a dead claim's slot frees itself.
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   local free = tonumber(ARGV[5]) - redis.call('ZCARD', slots)
-  if free > 0 and #chosen < want then
-    local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
-      free + #chosen)
-    for i = 1, #due, 2 do
-      local m = due[i]
-      if free <= 0 or #chosen >= want then break end
-      if not seen[m] then
-        redis.call('ZADD', slots, now, m)
-        free = free - 1
-        chosen[#chosen + 1] = m
-        late[#late + 1] = now - tonumber(due[i + 1])
-      end
+  local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
+  for i = 1, #due, 2 do
+    local m = due[i]
+    if redis.call('ZSCORE', slots, m) then
+      redis.call('ZADD', slots, 'GT', until_, m)
+    elseif free > 0 then
+      redis.call('ZADD', slots, until_, m)
+      free = free - 1
+    else
+      break  -- no slot: it and everything due after it wait in the lane, in order
     end
+    chosen[#chosen + 1] = m
+    late[#late + 1] = now - tonumber(due[i + 1])
   end
 elseif want > 0 then
   local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
@@ -91,7 +84,6 @@ if bucket ~= '' then
   redis.call('HSET', bucket, 'tokens', tostring(tokens - #chosen), 'ts', tostring(now))
   redis.call('EXPIRE', bucket, 3600)
 end
-local until_ = now + tonumber(ARGV[1])
 for g = 1, #chosen, per do
   local token = ARGV[4] .. redis.call('INCR', seq)
   local members, recovered = {}, {}
@@ -103,10 +95,10 @@ for g = 1, #chosen, per do
     members[#members + 1] = cjson.encode(m)
   end
   local body = '[[[' .. table.concat(members, ',') .. '],"' .. token .. '",'
-    .. cjson.encode(ARGV[9]) .. ',[' .. table.concat(recovered, ',') .. ']],{},'
+    .. cjson.encode(ARGV[8]) .. ',[' .. table.concat(recovered, ',') .. ']],{},'
     .. '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
-  redis.call('LPUSH', queue, ARGV[10] .. cjson.encode(body) .. ARGV[11] .. token .. ARGV[12]
-    .. token .. ARGV[13] .. token .. ARGV[14] .. token .. ARGV[15])
+  redis.call('LPUSH', queue, ARGV[9] .. cjson.encode(body) .. ARGV[10] .. token .. ARGV[11]
+    .. token .. ARGV[12] .. token .. ARGV[13] .. token .. ARGV[14])
 end
 -- How late the claimed work was picked up (ms): the schedule's lateness, for metrics.
 local total, worst = 0, 0
@@ -150,8 +142,8 @@ class Pump:
         limit_keys, limit_args = self.limits.claim_terms(lane)
         per = s.poll_batch_size if lane is Lane.POLL else 1
         keys = [self.keys.schedule(lane), self.keys.leases(), queue, self.keys.claim_seq()]
-        args = [s.lease_s, s.dispatch_ahead, per, self.token_prefix, *limit_args[:2],
-                *limit_args[2:], lane.value, *claim_envelope(lane.task, queue)]  # fmt: skip
+        args = [s.lease_s, s.dispatch_ahead, per, self.token_prefix, *limit_args, lane.value,
+                *claim_envelope(lane.task, queue)]  # fmt: skip
         return keys + limit_keys, args
 
     def claim_due(self) -> dict[Lane, Claimed]:
@@ -194,9 +186,12 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
         while not self._stop.is_set():
             try:
                 claimed = sum(c.entries for c in pump.claim_due().values())
-            except redis.RedisError as e:
+            except Exception as e:  # noqa: BLE001  (the pump must outlive anything)
                 # Once a second, not every tick: an outage should not flood the log.
-                log.warning("pump could not reach Redis", error_type=type(e).__name__)
+                if isinstance(e, redis.RedisError):
+                    log.warning("pump could not reach Redis", error_type=type(e).__name__)
+                else:
+                    log.error("pump failed", error_type=type(e).__name__, error=str(e)[:200])
                 self._stop.wait(1.0)
                 continue
             # Work claimed means more may be due: go again at once; else wait a tick. This

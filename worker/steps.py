@@ -45,8 +45,8 @@ from worker.timing import retry_delay_s
 
 log = structlog.get_logger("videoqueue.worker")
 
-# Lanes whose jobs hold (or are about to take) a provider slot.
-_HOLDS_SLOT = SUBMIT_LANES | {Lane.POLL}
+# Lanes whose jobs are at the provider (where a cancelled job is cancelled upstream).
+_AT_PROVIDER = SUBMIT_LANES | {Lane.POLL}
 
 
 def route(record: JobRecord) -> Lane | None:
@@ -64,11 +64,13 @@ def route(record: JobRecord) -> Lane | None:
 
 def place(job_id: str, record: JobRecord, delay_s: float, token: str, pipe: Any) -> None:
     """Queue on pipe: the job's entry to the lane its record calls for, due in delay_s; its
-    provider slot given back once its status no longer needs one."""
+    provider slot kept while the provider generates its video, else given back."""
     rt = runtime()
     lane = route(record)
     rt.store.schedule.place(job_id, lane, delay_s, token=token, client=pipe)
-    if lane not in _HOLDS_SLOT:
+    if lane is Lane.POLL:
+        rt.limits.hold_for_generation(job_id, pipe)
+    else:
         rt.limits.release(job_id, pipe)
 
 
@@ -140,7 +142,7 @@ class Step(Task):  # type: ignore[misc]
     ) -> None:
         rt = runtime()
         s = rt.settings
-        claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token)
+        claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token, rt.limits.in_flight)
         held = claim.held(members)
         if not held:
             return  # a newer claim holds these entries: this message is stale
@@ -194,7 +196,7 @@ class Step(Task):  # type: ignore[misc]
         """An ended job met in a lane it no longer belongs to: a cancelled job still at the
         provider is cancelled there (where the provider allows it)."""
         record = job.record
-        at_provider = record.provider_task_id and job.lane in _HOLDS_SLOT
+        at_provider = record.provider_task_id and job.lane in _AT_PROVIDER
         if record.status is JobStatus.CANCELLED and at_provider:
             runtime().provider.cancel(record.provider_task_id or "")
 

@@ -1,0 +1,155 @@
+"""The durable schedule's scripts against a real Redis, without workers: claims, leases,
+limits, placements. (The pipeline tests run the same scripts through real workers.)"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from producer.jobs import new_record
+from producer.names import Lane
+from producer.requests import parse_request
+from producer.settings import Settings
+from producer.store import JobStore
+from worker.leases import Lease
+from worker.limits import ProviderLimits
+from worker.pump import Pump
+
+
+@pytest.fixture
+def deployment(redis_url: str) -> Iterator[tuple[Settings, JobStore]]:
+    prefix = f"vqtest-{uuid.uuid4().hex[:10]}"
+    settings = Settings(key_prefix=prefix, queue=prefix, broker_url=redis_url, lease_s=5,
+                        dispatch_ahead=3, poll_batch_size=4, api_key="sk-schedule")  # fmt: skip
+    st = JobStore(redis.Redis.from_url(redis_url), prefix)
+    yield settings, st
+    for key in st.redis.scan_iter(f"{prefix}*"):
+        st.redis.delete(key)
+
+
+def _jobs(settings: Settings, st: JobStore, n: int, lane: Lane = Lane.POLL) -> list[str]:
+    ids = []
+    for _ in range(n):
+        record = new_record(parse_request({"prompt": "x"}), settings)
+        st.create(record, None)
+        st.schedule.place(record.id, lane)
+        ids.append(record.id)
+    return ids
+
+
+def _messages(st: JobStore, queue: str) -> list[list]:
+    """The args of every message on queue, oldest first."""
+    raw = st.redis.lrange(queue, 0, -1)
+    return [json.loads(json.loads(m)["body"])[0] for m in reversed(raw)]
+
+
+def test_a_claim_leases_due_entries_and_queues_one_message_per_batch(deployment):
+    settings, st = deployment
+    ids = _jobs(settings, st, 6)
+    claimed = Pump(st.redis, settings).claim_due()[Lane.POLL]
+    assert claimed.entries == 6
+    messages = _messages(st, f"{settings.queue}.poll")
+    assert [len(m[0]) for m in messages] == [4, 2]  # poll_batch_size 4
+    assert sorted(messages[0][0] + messages[1][0]) == sorted(ids)
+    assert all(m[2] == "poll" and m[3] == [] for m in messages)
+    lane, due = st.schedule.entry(ids[0])
+    assert lane is Lane.POLL and due > time.time() + 4  # pushed a lease ahead
+    assert Lease(st.redis, st.keys, Lane.POLL, messages[0][1], "x").held(ids) == messages[0][0]
+
+
+def test_a_full_queue_gets_no_more_messages(deployment):
+    settings, st = deployment
+    _jobs(settings, st, 20)
+    pump = Pump(st.redis, settings)
+    assert pump.claim_due()[Lane.POLL].entries == 12  # 3 messages of 4
+    assert pump.claim_due()[Lane.POLL].entries == 0
+    assert st.redis.llen(f"{settings.queue}.poll") == 3
+
+
+def test_an_expired_lease_is_claimed_again_as_a_recovery_and_the_old_claim_holds_nothing(
+    deployment,
+):
+    settings, st = deployment
+    (job_id,) = _jobs(settings, st, 1, Lane.FINALIZE)
+    pump = Pump(st.redis, settings)
+    pump.claim_due()
+    first = _messages(st, settings.queue)[0]
+    st.redis.delete(settings.queue)  # the message is lost
+    st.redis.zadd(st.keys.schedule(Lane.FINALIZE), {job_id: time.time() - 1})  # lease ran out
+    pump.claim_due()
+    second = _messages(st, settings.queue)[0]
+    assert second[3] == [job_id]  # flagged as a recovery
+    assert Lease(st.redis, st.keys, Lane.FINALIZE, first[1], "x").held([job_id]) == []
+    assert Lease(st.redis, st.keys, Lane.FINALIZE, second[1], "x").held([job_id]) == [job_id]
+    # the superseded claim cannot move the entry any more
+    assert st.schedule.place(job_id, None, token=first[1]) == 0
+    assert st.schedule.entry(job_id)[0] is Lane.FINALIZE
+    assert st.schedule.place(job_id, None, token=second[1]) == 1
+    assert st.schedule.entry(job_id) is None
+
+
+def test_placing_an_entry_in_one_lane_removes_it_from_every_other(deployment):
+    settings, st = deployment
+    (job_id,) = _jobs(settings, st, 1, Lane.SUBMIT)
+    for lane in (Lane.POLL, Lane.FINALIZE, Lane.NOTIFY):
+        st.schedule.place(job_id, lane, 3.0)
+        assert st.schedule.entry(job_id)[0] is lane
+        assert st.schedule.total() == 1
+
+
+def test_submits_take_provider_slots_in_order_single_jobs_first(deployment):
+    settings, st = deployment
+    settings = settings.model_copy(update={"max_in_flight": 3, "dispatch_ahead": 10})
+    bulk = _jobs(settings, st, 3, Lane.SUBMIT_BULK)
+    single = _jobs(settings, st, 2, Lane.SUBMIT)
+    claimed = Pump(st.redis, settings).claim_due()
+    assert claimed[Lane.SUBMIT].entries == 2 and claimed[Lane.SUBMIT_BULK].entries == 1
+    limits = ProviderLimits(st.redis, settings)
+    holders = {m.decode() for m in st.redis.zrange(limits.in_flight, 0, -1)}
+    assert holders == {*single, bulk[0]}
+    # a slot given back goes to the next job in order
+    limits.release(single[0])
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT_BULK].entries == 1
+    assert st.redis.zscore(limits.in_flight, bulk[1]) is not None
+
+
+def test_a_dead_submits_slot_frees_with_its_lease(deployment):
+    settings, st = deployment
+    settings = settings.model_copy(update={"max_in_flight": 1, "dispatch_ahead": 10})
+    first, second = _jobs(settings, st, 2, Lane.SUBMIT)
+    limits = ProviderLimits(st.redis, settings)
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 0  # no slot
+    # the first submit's worker died: its lease and the slot it held both run out
+    st.redis.zadd(limits.in_flight, {first: time.time() - 1})
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
+    assert st.redis.zscore(limits.in_flight, second) is not None
+
+
+def test_the_rate_limit_is_spent_at_the_claim(deployment):
+    settings, st = deployment
+    settings = settings.model_copy(
+        update={"rate_limit_per_s": 0.001, "rate_burst": 5, "dispatch_ahead": 100}
+    )
+    _jobs(settings, st, 8)
+    pump = Pump(st.redis, settings)
+    assert pump.claim_due()[Lane.POLL].entries == 5  # the burst, then nothing for a while
+    assert pump.claim_due()[Lane.POLL].entries == 0
+
+
+def test_a_cancel_nudges_an_unclaimed_entry_to_now_and_leaves_a_claimed_one(deployment):
+    settings, st = deployment
+    a, b = _jobs(settings, st, 2, Lane.POLL)
+    st.schedule.place(a, Lane.POLL, 300.0)
+    st.schedule.nudge(a)
+    assert st.schedule.entry(a)[1] <= time.time() + 0.5
+    st.redis.hset(st.keys.leases(), b, "claim")
+    st.schedule.place(b, Lane.POLL, 300.0, token="claim")
+    st.redis.hset(st.keys.leases(), b, "claim")
+    st.schedule.nudge(b)
+    assert st.schedule.entry(b)[1] > time.time() + 200
