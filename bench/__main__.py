@@ -23,13 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from bench import copy_to_s3, end_to_end, enqueue, in_flight, polling, report
-from bench.harness import DEFAULT_REDIS_URL, Services, log, services
+from bench.harness import (
+    DEFAULT_REDIS_URL,
+    Sampler,
+    Services,
+    host_load,
+    host_load_probes,
+    log,
+    services,
+)
 from bench.model import ScenarioResult
 
-# name -> (module); the order is the table's.
+# name -> scenario (a module, or a polling.Case: NAME, FULL, SMOKE, run); the table's order.
 SCENARIOS: dict[str, Any] = {
     in_flight.NAME: in_flight,
-    polling.NAME: polling,
+    **{case.NAME: case for case in polling.CASES},
     copy_to_s3.NAME: copy_to_s3,
     end_to_end.NAME: end_to_end,
     enqueue.NAME: enqueue,
@@ -82,20 +90,42 @@ def _run_one(name: str, module: Any, svc: Services) -> ScenarioResult:
     start = time.time()
     log(f"{name}: starting")
     run: Callable[[Services, Any], ScenarioResult] = module.run
+    sampler = Sampler(host_load_probes(), interval_s=2.0)
     try:
-        result = run(svc, scale)
+        with sampler:
+            result = run(svc, scale)
     except Exception as e:  # one scenario's failure must not cost the others' figures
         traceback.print_exc()
         result = ScenarioResult(
             name=name,
-            title=getattr(module, "__doc__", "").split("\n")[0],
+            title=getattr(module, "title", None) or (module.__doc__ or "").split("\n")[0],
             smoke=svc.smoke,
             started_at=datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds"),
             error=f"{type(e).__name__}: {e}"[:500],
         )
     result.wall_s = time.time() - start
+    if load := host_load(sampler):
+        result.params["host_load"] = load
     log(f"{name}: done in {result.wall_s:.0f} s")
     return result
+
+
+def conditions(results: list[ScenarioResult]) -> str:
+    """One sentence on how loaded the host was while these scenarios ran."""
+    loads = [(r.wall_s, r.params["host_load"]) for r in results if r.params.get("host_load")]
+    if not loads:
+        return ""
+    total = sum(w for w, _ in loads) or 1.0
+    other = sum(w * load["other_cores"] for w, load in loads) / total
+    bench = sum(w * load["bench_cores"] for w, load in loads) / total
+    peak = max(load["load_max"] for _, load in loads)
+    cores = loads[0][1]["cores"]
+    return (
+        f"Host load while it ran: the benchmark's own processes used {bench:.2f} of the "
+        f"{cores:g} cores on average, everything else on the host {other:.2f} (another "
+        f"engineer's test suite, and the Redis server both share); the 1-minute load "
+        f"average reached {peak:g}. Each section gives its scenario's share (`host_load`)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_s=time.time() - started,
         command=command,
         fresh_only=len(fresh) == len(results),
+        conditions=conditions(results),
     )
     log(f"wrote {path} in {(time.time() - started) / 60:.1f} min")
     print(report.table(results))

@@ -107,7 +107,7 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
         assert record.output is not None
         size = record.output.size_bytes
         run_ = next(
-            r for r in read_trace(dep.trace_dir) if r.task == "finalize" and r.job_id == job_id
+            r for r in read_trace(dep.trace_dir).runs if r.task == "finalize" and r.job_id == job_id
         )
         if run_.ended_at is None:
             raise RuntimeError(f"{NAME}: the trace has no end for finalize of {job_id}")

@@ -475,6 +475,21 @@ class ProcessTree:
         """Resident memory of every member, summed (shared pages count once per process)."""
         return self._each(lambda p: float(p.memory_info().rss))
 
+    def root_rss_bytes(self) -> float:
+        """Resident memory of the root process alone (a worker's main process)."""
+        try:
+            return float(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return float("nan")
+
+    def root_cpu_s(self) -> float:
+        """User plus system CPU seconds of the root process alone."""
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return float("nan")
+        return float(times.user + times.system)
+
     def pss_bytes(self) -> float:
         """Proportional set size, summed: shared pages split between the processes sharing
         them, so this is what the tree costs the machine (a container's memory limit)."""
@@ -550,6 +565,46 @@ def host_probes(client: redis.Redis) -> dict[str, Callable[[], float | None]]:
         "sandbox_cpu": lambda: sum(me.cpu_times()[:2]),
         "s3_cpu": weed.cpu_s if weed else lambda: None,
         "redis_cpu": redis_proc.cpu_s if redis_proc else lambda: None,
+    }
+
+
+def host_load_probes() -> dict[str, Callable[[], float | None]]:
+    """Probes for how busy the whole host is, and how much of that is the benchmark's.
+
+    ``host_cpu``: CPU seconds every process on the host used (psutil's cpu_times, all but
+    idle and iowait); ``bench_cpu``: this process and every process it started (workers,
+    SeaweedFS, the comparison); ``load``: the 1-minute load average. The difference is what
+    the rest of the host (another test suite, and the Redis server the benchmark shares)
+    took from the same cores.
+    """
+    tree = ProcessTree(os.getpid())
+
+    def host_cpu() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    return {
+        "host_cpu": host_cpu,
+        "bench_cpu": tree.cpu_s,
+        "load": lambda: psutil.getloadavg()[0],
+    }
+
+
+def host_load(sampler: Sampler) -> dict[str, float]:
+    """What host_load_probes() saw: cores busy on the host, used by the benchmark, and by
+    everything else, on average; and the highest 1-minute load average."""
+    host, bench = sampler.series["host_cpu"], sampler.series["bench_cpu"]
+    if len(host) < 2:
+        return {}
+    elapsed = host[-1][0] - host[0][0]
+    busy = (host[-1][1] - host[0][1]) / elapsed
+    ours = (bench[-1][1] - bench[0][1]) / elapsed if len(bench) > 1 else 0.0
+    return {
+        "cores": float(psutil.cpu_count() or 0),
+        "busy_cores": round(busy, 2),
+        "bench_cores": round(ours, 2),
+        "other_cores": round(max(0.0, busy - ours), 2),
+        "load_max": round(sampler.peak("load"), 1),
     }
 
 

@@ -152,8 +152,10 @@ def _watch(dep: Deployment, scale: Scale, n: int) -> dict[str, Any]:
 
     probes = {
         "rss": tree.rss_bytes,
+        "rss_main": tree.root_rss_bytes,
         "pss": tree.pss_bytes,
         "cpu": tree.cpu_s,
+        "cpu_main": tree.root_cpu_s,
         "threads": tree.threads,
         "in_flight": in_flight,
         **host_probes(client),
@@ -233,6 +235,7 @@ def _figures(
         name: round(spent(sampler.series[probe], t0, t_end) / watched_s, 2)
         for name, probe in (
             ("worker", "cpu"),
+            ("worker_main", "cpu_main"),
             ("sandbox", "sandbox_cpu"),
             ("redis", "redis_cpu"),
             ("seaweedfs", "s3_cpu"),
@@ -246,6 +249,8 @@ def _figures(
         "submits_per_s": round(ours.get("tasks", 0) / max(submitted_s, 1e-9), 1),
         "watched_s": round(watched_s, 1),
         "rss_peak_bytes": sampler.peak("rss"),
+        "rss_main_peak_bytes": sampler.peak("rss_main"),
+        "rss_idle_bytes": sampler.first("rss"),
         "pss_peak_bytes": sampler.peak("pss"),
         "threads_peak": sampler.peak("threads"),
         "redis_keys_bytes": redis_keys,
@@ -433,7 +438,7 @@ def _notes(loads: list[dict[str, Any]], baseline: dict[str, Any], compared: int)
         "polls (each entry counted at its claim's worst lateness), over every claim of the "
         "run; a claimed message then waits in Celery's poll queue (at most "
         "`VIDEOQUEUE_DISPATCH_AHEAD` messages) for a pool process, shown as "
-        "\"due -> poll task started\"."
+        '"due -> poll task started".'
     ]
     for f in loads:
         cores = f["cores"]

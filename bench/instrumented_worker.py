@@ -10,15 +10,17 @@ the worst one (``Claimed``); the wrapper writes them down and calls through unch
 Each worker process appends one tab-separated line per event to its own file in
 ``$VQBENCH_TRACE_DIR`` (``trace-<pid>.tsv``)::
 
-    S  <start s>  <task name>  <celery task id = claim token>  <members, comma-separated>  <redelivered 0|1>
-    E  <end s>    <task name>  <celery task id>
-    C  <claimed s>  <lane>  <entries>  <lateness total s>  <lateness max s>  <token prefix>  <first seq>  <last seq>
+    S  <start s>  <task name>  <task id = claim token>  <members, comma-separated>  <redelivered>
+    E  <end s>    <task name>  <task id>
+    C  <claimed s>  <lane>  <entries>  <lateness total s>  <lateness max s>
+       <token prefix>  <first seq>  <last seq>                           (one line, tab-separated)
 
-(times in epoch seconds). A ``C`` line is one lane's share of one pass of the pump (the worker's
-main process) that claimed anything; its messages' Celery task ids are the claim tokens
-``<token prefix><seq>`` for seq in first..last, so a task's ``S`` line finds the claim it came
-from. The token range is read from the claim counter right after the pass: exact while one
-pump serves the deployment (every scenario that uses it runs one worker).
+(times in epoch seconds; redelivered is 0 or 1). A ``C`` line is one lane's share of one
+pass of the pump (the worker's main process) that claimed anything; its messages' Celery task
+ids are the claim tokens ``<token prefix><seq>`` for seq in first..last, so a task's ``S``
+line finds the claim it came from. The token range is read from the claim counter right
+after the pass: exact while one pump serves the deployment (every scenario that uses it runs
+one worker).
 
 Writes are unbuffered ``os.write`` calls on an ``O_APPEND`` descriptor: one short syscall
 per event, nothing held in memory, and nothing lost when the worker is killed.

@@ -1,9 +1,14 @@
 """RESULTS.md and its charts, from the scenarios' stored outcomes.
 
-The table has one line per figure: scenario and metric | our figure | the comparison's |
-ratio | goal | met?. Each scenario then gets a section with the load it ran at, how it was
-measured, and (from its notes) what limits a goal it missed. Charts are matplotlib PNGs:
-poll lateness over time, API calls per job, and RSS over time.
+The table has one line per figure: scenario and metric | our figure | the same figure before
+the durable schedule | the comparison's | ratio | goal | met?. Each scenario then gets a
+section with the load it ran at, how it was measured, and (from its notes) what limits a goal
+it missed. Charts are matplotlib PNGs: poll lateness over time, API calls per job, and RSS
+over time.
+
+The "before" figures are those of results/before/RESULTS.md, the benchmark's results at the
+commit named there (deferred messages and poll tokens, one Celery message per poll), kept
+as they were, charts included; RESULTS.md repeats that table at its end.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,18 @@ from bench.model import Row, ScenarioResult
 LATENESS_PNG = "lateness.png"
 CALLS_PNG = "calls_per_job.png"
 RSS_PNG = "rss.png"
+BEFORE_MD = Path(__file__).resolve().parent / "results" / "before" / "RESULTS.md"
+TABLE_HEADER = (
+    "| scenario | our figure | before | comparison figure | ratio | goal | met? |",
+    "|---|---|---|---|---|---|---|",
+)
+# Rows whose "before" figure was measured under another name (the metric's wording or load
+# changed); the key is this table's "scenario: metric", the value the before table's.
+BEFORE_ALIASES = {
+    "in-flight: poll due -> poll task started p99, queue wait included (10,000 in flight)": (
+        "in-flight: poll lateness p99 (10,000 in flight)"
+    ),
+}
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -52,22 +71,50 @@ def _met(row: Row) -> str:
     return "yes" if row.met else "**no**"
 
 
+@cache
+def before_figures() -> tuple[str, dict[str, str]]:
+    """The before table: (its commit, "scenario: metric" -> its "our figure" cell)."""
+    try:
+        text = BEFORE_MD.read_text()
+    except OSError:
+        return "", {}
+    commit = re.search(r"commit ([0-9a-f]{7,40})", text)
+    figures = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 6 and cells[0] not in ("scenario", "---"):
+            figures[cells[0]] = cells[1]
+    return (commit.group(1) if commit else ""), figures
+
+
+def before_table() -> str:
+    """The before file's results table, as it was."""
+    try:
+        lines = BEFORE_MD.read_text().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(line for line in lines if line.startswith("|"))
+
+
+def _before(row: Row) -> str:
+    key = f"{row.scenario}: {row.metric}"
+    figures = before_figures()[1]
+    return figures.get(key) or figures.get(BEFORE_ALIASES.get(key, ""), "—")
+
+
 def table(results: list[ScenarioResult]) -> str:
     """The markdown results table."""
-    lines = [
-        "| scenario | our figure | comparison figure | ratio | goal | met? |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = list(TABLE_HEADER)
     for result in results:
         if result.error:
-            lines.append(f"| {result.name}: did not finish | — | — | — | — | **no** |")
+            lines.append(f"| {result.name}: did not finish | — | — | — | — | — | **no** |")
         for row in result.rows:
             comparison = fmt(row.comparison, row.unit)
             if row.comparison is not None and row.comparison_label:
                 comparison += f" ({row.comparison_label})"
             lines.append(
-                f"| {row.scenario}: {row.metric} | {fmt(row.ours, row.unit)} | {comparison} "
-                f"| {_ratio(row)} | {row.goal or '—'} | {_met(row)} |"
+                f"| {row.scenario}: {row.metric} | {fmt(row.ours, row.unit)} | {_before(row)} "
+                f"| {comparison} | {_ratio(row)} | {row.goal or '—'} | {_met(row)} |"
             )
     return "\n".join(lines)
 
@@ -145,6 +192,7 @@ def write(
     wall_s: float,
     command: str,
     fresh_only: bool = True,
+    conditions: str = "",
 ) -> Path:
     """Write RESULTS.md and the charts into out_dir; returns the RESULTS.md path.
 
@@ -154,10 +202,12 @@ def write(
         wall_s: How long this invocation took.
         command: The command that produced it.
         fresh_only: Whether every outcome comes from this invocation.
+        conditions: A sentence on what else loaded the host while it ran.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = charts_for(results, out_dir)
     smoke = any(r.smoke for r in results)
+    before_commit = before_figures()[0]
     parts = [
         "# videoqueue benchmark results",
         "",
@@ -168,9 +218,13 @@ def write(
             if fresh_only
             else " Some scenarios are kept from earlier runs: each section says when it ran."
         ),
+        *([conditions] if conditions else []),
         "Figures come from the sandbox provider's counters, the workers' own trace "
         "(bench/instrumented_worker.py), psutil's accounting of the real processes and Redis's "
-        "own memory accounting; see bench/README.md for how each is measured.",
+        "own memory accounting; see bench/README.md for how each is measured. The *before* "
+        f"column is the same figure at commit {before_commit or '?'}, before the durable "
+        "schedule (deferred messages, one Celery message per poll): "
+        "[before/RESULTS.md](before/RESULTS.md), repeated at the end of this file.",
         "",
         table(results),
         "",
@@ -186,6 +240,16 @@ def write(
         parts += ["Parameters and raw figures:", "", *_params(r.params), ""]
         if r.error:
             parts += [f"**Did not finish:** `{r.error}`", ""]
+    if not smoke and before_table():
+        parts += [
+            f"## Before: the results at commit {before_commit or '?'}",
+            "",
+            "As [before/RESULTS.md](before/RESULTS.md) has them (its sections say how each "
+            "was measured then; its charts are in before/).",
+            "",
+            before_table(),
+            "",
+        ]
     path = out_dir / "RESULTS.md"
     path.write_text("\n".join(parts))
     return path
@@ -222,11 +286,13 @@ def _lateness(by_name: dict[str, ScenarioResult], path: Path) -> bool:
     for ax, load in zip(axes[:, 0], loads, strict=True):
         t = [p[0] for p in load["lateness"]]
         late = [p[1] for p in load["lateness"]]
-        ax.scatter(t, late, s=2, alpha=0.3, color="tab:blue", label="poll lateness (s)")
+        ax.scatter(
+            t, late, s=2, alpha=0.3, color="tab:blue", label="poll lateness at claim (s, worst)"
+        )
         ax.axhline(1.0, color="tab:red", linewidth=1, linestyle="--", label="goal: p99 < 1 s")
         ax.set_ylim(bottom=min(0.0, *late), top=max(1.2, *late) * 1.05)
         ax.set_xlabel("seconds since the first enqueue")
-        ax.set_ylabel("actual - scheduled start (s)")
+        ax.set_ylabel("claimed - due (s)")
         ax.set_title(f"{load['jobs']:,} jobs in flight, one worker host")
         twin = ax.twinx()
         flight = load.get("in_flight", [])
@@ -255,42 +321,50 @@ def _lateness(by_name: dict[str, ScenarioResult], path: Path) -> bool:
 def _calls(by_name: dict[str, ScenarioResult], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
-    result = by_name.get("polling")
-    if result is None or not result.series.get("ours"):
+    cases = [
+        r
+        for name, r in by_name.items()
+        if name.startswith("polling") and r.series.get("ours") and r.series.get("baseline")
+    ]
+    if not cases:
         return False
-    ours, theirs = result.series["ours"], result.series.get("baseline", [])
-    fig, (calls, latency) = plt.subplots(1, 2, figsize=(11, 4))
-    for points, label, marker in ((ours, "videoqueue", "o"), (theirs, "fixed 1 s poll", "x")):
-        calls.scatter(
-            [p[0] for p in points], [p[1] for p in points], s=14, marker=marker, label=label
+    fig, axes = plt.subplots(len(cases), 2, figsize=(11, 3.8 * len(cases)), squeeze=False)
+    for (calls, latency), result in zip(axes, cases, strict=True):
+        ours, theirs = result.series["ours"], result.series["baseline"]
+        for points, label, marker in ((ours, "videoqueue", "o"), (theirs, "fixed 1 s poll", "x")):
+            calls.scatter(
+                [p[0] for p in points], [p[1] for p in points], s=14, marker=marker, label=label
+            )
+            done = [p for p in points if p[2] is not None]
+            latency.scatter(
+                [p[0] for p in done], [max(p[2], 0.01) for p in done], s=14, marker=marker,
+                label=label,
+            )  # fmt: skip
+        generation = sorted({p[0] for p in ours + theirs})
+        latency.plot(
+            generation,
+            [max(0.1 * g, 2.0) for g in generation],
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label="goal: max(10 % of generation, 2 s)",
         )
-        done = [p for p in points if p[2] is not None]
-        latency.scatter(
-            [p[0] for p in done], [p[2] for p in done], s=14, marker=marker, label=label
-        )
-    generation = sorted({p[0] for p in ours + theirs})
-    latency.plot(
-        generation,
-        [max(0.1 * g, 2.0) for g in generation],
-        color="tab:red",
-        linestyle="--",
-        linewidth=1,
-        label="goal: max(10 % of generation, 2 s)",
-    )
-    for ax in (calls, latency):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ticks = [
-            t for t in (20, 30, 60, 120, 300, 600) if generation[0] / 2 < t < generation[-1] * 2
-        ]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("generation time (s, unscaled)")
-        ax.legend(fontsize=8)
-    calls.set_ylabel("status calls for the job")
-    calls.set_title("API status calls per job")
-    latency.set_ylabel("ready -> noticed (s, unscaled)")
-    latency.set_title("Detection latency")
+        for ax in (calls, latency):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ticks = [
+                t
+                for t in (10, 20, 30, 60, 120, 300, 600)
+                if generation[0] / 2 < t < generation[-1] * 2
+            ]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("generation time (s, unscaled)")
+            ax.legend(fontsize=8)
+        calls.set_ylabel("answered status calls for the job")
+        calls.set_title(f"{result.name}: status calls per job", fontsize=10)
+        latency.set_ylabel("ready -> noticed (s, unscaled)")
+        latency.set_title(f"{result.name}: detection latency", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -129,11 +129,13 @@ class _Observed:
     estimate_s: float | None = None
     duration_s: float | None = None  # the generation's time, once it is done
 
-    def apply(self, record: JobRecord) -> None:
+    def apply(self, record: JobRecord) -> bool:
+        if record.terminal:
+            return False  # cancelled while we asked: left to the clean-up below
         record.polls += 1
         record.estimate_s = self.estimate_s if self.estimate_s is not None else record.estimate_s
         if not isinstance(self.answer, ProviderTask):
-            return  # a failed query: the last estimate stands
+            return True  # a failed query: the last estimate stands
         task = self.answer
         record.polled_s = self.elapsed_s
         record.provider_status = task.raw_status
@@ -146,6 +148,7 @@ class _Observed:
             JobStatus.PROCESSING,
         ):
             record.status = JobStatus.FINALIZING
+        return True
 
 
 @app.task(name=names.POLL, base=Step, bind=True, lanes=frozenset({Lane.POLL}), batched=True)
@@ -184,8 +187,17 @@ def poll(self: Step, jobs: list[Job]) -> None:
             if seen.duration_s is not None:
                 rt.history.record(record.request, seen.duration_s, pipe)
 
+    records: dict[str, JobRecord] = {}
     with self.boundary(list(observed), Lane.POLL, [tokens[j] for j in observed]):
-        rt.store.update_many({job_id: seen.apply for job_id, seen in observed.items()}, after=after)
+        records = rt.store.update_many(
+            {job_id: seen.apply for job_id, seen in observed.items()}, after=after
+        )
+    for job in asking:
+        if job.id in observed and (record := records.get(job.id)) and record.terminal:
+            with self.boundary(job.id, job.lane, job.token):
+                job.record = record
+                self.clean_up(job)
+                job.revisit()
 
 
 def _ask(job: Job) -> ProviderTask | Exception:

@@ -19,7 +19,7 @@ from bench.__main__ import SCENARIOS
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADER = "| scenario | our figure | comparison figure | ratio | goal | met? |"
+HEADER = "| scenario | our figure | before | comparison figure | ratio | goal | met? |"
 CHARTS = ("lateness.png", "calls_per_job.png", "rss.png")
 _NUMBER = re.compile(r"^-?[\d,]*\.?\d+")
 
@@ -60,7 +60,7 @@ def test_smoke_run_writes_a_results_table_with_real_figures_for_every_scenario(
         if not line.startswith("|"):
             break
         rows.append(_cells(line))
-    assert all(len(row) == 6 for row in rows), rows
+    assert all(len(row) == 7 for row in rows), rows
     for name in SCENARIOS:
         mine = [row for row in rows if row[0].startswith(f"{name}: ")]
         assert mine, f"no row for scenario {name}"
@@ -68,7 +68,7 @@ def test_smoke_run_writes_a_results_table_with_real_figures_for_every_scenario(
         ours = [_figure(row[1]) for row in mine]
         assert all(value is not None for value in ours), f"{name}: a figure is missing: {mine}"
         assert any(value for value in ours), f"{name}: every figure is zero: {mine}"
-        assert all(row[5] in ("yes", "**no**", "—") for row in mine), mine
+        assert all(row[6] in ("yes", "**no**", "—") for row in mine), mine
 
     for chart in CHARTS:
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
