@@ -178,12 +178,10 @@ class Step(Task):  # type: ignore[misc]
         if recovered:
             record = job.update(_count_recovery)
             log.warning("step recovered", recoveries=record.recoveries, lane=lane.value)
-            if record.recoveries > rt.settings.fault_max_attempts and not record.terminal:
-                job.fail(
-                    "internal_error",
-                    f"the {lane.value} step was lost {record.recoveries} times"
-                    " (its worker died or its message was lost)",
-                )
+            if record.recoveries > rt.settings.fault_max_attempts:
+                self.give_up(job_id, lane, token, f"the {lane.value} step was lost "
+                             f"{record.recoveries} times (its worker died or its message "
+                             "was lost)")  # fmt: skip
                 return None
         if route(record) in self.lanes:
             return job
@@ -277,6 +275,12 @@ class BatchStep(Step):
     def load(  # type: ignore[override]
         self, batch_id: str, lane: Lane, token: str, recovered: bool
     ) -> BatchEntry | None:
+        rt = runtime()
+        if recovered:  # a batch has no record to count in: its entry's faults count it
+            lost = int(rt.store.redis.hincrby(rt.store.keys.faults(), batch_id, 1))
+            if lost >= rt.settings.fault_max_attempts:
+                self.give_up(batch_id, lane, token, f"the {lane.value} step was lost {lost} times")
+                return None
         return BatchEntry(batch_id, lane, token)
 
     def give_up(self, member: str, lane: Lane, token: str, message: str) -> None:
