@@ -52,6 +52,10 @@ from worker.webhooks import record_attempt, retry_delay, send_event
 
 log = structlog.get_logger("videoqueue.worker")
 
+# A generation's time is learned only when the poll that saw it done came within this share
+# of its age after the poll that saw it running.
+HISTORY_BRACKET_SHARE = 0.25
+
 
 def _seconds_between(iso: str | None, now: float) -> float:
     if not iso:
@@ -200,6 +204,15 @@ def poll(self: Step, jobs: list[Job]) -> None:
                 job.revisit()
 
 
+def _generation_s(last_polled_s: float | None, elapsed_s: float) -> float | None:
+    """How long the generation took, if our polls bracket its end closely enough to say: a
+    job first seen done long after its previous poll would teach the history our lateness
+    (and the next jobs, polled later, would teach it more)."""
+    if last_polled_s is None or elapsed_s - last_polled_s > HISTORY_BRACKET_SHARE * elapsed_s:
+        return None
+    return (last_polled_s + elapsed_s) / 2
+
+
 def _ask(job: Job) -> ProviderTask | Exception:
     """The job's status, or what went wrong asking (sorted out per job, afterwards)."""
     rt = runtime()
@@ -230,8 +243,7 @@ def _observe(job: Job, answer: ProviderTask | Exception, elapsed_s: float) -> _O
             )
             return None
         if answer.state is TaskState.DONE:
-            last = record.polled_s
-            seen.duration_s = (last + elapsed_s) / 2 if last is not None else elapsed_s
+            seen.duration_s = _generation_s(record.polled_s, elapsed_s)
             return seen  # finalize is due at once
         if answer.state is TaskState.UNKNOWN and answer.raw_status is not None:
             # Unknown words keep the job polling until its deadline: a new word for "done"

@@ -99,3 +99,11 @@ def test_a_models_usual_time_sets_the_first_poll():
 def test_too_little_history_gives_no_usual_time():
     assert usual_generation_s([12.0, 13.0]) is None
     assert usual_generation_s([math.nan, -1.0, math.inf, 0.0, 5.0]) is None
+
+
+def test_a_generation_time_is_learned_only_from_polls_that_bracket_its_end_closely():
+    from worker.tasks import _generation_s
+
+    assert _generation_s(48.0, 52.0) == 50.0
+    assert _generation_s(None, 30.0) is None  # first seen done: it may have been long done
+    assert _generation_s(10.0, 40.0) is None  # seen running at 10 s, done at 40 s: no telling
