@@ -58,16 +58,17 @@ def estimate_from_progress(
     if progress is None or not 0 < progress < 100 or elapsed_s <= 0:
         return None
     if (
-        last_progress is not None
+        last_progress  # a 0 % report marks a queued job, not where its progress line starts
         and last_elapsed_s is not None
         and progress > last_progress
         and elapsed_s > last_elapsed_s
     ):
         rate = (progress - last_progress) / (elapsed_s - last_elapsed_s)
         return elapsed_s + (100 - progress) / rate
-    # One report only: straight from zero, damped (the first report may follow a queue).
+    # One report past 0 only: its job may have left a queue just before it, so the line from
+    # zero can be far too slow; go at most the job's age again (damped) and measure a rate.
     implied = elapsed_s * 100 / progress
-    return elapsed_s + (implied - elapsed_s) * FIRST_REPORT_SHARE
+    return elapsed_s + min(implied - elapsed_s, elapsed_s) * FIRST_REPORT_SHARE
 
 
 @dataclass(frozen=True)

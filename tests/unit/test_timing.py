@@ -107,3 +107,10 @@ def test_a_generation_time_is_learned_only_from_polls_that_bracket_its_end_close
     assert _generation_s(48.0, 52.0) == 50.0
     assert _generation_s(None, 30.0) is None  # first seen done: it may have been long done
     assert _generation_s(10.0, 40.0) is None  # seen running at 10 s, done at 40 s: no telling
+
+
+def test_a_zero_percent_report_is_not_the_start_of_the_progress_line():
+    # 0 % while queued at 10 s, then 20 % at 20 s: the rate is not 2 %/s from the queue.
+    from_queue = estimate_from_progress(20, 20, last_progress=0, last_elapsed_s=10)
+    assert from_queue == estimate_from_progress(20, 20, last_progress=None, last_elapsed_s=None)
+    assert from_queue is not None and from_queue <= 20 + 20 * 0.5
