@@ -3,6 +3,7 @@
     python -m bench                      # every scenario, full scale -> bench/results/
     python -m bench --only copy          # one scenario (the others keep their last figures)
     python -m bench --smoke --out DIR    # every scenario at tiny scale, a few seconds each
+    python -m bench --report-only        # rebuild RESULTS.md from the stored outcomes
 
 Each scenario's outcome is stored in ``OUT/raw/<scenario>.json``; RESULTS.md is rebuilt
 from every stored outcome of the same scale, so ``--only`` updates its own lines only.
@@ -70,6 +71,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         f"or {SMOKE_DIR} with --smoke)",
     )
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild RESULTS.md, its notes and charts from the stored outcomes",
+    )
+    parser.add_argument(
         "--redis-url",
         default=os.environ.get("VQBENCH_REDIS_URL", DEFAULT_REDIS_URL),
         help="Redis to use (default: %(default)s)",
@@ -122,10 +128,20 @@ def conditions(results: list[ScenarioResult]) -> str:
     cores = loads[0][1]["cores"]
     return (
         f"Host load while it ran: the benchmark's own processes used {bench:.2f} of the "
-        f"{cores:g} cores on average, everything else on the host {other:.2f} (another "
-        f"engineer's test suite, and the Redis server both share); the 1-minute load "
-        f"average reached {peak:g}. Each section gives its scenario's share (`host_load`)."
+        f"{cores:g} cores on average, the rest of the host {other:.2f} (the Redis server, "
+        "which the benchmark shares with whatever else runs here, such as another test "
+        f"suite, among them); the 1-minute load average, the benchmark's own threads "
+        f"included, peaked at {peak:g}. Each section gives its scenario's share (`host_load`)."
     )
+
+
+def _last_command(results_md: Path) -> str:
+    """The command a RESULTS.md says produced it (kept by --report-only)."""
+    try:
+        first = results_md.read_text().split("\n", 3)[2]
+    except (OSError, IndexError):
+        return ""
+    return first.split("`")[1] if first.startswith("`") else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,26 +151,38 @@ def main(argv: list[str] | None = None) -> int:
     raw_dir: Path = args.out / "raw"
     started = time.time()
     fresh: dict[str, ScenarioResult] = {}
-    with services(raw_dir, redis_url=args.redis_url, smoke=args.smoke) as svc:
-        for name in names:
-            fresh[name] = _run_one(name, SCENARIOS[name], svc)
-            fresh[name].save(raw_dir / f"{name}.json")
+    if not args.report_only:
+        where = report.machine()  # the commit measured, before anyone changes the tree
+        with services(raw_dir, redis_url=args.redis_url, smoke=args.smoke) as svc:
+            for name in names:
+                fresh[name] = _run_one(name, SCENARIOS[name], svc)
+                fresh[name].machine = where
+                fresh[name].save(raw_dir / f"{name}.json")
     results = []
-    for name in SCENARIOS:
+    for name, scenario in SCENARIOS.items():
         if name in fresh:
             results.append(fresh[name])
         elif (raw_dir / f"{name}.json").exists():
             kept = ScenarioResult.load(raw_dir / f"{name}.json")
             if kept.smoke == args.smoke:
+                if not kept.error:  # today's rows and wording of the same figures
+                    if hasattr(scenario, "rows"):
+                        kept.rows = scenario.rows(kept)
+                    if hasattr(scenario, "notes"):
+                        kept.notes = scenario.notes(kept)
                 results.append(kept)
     command = "python -m bench" + (" --smoke" if args.smoke else "")
     command += "".join(f" --only {n}" for n in args.only)
+    wall_s, fresh_only = time.time() - started, len(fresh) == len(results)
+    if args.report_only:
+        command = _last_command(args.out / "RESULTS.md") or command
+        wall_s, fresh_only = sum(r.wall_s for r in results), len({r.machine for r in results}) == 1
     path = report.write(
         results,
         args.out,
-        wall_s=time.time() - started,
+        wall_s=wall_s,
         command=command,
-        fresh_only=len(fresh) == len(results),
+        fresh_only=fresh_only,
         conditions=conditions(results),
     )
     log(f"wrote {path} in {(time.time() - started) / 60:.1f} min")

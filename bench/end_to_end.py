@@ -57,7 +57,7 @@ class Scale:
     provider_cap: int = 50
 
 
-FULL = Scale(jobs=5_000, timeout_s=240)
+FULL = Scale(jobs=1_000, timeout_s=300)
 SMOKE = Scale(jobs=10, timeout_s=60)
 
 
@@ -109,10 +109,10 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
         result.params[f"workers_{n}"] = fig
     one, two = figures[scale.workers[0]], figures[scale.workers[-1]]
     result.notes += [
-        f"M = {scale.jobs:,} jobs per configuration, the largest that keeps the whole "
-        "benchmark within 15 minutes on this host (10,000 would take about "
+        f"M = {scale.jobs:,} jobs per configuration, which keeps the whole benchmark within "
+        "about 25 minutes on this host (10,000 would take about "
         f"{10_000 / max(one['jobs_per_s'], 1e-9) / 60:.1f} minutes per configuration at "
-        f"these rates). Each `celery worker` runs prefork with "
+        f"these rates; the before figures ran 5,000). Each `celery worker` runs prefork with "
         f"{scale.concurrency} pool processes. Every job is submitted, polled (first poll "
         f"after {POLL_FIRST_S:g} s: generations take well under a second in fast mode), "
         "copied into SeaweedFS, probed, and announced by a signed webhook to a receiver "

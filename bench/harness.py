@@ -48,8 +48,9 @@ BASELINE_KEY = "sk-vqbench-baseline"
 BUCKET = "vqbench"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"videoqueue-benchmark-webhook-key!").decode()
 
-# The poll schedule the benchmark runs with (and recommends): see bench/README.md and the
-# polling scenario. Seconds at real time; scenarios that compress time scale them.
+# The poll schedule the benchmark runs with: the product's defaults (producer/settings.py),
+# written out so that a change of default shows here. Seconds at real time; scenarios that
+# compress time scale them.
 POLL_FIRST_S = 2.0
 POLL_FACTOR = 1.2
 POLL_CAP_S = 30.0
@@ -571,17 +572,19 @@ def host_probes(client: redis.Redis) -> dict[str, Callable[[], float | None]]:
 def host_load_probes() -> dict[str, Callable[[], float | None]]:
     """Probes for how busy the whole host is, and how much of that is the benchmark's.
 
-    ``host_cpu``: CPU seconds every process on the host used (psutil's cpu_times, all but
-    idle and iowait); ``bench_cpu``: this process and every process it started (workers,
-    SeaweedFS, the comparison); ``load``: the 1-minute load average. The difference is what
-    the rest of the host (another test suite, and the Redis server the benchmark shares)
-    took from the same cores.
+    ``host_cpu``: CPU seconds every process on the host used (psutil's cpu_times: user,
+    nice, system, irq, softirq, steal); ``bench_cpu``: this process and every process it
+    started (workers, SeaweedFS, the comparison); ``load``: the 1-minute load average. The
+    difference is what the rest of the host (another test suite, and the Redis server the
+    benchmark shares) took from the same cores.
     """
     tree = ProcessTree(os.getpid())
 
     def host_cpu() -> float:
-        t = psutil.cpu_times()
-        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+        t = psutil.cpu_times()._asdict()
+        # Busy time; guest time is already counted in user on Linux.
+        busy = ("user", "nice", "system", "irq", "softirq", "steal")
+        return float(sum(t.get(name, 0.0) for name in busy))
 
     return {
         "host_cpu": host_cpu,

@@ -62,6 +62,7 @@ class ScenarioResult:
         notes: Markdown paragraphs: how it was measured, what limits a miss, what would fix it.
         series: Data for the charts (lists of numbers, by name).
         error: Why the scenario could not finish, if it could not.
+        machine: Where it ran: cores, CPU, Python, Celery, the commit measured.
     """
 
     name: str
@@ -74,6 +75,7 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)
     series: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    machine: str = ""
 
     def save(self, path: Path) -> None:
         """Write the outcome as JSON."""

@@ -147,6 +147,14 @@ class Case:
         """Run the scenario at scale and return its rows, notes and chart data."""
         return _run(self, services, scale)
 
+    def rows(self, result: ScenarioResult) -> list[Row]:
+        """The scenario's table rows, from its stored outcome."""
+        return rows(result)
+
+    def notes(self, result: ScenarioResult) -> list[str]:
+        """The scenario's notes, from its stored outcome."""
+        return notes(result)
+
 
 def _spread(first_s: float, last_s: float) -> Callable[[int], list[Shape]]:
     def shapes(count: int) -> list[Shape]:
@@ -356,9 +364,51 @@ def _summarise(
     our_calls = calls_of(API_KEY, [records[j].provider_task_id for j in job_ids])
     their_calls = calls_of(BASELINE_KEY, [row[0] for row in per_job])
     answered_ours = sum(f["calls"] for f in ours)
-    n_ours, n_theirs = max(1, len(job_ids)), max(1, len(per_job))
-    per_job_ours, per_job_theirs = our_calls / n_ours, their_calls / n_theirs
-    calls_ratio = per_job_ours / per_job_theirs if their_calls else None
+    abandoned = int(baseline.get("abandoned", 0))
+    result.params.update(
+        {
+            "jobs_completed_ours": sum(1 for f in ours if f["latency_s"] is not None),
+            "jobs_completed_baseline": sum(1 for f in theirs if f["latency_s"] is not None),
+            "baseline_abandoned": abandoned,
+            "status_calls_ours": our_calls,
+            "status_calls_ours_answered": answered_ours,
+            "status_calls_baseline": their_calls,
+            "jobs_measured": len(job_ids),
+            "jobs_baseline": len(per_job),
+            "jobs_warmup": len(warm_ids),
+            "over_allowance_ours": sum(1 for f in ours if (f["allowance_used"] or 0) > 1),
+            "faults": stats["totals"].get("faults", {}),
+        }
+    )
+
+    def points(figures: list[dict[str, Any]]) -> list[list[float | None]]:
+        return [
+            [
+                round(f["generation_s"], 2),
+                f["calls"],
+                None if f["latency_s"] is None else round(f["latency_s"], 3),
+            ]
+            for f in figures
+        ]
+
+    result.series = {"ours": points(ours), "baseline": points(theirs), "cold": points(cold)}
+    result.rows = rows(result)
+    result.notes = notes(result)
+
+
+def rows(result: ScenarioResult) -> list[Row]:
+    """The table's rows, from the stored figures (so RESULTS.md can be rebuilt)."""
+    case = next(c for c in CASES if result.name == c.NAME)
+    params = result.params
+    ours = _figures_of(result.series.get("ours", []))
+    theirs = _figures_of(result.series.get("baseline", []))
+    cold = _figures_of(result.series.get("cold", []))
+    warmup = int(params.get("warmup_per_shape", 0))
+    n_ours = int(params.get("jobs_measured", len(ours)))
+    n_theirs = int(params.get("jobs_baseline", len(theirs)))
+    per_job_ours = params.get("status_calls_ours", 0) / max(1, n_ours)
+    per_job_theirs = params.get("status_calls_baseline", 0) / max(1, n_theirs)
+    calls_ratio = per_job_ours / per_job_theirs if per_job_theirs else None
 
     def p95(figures: list[dict[str, Any]], key: str) -> float:
         return percentile([f[key] for f in figures if f[key] is not None], 95)
@@ -369,9 +419,9 @@ def _summarise(
         return ok / max(1, jobs)
 
     used_p95 = p95(ours, "allowance_used")
-    spread = f"{len(job_ids)} jobs, {case.span.format(warmup=scale.warmup_per_shape)}"
+    spread = f"{n_ours} jobs, {case.span.format(warmup=warmup)}"
     vs = "fixed 1 s poll"
-    result.rows += [
+    out = [
         Row(
             case.NAME,
             f"status calls per job ({spread})",
@@ -395,9 +445,9 @@ def _summarise(
         Row(
             case.NAME,
             f"jobs noticed within their allowance ({spread})",
-            100 * within(ours, len(job_ids)),
+            100 * within(ours, n_ours),
             "%",
-            100 * within(theirs, len(per_job)),
+            100 * within(theirs, n_theirs),
             vs,
         ),
         Row(
@@ -410,62 +460,52 @@ def _summarise(
         ),
     ]
     if cold:
-        cold_p95 = p95(cold, "allowance_used")
-        result.rows += [
+        n_cold = int(params.get("jobs_warmup", len(cold)))
+        out += [
             Row(
                 case.NAME,
-                f"status calls per job, first {scale.warmup_per_shape} jobs per model "
-                f"(no history yet, {len(warm_ids)} jobs)",
+                f"status calls per job, first {warmup} jobs per model "
+                f"(no history yet, {n_cold} jobs)",
                 sum(f["calls"] for f in cold) / max(1, len(cold)),
                 "calls",
             ),
             Row(
                 case.NAME,
-                "detection latency p95 / allowance, first "
-                f"{scale.warmup_per_shape} jobs per model (no history yet)",
-                cold_p95,
+                f"detection latency p95 / allowance, first {warmup} jobs per model "
+                "(no history yet)",
+                p95(cold, "allowance_used"),
                 "x",
             ),
         ]
-    abandoned = int(baseline.get("abandoned", 0))
-    result.params.update(
+    return out
+
+
+def _figures_of(points: list[list[Any]]) -> list[dict[str, Any]]:
+    """The stored per-job points back as figures (allowance used computed again)."""
+    return [
         {
-            "jobs_completed_ours": sum(1 for f in ours if f["latency_s"] is not None),
-            "jobs_completed_baseline": sum(1 for f in theirs if f["latency_s"] is not None),
-            "baseline_abandoned": abandoned,
-            "status_calls_ours": our_calls,
-            "status_calls_ours_answered": answered_ours,
-            "status_calls_baseline": their_calls,
-            "over_allowance_ours": sum(1 for f in ours if (f["allowance_used"] or 0) > 1),
-            "faults": stats["totals"].get("faults", {}),
+            "generation_s": g,
+            "calls": calls,
+            "latency_s": latency,
+            "allowance_used": None if latency is None else latency / allowance_s(g),
         }
-    )
-
-    def points(figures: list[dict[str, Any]]) -> list[list[float | None]]:
-        return [
-            [
-                round(f["generation_s"], 2),
-                f["calls"],
-                None if f["latency_s"] is None else round(f["latency_s"], 3),
-            ]
-            for f in figures
-        ]
-
-    result.series = {"ours": points(ours), "baseline": points(theirs)}
-    result.notes += _notes(case, scale, ours, cold, abandoned, our_calls, answered_ours)
+        for g, calls, latency in points
+    ]
 
 
-def _notes(
-    case: Case,
-    scale: Scale,
-    ours: list[dict[str, Any]],
-    cold: list[dict[str, Any]],
-    abandoned: int,
-    our_calls: int,
-    answered_ours: int,
-) -> list[str]:
-    k = scale.time_scale
-    notes = [
+def notes(result: ScenarioResult) -> list[str]:
+    """What the jobs and provider were, what went over, and what bounds a goal out of reach;
+    from the stored figures, so RESULTS.md can be rebuilt without a rerun."""
+    case = next(c for c in CASES if result.name == c.NAME)
+    params = result.params
+    k = float(params.get("time_scale", 1.0))
+    ours = _figures_of(result.series.get("ours", []))
+    cold = _figures_of(result.series.get("cold", []))
+    our_calls = int(params.get("status_calls_ours", 0))
+    answered = int(params.get("status_calls_ours_answered", 0))
+    abandoned = int(params.get("baseline_abandoned", 0))
+    warmup = int(params.get("warmup_per_shape", 0))
+    out = [
         case.about
         + (
             f" Run {1 / k:g}x faster than real time together with our poll settings and the "
@@ -478,15 +518,15 @@ def _notes(
         "clamped to 5 s of real time, which a compressed clock would turn into a much longer "
         f"wait. Poll settings: `VIDEOQUEUE_POLL_FIRST_S={POLL_FIRST_S:g}`, "
         f"`VIDEOQUEUE_POLL_FACTOR={POLL_FACTOR:g}`, `VIDEOQUEUE_POLL_CAP_S={POLL_CAP_S:g}` "
-        "(the product's defaults, scaled with the clock).",
+        "(the product's defaults, scaled with the clock). Calls per job count every status "
+        "query sent, answered or refused; the chart's per-job counts are answered ones.",
     ]
-    if our_calls != answered_ours:
-        notes.append(
-            f"Our {our_calls:,} status calls include {our_calls - answered_ours:,} the "
-            "provider refused."
+    if our_calls != answered or abandoned:
+        out.append(
+            f"Of our {our_calls:,} status calls the provider refused {our_calls - answered:,}."
             + (
-                f" The 1 s loop (the SDK's retry policy: two retries, then the job is given "
-                f"up) abandoned {abandoned} of its jobs; they count as not noticed."
+                " The 1 s loop (the SDK's retry policy: two retries, then the job is given up) "
+                f"abandoned {abandoned} of its jobs; they count as not noticed."
                 if abandoned
                 else ""
             )
@@ -497,15 +537,15 @@ def _notes(
     )
     if late:
         worst = ", ".join(
-            f"{f['generation_s']:.0f} s job seen {f['latency_s']:.1f} s late" for f in late[:5]
+            f"a {f['generation_s']:.0f} s job seen {f['latency_s']:.1f} s late" for f in late[:5]
         )
-        notes.append(f"Noticed after their allowance: {len(late)} of {len(ours)} ({worst}).")
+        out.append(f"Noticed after their allowance: {len(late)} of {len(ours)} jobs ({worst}).")
     if cold:
         blind = sum(fewest_blind_calls(f["generation_s"]) for f in cold) / len(cold)
         loop = sum(f["generation_s"] for f in cold) / len(cold)
         cold_calls = sum(f["calls"] for f in cold) / len(cold)
-        cold_used = percentile([f["allowance_used"] for f in cold if f["allowance_used"]], 95)
-        notes.append(
+        used = [f["allowance_used"] for f in cold if f["allowance_used"] is not None]
+        out.append(
             "**What bounds a provider without progress before there is history:** nothing "
             "then says when a job will end, so to notice it within its allowance whenever it "
             "ends, its queries must be at most max(10 % of its age, 2 s) apart at every age "
@@ -515,15 +555,15 @@ def _notes(
             "of reach for generations under about 150 s (the fewest calls are 1/5 of the "
             "loop's at 150 s, 0.31 at 75 s, 0.44 at 36 s, 0.5 at 12 s). Our geometric backoff "
             f"(x{POLL_FACTOR:g}) makes fewer calls and is late by up to about "
-            f"{POLL_FACTOR - 1:.0%} of the age: the first {scale.warmup_per_shape} jobs per "
-            f"model made {cold_calls:.1f} answered calls per job, p95 of allowance used "
-            f"{cold_used:.2f}. Once a model has history, a job's first poll aims at its "
-            "fastest recent runs and then every 7 % of its age: the measured jobs."
+            f"{POLL_FACTOR - 1:.0%} of the age: the first {warmup} jobs per model made "
+            f"{cold_calls:.1f} answered calls per job, p95 of allowance used "
+            f"{percentile(used, 95):.2f}. Once a model has history, a job's first poll aims at "
+            "its fastest recent runs and then every 7 % of its age: the measured jobs."
         )
     short = [f for f in ours if f["generation_s"] < 60 and f["allowance_used"] is not None]
     if short and case is SPREAD:
-        notes.append(
+        out.append(
             "Jobs under 60 s in this run: p95 of allowance used "
             f"{percentile([f['allowance_used'] for f in short], 95):.2f}."
         )
-    return notes
+    return out

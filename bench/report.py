@@ -96,10 +96,18 @@ def before_table() -> str:
     return "\n".join(line for line in lines if line.startswith("|"))
 
 
+# End to end ran 5,000 jobs per configuration before, fewer now: per-job figures compare.
+_JOBS = re.compile(r", [\d,]+ jobs\)$")
+
+
 def _before(row: Row) -> str:
     key = f"{row.scenario}: {row.metric}"
     figures = before_figures()[1]
-    return figures.get(key) or figures.get(BEFORE_ALIASES.get(key, ""), "—")
+    found = figures.get(key) or figures.get(BEFORE_ALIASES.get(key, ""))
+    if found is None and row.scenario == "end-to-end":
+        by_shape = {_JOBS.sub(")", k): v for k, v in figures.items() if k.startswith("end-to-end")}
+        found = by_shape.get(_JOBS.sub(")", key))
+    return found or "—"
 
 
 def table(results: list[ScenarioResult]) -> str:
@@ -113,7 +121,8 @@ def table(results: list[ScenarioResult]) -> str:
             if row.comparison is not None and row.comparison_label:
                 comparison += f" ({row.comparison_label})"
             lines.append(
-                f"| {row.scenario}: {row.metric} | {fmt(row.ours, row.unit)} | {_before(row)} "
+                f"| {row.scenario}: {row.metric} | {fmt(row.ours, row.unit)} "
+                f"| {'—' if result.smoke else _before(row)} "
                 f"| {comparison} | {_ratio(row)} | {row.goal or '—'} | {_met(row)} |"
             )
     return "\n".join(lines)
@@ -208,11 +217,13 @@ def write(
     charts = charts_for(results, out_dir)
     smoke = any(r.smoke for r in results)
     before_commit = before_figures()[0]
+    measured_on = {r.machine for r in results if r.machine}
+    where = measured_on.pop() if len(measured_on) == 1 else machine()
     parts = [
         "# videoqueue benchmark results",
         "",
         f"`{command}`: {'SMOKE SCALE, not for comparison; ' if smoke else ''}"
-        f"{wall_s / 60:.1f} min on {machine()}."
+        f"{wall_s / 60:.1f} min on {where}."
         + (
             ""
             if fresh_only

@@ -1,6 +1,6 @@
 """The benchmark at smoke scale, so that the bench code cannot rot.
 
-CI does not run the full benchmark (about twelve minutes); it runs ``python -m bench --smoke``,
+CI does not run the full benchmark (about half an hour); it runs ``python -m bench --smoke``,
 every scenario at tiny scale against the real services, into a temporary directory (never
 over the committed bench/results), and checks the RESULTS.md it writes.
 """
