@@ -106,6 +106,8 @@ def main() -> int:
             "VIDEOQUEUE_API_BASE_URL": api_url,
             "VIDEOQUEUE_API_KEY": api_key,
             "VIDEOQUEUE_WEBHOOK_SECRET": webhook_secret,
+            # The local receiver is on loopback, which workers refuse unless told.
+            "VIDEOQUEUE_URL_ALLOWLIST": "127.0.0.0/8",
             "VIDEOQUEUE_POLL_FIRST_S": "1",
             "VIDEOQUEUE_POLL_CAP_S": "5",
         }

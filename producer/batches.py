@@ -19,6 +19,7 @@ from producer.records import BatchRecord, JobRecord, utcnow_iso
 from producer.requests import VideoRequest, http_url, parse_request
 from producer.settings import Settings, get_settings
 from producer.store import NewJob
+from producer.urls import UrlPolicy, check_outbound
 
 # Jobs per Lua call: large enough that round trips vanish, small enough that one call
 # blocks Redis for milliseconds, not seconds.
@@ -63,12 +64,14 @@ def enqueue_batch(
         http_url(batch_webhook_url, "batch_webhook_url")
     except ValueError as e:
         raise InvalidRequest(str(e), [{"field": str(e).split()[0], "message": str(e)}]) from None
+    check_outbound(webhook_url, "webhook_url", s.url_policy)
+    check_outbound(batch_webhook_url, "batch_webhook_url", s.url_policy)
     if metadata is not None and not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise InvalidRequest("metadata must map strings to strings")
     keep = len(items) <= KEEP_MODELS_UP_TO
-    validated = _validate_all(items, keep=keep)
+    validated = _validate_all(items, keep=keep, policy=s.url_policy)
 
     batch_id = f"batch_{uuid.uuid4().hex}"
     st = store(s)
@@ -94,12 +97,13 @@ def enqueue_batch(
     return batch_id
 
 
-def _validate_all(items: list[Any], *, keep: bool) -> list[VideoRequest]:
+def _validate_all(items: list[Any], *, keep: bool, policy: UrlPolicy) -> list[VideoRequest]:
     models: list[VideoRequest] = []
     problems: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
             model = parse_request(item)
+            check_outbound(model.webhook_url, "webhook_url", policy)
         except InvalidRequest as e:
             for p in e.errors or [{"field": "(request)", "message": str(e)}]:
                 problems.append({"index": index, **p})

@@ -6,6 +6,7 @@ VideoqueueError
 ├── WaitTimeout           wait() gave up before the job ended
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
 ├── InvalidVideo          the provider's file is not a readable MP4 (raised in the worker)
+├── BlockedUrl            a URL leads to an address the outbound policy refuses (worker)
 └── ProviderError         the provider answered with an error (raised in the worker)
     ├── RetryableError    try again later: 429, 5xx, timeouts (carries delay_s)
     └── PermanentError    the provider refused for good: other 4xx, a failed task
@@ -48,6 +49,13 @@ class InvalidVideo(VideoqueueError):
     broken `moov` box. Reading the same bytes again cannot help; `code` is "invalid_video"."""
 
     code = "invalid_video"
+
+
+class BlockedUrl(VideoqueueError):
+    """Raised when a worker is asked to connect to an address the outbound URL policy refuses
+    (producer/urls.py); the message names the host, never the whole (maybe signed) URL."""
+
+    code = "blocked_url"
 
 
 class ProviderError(VideoqueueError):

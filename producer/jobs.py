@@ -12,6 +12,7 @@ from producer.records import TERMINAL, JobRecord, JobStatus, utcnow_iso
 from producer.requests import VideoRequest, parse_request
 from producer.settings import Settings, get_settings
 from producer.store import JobStore
+from producer.urls import check_outbound
 
 
 @lru_cache(maxsize=8)
@@ -56,6 +57,7 @@ def enqueue(request: VideoRequest | dict[str, Any], *, settings: Settings | None
     """
     s = settings or get_settings()
     req = parse_request(request)
+    check_outbound(req.webhook_url, "webhook_url", s.url_policy)
     record = new_record(req, s)
     return store(s).create(record, req.idempotency_key)
 

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from producer.urls import UrlPolicy
+
 
 class ApiFormat(StrEnum):
     """Which request shape the provider speaks."""
@@ -100,6 +102,11 @@ class Settings(BaseSettings):
     download_max_attempts: int = Field(4, ge=1)
     download_timeout_s: float = 60.0
 
+    # --- outbound URLs (producer/urls.py) ---
+    # CIDRs and host names a worker may connect to although they are not public (the demo and
+    # the tests allow loopback). Comma-separated from the environment.
+    url_allowlist: Annotated[list[str], NoDecode] = []
+
     # --- webhooks ---
     webhook_secret: SecretStr | None = None
     webhook_timeout_s: float = 15.0
@@ -117,12 +124,24 @@ class Settings(BaseSettings):
             return json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p]
         return v
 
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _allowlist(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
     @field_validator("webhook_secret")
     @classmethod
     def _secret_shape(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and v.get_secret_value() and not v.get_secret_value().startswith("whsec_"):
             raise ValueError('VIDEOQUEUE_WEBHOOK_SECRET must look like "whsec_" + base64')
         return v
+
+    @property
+    def url_policy(self) -> UrlPolicy:
+        """The outbound URL policy with this deployment's allowlist."""
+        return UrlPolicy(self.url_allowlist)
 
     @property
     def records_url(self) -> str:

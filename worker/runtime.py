@@ -16,6 +16,7 @@ import httpx
 from producer.jobs import store
 from producer.settings import Settings, get_settings
 from producer.store import JobStore
+from worker.egress import GuardedTransport
 from worker.history import GenerationTimes
 from worker.limits import ProviderLimits
 from worker.provider import ProviderClient
@@ -33,12 +34,18 @@ class Runtime:
 
     @cached_property
     def http(self) -> httpx.Client:
+        """One pooled client for the API, file downloads and webhooks; every connection but
+        the API's own goes through the outbound URL policy (worker/egress.py)."""
         return httpx.Client(
             timeout=httpx.Timeout(
                 self.settings.api_timeout_s, connect=self.settings.api_connect_timeout_s
             ),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
+            transport=GuardedTransport(
+                self.settings.url_policy,
+                trusted=[self.settings.api_base_url],
+                limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
+            ),
         )
 
     @cached_property

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import structlog
 
 from producer import names
-from producer.errors import InvalidVideo, PermanentError, RetryableError
+from producer.errors import BlockedUrl, InvalidVideo, PermanentError, RetryableError
 from producer.jobs import mark_cancelled
 from producer.names import SUBMIT_LANES, Lane
 from producer.records import (
@@ -289,7 +289,7 @@ def finalize(job: Job) -> None:
             upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             break
-        except PermanentError as e:
+        except (PermanentError, BlockedUrl) as e:
             return job.fail(e.code, str(e))
         except (UrlExpired, *COPY_FAILURES) as e:
             failure = e

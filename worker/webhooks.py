@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from producer.errors import BlockedUrl
 from producer.records import WebhookDelivery, WebhookState, utcnow_iso
 from producer.settings import Settings
 from producer.store import JobStore
@@ -43,6 +44,8 @@ class DeliveryResult:
     status_code: int | None
     error: str | None = None
     retry_after_s: float | None = None
+    # The receiver's address is refused by the outbound URL policy: retrying cannot help.
+    blocked: bool = False
 
     @property
     def gone(self) -> bool:
@@ -57,6 +60,8 @@ def deliver(
     headers = signed_headers(secret, msg_id, body, datetime.now(UTC))
     try:
         response = http.post(url, content=body.encode(), headers=headers, timeout=timeout_s)
+    except BlockedUrl as e:
+        return DeliveryResult(False, None, f"blocked_url: {e}", blocked=True)
     except httpx.HTTPError as e:
         return DeliveryResult(False, None, f"{type(e).__name__}: {e}")
     if response.is_success:
@@ -79,7 +84,7 @@ def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allow
         hook.state = WebhookState.DELIVERED
     elif result.gone:
         hook.state = WebhookState.GONE
-    elif hook.attempts >= attempts_allowed:
+    elif result.blocked or hook.attempts >= attempts_allowed:
         hook.state = WebhookState.DEAD
 
 

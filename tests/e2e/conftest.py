@@ -37,6 +37,9 @@ FAST = {
     "VIDEOQUEUE_API_TIMEOUT_S": "3",
     "VIDEOQUEUE_DOWNLOAD_TIMEOUT_S": "5",
     "VIDEOQUEUE_VISIBILITY_TIMEOUT_S": "120",
+    # The receiver and the sandbox's file hosts are on loopback, which the outbound URL
+    # policy refuses unless told.
+    "VIDEOQUEUE_URL_ALLOWLIST": "127.0.0.0/8",
 }
 
 

@@ -1,0 +1,89 @@
+"""Every connection a worker makes, through the outbound URL policy (producer/urls.py).
+
+The check sits in the HTTP transport, under httpx's redirect handling, so it applies to each
+hop of a redirect chain as well as to the first URL. A name is resolved once, every address it
+resolves to is checked, and the connection goes to the checked address (the Host header and
+TLS's server name keep the name): a DNS answer that changes between the check and the connect
+(DNS rebinding) cannot lead anywhere the check did not see. The API's own origin, which the
+operator configured, is not checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+
+from producer.errors import BlockedUrl
+from producer.urls import UrlPolicy, literal_address
+
+Resolver = Callable[..., list[tuple[Any, ...]]]
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    default = 443 if url.scheme == "https" else 80
+    return url.scheme, url.host.lower(), url.port or default
+
+
+class GuardedTransport(httpx.BaseTransport):
+    """An httpx transport that refuses addresses the policy refuses.
+
+    Args:
+        policy: the outbound URL policy.
+        trusted: origins connected to without a check (the API's own).
+        resolve: getaddrinfo-shaped; tests give one that answers as a rebinding DNS would.
+        **transport: passed to httpx.HTTPTransport (limits, retries...).
+    """
+
+    def __init__(
+        self,
+        policy: UrlPolicy,
+        trusted: Iterable[str] = (),
+        resolve: Resolver = socket.getaddrinfo,
+        **transport: Any,
+    ) -> None:
+        self.policy = policy
+        self.trusted = {origin_of(httpx.URL(u)) for u in trusted}
+        self.resolve = resolve
+        self._inner = httpx.HTTPTransport(**transport)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if origin_of(url) not in self.trusted:
+            address = self._checked_address(url)
+            if address is not None:
+                request.url = url.copy_with(host=str(address))
+                request.extensions = {**request.extensions, "sni_hostname": url.host}
+        return self._inner.handle_request(request)
+
+    def _checked_address(
+        self, url: httpx.URL
+    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The address to connect to for url (None: connect by name, it is allowlisted)."""
+        where = f"{url.scheme}://{url.host}"
+        if reason := self.policy.host_refusal(url.host):
+            raise BlockedUrl(f"{where}: {reason}")
+        if self.policy.trusts_name(url.host):
+            return None
+        literal = literal_address(url.host)
+        if literal is not None:
+            return literal
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            infos = self.resolve(url.host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise httpx.ConnectError(f"{where}: cannot resolve ({e})") from None
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        if not addresses:
+            raise httpx.ConnectError(f"{where}: resolves to no address")
+        for address in addresses:
+            if reason := self.policy.address_refusal(address):
+                raise BlockedUrl(f"{where} resolves to {reason}")
+        return addresses[0]
+
+    def close(self) -> None:
+        self._inner.close()
