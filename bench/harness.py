@@ -236,6 +236,8 @@ def deployment(
                 "VIDEOQUEUE_API_FORMAT": "openai",
                 "VIDEOQUEUE_S3_BUCKET": services.bucket,
                 "VIDEOQUEUE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                # The receiver is on loopback, which workers refuse unless told.
+                "VIDEOQUEUE_URL_ALLOWLIST": "127.0.0.0/8",
                 **services.s3.env(),
                 **poll_env(),
                 **(env or {}),
