@@ -39,7 +39,7 @@ FAST = {
     "VIDEOQUEUE_VISIBILITY_TIMEOUT_S": "120",
     # The receiver and the sandbox's file hosts are on loopback, which the outbound URL
     # policy refuses unless told.
-    "VIDEOQUEUE_URL_ALLOWLIST": "127.0.0.0/8",
+    "VIDEOQUEUE_URL_ALLOWLIST": "127.0.0.0/8,localhost",
 }
 
 
