@@ -286,6 +286,17 @@ def charts_for(results: list[ScenarioResult], out_dir: Path) -> list[tuple[str, 
     return drawn
 
 
+def _load_label(flight: ScenarioResult, jobs: int) -> str:
+    """ "10,000 jobs in flight", or, for a load that never was all at the provider at once,
+    "100,000 enqueued, at most 4,944 in flight"."""
+    loads: list[dict[str, Any]] = flight.params.get("loads", [])
+    figures: dict[str, Any] = next((f for f in loads if f.get("jobs") == jobs), {})
+    peak = figures.get("in_flight_peak")
+    if peak is None or peak >= jobs:
+        return f"{jobs:,} jobs in flight"
+    return f"{jobs:,} enqueued, at most {peak:,.0f} in flight"
+
+
 def _lateness(by_name: dict[str, ScenarioResult], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
@@ -304,7 +315,7 @@ def _lateness(by_name: dict[str, ScenarioResult], path: Path) -> bool:
         ax.set_ylim(bottom=min(0.0, *late), top=max(1.2, *late) * 1.05)
         ax.set_xlabel("seconds since the first enqueue")
         ax.set_ylabel("claimed - due (s)")
-        ax.set_title(f"{load['jobs']:,} jobs in flight, one worker host")
+        ax.set_title(f"{_load_label(by_name['in-flight'], load['jobs'])}, one worker host")
         twin = ax.twinx()
         flight = load.get("in_flight", [])
         twin.plot(
@@ -402,7 +413,7 @@ def _rss(by_name: dict[str, ScenarioResult], path: Path) -> bool:
                 ax.plot(
                     [p[0] for p in points],
                     [p[1] / 1e6 for p in points],
-                    label=f"worker tree, {load['jobs']:,} in flight",
+                    label=f"worker tree, {_load_label(flight, load['jobs'])}",
                 )
             base = flight.series.get("rss_baseline", [])
             if base:
