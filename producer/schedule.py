@@ -14,7 +14,7 @@ one entry per job: placing an entry in one lane removes it from every other.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import redis
 
@@ -126,31 +126,9 @@ class Schedule:
                 return lane, float(score)
         return None
 
-    def depth(self) -> dict[str, dict[str, int]]:
-        """Per lane: entries due now (an expired lease is due again), waiting for a later
-        time, and leased (claimed, their step running)."""
-        now = _redis_now(self.redis)
-        leased = list(self.redis.hkeys(self.keys.leases()))
-        out: dict[str, dict[str, int]] = {}
-        for lane in LANES:
-            key = self.keys.schedule(lane)
-            total, due = int(self.redis.zcard(key)), int(self.redis.zcount(key, "-inf", now))
-            held = (
-                sum(x is not None for x in self.redis.zmscore(key, cast(Any, leased)))
-                if leased
-                else 0
-            )
-            out[lane.value] = {"due": due, "waiting": max(0, total - due - held), "leased": held}
-        return out
-
     def total(self) -> int:
         """How many entries the schedule holds."""
         with self.redis.pipeline(transaction=False) as pipe:
             for key in self.keys.schedules():
                 pipe.zcard(key)
             return sum(int(n) for n in pipe.execute())
-
-
-def _redis_now(client: redis.Redis) -> float:
-    seconds, micros = client.time()
-    return float(seconds) + float(micros) / 1e6

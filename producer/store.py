@@ -22,17 +22,21 @@ After = Callable[[JobRecord, Any], None]
 # Record, idempotency claim and schedule entry land together or not at all, so a crash can
 # neither lose an accepted job nor leave an entry without its record. An existing claim on
 # the idempotency key wins: the caller gets the job that holds it.
-_CREATE = """
+_CREATE = (
+    """
 if KEYS[1] ~= '' then
   local held = redis.call('GET', KEYS[1])
   if held then return held end
   redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('SET', KEYS[2], ARGV[2])
-""" + REDIS_NOW + """
+"""
+    + REDIS_NOW
+    + """
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 return ARGV[1]
 """
+)
 
 # A chunk of a batch in one atomic step: records, idempotency claims, schedule entries and
 # the batch's bookkeeping. Job and idempotency keys are built from prefixes inside the script
@@ -44,7 +48,9 @@ return ARGV[1]
 # KEYS: batch, its job list, the submit lane, its counts, the batch-webhook lane.
 # Returns the request indexes whose idempotency key an earlier job held, each
 # followed by that job's id.
-_CREATE_BATCH = REDIS_NOW + """
+_CREATE_BATCH = (
+    REDIS_NOW
+    + """
 local batch, jobs, lane, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idem_prefix, job_prefix, first_index, seal = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local held, ids, entries = {}, {}, {}
@@ -89,12 +95,15 @@ if seal == '1' then
 end
 return held
 """
+)
 
 # One of a batch's jobs ended. Exactly one caller sees the last job end (HINCRBY is atomic,
 # and HSETNX guards the seal race), and only that caller schedules the batch.completed
 # webhook, inside the same transaction as the job's own transition: nothing in between to
 # crash in. KEYS: the batch, the batch-webhook lane. ARGV: the batch id, now (ISO).
-_JOB_ENDED = REDIS_NOW + """
+_JOB_ENDED = (
+    REDIS_NOW
+    + """
 local ended = redis.call('HINCRBY', KEYS[1], 'ended', 1)
 if redis.call('HGET', KEYS[1], 'sealed') == '1'
     and ended >= tonumber(redis.call('HGET', KEYS[1], 'total'))
@@ -104,6 +113,7 @@ if redis.call('HGET', KEYS[1], 'sealed') == '1'
 end
 return ended
 """
+)
 
 
 @dataclass

@@ -50,9 +50,7 @@ class Lease:
         slots: the provider slots' sorted set.
     """
 
-    def __init__(
-        self, client: redis.Redis, keys: Keys, lane: Lane, token: str, slots: str
-    ) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, lane: Lane, token: str, slots: str) -> None:
         self.redis = client
         self.keys = keys
         self.lane = lane
@@ -79,9 +77,7 @@ class Lease:
         )
 
     @contextmanager
-    def heartbeat(
-        self, members: Sequence[str], lease_s: float, max_s: float
-    ) -> Iterator[None]:
+    def heartbeat(self, members: Sequence[str], lease_s: float, max_s: float) -> Iterator[None]:
         """Keep the lease alive while the block runs (at most max_s)."""
         stop = threading.Event()
 

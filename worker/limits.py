@@ -71,7 +71,3 @@ class ProviderLimits:
     def release(self, job_id: str, client: Any = None) -> None:
         """Give the job's slot back (a no-op if it holds none), on client's transaction."""
         (client or self.redis).zrem(self.in_flight, job_id)
-
-    def holders(self) -> int:
-        """How many jobs hold a slot now."""
-        return int(self.redis.zcard(self.in_flight))

@@ -238,7 +238,7 @@ class Step(Task):  # type: ignore[misc]
         """End the entry's job for good after too many faults."""
         job = Job(member, runtime().store.get(member), lane, token)
         if job.record.terminal:  # it is its webhook that keeps failing: stop delivering it
-            job.update(_webhook_given_up)
+            job.update(lambda r: _stop_delivering(r.webhook, message))
             job.revisit()
             return
         job.fail("internal_error", message)
@@ -248,10 +248,13 @@ def _count_recovery(record: JobRecord) -> None:
     record.recoveries += 1
 
 
-def _webhook_given_up(record: JobRecord) -> None:
-    if record.webhook is not None and record.webhook.state is WebhookState.PENDING:
-        record.webhook.state = WebhookState.DEAD
-        record.webhook.last_error = "internal_error: delivery kept raising"
+def _stop_delivering(hook: WebhookDelivery | None, message: str) -> bool:
+    """Mark a pending webhook dead after its step kept failing; False if it was not pending."""
+    if hook is None or hook.state is not WebhookState.PENDING:
+        return False
+    hook.state = WebhookState.DEAD
+    hook.last_error = f"internal_error: {message}"
+    return True
 
 
 @dataclass
@@ -285,9 +288,7 @@ class BatchStep(Step):
 
     def give_up(self, member: str, lane: Lane, token: str, message: str) -> None:
         st = runtime().store
-        batch = st.get_batch(member, with_jobs=False)
-        if batch.webhook is not None and batch.webhook.state is WebhookState.PENDING:
-            batch.webhook.state = WebhookState.DEAD
-            batch.webhook.last_error = message
-            st.set_batch_fields(member, {"webhook": batch.webhook.model_dump_json()})
+        hook = st.get_batch(member, with_jobs=False).webhook
+        if hook is not None and _stop_delivering(hook, message):
+            st.set_batch_fields(member, {"webhook": hook.model_dump_json()})
         BatchEntry(member, lane, token).done()

@@ -400,4 +400,3 @@ def notify_batch(entry: BatchEntry) -> None:
     if hook.state is WebhookState.PENDING:
         return entry.revisit(retry_delay(hook, result, schedule_s))
     entry.done()
-

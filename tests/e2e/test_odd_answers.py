@@ -68,9 +68,7 @@ PASSING = {
 
 
 @pytest.mark.parametrize("knobs", PASSING.values(), ids=PASSING.keys())
-def test_a_passing_oddity_still_completes_with_the_providers_bytes(
-    make_pipeline, s3_client, knobs
-):
+def test_a_passing_oddity_still_completes_with_the_providers_bytes(make_pipeline, s3_client, knobs):
     p = make_pipeline(sandbox={"seed": 11, **knobs},
                       env={**CAPPED, "VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "6"})  # fmt: skip
     ids = [enqueue(p.request(), settings=p.settings) for _ in range(2)]
