@@ -184,13 +184,10 @@ FLAKY = Case(
     "sandbox answers 502 to one status query in seven, at random (`error_rate=1/7`, "
     '`error_routes=["status"]`, `error_codes=[502]`), and reports progress on the others. '
     "A failed query keeps the job's last estimate of its end.",
-    limits="**What limits the latency:** the refused queries. Most late jobs are short ones "
-    "whose query at their expected end was the one in seven refused: the next is asked on the "
-    "schedule's usual step, at least `VIDEOQUEUE_POLL_FIRST_S` (2 s) later, which is the "
-    "whole allowance of a job under 20 s. In a trial run of this scenario at commit bfe958a "
-    "with a refused query (no hint) asked again after a quarter of the time since the job's "
-    "last answer, at least a quarter of `POLL_FIRST_S` (worker/tasks.py `_observe`), p95 of "
-    "allowance used was 0.96, 96.5 % of jobs within, at 0.18 of the loop's calls.",
+    limits="**What limits the latency:** the refused queries. A job whose query at its "
+    "expected end was the one in seven refused is asked again after a quarter of the time "
+    "since its last answer (at least a quarter of `VIDEOQUEUE_POLL_FIRST_S`; "
+    "worker/tasks.py `_observe`); two refusals in a row cost a short job its allowance.",
 )
 NO_PROGRESS = Case(
     NAME="polling-no-progress",
@@ -218,15 +215,11 @@ NO_PROGRESS = Case(
     "field were absent (the sandbox has no knob that leaves it out). First 20 jobs of each "
     "model and clip length (the shape the worker's history is kept by) run to the end; "
     "the measured jobs start once every worker process has re-read that history.",
-    limits="**What limits the latency:** the shortest model learns nothing. The late jobs are "
-    "the ~12 s ones (`sora`, 4 s clips): their warm-up jobs, polled on the cold backoff "
-    "(2, 4.4, 7.3, 10.5, 14.5 s), see their end more than 25 % of their age after the "
-    "previous poll, and the history keeps only ends bracketed that closely "
-    "(`HISTORY_BRACKET_SHARE` in worker/tasks.py), so that model never has five samples and "
-    "its measured jobs are polled as if cold; the longer models learn and are noticed in "
-    "time. In a trial run of this scenario at commit bfe958a with the bracket widened to "
-    "max(25 % of the age, 2 x `POLL_FIRST_S`), p95 of allowance used was 0.81, every job "
-    "within, at 0.11 of the loop's calls.",
+    limits="**What limits the latency:** how closely the warm-up polls bracket each "
+    "generation's end. The history keeps only ends bracketed within max(25 % of the job's "
+    "age, 2 x `POLL_FIRST_S`) (`HISTORY_BRACKET_SHARE` in worker/tasks.py); a model with "
+    "fewer than five such samples is polled as if cold, on the backoff (2, 4.4, 7.3, 10.5, "
+    "14.5 s), which notices a ~12 s job up to 4 s late.",
 )
 SPREAD = Case(
     NAME=NAME,

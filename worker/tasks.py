@@ -204,11 +204,16 @@ def poll(self: Step, jobs: list[Job]) -> None:
                 job.revisit()
 
 
-def _generation_s(last_polled_s: float | None, elapsed_s: float) -> float | None:
+def _generation_s(
+    last_polled_s: float | None, elapsed_s: float, poll_first_s: float
+) -> float | None:
     """How long the generation took, if our polls bracket its end closely enough to say: a
     job first seen done long after its previous poll would teach the history our lateness
-    (and the next jobs, polled later, would teach it more)."""
-    if last_polled_s is None or elapsed_s - last_polled_s > HISTORY_BRACKET_SHARE * elapsed_s:
+    (and the next jobs, polled later, would teach it more). The bracket is at least two
+    first-poll waits wide: the cold backoff of a short model never brackets within a quarter
+    of its age, and such a model would never learn its time."""
+    bracket_s = max(HISTORY_BRACKET_SHARE * elapsed_s, 2 * poll_first_s)
+    if last_polled_s is None or elapsed_s - last_polled_s > bracket_s:
         return None
     return (last_polled_s + elapsed_s) / 2
 
@@ -243,7 +248,7 @@ def _observe(job: Job, answer: ProviderTask | Exception, elapsed_s: float) -> _O
             )
             return None
         if answer.state is TaskState.DONE:
-            seen.duration_s = _generation_s(record.polled_s, elapsed_s)
+            seen.duration_s = _generation_s(record.polled_s, elapsed_s, s.poll_first_s)
             return seen  # finalize is due at once
         if answer.state is TaskState.UNKNOWN and answer.raw_status is not None:
             # Unknown words keep the job polling until its deadline: a new word for "done"
@@ -264,6 +269,12 @@ def _observe(job: Job, answer: ProviderTask | Exception, elapsed_s: float) -> _O
         usual_s=rt.history.usual_s(record.request),
         hint_s=bounded_hint_s(hint_s, s.poll_cap_s),
     )
+    if isinstance(answer, RetryableError) and answer.delay_s is None and record.polled_s:
+        # A refused query without a hint is noise in the provider, not news about the job:
+        # ask again soon (a share of the time since the last answer) rather than a whole
+        # backoff step later, which would land long after an end that fell in between.
+        since_s = max(0.0, elapsed_s - record.polled_s)
+        delay_s = min(delay_s, max(s.poll_first_s / 4, 0.25 * since_s))
     # Never sleep past the deadline: the last poll lands on it.
     seen.delay_s = min(delay_s, max(0.0, s.deadline_s - elapsed_s) + 0.05)
     return seen

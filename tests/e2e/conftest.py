@@ -26,6 +26,16 @@ from producer.settings import Settings
 API_KEY = "sk-test-4c0ffee5ecret"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"videoqueue-test-webhook-secret!!").decode()
 BUCKET = "videoqueue-tests"
+# Every key prefix of this test run starts with this, so that the end-of-run sweep removes
+# this run's leftovers only: another run against the same Redis (a second checkout, CI) keeps
+# its keys. An environment variable, so that a second import of this file agrees.
+RUN_PREFIX = "vqtest-" + os.environ.setdefault("VQTEST_RUN", uuid.uuid4().hex[:6]) + "-"
+
+
+def fresh_prefix() -> str:
+    """A fresh key prefix (and queue name) for one test's deployment."""
+    return f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}"
+
 
 # Fast timings so that a test's job ends in seconds; the same code paths as production.
 FAST = {
@@ -57,10 +67,10 @@ def _forget_test_keys(url: str) -> None:
     one global hash, and a later test's worker restores a killed worker's messages into the
     killed test's queue after that test has cleaned up: so sweep once more at the end."""
     client = redis.Redis.from_url(url)
-    for key in client.scan_iter("vqtest-*"):
+    for key in client.scan_iter(f"{RUN_PREFIX}*"):
         client.delete(key)
     for tag, raw in client.hgetall("unacked").items():
-        if b'"vqtest-' in raw:
+        if f'"{RUN_PREFIX}'.encode() in raw:
             client.hdel("unacked", tag)
             client.zrem("unacked_index", tag)
     client.close()
@@ -105,7 +115,7 @@ def make_pipeline(
     redis_url: str, s3: S3Service, tmp_path: Path
 ) -> Iterator[Callable[..., Pipeline]]:
     """Build a deployment: `make_pipeline(sandbox={...knobs}, env={...}, workers=1)`."""
-    prefix = f"vqtest-{uuid.uuid4().hex[:10]}"
+    prefix = fresh_prefix()
     with ExitStack() as stack:
 
         def make(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from producer.names import Lane
 from producer.requests import parse_request
 from producer.settings import Settings
 from producer.store import JobStore
+from tests.e2e.conftest import fresh_prefix
 from worker.leases import Lease
 from worker.limits import ProviderLimits
 from worker.pump import Pump
@@ -23,7 +23,7 @@ from worker.pump import Pump
 
 @pytest.fixture
 def deployment(redis_url: str) -> Iterator[tuple[Settings, JobStore]]:
-    prefix = f"vqtest-{uuid.uuid4().hex[:10]}"
+    prefix = fresh_prefix()
     settings = Settings(key_prefix=prefix, queue=prefix, broker_url=redis_url, lease_s=5,
                         dispatch_ahead=3, poll_batch_size=4, api_key="sk-schedule")  # fmt: skip
     st = JobStore(redis.Redis.from_url(redis_url), prefix)

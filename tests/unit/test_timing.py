@@ -104,9 +104,17 @@ def test_too_little_history_gives_no_usual_time():
 def test_a_generation_time_is_learned_only_from_polls_that_bracket_its_end_closely():
     from worker.tasks import _generation_s
 
-    assert _generation_s(48.0, 52.0) == 50.0
-    assert _generation_s(None, 30.0) is None  # first seen done: it may have been long done
-    assert _generation_s(10.0, 40.0) is None  # seen running at 10 s, done at 40 s: no telling
+    assert _generation_s(48.0, 52.0, 2.0) == 50.0
+    assert _generation_s(None, 30.0, 2.0) is None  # first seen done: it may have been long done
+    assert _generation_s(10.0, 40.0, 2.0) is None  # running at 10 s, done at 40 s: no telling
+
+
+def test_a_short_generation_is_learned_from_a_bracket_of_two_first_polls():
+    """A 12 s model's cold polls (7.3 s, then 10.5 s) never come within 25 % of its age."""
+    from worker.tasks import _generation_s
+
+    assert _generation_s(7.3, 10.5, 2.0) == (7.3 + 10.5) / 2
+    assert _generation_s(7.3, 12.0, 2.0) is None  # 4.7 s apart: wider than both bounds
 
 
 def test_a_zero_percent_report_is_not_the_start_of_the_progress_line():
