@@ -7,6 +7,7 @@ from celery import Celery
 
 from producer.settings import get_settings
 from worker.config import celery_config
+from worker.metrics import MetricsStep
 from worker.pump import PumpStep
 
 structlog.configure(
@@ -24,3 +25,4 @@ structlog.configure(
 app = Celery("videoqueue")
 app.conf.update(celery_config(get_settings()))
 app.steps["worker"].add(PumpStep)
+app.steps["worker"].add(MetricsStep)

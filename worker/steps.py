@@ -39,6 +39,7 @@ from producer.records import (
     WebhookState,
     utcnow_iso,
 )
+from worker import metrics
 from worker.leases import Lease
 from worker.runtime import runtime
 from worker.timing import retry_delay_s
@@ -126,6 +127,7 @@ class Job:
             record.error = ErrorInfo(code=str(code), message=message)
 
         if self.end(failed, "video.failed"):
+            metrics.JOB_FAILURES.labels(str(code)[:64]).inc()
             log.warning("job failed", code=code, message=message)
 
 
@@ -146,7 +148,11 @@ class Step(Task):  # type: ignore[misc]
         held = claim.held(members)
         if not held:
             return  # a newer claim holds these entries: this message is stale
-        with claim.heartbeat(held, s.lease_s, s.step_timeout_s):
+        step = self.name.rsplit(".", 1)[-1]
+        with (
+            metrics.STEP_DURATION.labels(step).time(),
+            claim.heartbeat(held, s.lease_s, s.step_timeout_s),
+        ):
             self.run_claim(held, Lane(lane), token, frozenset(recovered))
 
     def run_claim(

@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from producer.errors import InvalidVideo, RetryableError
 from producer.settings import Settings
+from worker import metrics
 from worker.media import check_ftyp
 
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
@@ -146,6 +147,7 @@ def stream_to_s3(
         with contextlib.suppress(ClientError):
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
+    metrics.S3_COPIED_BYTES.inc(size)
     return Upload(size_bytes=size, sha256=digest.hexdigest())
 
 
@@ -167,26 +169,39 @@ def copy_url_to_s3(
         UrlExpired: the URL answered 403 or 410.
     """
     s = settings
-    with http.stream(
-        "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
-    ) as response:
-        if response.status_code in (403, 410):
-            raise UrlExpired(f"HTTP {response.status_code}")
-        if not response.is_success:
-            raise OSError(f"download answered HTTP {response.status_code}")
-        expected = response.headers.get("content-length")
-        encoded = response.headers.get("content-encoding", "identity") != "identity"
-        try:
-            expected_size = int(expected) if expected and not encoded else None
-        except ValueError:
-            expected_size = None  # an unparsable length is checked by the probe instead
-        return stream_to_s3(
-            response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
-            s3,
-            s.s3_bucket,
-            key,
-            metadata=metadata,
-            part_size_bytes=s.s3_part_size_bytes,
-            parts_in_flight=s.s3_parts_in_flight,
-            expected_size_bytes=expected_size,
-        )
+    response = None
+    try:
+        with http.stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
+        ) as response:
+            metrics.provider_request("download", response)
+            return _store_download(response, s3, key, metadata, s)
+    finally:
+        if response is None:  # no answer came: counted once, as "error"
+            metrics.provider_request("download", None)
+
+
+def _store_download(
+    response: httpx.Response, s3: Any, key: str, metadata: dict[str, str], s: Settings
+) -> Upload:
+    """The body of an answered download, streamed into S3."""
+    if response.status_code in (403, 410):
+        raise UrlExpired(f"HTTP {response.status_code}")
+    if not response.is_success:
+        raise OSError(f"download answered HTTP {response.status_code}")
+    expected = response.headers.get("content-length")
+    encoded = response.headers.get("content-encoding", "identity") != "identity"
+    try:
+        expected_size = int(expected) if expected and not encoded else None
+    except ValueError:
+        expected_size = None  # an unparsable length is checked by the probe instead
+    return stream_to_s3(
+        response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
+        s3,
+        s.s3_bucket,
+        key,
+        metadata=metadata,
+        part_size_bytes=s.s3_part_size_bytes,
+        parts_in_flight=s.s3_parts_in_flight,
+        expected_size_bytes=expected_size,
+    )
