@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 from celery import Task
+from celery.signals import task_postrun, task_prerun
 
 from producer.errors import JobNotFound
 from producer.names import SUBMIT_LANES, Lane
@@ -138,6 +139,8 @@ class Step(Task):  # type: ignore[misc]
     lanes: frozenset[Lane] = frozenset()
     # The task takes all its claim's jobs in one call (polls), not one job per call.
     batched = False
+    # The records this task's claim loaded, for the log context of each job's boundary.
+    _loaded: dict[str, JobRecord] = {}
 
     def __call__(
         self, members: list[str], token: str, lane: str, recovered: Sequence[str] = ()
@@ -146,6 +149,7 @@ class Step(Task):  # type: ignore[misc]
         s = rt.settings
         claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token, rt.limits.in_flight)
         held = claim.held(members)
+        self._loaded = {}
         if not held:
             return  # a newer claim holds these entries: this message is stale
         step = self.name.rsplit(".", 1)[-1]
@@ -181,6 +185,8 @@ class Step(Task):  # type: ignore[misc]
             rt.store.schedule.place(job_id, None, token=token)
             return None
         job = Job(job_id, record, lane, token)
+        self._loaded[job_id] = record
+        bind_job(record)
         if recovered:
             record = job.update(_count_recovery)
             log.warning("step recovered", recoveries=record.recoveries, lane=lane.value)
@@ -214,11 +220,15 @@ class Step(Task):  # type: ignore[misc]
         tokens = [token] * len(members) if isinstance(token, str) else token
         bound = {"job_id": members[0]} if len(members) == 1 else {"jobs": len(members)}
         with structlog.contextvars.bound_contextvars(**bound, step=self.name):
+            if len(members) == 1 and (record := self._loaded.get(members[0])) is not None:
+                bind_job(record)
             try:
                 yield
             except Exception as e:  # the failure boundary: every task's, in one place
                 for m, t in zip(members, tokens, strict=True):
                     self.on_fault(m, lane, t, e)
+            finally:
+                structlog.contextvars.unbind_contextvars(*_JOB_CONTEXT)
 
     def on_fault(self, member: str, lane: Lane, token: str, error: Exception) -> None:
         rt = runtime()
@@ -248,6 +258,33 @@ class Step(Task):  # type: ignore[misc]
             job.revisit()
             return
         job.fail("internal_error", message)
+
+
+# What the log context says about the job a step handles, besides its id.
+_JOB_CONTEXT = ("batch_id", "provider", "provider_task_id")
+
+
+def bind_job(record: JobRecord) -> None:
+    """Bind the job's batch and provider task into every log line until its boundary ends."""
+    known = {"batch_id": record.batch_id, "provider_task_id": record.provider_task_id}
+    structlog.contextvars.bind_contextvars(
+        provider=metrics.PROVIDER, **{k: v for k, v in known.items() if v}
+    )
+
+
+@task_prerun.connect
+def _bind_task(sender: Any = None, args: Any = None, **_: Any) -> None:
+    """For the whole of a task on one entry (Celery's own lines about it included), the
+    entry's id is in the log context: a job's, or a batch's for batch steps."""
+    structlog.contextvars.clear_contextvars()
+    if isinstance(sender, Step) and args and isinstance(args[0], list) and len(args[0]) == 1:
+        key = "batch_id" if isinstance(sender, BatchStep) else "job_id"
+        structlog.contextvars.bind_contextvars(**{key: args[0][0]})
+
+
+@task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
 
 
 def _count_recovery(record: JobRecord) -> None:
