@@ -100,9 +100,13 @@ class Keys:
         return f"{self.prefix}:stats:unknown_status"
 
     def status_counts(self) -> str:
-        """A hash: job status -> jobs in it now (moved in the transaction of every change;
-        a terminal status's count is the jobs that ever ended so)."""
+        """A hash: job status -> jobs in it now (moved in the transaction of every change)."""
         return f"{self.prefix}:stats:jobs"
+
+    def finished_counts(self) -> str:
+        """A hash: terminal status -> jobs that ever ended so (only ever incremented, in the
+        transaction of the job's terminal move; a retried job that ends again counts again)."""
+        return f"{self.prefix}:stats:finished"
 
     def job_index(self) -> str:
         """A sorted set: job id -> when it was enqueued (Redis's clock), trimmed to the

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from producer.names import LANES, SUBMIT_LANES, Keys, Lane, account_of
-from producer.records import JobStatus
+from producer.records import TERMINAL, JobStatus
 from producer.settings import Settings
 from producer.store import JobStore
 
@@ -29,8 +29,8 @@ class LaneDepth:
 class Stats:
     """A snapshot of the deployment."""
 
-    # Jobs in each status now; a terminal status counts every job that ever ended so.
-    jobs: dict[str, int]
+    jobs: dict[str, int]  # jobs in each status now
+    finished: dict[str, int]  # jobs that ever ended, by terminal status
     schedule: dict[str, LaneDepth]
     account: str  # the API key's fingerprint the provider limits are kept under
     in_flight: int  # generations holding a provider slot
@@ -48,6 +48,7 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
     now = seconds + micros / 1e6
     with store.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.status_counts())
+        pipe.hgetall(keys.finished_counts())
         for lane in LANES:
             pipe.zcount(keys.schedule(lane), "-inf", now)
             pipe.zcard(keys.schedule(lane))
@@ -58,12 +59,15 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
         pipe.hgetall(keys.unknown_statuses())
         found = pipe.execute()
     counts = {_text(k): int(v) for k, v in found[0].items()}
+    # Jobs enqueued before the counts existed can move a count below zero: shown as 0.
     jobs = {s.value: max(0, counts.get(s.value, 0)) for s in JobStatus}
-    leases, in_flight, dead, unknown = found[1 + 3 * len(LANES) :]
+    ended = {_text(k): int(v) for k, v in found[1].items()}
+    finished = {s.value: ended.get(s.value, 0) for s in TERMINAL}
+    leases, in_flight, dead, unknown = found[2 + 3 * len(LANES) :]
     schedule: dict[str, LaneDepth] = {}
     leased = _leased_by_lane(store, [_text(m) for m in leases], now)
     for i, lane in enumerate(LANES):
-        due, total, first = found[1 + 3 * i : 4 + 3 * i]
+        due, total, first = found[2 + 3 * i : 5 + 3 * i]
         held = leased.get(lane, 0)
         oldest = now - float(first[0][1]) if first and due else 0.0
         schedule[lane.value] = LaneDepth(
@@ -72,6 +76,7 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
         )  # fmt: skip
     return Stats(
         jobs=jobs,
+        finished=finished,
         schedule=schedule,
         account=account,
         in_flight=int(in_flight),

@@ -244,6 +244,8 @@ class JobStore:
                             # runs twice finds the job moved already and counts nothing.
                             pipe.hincrby(self.keys.status_counts(), before.value, -1)
                             pipe.hincrby(self.keys.status_counts(), record.status.value, 1)
+                            if record.status in TERMINAL and before not in TERMINAL:
+                                pipe.hincrby(self.keys.finished_counts(), record.status.value, 1)
                         if record.batch_id and record.status is not before:
                             self._count_move(pipe, record, before)
                         if after is not None:

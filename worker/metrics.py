@@ -10,9 +10,9 @@ With VIDEOQUEUE_METRICS_PORT set, the worker's main process serves /metrics on t
   letters. Every host reports the same value for these: aggregate them with max(), not sum().
 
 Where each is counted (one place each):
-- videoqueue_jobs_finished_total{status}: the status counts move in the same transaction as
-  the job's terminal transition (producer/store.py), so each job counts once however often
-  its steps run, whoever ended it (a producer's cancel too);
+- videoqueue_jobs_finished_total{status}: counted in Redis in the same transaction as the
+  job's terminal transition (producer/store.py), so each job counts once however often its
+  steps run, whoever ended it (a producer's cancel too); videoqueue_jobs{status} likewise;
 - videoqueue_provider_requests_total{provider,operation,code}: ProviderClient._call (create,
   status, cancel) and the download (worker/storage.py); code is the answer's HTTP status
   class (2xx, 3xx, 4xx, 5xx) or "error" when no answer came (timeout, connection refused);
@@ -148,7 +148,6 @@ class RedisCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         from producer.jobs import store
-        from producer.records import TERMINAL
         from producer.stats import read_stats
 
         up = GaugeMetricFamily("videoqueue_redis_up", "1 if the records' Redis answered.")
@@ -167,11 +166,13 @@ class RedisCollector(Collector):
         )
         current = GaugeMetricFamily(
             "videoqueue_jobs",
-            "Unfinished jobs by current status, deployment-wide.",
+            "Jobs by current status, deployment-wide.",
             labels=["status"],
         )
+        for status, n in stats.finished.items():
+            finished.add_metric([status], n)
         for status, n in stats.jobs.items():
-            (finished if status in TERMINAL else current).add_metric([status], n)
+            current.add_metric([status], n)
         yield finished
         yield current
         depth = GaugeMetricFamily(
