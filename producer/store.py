@@ -368,8 +368,11 @@ class JobStore:
     def count_unknown_status(self, word: str) -> None:
         self.redis.hincrby(self.keys.unknown_statuses(), word, 1)
 
-    def record_dead_letter(self, event_id: str, detail: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.dead_letters(), event_id, json.dumps(detail))
+    def record_dead_letter(self, event_id: str, detail: dict[str, Any], owner_id: str) -> None:
+        """Keep a webhook that gave up, with the job (or batch) it belongs to, for replay."""
+        self.redis.hset(
+            self.keys.dead_letters(), event_id, json.dumps({**detail, "owner_id": owner_id})
+        )
 
 
 def _text(raw: bytes | str | None) -> str:

@@ -32,25 +32,41 @@ class UrlExpired(Exception):
     """Raised when the provider's file URL answers 403/410: ask the provider for a new one."""
 
 
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the configured endpoint; credentials come from boto3's chain."""
+def s3_client(settings: Settings, **config: Any) -> Any:
+    """A boto3 S3 client for the configured endpoint; credentials come from boto3's chain.
+
+    Args:
+        **config: botocore Config options over ours (e.g. short timeouts for a check).
+    """
+    options: dict[str, Any] = {
+        # Some S3-compatible servers (SeaweedFS, older MinIO) mishandle boto3's default
+        # CRC32 trailers on streamed parts; checksums are asked for only where required.
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        "s3": {"addressing_style": "path"},
+        "retries": {"max_attempts": 5, "mode": "standard"},
+    }
     return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
-        config=Config(
-            # Some S3-compatible servers (SeaweedFS, older MinIO) mishandle boto3's default
-            # CRC32 trailers on streamed parts; checksums are asked for only where required.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 5, "mode": "standard"},
-        ),
+        config=Config(**{**options, **config}),
     )
 
 
+# Parts of a multipart upload that nobody completed or aborted (its worker died mid-copy)
+# are kept, and billed, until a rule like this removes them (`videoqueue doctor` checks it).
+ABORT_INCOMPLETE_UPLOADS = {
+    "Rules": [{
+        "ID": "abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }]
+}  # fmt: skip
+
+
 def ensure_bucket(client: Any, bucket: str) -> None:
-    """Create the bucket unless it exists."""
+    """Create the bucket unless it exists, with a rule that aborts incomplete uploads (an
+    existing bucket's lifecycle rules are left as they are)."""
     try:
         client.head_bucket(Bucket=bucket)
     except ClientError as e:
@@ -64,6 +80,10 @@ def ensure_bucket(client: Any, bucket: str) -> None:
                 "BucketAlreadyExists",
             ):
                 raise
+            return  # another worker made it (and its rule)
+        client.put_bucket_lifecycle_configuration(
+            Bucket=bucket, LifecycleConfiguration=ABORT_INCOMPLETE_UPLOADS
+        )
 
 
 @dataclass
