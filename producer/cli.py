@@ -30,7 +30,7 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except redis.exceptions.ConnectionError as e:  # TimeoutError included
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             what = f"Redis at {_redis_url(get_settings().records_url)}"
             _unreachable(what, e)
         except Exception as e:
