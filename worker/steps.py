@@ -44,6 +44,7 @@ from worker import metrics
 from worker.leases import Lease
 from worker.runtime import runtime
 from worker.timing import retry_delay_s
+from worker.webhooks import message_id
 
 log = structlog.get_logger("videoqueue.worker")
 
@@ -254,7 +255,8 @@ class Step(Task):  # type: ignore[misc]
         """End the entry's job for good after too many faults."""
         job = Job(member, runtime().store.get(member), lane, token)
         if job.record.terminal:  # it is its webhook that keeps failing: stop delivering it
-            job.update(lambda r: _stop_delivering(r.webhook, message))
+            record = job.update(lambda r: _stop_delivering(r.webhook, message))
+            _dead_letter(member, record.webhook)
             job.revisit()
             return
         job.fail("internal_error", message)
@@ -289,6 +291,13 @@ def _unbind_task(**_: Any) -> None:
 
 def _count_recovery(record: JobRecord) -> None:
     record.recoveries += 1
+
+
+def _dead_letter(owner_id: str, hook: WebhookDelivery | None) -> None:
+    """Keep a webhook given up on in the dead letters, where `videoqueue webhooks` finds it."""
+    if hook is not None and hook.state is WebhookState.DEAD:
+        msg_id = message_id(owner_id, hook.event_type)
+        runtime().store.record_dead_letter(msg_id, hook.model_dump(mode="json"), owner_id)
 
 
 def _stop_delivering(hook: WebhookDelivery | None, message: str) -> bool:
@@ -334,4 +343,5 @@ class BatchStep(Step):
         hook = st.get_batch(member, with_jobs=False).webhook
         if hook is not None and _stop_delivering(hook, message):
             st.set_batch_fields(member, {"webhook": hook.model_dump_json()})
+            _dead_letter(member, hook)
         BatchEntry(member, lane, token).done()

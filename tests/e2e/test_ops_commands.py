@@ -5,6 +5,7 @@ or S3 is gone."""
 from __future__ import annotations
 
 import json
+import time
 
 from standardwebhooks.webhooks import Webhook
 
@@ -175,3 +176,44 @@ def test_commands_answer_an_outage_with_one_line_and_exit_1(make_pipeline):
     answer = run(no_s3, "doctor")
     assert answer.returncode == 1 and "S3" in answer.stdout and "Traceback" not in answer.stderr
     assert run(p.env, "--version").stdout.startswith("videoqueue ")
+
+
+def test_a_webhook_given_up_after_faults_is_listed_as_dead(make_pipeline):
+    """A notify step that keeps failing gives the webhook up into the dead letters too."""
+    from producer.jobs import store
+
+    p = make_pipeline(workers=0, env={"VIDEOQUEUE_FAULT_MAX_ATTEMPTS": "2"})
+    job_id = enqueue(p.request(), settings=p.settings)
+    st = store(p.settings)
+    st.redis.rpush(st.keys.event_body(job_id), "not a body")  # reading it raises WRONGTYPE
+    p.start_worker()
+    eventually(
+        lambda: (
+            (r := get(job_id, settings=p.settings)).webhook and r.webhook.state is WebhookState.DEAD
+        ),
+        30,
+    )
+    letters = json.loads(run(p.env, "webhooks", "dead", "--json").stdout)
+    assert [e["owner_id"] for e in letters] == [job_id]
+    assert letters[0]["last_error"].startswith("internal_error")
+    st.redis.delete(st.keys.event_body(job_id))
+    replay = run(p.env, "webhooks", "replay", "--all", "--json")
+    assert replay.returncode == 1 and "no longer kept" in replay.stdout
+
+
+def test_the_job_index_forgets_jobs_older_than_the_retention(make_pipeline):
+    from producer.jobs import store
+
+    p = make_pipeline(workers=0, env={"VIDEOQUEUE_RECORD_TTL_S": "0.5"})
+    first = enqueue(p.request(), settings=p.settings)
+    time.sleep(0.6)
+    second = enqueue(p.request(), settings=p.settings)
+    batch_id = enqueue_batch([p.request()], settings=p.settings)
+    st = store(p.settings)
+    indexed = {m.decode() for m in st.redis.zrange(st.keys.job_index(), 0, -1)}
+    assert first not in indexed and second in indexed and len(indexed) == 2
+    assert get(first, settings=p.settings).id == first  # the record itself is still there
+    assert {r["batch_id"] for r in json.loads(run(p.env, "jobs", "list", "--json").stdout)} == {
+        None,
+        batch_id,
+    }
