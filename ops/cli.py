@@ -1,12 +1,207 @@
-"""The `videoqueue` command: the producer's commands plus the operational ones."""
+"""The `videoqueue` command: the producer's commands plus the operational ones (jobs list,
+stats, retry, webhooks dead/replay, doctor, sandbox).
+
+Exit codes, for every command: 0 success; 1 a job failed or was not found, an operation was
+refused, a doctor check failed, or Redis or S3 is unreachable (one line says which); 2
+invalid input.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ops import admin
+from ops.doctor import run_checks
 from ops.sandbox.cli import sandbox
 from producer.cli import app
+from producer.errors import JobNotFound, OperationRefused
+from producer.jobs import store
+from producer.records import JobRecord, JobStatus
+from producer.settings import get_settings
 
 app.command("sandbox", help="Serve the sandbox provider API (a stand-in for the video API).")(
     sandbox
 )
+jobs_app = typer.Typer(help="Find jobs.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Dead-lettered webhooks.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
+
+out = Console()
+err = Console(stderr=True)
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _fail(message: str) -> Any:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _since_s(text: str) -> float:
+    """Epoch seconds from "30m", "2h", "7d" ago, or an ISO 8601 time."""
+    if m := _AGO.match(text.strip()):
+        return time.time() - float(m.group(1)) * _UNIT_S[m.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: use 30m, 2h, 7d or an ISO time") from None
+    return moment.timestamp()
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Only this batch's jobs.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only jobs created since: 30m, 2h, 7d or an ISO time.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    as_json: AsJson = False,
+) -> None:
+    """List jobs, newest first (the records' retention bounds how far back)."""
+    records = admin.list_jobs(
+        get_settings(),
+        status=status,
+        batch_id=batch,
+        since_s=_since_s(since) if since else None,
+        limit=limit,
+    )
+    if as_json:
+        return _print_json([r.public() for r in records])
+    table = Table(title=f"{len(records)} jobs")
+    for column in ("id", "status", "created", "error"):
+        table.add_column(column)
+    for r in records:
+        error = f"{r.error.code}: {r.error.message[:60]}" if r.error else ""
+        table.add_row(r.id, r.status.value, r.created_at, error)
+    out.print(table)
+
+
+@app.command()
+def stats(as_json: AsJson = False) -> None:
+    """Jobs by status, schedule depth and lateness, in flight and parked, dead letters."""
+    from dataclasses import asdict
+
+    from producer.stats import read_stats
+
+    settings = get_settings()
+    snapshot = read_stats(store(settings), settings)
+    if as_json:
+        return _print_json(asdict(snapshot))
+    jobs = Table(title="jobs")
+    jobs.add_column("status")
+    jobs.add_column("now", justify="right")
+    jobs.add_column("ever ended so", justify="right")
+    for status_, n in snapshot.jobs.items():
+        jobs.add_row(status_, str(n), str(snapshot.finished.get(status_, "")))
+    lanes = Table(title="schedule")
+    for column in ("lane", "due", "waiting", "leased", "oldest due (s)"):
+        lanes.add_column(column, justify="right" if column != "lane" else "left")
+    for lane, d in snapshot.schedule.items():
+        lanes.add_row(lane, str(d.due), str(d.waiting), str(d.leased), f"{d.oldest_due_s:.2f}")
+    out.print(jobs, lanes)
+    cap = snapshot.in_flight_cap if snapshot.in_flight_cap is not None else "none"
+    out.print(
+        f"account {snapshot.account}: in flight {snapshot.in_flight} (cap {cap}), "
+        f"parked {snapshot.parked}; dead letters {snapshot.dead_letters}"
+    )
+    if snapshot.unknown_statuses:
+        words = ", ".join(f"{w!r} x{n}" for w, n in snapshot.unknown_statuses.items())
+        out.print(f"unknown provider status words seen: {words}")
+
+
+@app.command()
+def retry(
+    job_id: str,
+    resubmit: Annotated[
+        bool, typer.Option(help="Ask the provider for a new task (a new, billed generation).")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Run a failed job again from its last good step (never a new provider task unless
+    --resubmit)."""
+    try:
+        record = admin.retry_job(get_settings(), job_id, resubmit=resubmit)
+    except (JobNotFound, OperationRefused) as e:
+        _fail(str(e))
+    _report(record, as_json)
+
+
+def _report(record: JobRecord, as_json: bool) -> None:
+    if as_json:
+        _print_json(record.public())
+    else:
+        typer.echo(f"{record.id} {record.status.value}")
+
+
+@webhooks_app.command("dead")
+def webhooks_dead(as_json: AsJson = False) -> None:
+    """List dead-lettered webhooks (every delivery attempt failed)."""
+    letters = admin.dead_webhooks(get_settings())
+    if as_json:
+        return _print_json(letters)
+    table = Table(title=f"{len(letters)} dead webhooks")
+    for column in ("id", "owner", "event", "attempts", "last error", "url"):
+        table.add_column(column)
+    for e in letters:
+        table.add_row(e["id"], str(e.get("owner_id", "")), e.get("event_type", ""),
+                      str(e.get("attempts", "")), str(e.get("last_error") or ""),
+                      e.get("url", ""))  # fmt: skip
+    out.print(table)
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="Webhook ids (msg_...).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead-lettered webhook.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Deliver dead-lettered webhooks again, with their original webhook-id and body."""
+    if bool(ids) == all_:
+        raise typer.BadParameter("give webhook ids or --all, not both")
+    try:
+        results = admin.replay_webhooks(get_settings(), None if all_ else list(ids or []))
+    except OperationRefused as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(results)
+    else:
+        for r in results:
+            verdict = "delivered" if r["ok"] else f"failed: {r['error']}"
+            typer.echo(f"{r['id']} {verdict}")
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(as_json: AsJson = False) -> None:
+    """Check Redis, S3, the provider key and the webhook secret; exit 0 only if all pass."""
+    checks = run_checks(get_settings())
+    if as_json:
+        _print_json([c.to_dict() for c in checks])
+    else:
+        for c in checks:
+            if c.ok:
+                out.print(f"[green]ok[/green]      {c.name}: {c.detail}", highlight=False)
+            else:
+                out.print(f"[red]problem[/red] {c.name}: {c.detail}", highlight=False)
+                out.print(f"        fix: {c.fix}", highlight=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
 
 __all__ = ["app"]

@@ -353,12 +353,12 @@ class S3Service:
         )
 
     def ensure_bucket(self, bucket: str) -> None:
-        """Create bucket unless it exists already."""
+        """Create bucket unless it exists already, as a worker would (worker/storage.py)."""
+        from worker.storage import ensure_bucket
+
         client = self.client()
         try:
-            client.create_bucket(Bucket=bucket)
-        except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
-            pass
+            ensure_bucket(client, bucket)
         finally:
             client.close()
 

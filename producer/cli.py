@@ -5,21 +5,63 @@ from __future__ import annotations
 import json
 import sys
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
+import redis
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.characters import create_character
 from producer.errors import InvalidRequest, JobNotFound, VideoqueueError, WaitTimeout
 from producer.jobs import cancel, enqueue, get, wait
 from producer.records import ACTIVE, BatchRecord, JobStatus
+from producer.settings import get_settings
+
+
+class _Commands(TyperGroup):
+    """Every command answers an outage of Redis or S3 with one line naming what is
+    unreachable, and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            what = f"Redis at {_redis_url(get_settings().records_url)}"
+            _unreachable(what, e)
+        except Exception as e:
+            if type(e).__module__.startswith("botocore") and _is_connection_error(e):
+                _unreachable(f"S3 at {get_settings().s3_endpoint_url or 'AWS'}", e)
+            raise
+
+
+def _unreachable(what: str, error: Exception) -> None:
+    err.print(f"[red]error:[/red] {what} is unreachable ({type(error).__name__})", highlight=False)
+    raise typer.Exit(1)
+
+
+def _is_connection_error(e: Exception) -> bool:
+    """botocore's failures to reach the endpoint (without importing botocore here)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                         "ConnectionClosedError"})  # fmt: skip
+
+
+def _redis_url(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
 
 app = typer.Typer(
     name="videoqueue",
     help="Queue video generation jobs; workers submit, poll, store the MP4 in S3 and call back.",
+    cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -29,6 +71,26 @@ app.add_typer(character_app, name="character")
 
 out = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"videoqueue {package_version('videoqueue')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Queue video generation jobs; workers submit, poll, store the MP4 in S3 and call back.
+
+    Exit codes: 0 success; 1 the job failed or was not found, a check failed, or Redis or S3
+    is unreachable; 2 invalid input.
+    """
 
 
 def _read_json(source: str) -> Any:

@@ -4,6 +4,7 @@ VideoqueueError
 ├── InvalidRequest        a request (or batch item) failed validation; nothing was written
 ├── JobNotFound           no job record under that id
 ├── WaitTimeout           wait() gave up before the job ended
+├── OperationRefused      an operator's command cannot do what it was asked (retry, replay)
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
 ├── InvalidVideo          the provider's file is not a readable MP4 (raised in the worker)
 ├── BlockedUrl            a URL leads to an address the outbound policy refuses (worker)
@@ -38,6 +39,11 @@ class JobNotFound(VideoqueueError, KeyError):
 
 class WaitTimeout(VideoqueueError, TimeoutError):
     """Raised when wait() reaches its timeout before the job ends."""
+
+
+class OperationRefused(VideoqueueError):
+    """Raised when an operator's command cannot act as asked (a job that has not failed is
+    retried, a dead letter that is not there is replayed); the message says why and what to do."""
 
 
 class WebhookVerificationError(VideoqueueError):

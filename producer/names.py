@@ -5,6 +5,7 @@ The producer reaches the worker by these names only, never by importing worker c
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 
 SUBMIT = "videoqueue.submit"
@@ -68,6 +69,11 @@ RATE_LIMITED = frozenset({Lane.POLL, Lane.SUBMIT, Lane.SUBMIT_BULK})
 SUBMIT_LANES = frozenset({Lane.SUBMIT, Lane.SUBMIT_BULK})
 
 
+def account_of(api_key: str) -> str:
+    """The name limits are kept under for an API key: a fingerprint, never the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
 class Keys:
     """Every Redis key videoqueue writes, under one prefix."""
 
@@ -92,6 +98,20 @@ class Keys:
     def unknown_statuses(self) -> str:
         """A hash counting status words no vocabulary knew."""
         return f"{self.prefix}:stats:unknown_status"
+
+    def status_counts(self) -> str:
+        """A hash: job status -> jobs in it now (moved in the transaction of every change)."""
+        return f"{self.prefix}:stats:jobs"
+
+    def finished_counts(self) -> str:
+        """A hash: terminal status -> jobs that ever ended so (only ever incremented, in the
+        transaction of the job's terminal move; a retried job that ends again counts again)."""
+        return f"{self.prefix}:stats:finished"
+
+    def job_index(self) -> str:
+        """A sorted set: job id -> when it was enqueued (Redis's clock), trimmed to the
+        records' retention at every enqueue (`videoqueue jobs list`)."""
+        return f"{self.prefix}:index:jobs"
 
     def batch(self, batch_id: str) -> str:
         """A hash: total, ended, created_at, finished_at, webhook, metadata, ..."""

@@ -106,10 +106,18 @@ class JobRecord(BaseModel):
     polled_s: float | None = None
     # Attempts to copy the finished video into S3.
     copy_attempts: int = 0
+    # Times an operator asked for a new provider task (`videoqueue retry --resubmit`).
+    resubmits: int = 0
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def submit_key(self) -> str:
+        """The Idempotency-Key the provider sees: the job id, new for each resubmission (the
+        provider would answer a repeated key with the task it already made)."""
+        return self.id if not self.resubmits else f"{self.id}.r{self.resubmits}"
 
     def public(self) -> dict[str, Any]:
         """The record as JSON-ready data (webhook `data`, status --json)."""

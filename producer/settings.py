@@ -18,6 +18,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from producer.urls import UrlPolicy
 
 
+class LogFormat(StrEnum):
+    """How worker log lines are written."""
+
+    CONSOLE = "console"  # readable key=value lines
+    JSON = "json"  # one JSON object per line
+
+
 class ApiFormat(StrEnum):
     """Which request shape the provider speaks."""
 
@@ -117,6 +124,14 @@ class Settings(BaseSettings):
     webhook_schedule_s: Annotated[list[float], NoDecode] = [
         0, 5, 300, 1800, 7200, 18000, 36000, 36000,
     ]  # fmt: skip
+
+    # --- operations: metrics, logs, the job index ---
+    # The port every worker host serves Prometheus metrics on (its main process); None: none.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    log_format: LogFormat = LogFormat.CONSOLE
+    # How long records are kept; the job index (videoqueue jobs list) forgets jobs older
+    # than this.
+    record_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
 
     @field_validator("webhook_schedule_s", mode="before")
     @classmethod

@@ -21,7 +21,9 @@ After = Callable[[JobRecord, Any], None]
 
 # Record, idempotency claim and schedule entry land together or not at all, so a crash can
 # neither lose an accepted job nor leave an entry without its record. An existing claim on
-# the idempotency key wins: the caller gets the job that holds it.
+# the idempotency key wins: the caller gets the job that holds it. The job also enters the
+# status counts and the job index, which forgets jobs older than the records' retention
+# (ARGV[3], seconds), so it stays bounded.
 _CREATE = (
     """
 if KEYS[1] ~= '' then
@@ -34,6 +36,9 @@ redis.call('SET', KEYS[2], ARGV[2])
     + REDIS_NOW
     + """
 redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'queued', 1)
+redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[3]))
 return ARGV[1]
 """
 )
@@ -42,9 +47,10 @@ return ARGV[1]
 # the batch's bookkeeping. Job and idempotency keys are built from prefixes inside the script
 # (one key per job would not fit in KEYS for 10,000 jobs); videoqueue needs one Redis, not a
 # cluster. ARGV: idempotency-key prefix, job-key prefix, index of the chunk's first request,
-# seal ("1" on the last chunk), now, the batch id, then one value per job: id, idempotency
-# key or "" and record JSON, joined by the unit separator (\x1f), which JSON text escapes and
-# ids never hold: one argument per job instead of three is less work for the client.
+# seal ("1" on the last chunk), now, the batch id, the records' retention (s), then one value
+# per job: id, idempotency key or "" and record JSON, joined by the unit separator (\x1f),
+# which JSON text escapes and ids never hold: one argument per job instead of three is less
+# work for the client.
 # KEYS: batch, its job list, the submit lane, its counts, the batch-webhook lane.
 # Returns the request indexes whose idempotency key an earlier job held, each
 # followed by that job's id.
@@ -54,7 +60,7 @@ _CREATE_BATCH = (
 local batch, jobs, lane, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idem_prefix, job_prefix, first_index, seal = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local held, ids, entries = {}, {}, {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local f1 = string.find(ARGV[i], '\\31', 1, true)
   local f2 = string.find(ARGV[i], '\\31', f1 + 1, true)
   local id, idem = string.sub(ARGV[i], 1, f1 - 1), string.sub(ARGV[i], f1 + 1, f2 - 1)
@@ -65,7 +71,7 @@ for i = 7, #ARGV do
     if not earlier then redis.call('SET', idem_prefix .. idem, id) end
   end
   if earlier then
-    held[#held + 1] = tostring(first_index + i - 7)
+    held[#held + 1] = tostring(first_index + i - 8)
     held[#held + 1] = earlier
   else
     redis.call('SET', job_prefix .. id, record)
@@ -79,7 +85,10 @@ for j = 1, #ids, 1000 do
 end
 for j = 1, #entries, 2000 do
   redis.call('ZADD', lane, unpack(entries, j, math.min(j + 1999, #entries)))
+  redis.call('ZADD', KEYS[7], unpack(entries, j, math.min(j + 1999, #entries)))
 end
+redis.call('HINCRBY', KEYS[6], 'queued', #ids)
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[7]))
 redis.call('HSETNX', batch, 'created_at', ARGV[5])
 redis.call('HINCRBY', batch, 'total', #ids)
 redis.call('HINCRBY', batch, 'ended', 0)
@@ -133,8 +142,12 @@ class JobStore:
         prefix: the key prefix every key of this deployment starts with.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, retention_s: float = 7 * 24 * 3600.0
+    ) -> None:
         self.redis = client
+        # How long the job index keeps a job (the records' retention, record_ttl_s).
+        self.retention_s = retention_s
         self.keys = Keys(prefix)
         self.schedule = Schedule(client, self.keys)
         self._create = client.register_script(_CREATE)
@@ -142,8 +155,8 @@ class JobStore:
         self._job_ended = client.register_script(_JOB_ENDED)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> JobStore:
-        return cls(redis.Redis.from_url(url), prefix)
+    def from_url(cls, url: str, prefix: str, retention_s: float = 7 * 24 * 3600.0) -> JobStore:
+        return cls(redis.Redis.from_url(url), prefix, retention_s)
 
     # --- jobs ---
 
@@ -153,9 +166,10 @@ class JobStore:
         idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
         lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         held = self._create(
-            keys=[idem, self.keys.job(record.id), self.keys.schedule(lane)],
-            args=[record.id, record.model_dump_json()],
-        )
+            keys=[idem, self.keys.job(record.id), self.keys.schedule(lane),
+                  self.keys.status_counts(), self.keys.job_index()],
+            args=[record.id, record.model_dump_json(), self.retention_s],
+        )  # fmt: skip
         return _text(held)
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord | None]:
@@ -225,6 +239,13 @@ class JobStore:
                     for record, before in written:
                         record.updated_at = utcnow_iso()
                         pipe.set(keys[record.id], record.model_dump_json())
+                        if record.status is not before:
+                            # Counted in the transaction of the move itself: a step that
+                            # runs twice finds the job moved already and counts nothing.
+                            pipe.hincrby(self.keys.status_counts(), before.value, -1)
+                            pipe.hincrby(self.keys.status_counts(), record.status.value, 1)
+                            if record.status in TERMINAL and before not in TERMINAL:
+                                pipe.hincrby(self.keys.finished_counts(), record.status.value, 1)
                         if record.batch_id and record.status is not before:
                             self._count_move(pipe, record, before)
                         if after is not None:
@@ -262,7 +283,7 @@ class JobStore:
         items whose idempotency key an earlier job held (those got no new job)."""
         args: list[str] = [
             self.keys.idempotency(""), self.keys.job(""), str(first_index),
-            "1" if seal else "0", utcnow_iso(), batch_id,
+            "1" if seal else "0", utcnow_iso(), batch_id, str(self.retention_s),
         ]  # fmt: skip
         args += [f"{job.id}\x1f{job.idempotency_key or ''}\x1f{job.record_json}" for job in jobs]
         with self.redis.pipeline() as pipe:
@@ -275,6 +296,8 @@ class JobStore:
                     self.keys.schedule(Lane.SUBMIT_BULK),
                     self.keys.batch_counts(batch_id),
                     self.keys.schedule(Lane.NOTIFY_BATCH),
+                    self.keys.status_counts(),
+                    self.keys.job_index(),
                 ],
                 args=args,
                 client=pipe,
@@ -345,8 +368,11 @@ class JobStore:
     def count_unknown_status(self, word: str) -> None:
         self.redis.hincrby(self.keys.unknown_statuses(), word, 1)
 
-    def record_dead_letter(self, event_id: str, detail: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.dead_letters(), event_id, json.dumps(detail))
+    def record_dead_letter(self, event_id: str, detail: dict[str, Any], owner_id: str) -> None:
+        """Keep a webhook that gave up, with the job (or batch) it belongs to, for replay."""
+        self.redis.hset(
+            self.keys.dead_letters(), event_id, json.dumps({**detail, "owner_id": owner_id})
+        )
 
 
 def _text(raw: bytes | str | None) -> str:

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import structlog
+from typing import Any
+
 from celery import Celery
+from celery.signals import celeryd_init, setup_logging
 
 from producer.settings import get_settings
+from worker import logs
 from worker.config import celery_config
+from worker.metrics import MetricsStep
 from worker.pump import PumpStep
 
-structlog.configure(
-    processors=[
-        # The job id the failure boundary binds (worker/steps.py) lands in every line.
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
-    ],
-    logger_factory=structlog.PrintLoggerFactory(),
-    cache_logger_on_first_use=True,
-)
+
+@setup_logging.connect
+def _celery_logging(loglevel: Any = None, logfile: str | None = None, **_: Any) -> None:
+    """Celery hands its logging to us: one format for its lines and ours (worker/logs.py)."""
+    logs.configure(get_settings(), loglevel or "INFO", logfile)
+
+
+@celeryd_init.connect
+def _worker_starts(instance: Any = None, **_: Any) -> None:
+    logs.take_over_worker_output(instance, get_settings())
+
 
 app = Celery("videoqueue")
 app.conf.update(celery_config(get_settings()))
 app.steps["worker"].add(PumpStep)
+app.steps["worker"].add(MetricsStep)

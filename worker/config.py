@@ -50,6 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # that another worker could have run.
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Task events, so that Flower (and celery-exporter) see every task, sent included.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }

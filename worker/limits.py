@@ -18,19 +18,15 @@ nothing is handed over, and no worker waits.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
 import redis
 
-from producer.names import RATE_LIMITED, SUBMIT_LANES, Keys, Lane
+from producer.names import RATE_LIMITED, SUBMIT_LANES, Keys, Lane, account_of
 from producer.settings import Settings
 
-
-def account_of(api_key: str) -> str:
-    """The name limits are kept under for an API key: a fingerprint, never the key."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+__all__ = ["ProviderLimits", "account_of"]
 
 
 class ProviderLimits:

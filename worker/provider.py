@@ -28,6 +28,7 @@ import structlog
 from producer.errors import PermanentError, RetryableError
 from producer.requests import ASPECT_RATIOS, VideoRequest
 from producer.settings import ApiFormat, Settings
+from worker import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -337,16 +338,19 @@ class ProviderClient:
         key = self.settings.api_key.get_secret_value()
         return text.replace(key, "[redacted]") if key else text
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, operation: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
-        A success is read whole; of an error body only the first 64 KiB are read.
+        A success is read whole; of an error body only the first 64 KiB are read. Every call
+        is counted here, by operation (create, status, cancel) and answer (worker/metrics.py).
         """
         headers = {**self._auth(), **kwargs.pop("headers", {})}
+        response = None
         try:
             with self.http.stream(
                 method, self.base_url + path, headers=headers, **kwargs
             ) as response:
+                metrics.provider_request(operation, response)
                 if response.is_success:
                     response.read()
                     return response
@@ -356,6 +360,9 @@ class ProviderClient:
         except httpx.RequestError as e:  # transport, protocol and content-decoding failures
             detail = self._scrub(_clip(str(e), _SNIPPET_CHARS))
             raise RetryableError(f"{method} {path}: {type(e).__name__}: {detail}") from None
+        finally:
+            if response is None:  # no answer came
+                metrics.provider_request(operation, None)
         status = response.status_code
         body: Any = None
         if len(head) <= _ERROR_BODY_BYTES:
@@ -416,6 +423,7 @@ class ProviderClient:
         """Submit a generation; the Idempotency-Key makes a repeated call return the same task."""
         path = "/v1/videos" if api_format is ApiFormat.OPENAI else "/v1/video/create"
         response = self._call(
+            "create",
             "POST",
             path,
             json=self.create_payload(request, api_format),
@@ -431,9 +439,9 @@ class ProviderClient:
     def get(self, task_id: str, api_format: ApiFormat) -> ProviderTask:
         """The task's current state."""
         if api_format is ApiFormat.UNIFIED:
-            response = self._call("GET", "/v1/video/query", params={"id": task_id})
+            response = self._call("status", "GET", "/v1/video/query", params={"id": task_id})
         else:
-            response = self._call("GET", f"/v1/videos/{task_id}")
+            response = self._call("status", "GET", f"/v1/videos/{task_id}")
         task = self.parse_task(response, task_id)
         if task.state is TaskState.DONE and not task.video_url:
             # OpenAI's own API gives no URL: the bytes come from the content route.
@@ -508,7 +516,7 @@ class ProviderClient:
     def cancel(self, task_id: str) -> bool:
         """Ask the provider to drop a task (DELETE /v1/videos/{id}); False where it can't."""
         try:
-            self._call("DELETE", f"/v1/videos/{task_id}")
+            self._call("cancel", "DELETE", f"/v1/videos/{task_id}")
         except (PermanentError, RetryableError):
             return False
         return True

@@ -180,12 +180,15 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        from worker import metrics
         from worker.runtime import runtime
 
         pump = runtime().pump
         while not self._stop.is_set():
             try:
-                claimed = sum(c.entries for c in pump.claim_due().values())
+                passed = pump.claim_due()
+                metrics.claims(passed)
+                claimed = sum(c.entries for c in passed.values())
             except Exception as e:  # noqa: BLE001  (the pump must outlive anything)
                 # Once a second, not every tick: an outage should not flood the log.
                 if isinstance(e, redis.RedisError):

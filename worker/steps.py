@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 from celery import Task
+from celery.signals import task_postrun, task_prerun
 
 from producer.errors import JobNotFound
 from producer.names import SUBMIT_LANES, Lane
@@ -39,9 +40,11 @@ from producer.records import (
     WebhookState,
     utcnow_iso,
 )
+from worker import metrics
 from worker.leases import Lease
 from worker.runtime import runtime
 from worker.timing import retry_delay_s
+from worker.webhooks import message_id
 
 log = structlog.get_logger("videoqueue.worker")
 
@@ -126,6 +129,7 @@ class Job:
             record.error = ErrorInfo(code=str(code), message=message)
 
         if self.end(failed, "video.failed"):
+            metrics.JOB_FAILURES.labels(str(code)[:64]).inc()
             log.warning("job failed", code=code, message=message)
 
 
@@ -136,6 +140,8 @@ class Step(Task):  # type: ignore[misc]
     lanes: frozenset[Lane] = frozenset()
     # The task takes all its claim's jobs in one call (polls), not one job per call.
     batched = False
+    # The records this task's claim loaded, for the log context of each job's boundary.
+    _loaded: dict[str, JobRecord] = {}
 
     def __call__(
         self, members: list[str], token: str, lane: str, recovered: Sequence[str] = ()
@@ -144,9 +150,14 @@ class Step(Task):  # type: ignore[misc]
         s = rt.settings
         claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token, rt.limits.in_flight)
         held = claim.held(members)
+        self._loaded = {}
         if not held:
             return  # a newer claim holds these entries: this message is stale
-        with claim.heartbeat(held, s.lease_s, s.step_timeout_s):
+        step = self.name.rsplit(".", 1)[-1]
+        with (
+            metrics.STEP_DURATION.labels(step).time(),
+            claim.heartbeat(held, s.lease_s, s.step_timeout_s),
+        ):
             self.run_claim(held, Lane(lane), token, frozenset(recovered))
 
     def run_claim(
@@ -175,6 +186,8 @@ class Step(Task):  # type: ignore[misc]
             rt.store.schedule.place(job_id, None, token=token)
             return None
         job = Job(job_id, record, lane, token)
+        self._loaded[job_id] = record
+        bind_job(record)
         if recovered:
             record = job.update(_count_recovery)
             log.warning("step recovered", recoveries=record.recoveries, lane=lane.value)
@@ -208,11 +221,15 @@ class Step(Task):  # type: ignore[misc]
         tokens = [token] * len(members) if isinstance(token, str) else token
         bound = {"job_id": members[0]} if len(members) == 1 else {"jobs": len(members)}
         with structlog.contextvars.bound_contextvars(**bound, step=self.name):
+            if len(members) == 1 and (record := self._loaded.get(members[0])) is not None:
+                bind_job(record)
             try:
                 yield
             except Exception as e:  # the failure boundary: every task's, in one place
                 for m, t in zip(members, tokens, strict=True):
                     self.on_fault(m, lane, t, e)
+            finally:
+                structlog.contextvars.unbind_contextvars(*_JOB_CONTEXT)
 
     def on_fault(self, member: str, lane: Lane, token: str, error: Exception) -> None:
         rt = runtime()
@@ -238,14 +255,49 @@ class Step(Task):  # type: ignore[misc]
         """End the entry's job for good after too many faults."""
         job = Job(member, runtime().store.get(member), lane, token)
         if job.record.terminal:  # it is its webhook that keeps failing: stop delivering it
-            job.update(lambda r: _stop_delivering(r.webhook, message))
+            record = job.update(lambda r: _stop_delivering(r.webhook, message))
+            _dead_letter(member, record.webhook)
             job.revisit()
             return
         job.fail("internal_error", message)
 
 
+# What the log context says about the job a step handles, besides its id.
+_JOB_CONTEXT = ("batch_id", "provider", "provider_task_id")
+
+
+def bind_job(record: JobRecord) -> None:
+    """Bind the job's batch and provider task into every log line until its boundary ends."""
+    known = {"batch_id": record.batch_id, "provider_task_id": record.provider_task_id}
+    structlog.contextvars.bind_contextvars(
+        provider=metrics.PROVIDER, **{k: v for k, v in known.items() if v}
+    )
+
+
+@task_prerun.connect
+def _bind_task(sender: Any = None, args: Any = None, **_: Any) -> None:
+    """For the whole of a task on one entry (Celery's own lines about it included), the
+    entry's id is in the log context: a job's, or a batch's for batch steps."""
+    structlog.contextvars.clear_contextvars()
+    if isinstance(sender, Step) and args and isinstance(args[0], list) and len(args[0]) == 1:
+        key = "batch_id" if isinstance(sender, BatchStep) else "job_id"
+        structlog.contextvars.bind_contextvars(**{key: args[0][0]})
+
+
+@task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
 def _count_recovery(record: JobRecord) -> None:
     record.recoveries += 1
+
+
+def _dead_letter(owner_id: str, hook: WebhookDelivery | None) -> None:
+    """Keep a webhook given up on in the dead letters, where `videoqueue webhooks` finds it."""
+    if hook is not None and hook.state is WebhookState.DEAD:
+        msg_id = message_id(owner_id, hook.event_type)
+        runtime().store.record_dead_letter(msg_id, hook.model_dump(mode="json"), owner_id)
 
 
 def _stop_delivering(hook: WebhookDelivery | None, message: str) -> bool:
@@ -291,4 +343,5 @@ class BatchStep(Step):
         hook = st.get_batch(member, with_jobs=False).webhook
         if hook is not None and _stop_delivering(hook, message):
             st.set_batch_fields(member, {"webhook": hook.model_dump_json()})
+            _dead_letter(member, hook)
         BatchEntry(member, lane, token).done()

@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from producer.errors import InvalidVideo, RetryableError
 from producer.settings import Settings
+from worker import metrics
 from worker.media import check_ftyp
 
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
@@ -31,25 +32,41 @@ class UrlExpired(Exception):
     """Raised when the provider's file URL answers 403/410: ask the provider for a new one."""
 
 
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the configured endpoint; credentials come from boto3's chain."""
+def s3_client(settings: Settings, **config: Any) -> Any:
+    """A boto3 S3 client for the configured endpoint; credentials come from boto3's chain.
+
+    Args:
+        **config: botocore Config options over ours (e.g. short timeouts for a check).
+    """
+    options: dict[str, Any] = {
+        # Some S3-compatible servers (SeaweedFS, older MinIO) mishandle boto3's default
+        # CRC32 trailers on streamed parts; checksums are asked for only where required.
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        "s3": {"addressing_style": "path"},
+        "retries": {"max_attempts": 5, "mode": "standard"},
+    }
     return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
-        config=Config(
-            # Some S3-compatible servers (SeaweedFS, older MinIO) mishandle boto3's default
-            # CRC32 trailers on streamed parts; checksums are asked for only where required.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 5, "mode": "standard"},
-        ),
+        config=Config(**{**options, **config}),
     )
 
 
+# Parts of a multipart upload that nobody completed or aborted (its worker died mid-copy)
+# are kept, and billed, until a rule like this removes them (`videoqueue doctor` checks it).
+ABORT_INCOMPLETE_UPLOADS = {
+    "Rules": [{
+        "ID": "abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }]
+}  # fmt: skip
+
+
 def ensure_bucket(client: Any, bucket: str) -> None:
-    """Create the bucket unless it exists."""
+    """Create the bucket unless it exists, with a rule that aborts incomplete uploads (an
+    existing bucket's lifecycle rules are left as they are)."""
     try:
         client.head_bucket(Bucket=bucket)
     except ClientError as e:
@@ -63,6 +80,10 @@ def ensure_bucket(client: Any, bucket: str) -> None:
                 "BucketAlreadyExists",
             ):
                 raise
+            return  # another worker made it (and its rule)
+        client.put_bucket_lifecycle_configuration(
+            Bucket=bucket, LifecycleConfiguration=ABORT_INCOMPLETE_UPLOADS
+        )
 
 
 @dataclass
@@ -146,6 +167,7 @@ def stream_to_s3(
         with contextlib.suppress(ClientError):
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
+    metrics.S3_COPIED_BYTES.inc(size)
     return Upload(size_bytes=size, sha256=digest.hexdigest())
 
 
@@ -167,26 +189,39 @@ def copy_url_to_s3(
         UrlExpired: the URL answered 403 or 410.
     """
     s = settings
-    with http.stream(
-        "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
-    ) as response:
-        if response.status_code in (403, 410):
-            raise UrlExpired(f"HTTP {response.status_code}")
-        if not response.is_success:
-            raise OSError(f"download answered HTTP {response.status_code}")
-        expected = response.headers.get("content-length")
-        encoded = response.headers.get("content-encoding", "identity") != "identity"
-        try:
-            expected_size = int(expected) if expected and not encoded else None
-        except ValueError:
-            expected_size = None  # an unparsable length is checked by the probe instead
-        return stream_to_s3(
-            response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
-            s3,
-            s.s3_bucket,
-            key,
-            metadata=metadata,
-            part_size_bytes=s.s3_part_size_bytes,
-            parts_in_flight=s.s3_parts_in_flight,
-            expected_size_bytes=expected_size,
-        )
+    response = None
+    try:
+        with http.stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
+        ) as response:
+            metrics.provider_request("download", response)
+            return _store_download(response, s3, key, metadata, s)
+    finally:
+        if response is None:  # no answer came: counted once, as "error"
+            metrics.provider_request("download", None)
+
+
+def _store_download(
+    response: httpx.Response, s3: Any, key: str, metadata: dict[str, str], s: Settings
+) -> Upload:
+    """The body of an answered download, streamed into S3."""
+    if response.status_code in (403, 410):
+        raise UrlExpired(f"HTTP {response.status_code}")
+    if not response.is_success:
+        raise OSError(f"download answered HTTP {response.status_code}")
+    expected = response.headers.get("content-length")
+    encoded = response.headers.get("content-encoding", "identity") != "identity"
+    try:
+        expected_size = int(expected) if expected and not encoded else None
+    except ValueError:
+        expected_size = None  # an unparsable length is checked by the probe instead
+    return stream_to_s3(
+        response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
+        s3,
+        s.s3_bucket,
+        key,
+        metadata=metadata,
+        part_size_bytes=s.s3_part_size_bytes,
+        parts_in_flight=s.s3_parts_in_flight,
+        expected_size_bytes=expected_size,
+    )

@@ -86,7 +86,7 @@ def submit(job: Job) -> None:
         request = VideoRequest.model_validate(record.request)
         api_format = ApiFormat(record.api_format or s.api_format)
         try:
-            task = rt.provider.create(request, api_format, idempotency_key=job.id)
+            task = rt.provider.create(request, api_format, idempotency_key=record.submit_key)
         except RetryableError as e:
             if record.attempts >= s.submit_max_attempts:
                 return job.fail(e.code, f"gave up after {record.attempts} attempts: {e}")
@@ -381,7 +381,7 @@ def notify(job: Job) -> None:
     record = job.update(count)
     assert record.webhook is not None
     if record.webhook.state is WebhookState.DEAD:
-        rt.store.record_dead_letter(msg_id, record.webhook.model_dump(mode="json"))
+        rt.store.record_dead_letter(msg_id, record.webhook.model_dump(mode="json"), job.id)
         log.warning("webhook dead-lettered", msg_id=msg_id, attempts=record.webhook.attempts)
     pending = record.webhook.state is WebhookState.PENDING
     job.revisit(retry_delay(record.webhook, result, schedule_s) if pending else 0.0)
@@ -407,7 +407,7 @@ def notify_batch(entry: BatchEntry) -> None:
     # One claim holds a batch's entry at a time: a plain write.
     st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()})
     if hook.state is WebhookState.DEAD:
-        st.record_dead_letter(msg_id, hook.model_dump(mode="json"))
+        st.record_dead_letter(msg_id, hook.model_dump(mode="json"), entry.id)
     if hook.state is WebhookState.PENDING:
         return entry.revisit(retry_delay(hook, result, schedule_s))
     entry.done()

@@ -16,6 +16,7 @@ from producer.errors import BlockedUrl
 from producer.records import WebhookDelivery, WebhookState, utcnow_iso
 from producer.settings import Settings
 from producer.store import JobStore
+from worker import metrics
 from worker.provider import retry_after_s
 from worker.timing import bounded_hint_s
 
@@ -116,4 +117,6 @@ def send_event(
     )
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     msg_id = message_id(owner_id, hook.event_type)
-    return msg_id, deliver(http, hook.url, body, msg_id, secret, settings.webhook_timeout_s)
+    result = deliver(http, hook.url, body, msg_id, secret, settings.webhook_timeout_s)
+    metrics.webhook_delivery(result.ok, result.status_code, result.blocked)
+    return msg_id, result

@@ -132,3 +132,104 @@ def test_environment_names_are_settings_fields() -> None:
     assert "VIDEOQUEUE_BROKER_URL" in names
     fields = {f"VIDEOQUEUE_{field.upper()}" for field in Settings.model_fields}
     assert names <= fields, f"not settings fields: {sorted(names - fields)}"
+
+
+# --- images, the Dockerfile, observability and CI (checked statically, as above) ---
+
+DOCKERFILE = ROOT / "ops" / "docker" / "Dockerfile"
+
+
+def _volume_sources(service: dict[str, Any]) -> list[str]:
+    """The host paths a service bind-mounts (named volumes left out)."""
+    found = []
+    for volume in service.get("volumes", []):
+        source = volume.split(":", 1)[0] if isinstance(volume, str) else volume.get("source")
+        if source and source.startswith((".", "/")):
+            found.append(source)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items() if "build" not in s))
+def test_every_third_party_image_has_a_pinned_tag(name: str) -> None:
+    image = str(SERVICES[name]["image"])
+    repository, _, tag = image.rpartition(":")
+    assert repository and tag and "/" not in tag, f"{name}: {image} has no tag"
+    assert tag != "latest" and re.search(r"\d+\.\d+", tag), f"{name}: {image} is not pinned"
+
+
+def test_dockerfile_pins_its_base_and_installs_dependencies_before_the_sources() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    base = next(line for line in lines if line.startswith("FROM "))
+    assert re.search(r":\d+\.\d+\.\d+", base), base
+    deps = next(i for i, line in enumerate(lines) if re.search(r"pip install .*\.\[ops\]", line)
+                or "pip install \".[ops]\"" in line)  # fmt: skip
+    sources = [i for i, line in enumerate(lines) if re.match(r"COPY (producer|worker|ops)\b", line)]
+    assert sources and deps < min(sources), "dependencies must install before sources are copied"
+    copied_first = [line for line in lines[:deps] if line.startswith("COPY ")]
+    assert copied_first == ["COPY pyproject.toml README.md ./"]
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", "tests", "bench"} <= ignored
+    assert not ignored & {"producer", "worker", "ops", "pyproject.toml", "README.md"}
+
+
+def test_flower_requires_basic_auth() -> None:
+    flower = SERVICES["flower"]
+    argv = _argv(flower["command"])
+    env = flower.get("environment", {})
+    auth = env.get("FLOWER_BASIC_AUTH", "") if isinstance(env, dict) else ""
+    assert any(a.startswith("--basic-auth") for a in argv) or auth
+    # No default password: compose refuses to start without one (${VAR:?message}).
+    assert "${FLOWER_BASIC_AUTH:?" in str(auth) or "--basic-auth=${" in " ".join(argv)
+    assert "Authorization" in " ".join(flower["healthcheck"]["test"])
+
+
+def test_prometheus_scrapes_the_workers_metrics_port() -> None:
+    worker_env = SERVICES["worker"]["environment"]
+    port = int(worker_env["VIDEOQUEUE_METRICS_PORT"])
+    assert "VIDEOQUEUE_METRICS_PORT" in {f"VIDEOQUEUE_{f.upper()}" for f in Settings.model_fields}
+    prometheus = SERVICES["prometheus"]
+    (config_path,) = [s for s in _volume_sources(prometheus) if s.endswith(".yml")]
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    targets = []
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            targets += [(name, sd["port"]) for name in sd["names"]]
+        for static in job.get("static_configs", []):
+            targets += [tuple(t.rsplit(":", 1)) for t in static["targets"]]
+    assert ("worker", port) in [(n, int(p)) for n, p in targets]
+
+
+def test_grafana_provisions_prometheus_and_the_dashboard() -> None:
+    grafana = SERVICES["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"] if v.startswith("./")}
+    for source in mounts:
+        assert (ROOT / source).exists(), source
+    dashboards_dir = next(src for src, dst in mounts.items() if "dashboards" in dst)
+    assert (ROOT / dashboards_dir / "videoqueue.json").is_file()
+    provisioning = ROOT / next(src for src, dst in mounts.items() if dst.endswith("provisioning"))
+    provider = yaml.safe_load((provisioning / "dashboards" / "videoqueue.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mounts[dashboards_dir]
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert source["datasources"][0]["url"].startswith("http://prometheus:")
+    assert "GF_SECURITY_ADMIN_PASSWORD" in grafana["environment"]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_bind_mounts_exist_in_the_repository(name: str) -> None:
+    for source in _volume_sources(SERVICES[name]):
+        assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repo"
+
+
+def test_ci_runs_lint_typecheck_and_the_tests() -> None:
+    commands = [
+        line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip().startswith("make ")
+    ]  # fmt: skip
+    assert commands == ["make lint", "make typecheck", "make test"]

@@ -1,0 +1,106 @@
+"""The deployment's state, read from Redis in one round trip: what `videoqueue stats` prints
+and what each worker host's metrics endpoint reports at scrape time (worker/metrics.py).
+
+Every figure here is deployment-wide, not per host: the same on every host that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from producer.names import LANES, SUBMIT_LANES, Keys, Lane, account_of
+from producer.records import TERMINAL, JobStatus
+from producer.settings import Settings
+from producer.store import JobStore
+
+
+@dataclass
+class LaneDepth:
+    """One lane of the schedule: entries due now, waiting for a later time, and leased (a
+    step is running on them), and how late the most overdue one is."""
+
+    due: int = 0
+    waiting: int = 0
+    leased: int = 0
+    oldest_due_s: float = 0.0
+
+
+@dataclass
+class Stats:
+    """A snapshot of the deployment."""
+
+    jobs: dict[str, int]  # jobs in each status now
+    finished: dict[str, int]  # jobs that ever ended, by terminal status
+    schedule: dict[str, LaneDepth]
+    account: str  # the API key's fingerprint the provider limits are kept under
+    in_flight: int  # generations holding a provider slot
+    in_flight_cap: int | None
+    parked: int  # submits due but waiting (for a free provider slot or a rate token)
+    dead_letters: int
+    unknown_statuses: dict[str, int] = field(default_factory=dict)
+
+
+def read_stats(store: JobStore, settings: Settings) -> Stats:
+    """The deployment's state now (one pipelined round trip, then one for leases)."""
+    keys: Keys = store.keys
+    account = account_of(settings.api_key.get_secret_value())
+    seconds, micros = store.redis.time()
+    now = seconds + micros / 1e6
+    with store.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.status_counts())
+        pipe.hgetall(keys.finished_counts())
+        for lane in LANES:
+            pipe.zcount(keys.schedule(lane), "-inf", now)
+            pipe.zcard(keys.schedule(lane))
+            pipe.zrange(keys.schedule(lane), 0, 0, withscores=True)
+        pipe.hkeys(keys.leases())
+        pipe.zcount(keys.in_flight(account), now, "+inf")
+        pipe.hlen(keys.dead_letters())
+        pipe.hgetall(keys.unknown_statuses())
+        found = pipe.execute()
+    counts = {_text(k): int(v) for k, v in found[0].items()}
+    # Jobs enqueued before the counts existed can move a count below zero: shown as 0.
+    jobs = {s.value: max(0, counts.get(s.value, 0)) for s in JobStatus}
+    ended = {_text(k): int(v) for k, v in found[1].items()}
+    finished = {s.value: ended.get(s.value, 0) for s in TERMINAL}
+    leases, in_flight, dead, unknown = found[2 + 3 * len(LANES) :]
+    schedule: dict[str, LaneDepth] = {}
+    leased = _leased_by_lane(store, [_text(m) for m in leases], now)
+    for i, lane in enumerate(LANES):
+        due, total, first = found[2 + 3 * i : 5 + 3 * i]
+        held = leased.get(lane, 0)
+        oldest = now - float(first[0][1]) if first and due else 0.0
+        schedule[lane.value] = LaneDepth(
+            due=int(due), waiting=max(0, int(total) - int(due) - held), leased=held,
+            oldest_due_s=max(0.0, oldest),
+        )  # fmt: skip
+    return Stats(
+        jobs=jobs,
+        finished=finished,
+        schedule=schedule,
+        account=account,
+        in_flight=int(in_flight),
+        in_flight_cap=settings.max_in_flight,
+        parked=sum(schedule[lane.value].due for lane in SUBMIT_LANES),
+        dead_letters=int(dead),
+        unknown_statuses={_text(k): int(v) for k, v in unknown.items()},
+    )
+
+
+def _leased_by_lane(store: JobStore, members: list[str], now: float) -> dict[Lane, int]:
+    """How many of the leased entries sit in each lane (leases are few: the claims running)."""
+    if not members:
+        return {}
+    with store.redis.pipeline(transaction=False) as pipe:
+        for lane in LANES:
+            pipe.zmscore(store.keys.schedule(lane), members)
+        scores = pipe.execute()
+    # A lease pushed its entry's score ahead; one that ran out is due again, not leased.
+    return {
+        lane: sum(1 for s in lane_scores if s is not None and s > now)
+        for lane, lane_scores in zip(LANES, scores, strict=True)
+    }
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -1,0 +1,62 @@
+"""Worker logs through real worker processes: one format for Celery's lines and ours, the
+job's id on every line about it, and no secret in either format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from producer import enqueue, get
+from producer.records import TERMINAL
+from tests.e2e.conftest import API_KEY, WEBHOOK_SECRET, eventually
+
+
+def run_jobs(p, n: int = 3) -> list[str]:
+    job_ids = [enqueue(p.request(), settings=p.settings) for _ in range(n)]
+    eventually(lambda: all(get(j, settings=p.settings).status in TERMINAL for j in job_ids), 60)
+    eventually(lambda: len(p.receiver.verified_events()) >= n, 30)
+    return job_ids
+
+
+def assert_no_secrets(text: str) -> None:
+    assert API_KEY not in text
+    assert WEBHOOK_SECRET not in text
+    assert WEBHOOK_SECRET.removeprefix("whsec_") not in text
+    # The sandbox signs its file URLs with ?exp=...&sig=...: no signature reaches a log.
+    assert "sig=" not in text
+
+
+def test_json_log_parses_line_by_line_and_every_job_line_has_its_id(make_pipeline):
+    # The provider echoes the key and a failed job's message quotes it: it must not leak.
+    p = make_pipeline(env={"VIDEOQUEUE_LOG_FORMAT": "json"}, sandbox={"fail_rate": 0.3})
+    job_ids = run_jobs(p, 4)
+    p.workers[0].stop()  # its shutdown lines too
+    text = p.workers[0].log_path.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert all(isinstance(line, dict) and "event" in line for line in lines)
+    # Celery's own lines share the format.
+    assert any(str(line.get("logger", "")).startswith("celery") for line in lines)
+    for job_id in job_ids:
+        about = [line for line in lines if job_id in json.dumps(line)]
+        assert about, f"no line about {job_id}"
+        for line in about:
+            assert line.get("job_id") == job_id, line
+        # Celery's line about the task that handled it carries the id too.
+        assert any(str(line.get("logger", "")).startswith("celery") for line in about)
+        assert any(line.get("provider_task_id") for line in about)
+    assert_no_secrets(text)
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_no_secret_or_signed_url_reaches_the_log(make_pipeline, fmt):
+    """With httpx at its most talkative and failures quoting answers, either format stays
+    clean."""
+    p = make_pipeline(
+        env={"VIDEOQUEUE_LOG_FORMAT": fmt}, sandbox={"fail_rate": 0.5, "error_rate": 0.2}
+    )
+    job_ids = run_jobs(p, 3)
+    text = p.workers[0].log_path.read_text()
+    assert_no_secrets(text)
+    for job_id in job_ids:
+        assert f"job_id={job_id!r}" in text or f'"job_id": "{job_id}"' in text

@@ -1,0 +1,219 @@
+"""The operator's commands as a real process, against real Redis, S3, sandbox and workers:
+jobs list, retry, webhooks dead/replay, stats, doctor, and what every command does when Redis
+or S3 is gone."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from standardwebhooks.webhooks import Webhook
+
+from ops.stack import free_port, redis_server
+from producer import enqueue, enqueue_batch, get
+from producer.records import TERMINAL, JobStatus, WebhookState
+from tests.e2e.conftest import WEBHOOK_SECRET, eventually
+from tests.e2e.test_cli import run
+
+
+def ended(p, job_id: str):
+    return eventually(lambda: (r := get(job_id, settings=p.settings)).status in TERMINAL and r, 60)
+
+
+def test_jobs_list_prints_job_records_filtered_by_status_batch_and_limit(make_pipeline):
+    p = make_pipeline(sandbox={"fail_rate": 0.5, "seed": 3})
+    job_ids = [enqueue(p.request(), settings=p.settings) for _ in range(6)]
+    records = [ended(p, j) for j in job_ids]
+    failed = {r.id for r in records if r.status is JobStatus.FAILED}
+    assert failed and len(failed) < len(job_ids)
+
+    listed = run(p.env, "jobs", "list", "--status", "failed", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert isinstance(rows, list) and {r["id"] for r in rows} == failed
+    assert all(r["status"] == "failed" and r["error"]["code"] for r in rows)
+
+    newest = json.loads(run(p.env, "jobs", "list", "--limit", "2", "--json").stdout)
+    assert [r["id"] for r in newest] == job_ids[::-1][:2]
+    assert len(json.loads(run(p.env, "jobs", "list", "--since", "1h", "--json").stdout)) == 6
+    future = run(p.env, "jobs", "list", "--since", "2999-01-01T00:00:00Z", "--json")
+    assert json.loads(future.stdout) == []
+
+    batch_id = enqueue_batch([p.request(), p.request()], settings=p.settings)
+    in_batch = json.loads(run(p.env, "jobs", "list", "--batch", batch_id, "--json").stdout)
+    assert len(in_batch) == 2 and all(r["batch_id"] == batch_id for r in in_batch)
+
+
+def test_retry_of_a_job_failed_at_download_copies_again_without_a_new_provider_task(
+    make_pipeline, s3_client
+):
+    p = make_pipeline(sandbox={"truncate_rate": 1.0}, env={"VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "1"})
+    job_id = enqueue(p.request(), settings=p.settings)
+    failed = ended(p, job_id)
+    assert failed.status is JobStatus.FAILED and failed.error.code == "download_failed"
+    p.sandbox.configure(truncate_rate=0.0)
+
+    retried = run(p.env, "retry", job_id, "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["status"] == "finalizing"
+    done = ended(p, job_id)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.provider_task_id == failed.provider_task_id
+    stats = p.sandbox.stats()
+    assert stats["totals"]["creates"] == 1
+    head = s3_client.head_object(Bucket=done.output.bucket, Key=done.output.key)
+    assert head["ContentLength"] == done.output.size_bytes
+    # Its webhook went out again, now as video.completed.
+    eventually(lambda: any(e["type"] == "video.completed" for e in p.receiver.verified_events()))
+
+
+def test_retry_refuses_a_new_provider_task_unless_resubmit(make_pipeline):
+    p = make_pipeline(sandbox={"fail_rate": 1.0})
+    job_id = enqueue(p.request(), settings=p.settings)
+    failed = ended(p, job_id)
+    assert failed.status is JobStatus.FAILED
+
+    refused = run(p.env, "retry", job_id)
+    assert refused.returncode == 1
+    assert "--resubmit" in refused.stderr and "Traceback" not in refused.stderr
+    assert get(job_id, settings=p.settings).status is JobStatus.FAILED
+    assert p.sandbox.stats()["totals"]["creates"] == 1
+
+    p.sandbox.configure(fail_rate=0.0)
+    resubmitted = run(p.env, "retry", job_id, "--resubmit")
+    assert resubmitted.returncode == 0, resubmitted.stderr
+    done = ended(p, job_id)
+    assert done.status is JobStatus.COMPLETED
+    assert done.provider_task_id != failed.provider_task_id and done.resubmits == 1
+    assert p.sandbox.stats()["totals"]["creates"] == 2
+
+    not_failed = run(p.env, "retry", job_id)
+    assert not_failed.returncode == 1 and "only a failed job" in not_failed.stderr
+
+
+def test_replay_of_a_dead_lettered_webhook_keeps_its_id_and_body(make_pipeline):
+    p = make_pipeline()
+    p.receiver.fail_first = 100
+    job_id = enqueue(p.request(), settings=p.settings)
+    eventually(
+        lambda: (
+            (r := get(job_id, settings=p.settings)).webhook and r.webhook.state is WebhookState.DEAD
+        ),
+        30,
+    )
+    first = p.receiver.deliveries[0]
+
+    dead = run(p.env, "webhooks", "dead", "--json")
+    letters = json.loads(dead.stdout)
+    assert [(e["id"], e["owner_id"]) for e in letters] == [(first.headers["webhook-id"], job_id)]
+
+    p.receiver.fail_first = 0
+    p.receiver.clear()
+    replayed = run(p.env, "webhooks", "replay", letters[0]["id"], "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout)[0]["ok"] is True
+    (delivery,) = p.receiver.deliveries
+    assert delivery.headers["webhook-id"] == first.headers["webhook-id"]
+    assert delivery.body == first.body
+    Webhook(WEBHOOK_SECRET).verify(delivery.body.decode(), dict(delivery.headers))
+    assert get(job_id, settings=p.settings).webhook.state is WebhookState.DELIVERED
+    assert json.loads(run(p.env, "webhooks", "dead", "--json").stdout) == []
+    again = run(p.env, "webhooks", "replay", "--all", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout) == []
+    unknown = run(p.env, "webhooks", "replay", "msg_nope")
+    assert unknown.returncode == 1 and "msg_nope" in unknown.stderr
+
+
+def test_stats_reports_jobs_by_status_and_the_schedule(make_pipeline):
+    p = make_pipeline(workers=0, env={"VIDEOQUEUE_MAX_IN_FLIGHT": "3"})
+    for _ in range(2):
+        enqueue(p.request(), settings=p.settings)
+    shown = run(p.env, "stats", "--json")
+    assert shown.returncode == 0, shown.stderr
+    snapshot = json.loads(shown.stdout)
+    assert snapshot["jobs"]["queued"] == 2 and snapshot["finished"]["completed"] == 0
+    assert snapshot["schedule"]["submit"]["due"] == 2
+    assert snapshot["parked"] == 2 and snapshot["in_flight_cap"] == 3
+    assert "submit" in run(p.env, "stats").stdout
+
+
+def test_doctor_passes_on_a_healthy_stack_and_names_what_fails(make_pipeline, tmp_path):
+    p = make_pipeline(workers=0)
+    with redis_server(workdir=tmp_path / "redis") as aof_redis:
+        healthy = {**p.env, "VIDEOQUEUE_BROKER_URL": aof_redis}
+        ok = run(healthy, "doctor")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "problem" not in ok.stdout
+        checks = json.loads(run(healthy, "doctor", "--json").stdout)
+        assert all(c["ok"] for c in checks) and len(checks) >= 9
+
+        no_bucket = run({**healthy, "VIDEOQUEUE_S3_BUCKET": "videoqueue-missing"}, "doctor")
+        assert no_bucket.returncode == 1
+        assert "videoqueue-missing" in no_bucket.stdout and "fix:" in no_bucket.stdout
+
+        bad_key = run({**healthy, "VIDEOQUEUE_API_KEY": "sk-wrong"}, "doctor", "--json")
+        failed = {c["name"] for c in json.loads(bad_key.stdout) if not c["ok"]}
+        assert bad_key.returncode == 1 and failed == {"provider API key"}
+
+    # The test Redis runs without an append-only file.
+    no_aof = run(p.env, "doctor", "--json")
+    assert no_aof.returncode == 1
+    failed = {c["name"] for c in json.loads(no_aof.stdout) if not c["ok"]}
+    assert "Redis persistence (AOF)" in failed
+
+
+def test_commands_answer_an_outage_with_one_line_and_exit_1(make_pipeline):
+    p = make_pipeline(workers=0)
+    gone = {**p.env, "VIDEOQUEUE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    for args in (["status", "job_x"], ["jobs", "list"], ["stats"], ["retry", "job_x"],
+                 ["webhooks", "dead"], ["submit", "--prompt", "a fox"]):  # fmt: skip
+        answer = run(gone, *args)
+        assert answer.returncode == 1, (args, answer.stderr)
+        assert "Traceback" not in answer.stderr
+        lines = answer.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Redis" in lines[0] and "unreachable" in lines[0], args
+    no_s3 = {**p.env, "VIDEOQUEUE_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    answer = run(no_s3, "doctor")
+    assert answer.returncode == 1 and "S3" in answer.stdout and "Traceback" not in answer.stderr
+    assert run(p.env, "--version").stdout.startswith("videoqueue ")
+
+
+def test_a_webhook_given_up_after_faults_is_listed_as_dead(make_pipeline):
+    """A notify step that keeps failing gives the webhook up into the dead letters too."""
+    from producer.jobs import store
+
+    p = make_pipeline(workers=0, env={"VIDEOQUEUE_FAULT_MAX_ATTEMPTS": "2"})
+    job_id = enqueue(p.request(), settings=p.settings)
+    st = store(p.settings)
+    st.redis.rpush(st.keys.event_body(job_id), "not a body")  # reading it raises WRONGTYPE
+    p.start_worker()
+    eventually(
+        lambda: (
+            (r := get(job_id, settings=p.settings)).webhook and r.webhook.state is WebhookState.DEAD
+        ),
+        30,
+    )
+    letters = json.loads(run(p.env, "webhooks", "dead", "--json").stdout)
+    assert [e["owner_id"] for e in letters] == [job_id]
+    assert letters[0]["last_error"].startswith("internal_error")
+    st.redis.delete(st.keys.event_body(job_id))
+    replay = run(p.env, "webhooks", "replay", "--all", "--json")
+    assert replay.returncode == 1 and "no longer kept" in replay.stdout
+
+
+def test_the_job_index_forgets_jobs_older_than_the_retention(make_pipeline):
+    from producer.jobs import store
+
+    p = make_pipeline(workers=0, env={"VIDEOQUEUE_RECORD_TTL_S": "0.5"})
+    first = enqueue(p.request(), settings=p.settings)
+    time.sleep(0.6)
+    second = enqueue(p.request(), settings=p.settings)
+    batch_id = enqueue_batch([p.request()], settings=p.settings)
+    st = store(p.settings)
+    indexed = {m.decode() for m in st.redis.zrange(st.keys.job_index(), 0, -1)}
+    assert first not in indexed and second in indexed and len(indexed) == 2
+    assert get(first, settings=p.settings).id == first  # the record itself is still there
+    assert {r["batch_id"] for r in json.loads(run(p.env, "jobs", "list", "--json").stdout)} == {
+        None,
+        batch_id,
+    }
