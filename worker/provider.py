@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,6 +30,10 @@ from producer.requests import ASPECT_RATIOS, VideoRequest
 from producer.settings import ApiFormat, Settings
 
 log = structlog.get_logger(__name__)
+
+
+# What an API call is for (the label metrics count calls by).
+Operation = Literal["create", "status", "download", "cancel"]
 
 
 class TaskState(StrEnum):
@@ -44,11 +48,11 @@ class TaskState(StrEnum):
 
 # Every word seen in the wild (shared/reference/provider-vocabularies.md), lower-cased.
 _WORDS = {
-    TaskState.WAITING: "queued pending submitted not_start preparing created starting"
-    " preprocessing unknown in_queue",
-    TaskState.RUNNING: "processing in_progress running generating",
-    TaskState.DONE: "completed complete success succeeded finished",
-    TaskState.FAILED: "failed failure fail error cancelled canceled expired timeout",
+    TaskState.WAITING: "queued pending submitted not_start notstarted preparing created starting"
+    " preprocessing queueing in_queue throttled unknown",
+    TaskState.RUNNING: "processing in_progress running generating dreaming",
+    TaskState.DONE: "completed complete success succeeded succeed finished done",
+    TaskState.FAILED: "failed failure fail error cancelled canceled aborted expired timeout",
 }
 VOCABULARY: dict[str, TaskState] = {
     word: state for state, words in _WORDS.items() for word in words.split()
@@ -178,6 +182,41 @@ def _text(value: Any) -> str:
     return _render(value, _MESSAGE_CHARS)
 
 
+# Where providers put why a task failed, in the order tried (provider-vocabularies.md, "Why a
+# task failed"): new-api's fail_reason, Azure's and Luma's failure_reason, Runway's failure,
+# Kling's task_status_msg, MiniMax's base_resp.status_msg, then the generic ones.
+_REASON_FIELDS = (
+    ("fail_reason", "code"),
+    ("failure_reason", "code"),
+    ("failure", "failureCode"),
+    ("task_status_msg", "code"),
+    ("base_resp.status_msg", "base_resp.status_code"),
+    ("message", "code"),
+    ("detail", "code"),
+)
+
+
+def at(body: Any, path: str) -> Any:
+    """The value at a dotted path ("a.b[0].c") in a JSON value; None where it does not lead.
+
+    Never raises: a missing key, an index past the end or a step into a non-container is None.
+    """
+    value = body
+    for step in path.replace("[", ".[").split("."):
+        if not step:
+            continue
+        if step.startswith("["):
+            index = step.strip("[]")
+            if not isinstance(value, list) or not index.isdigit() or int(index) >= len(value):
+                return None
+            value = value[int(index)]
+        elif isinstance(value, dict):
+            value = value.get(step)
+        else:
+            return None
+    return value
+
+
 def error_message(body: Any, fallback: str) -> tuple[str | None, str]:
     """(code, message) from whichever field a provider uses for why it failed.
 
@@ -193,9 +232,9 @@ def error_message(body: Any, fallback: str) -> tuple[str | None, str]:
             return code, _text(err.get("message")) or _clip(str(fallback))
         if isinstance(err, str) and err.strip():
             return None, _clip(err)
-        for field in ("fail_reason", "failure_reason", "message", "detail"):
-            if text := _text(body.get(field)):
-                return _code(body.get("code")), text
+        for field, code_field in _REASON_FIELDS:
+            if text := _text(at(body, field)):
+                return _code(at(body, code_field)), text
     return None, _clip(str(fallback))
 
 
@@ -236,6 +275,30 @@ def _file_url(value: Any) -> str | None:
     return _http_url(value)
 
 
+# Where a finished task's file is, in the order tried (provider-vocabularies.md): the seed's
+# video.url, then Replicate's and Runway's output (a string or a list), Wan's output.video_url,
+# Kling's task_result, Luma's assets, Seedance's content, Veo's generated sample, OpenRouter's
+# URL lists.
+_FILE_PATHS = (
+    "video",
+    "video_url",
+    "url",
+    "output",
+    "output.video_url",
+    "task_result.videos[0].url",
+    "assets.video",
+    "content.video_url",
+    "response.generateVideoResponse.generatedSamples[0].video.uri",
+    "unsigned_urls",
+    "urls",
+)
+
+
+def find_file_url(body: Any) -> str | None:
+    """The first fetchable file URL at any of the places providers put one."""
+    return next((url for path in _FILE_PATHS if (url := _file_url(at(body, path)))), None)
+
+
 def _progress(value: Any) -> int | None:
     if isinstance(value, str):
         value = value.strip().removesuffix("%")
@@ -268,19 +331,42 @@ def _task_id(value: Any) -> str | None:
     return text if ok else None
 
 
+_STATUS_FIELDS = ("status", "state", "task_status")  # task_status: Kling
+
+
 def _status(body: dict[str, Any]) -> tuple[TaskState, str | None]:
-    """The state and the raw word (bounded) from "status" or "state"; UNKNOWN if neither."""
+    """The state and the raw word (bounded) from the first status field there is.
+
+    With no status field: Google's long-running operations say only "done" (true, with
+    "error" when it failed); other providers relayed through routers answer first with
+    nothing at all, which means still pending.
+    """
     raw = next(
-        (body[f] for f in ("status", "state") if body.get(f) is not None and body[f] != ""),
+        (body[f] for f in _STATUS_FIELDS if body.get(f) is not None and body[f] != ""),
         None,
     )
     if raw is None:
-        # Some providers relayed through routers answer first with no status: still pending,
-        # and UNKNOWN keeps the job polling until its deadline.
-        return TaskState.UNKNOWN, None
+        done = body.get("done")
+        if done is True:
+            failed = body.get("error") not in (None, "", {})
+            return (TaskState.FAILED if failed else TaskState.DONE), None
+        return (TaskState.RUNNING if done is False else TaskState.WAITING), None
     if isinstance(raw, str):
         return map_status(raw), _clip(raw, _STATUS_CHARS)
     return TaskState.UNKNOWN, _render(raw, _STATUS_CHARS)
+
+
+def _unwrapped(body: dict[str, Any]) -> dict[str, Any]:
+    """The task inside a wrapper: some routers (and Kling) send {"code":..., "data": {...}},
+    DashScope (Wan) {"request_id":..., "output": {"task_status":...}}."""
+    if any(f in body for f in _STATUS_FIELDS):
+        return body
+    data, output = body.get("data"), body.get("output")
+    if isinstance(data, dict):
+        return data
+    if isinstance(output, dict) and any(f in output for f in _STATUS_FIELDS):
+        return output
+    return body
 
 
 def _json_kind(value: Any) -> str:
@@ -337,10 +423,19 @@ class ProviderClient:
         key = self.settings.api_key.get_secret_value()
         return text.replace(key, "[redacted]") if key else text
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(
+        self, method: str, path: str, *, operation: Operation, **kwargs: Any
+    ) -> httpx.Response:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
-        A success is read whole; of an error body only the first 64 KiB are read.
+        The one place every call to the API passes (metrics attach here). A success is read
+        whole; of an error body only the first 64 KiB are read.
+
+        Args:
+            method: the HTTP method.
+            path: the path under the API's base URL.
+            operation: what the call is for: create, status, download or cancel.
+            **kwargs: passed to httpx (json, params, headers, ...).
         """
         headers = {**self._auth(), **kwargs.pop("headers", {})}
         try:
@@ -420,6 +515,7 @@ class ProviderClient:
             path,
             json=self.create_payload(request, api_format),
             headers={"Idempotency-Key": idempotency_key},
+            operation="create",
         )
         task = self.parse_task(response)
         if not task.id:
@@ -429,16 +525,42 @@ class ProviderClient:
     # --- status ---
 
     def get(self, task_id: str, api_format: ApiFormat) -> ProviderTask:
-        """The task's current state."""
-        if api_format is ApiFormat.UNIFIED:
-            response = self._call("GET", "/v1/video/query", params={"id": task_id})
-        else:
-            response = self._call("GET", f"/v1/videos/{task_id}")
+        """The task's current state, from the seed's one documented query route.
+
+        ``GET /v1/videos/{task_id}`` serves tasks of both formats. A router that does not
+        serve it (404 or 405 that is not new-api's ``task_not_exist``) is asked at its
+        undocumented unified route instead, for unified-format tasks only, which were the
+        only ones ever polled there.
+        """
+        try:
+            response = self._call("GET", f"/v1/videos/{task_id}", operation="status")
+        except PermanentError as e:
+            if api_format is not ApiFormat.UNIFIED or e.status_code not in (404, 405):
+                raise
+            if e.code == "task_not_found":
+                raise
+            response = self._query_unified(task_id, e)
         task = self.parse_task(response, task_id)
         if task.state is TaskState.DONE and not task.video_url:
             # OpenAI's own API gives no URL: the bytes come from the content route.
             task.video_url = f"{self.base_url}/v1/videos/{task.id}/content"
         return task
+
+    def _query_unified(self, task_id: str, documented: PermanentError) -> httpx.Response:
+        """The router's optional unified query; its own pages name the parameter ``id`` on
+        one and ``task_id`` on another, so both are sent. Where it is not served either,
+        the documented route's error stands."""
+        try:
+            return self._call(
+                "GET",
+                "/v1/video/query",
+                params={"id": task_id, "task_id": task_id},
+                operation="status",
+            )
+        except PermanentError as e:
+            if e.code != "task_not_found" and e.status_code in (404, 405):
+                raise documented from None
+            raise
 
     def parse_task(self, response: httpx.Response, task_id: str = "") -> ProviderTask:
         """A status answer in any of the known shapes, as a ProviderTask.
@@ -483,8 +605,7 @@ class ProviderClient:
                 code="task_not_found",
                 status_code=response.status_code,
             )
-        if isinstance(body.get("data"), dict) and "status" not in body:
-            body = body["data"]  # some routers wrap the task in {"code":..., "data": {...}}
+        body = _unwrapped(body)
         state, raw_status = _status(body)
         video = body.get("video")
         meta = video if isinstance(video, dict) else {}
@@ -494,9 +615,7 @@ class ProviderClient:
             state=state,
             raw_status=raw_status,
             progress=_progress(body.get("progress")),
-            video_url=_file_url(video)
-            or _file_url(body.get("video_url"))
-            or _file_url(body.get("url")),
+            video_url=find_file_url(body),
             width=_dimension(meta.get("width")),
             height=_dimension(meta.get("height")),
             duration_s=_duration_s(meta.get("duration")),
@@ -508,7 +627,7 @@ class ProviderClient:
     def cancel(self, task_id: str) -> bool:
         """Ask the provider to drop a task (DELETE /v1/videos/{id}); False where it can't."""
         try:
-            self._call("DELETE", f"/v1/videos/{task_id}")
+            self._call("DELETE", f"/v1/videos/{task_id}", operation="cancel")
         except (PermanentError, RetryableError):
             return False
         return True

@@ -7,6 +7,7 @@ time a handler runs; handlers parse, validate, consult the state and render.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -34,6 +35,8 @@ from .vocabulary import render_task
 if TYPE_CHECKING:
     from .service import Sandbox
 
+Handler = Callable[[Request], Awaitable[Response]]
+
 # Past this much extra, an oversized body is no longer drained before the 413 (see _read_body).
 _DRAIN_CAP_BYTES = 64 << 20
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -42,16 +45,17 @@ _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 def build_app(sandbox: Sandbox) -> Gate:
     """The ASGI app: the routes behind the gate."""
     h = _Handlers(sandbox)
+    hidden = h.undocumented
     routes = [
         Route("/v1/videos", h.create_video, methods=["POST"]),
         Route("/v1/video/create", h.create_unified, methods=["POST"]),
-        Route("/v1/video/query", h.query_unified, methods=["GET"]),
-        Route("/v1/videos/characters", h.create_character_openai, methods=["POST"]),
+        Route("/v1/video/query", hidden(h.query_unified), methods=["GET"]),
+        Route("/v1/videos/characters", hidden(h.create_character_openai), methods=["POST"]),
         Route("/v1/videos/{task_id}", h.get_video, methods=["GET"]),
-        Route("/v1/videos/{task_id}", h.delete_video, methods=["DELETE"]),
-        Route("/v1/videos/{task_id}/content", h.video_content, methods=["GET"]),
+        Route("/v1/videos/{task_id}", hidden(h.delete_video, 405), methods=["DELETE"]),
+        Route("/v1/videos/{task_id}/content", hidden(h.video_content), methods=["GET"]),
         Route("/sora/v1/characters", h.create_character, methods=["POST"]),
-        Route("/sora/v1/characters/{char_id}", h.get_character, methods=["GET"]),
+        Route("/sora/v1/characters/{char_id}", hidden(h.get_character), methods=["GET"]),
         Route("/files/{name}", h.file, methods=["GET"]),
         Route("/cdn/{name}", h.cdn_file, methods=["GET"]),
         Route("/_sandbox/health", h.health, methods=["GET"]),
@@ -86,6 +90,18 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 class _Handlers:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sb = sandbox
+
+    def undocumented(self, handler: Handler, status: int = 404) -> Handler:
+        """handler, answering as if the route did not exist while routes="documented"."""
+
+        async def maybe(request: Request) -> Response:
+            if self.sb.config.routes == "documented":
+                if status == 405:
+                    raise ApiError(405, "Method Not Allowed", code="method_not_allowed")
+                raise not_found("Not Found")
+            return await handler(request)
+
+        return maybe
 
     # --- video API ---
 
@@ -127,7 +143,15 @@ class _Handlers:
         return JSONResponse(self._render(request, task, at=at), headers=headers)
 
     async def get_video(self, request: Request) -> Response:
-        task = self.sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
+        try:
+            task = self.sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
+        except ApiError:
+            if self.sb.config.routes != "documented":
+                raise
+            # new-api, the seed router's family: a task that is missing (or another user's)
+            # is a 400 with its task error shape, not a 404.
+            body = {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+            return JSONResponse(body, status_code=400)
         self.sb.state.note_status_query(task)
         return status_response(self.sb, self._render(request, task), self._poll_headers(task))
 

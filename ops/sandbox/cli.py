@@ -21,6 +21,10 @@ def sandbox(
     flavor: Annotated[
         str | None, typer.Option(help="Response shapes: router | openai (default: router).")
     ] = None,
+    routes: Annotated[
+        str | None,
+        typer.Option(help="all | documented (only the seed's documented routes; default all)."),
+    ] = None,
     profile: Annotated[
         Path | None,
         typer.Option(help="A JSON or TOML file of knobs; flags given here win over it."),

@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 
 Flavor = Literal["router", "openai"]
+# "all": every route either flavor knows; "documented": only what the seed's page
+# (shared/reference/upstream-api.txt) documents, answering a missing task as new-api does.
+Routes = Literal["all", "documented"]
 Vocabulary = Literal["standard", "alt", "upper", "novel"]
 RouteClass = Literal["create", "status", "content", "file", "characters"]
 
@@ -62,6 +65,7 @@ class SandboxConfig(BaseModel):
 
     # --- identity ---
     flavor: Flavor = "router"
+    routes: Routes = "all"
     api_key: str = Field(default="sk-sandbox", min_length=1)
     # More keys that are accepted; limits and stats are kept per key.
     extra_api_keys: list[str] = Field(default_factory=list)

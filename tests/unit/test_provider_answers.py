@@ -228,9 +228,31 @@ def test_a_response_without_its_request_still_gives_a_readable_error():
 # --- parse_task: status ---
 
 
-def test_a_missing_status_is_unknown_so_the_job_keeps_polling():
+def test_a_missing_status_is_still_waiting_so_the_job_keeps_polling():
     task = _parse({"id": "t1", "model": "grok-video"})
-    assert (task.state, task.raw_status, task.id) == (TaskState.UNKNOWN, None, "t1")
+    assert (task.state, task.raw_status, task.id) == (TaskState.WAITING, None, "t1")
+
+
+@pytest.mark.parametrize(
+    ("body", "state"),
+    [
+        ({"name": "operations/x", "done": False}, TaskState.RUNNING),
+        ({"name": "operations/x", "done": True, "response": {}}, TaskState.DONE),
+        ({"name": "operations/x", "done": True, "error": {"message": "x"}}, TaskState.FAILED),
+        ({"name": "operations/x", "done": "yes"}, TaskState.WAITING),
+    ],
+)
+def test_a_boolean_done_without_a_status_is_a_long_running_operations_state(body, state):
+    assert _parse(body).state is state
+
+
+def test_a_done_operations_error_is_the_reason():
+    task = _parse({"done": True, "error": {"code": 3, "message": "prompt blocked"}})
+    assert (task.state, task.error_code, task.error_message) == (
+        TaskState.FAILED,
+        "3",
+        "prompt blocked",
+    )
 
 
 @pytest.mark.parametrize(
