@@ -7,6 +7,7 @@ from celery import Celery
 
 from producer.settings import get_settings
 from worker.config import celery_config
+from worker.dialect import load_dialect
 from worker.pump import PumpStep
 
 structlog.configure(
@@ -21,6 +22,11 @@ structlog.configure(
     cache_logger_on_first_use=True,
 )
 
+settings = get_settings()
+# A dialect that is unknown or does not validate stops the worker at start, naming the
+# setting and the field, instead of failing every job it would have run.
+load_dialect(settings.api_dialect, str(settings.dialects_dir) if settings.dialects_dir else None)
+
 app = Celery("videoqueue")
-app.conf.update(celery_config(get_settings()))
+app.conf.update(celery_config(settings))
 app.steps["worker"].add(PumpStep)

@@ -12,15 +12,17 @@ short message. Nothing else escapes, so no answer can strand a job.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import hashlib
+import hmac
 import json
 import math
 import re
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
@@ -28,6 +30,7 @@ import structlog
 from producer.errors import PermanentError, RetryableError
 from producer.requests import ASPECT_RATIOS, VideoRequest
 from producer.settings import ApiFormat, Settings
+from worker.dialect import Auth, Create, Dialect, Route, TaskState, load_dialect
 
 log = structlog.get_logger(__name__)
 
@@ -36,34 +39,9 @@ log = structlog.get_logger(__name__)
 Operation = Literal["create", "status", "download", "cancel"]
 
 
-class TaskState(StrEnum):
-    """What a provider's status word means."""
-
-    WAITING = "waiting"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-
-
-# Every word seen in the wild (shared/reference/provider-vocabularies.md), lower-cased.
-_WORDS = {
-    TaskState.WAITING: "queued pending submitted not_start notstarted preparing created starting"
-    " preprocessing queueing in_queue throttled unknown",
-    TaskState.RUNNING: "processing in_progress running generating dreaming",
-    TaskState.DONE: "completed complete success succeeded succeed finished done",
-    TaskState.FAILED: "failed failure fail error cancelled canceled aborted expired timeout",
-}
-VOCABULARY: dict[str, TaskState] = {
-    word: state for state, words in _WORDS.items() for word in words.split()
-}
-
-
 def map_status(word: Any) -> TaskState:
-    """The meaning of a provider's status word, case-insensitively; UNKNOWN if unheard of."""
-    if not isinstance(word, str):
-        return TaskState.UNKNOWN
-    return VOCABULARY.get(word.strip().lower(), TaskState.UNKNOWN)
+    """The meaning of a status word in the router's (widest) vocabulary; UNKNOWN if unheard of."""
+    return load_dialect("router").state_of(word)
 
 
 @dataclass
@@ -275,33 +253,14 @@ def _file_url(value: Any) -> str | None:
     return _http_url(value)
 
 
-# Where a finished task's file is, in the order tried (provider-vocabularies.md): the seed's
-# video.url, then Replicate's and Runway's output (a string or a list), Wan's output.video_url,
-# Kling's task_result, Luma's assets, Seedance's content, Veo's generated sample, OpenRouter's
-# URL lists.
-_FILE_PATHS = (
-    "video",
-    "video_url",
-    "url",
-    "output",
-    "output.video_url",
-    "task_result.videos[0].url",
-    "assets.video",
-    "content.video_url",
-    "response.generateVideoResponse.generatedSamples[0].video.uri",
-    "unsigned_urls",
-    "urls",
-)
-
-
-def find_file_url(body: Any) -> str | None:
-    """The first fetchable file URL at any of the places providers put one."""
-    return next((url for path in _FILE_PATHS if (url := _file_url(at(body, path)))), None)
+def _percent(value: Any) -> float | None:
+    """A progress figure as a number ("45%" too); None if it is none."""
+    if isinstance(value, str):
+        value = value.strip().removesuffix("%")
+    return _finite(value)
 
 
 def _progress(value: Any) -> int | None:
-    if isinstance(value, str):
-        value = value.strip().removesuffix("%")
     number = _finite(value)
     # Truncated, not rounded: 99.6 % is not done.
     return None if number is None else int(min(100.0, max(0.0, number)))
@@ -331,42 +290,48 @@ def _task_id(value: Any) -> str | None:
     return text if ok else None
 
 
-_STATUS_FIELDS = ("status", "state", "task_status")  # task_status: Kling
+def _status(body: dict[str, Any], dialect: Dialect) -> tuple[TaskState, str | None]:
+    """The state and the raw word (bounded) from the dialect's first status field there is.
 
-
-def _status(body: dict[str, Any]) -> tuple[TaskState, str | None]:
-    """The state and the raw word (bounded) from the first status field there is.
-
-    With no status field: Google's long-running operations say only "done" (true, with
-    "error" when it failed); other providers relayed through routers answer first with
-    nothing at all, which means still pending.
+    With no status field: a dialect's boolean done flag (Google's long-running operations:
+    true, with "error" when it failed), else what the dialect says no status means (routers
+    relaying another provider answer first with nothing at all: still pending).
     """
+    answer = dialect.answer
     raw = next(
-        (body[f] for f in _STATUS_FIELDS if body.get(f) is not None and body[f] != ""),
+        (v for f in answer.status if (v := at(body, f)) is not None and v != ""),
         None,
     )
     if raw is None:
-        done = body.get("done")
+        done = at(body, answer.done_flag) if answer.done_flag else None
         if done is True:
             failed = body.get("error") not in (None, "", {})
             return (TaskState.FAILED if failed else TaskState.DONE), None
-        return (TaskState.RUNNING if done is False else TaskState.WAITING), None
+        if done is False:
+            return TaskState.RUNNING, None
+        return TaskState(answer.no_status), None
     if isinstance(raw, str):
-        return map_status(raw), _clip(raw, _STATUS_CHARS)
+        return dialect.state_of(raw), _clip(raw, _STATUS_CHARS)
     return TaskState.UNKNOWN, _render(raw, _STATUS_CHARS)
 
 
-def _unwrapped(body: dict[str, Any]) -> dict[str, Any]:
-    """The task inside a wrapper: some routers (and Kling) send {"code":..., "data": {...}},
-    DashScope (Wan) {"request_id":..., "output": {"task_status":...}}."""
-    if any(f in body for f in _STATUS_FIELDS):
+def _unwrapped(body: dict[str, Any], dialect: Dialect) -> dict[str, Any]:
+    """The task inside a wrapper the dialect names (some routers and Kling send
+    {"code":..., "data": {...}}, DashScope {"request_id":..., "output": {"task_status":...}}),
+    when the top level has no status of its own."""
+    fields = dialect.answer.status
+    if any(at(body, f) is not None for f in fields):
         return body
-    data, output = body.get("data"), body.get("output")
-    if isinstance(data, dict):
-        return data
-    if isinstance(output, dict) and any(f in output for f in _STATUS_FIELDS):
-        return output
+    for wrapper in dialect.answer.unwrap:
+        inner = body.get(wrapper)
+        if isinstance(inner, dict) and any(at(inner, f) is not None for f in fields):
+            return inner
     return body
+
+
+def _first(body: Any, paths: list[str], parse: Any) -> Any:
+    """parse() of the first value at paths that parses (not None); else None."""
+    return next((v for path in paths if (v := parse(at(body, path))) is not None), None)
 
 
 def _json_kind(value: Any) -> str:
@@ -400,15 +365,21 @@ def same_origin(a: str, b: str) -> bool:
 
 
 class ProviderClient:
-    """Talks to the video API.
+    """Talks to the video API in its dialect (worker/dialect.py).
 
     Args:
-        settings: API base URL, key, format and timeouts.
+        settings: API base URL, key, dialect, format and timeouts.
         http: an httpx.Client to use (one per worker process); made if not given.
+        dialect: the dialect to speak; the one settings name if not given.
     """
 
-    def __init__(self, settings: Settings, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self, settings: Settings, http: httpx.Client | None = None, dialect: Dialect | None = None
+    ) -> None:
         self.settings = settings
+        self.dialect = dialect or load_dialect(
+            settings.api_dialect, str(settings.dialects_dir) if settings.dialects_dir else None
+        )
         self.base_url = settings.api_base_url.rstrip("/")
         self.http = http or httpx.Client(
             timeout=httpx.Timeout(settings.api_timeout_s, connect=settings.api_connect_timeout_s),
@@ -416,12 +387,24 @@ class ProviderClient:
         )
 
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
+        key = self.settings.api_key.get_secret_value()
+        scheme = self.dialect.auth
+        if scheme is Auth.KEY:
+            return {"Authorization": f"Key {key}"}
+        if scheme is Auth.GOOG:
+            return {"x-goog-api-key": key}
+        if scheme is Auth.KLING_JWT:
+            return {"Authorization": f"Bearer {kling_jwt(key)}"}
+        return {"Authorization": f"Bearer {key}"}
 
     def _scrub(self, text: str) -> str:
-        """text without the API key, should a provider echo it back."""
+        """text without the API key (or either half of a Kling key pair), should a provider
+        echo it back."""
         key = self.settings.api_key.get_secret_value()
-        return text.replace(key, "[redacted]") if key else text
+        for secret in (key, *key.split(":")) if key else ():
+            if len(secret) >= 4:
+                text = text.replace(secret, "[redacted]")
+        return text
 
     def _call(
         self, method: str, path: str, *, operation: Operation, **kwargs: Any
@@ -482,41 +465,48 @@ class ProviderClient:
     # --- create ---
 
     def create_payload(self, request: VideoRequest, api_format: ApiFormat) -> dict[str, Any]:
-        """The provider's request body for this job in this format."""
-        body: dict[str, Any] = {"model": request.model}
-        if request.prompt is not None:
-            body["prompt"] = request.prompt
-        if request.storyboard is not None:
-            body["storyboard"] = [s.model_dump() for s in request.storyboard]
-        # The OpenAI format speaks size, the unified one aspect ratio; each gets one of them.
-        size, ratio = request.size, request.aspect_ratio
-        if api_format is ApiFormat.OPENAI and ratio is not None:
-            w, h = ASPECT_RATIOS[ratio]
-            body["size"] = size or f"{w}x{h}"
-        elif ratio is not None:
-            body["aspect_ratio"] = ratio
-        elif size is not None:
-            body["size"] = size
-        for field in ("duration", "image_url"):
-            if (value := getattr(request, field)) is not None:
-                body[field] = value
-        if request.characters:
-            body["characters"] = list(request.characters)
+        """The provider's request body for this job in this format.
+
+        Raises:
+            PermanentError: code "unsupported_request", naming a field the request sets
+                that the dialect has no place for.
+        """
+        fmt = self.dialect.format_for(api_format.value)
+        values = _request_values(request, fmt)
+        sources = {field.source for field in fmt.body.values()}
+        if missing := sorted(k for k, v in values.items() if v is not None and k not in sources):
+            raise PermanentError(
+                f"the {self.dialect.name} dialect has no place for {', '.join(missing)}",
+                code="unsupported_request",
+            )
+        body: dict[str, Any] = {}
+        for target, field in fmt.body.items():
+            if (value := values.get(field.source)) is None:
+                continue
+            if field.type == "string" or field.suffix:
+                value = f"{value}{field.suffix}"
+            elif field.type == "int":
+                value = int(value)
+            _put(body, target, value)
         body.update(request.extra)
         return body
 
     def create(
         self, request: VideoRequest, api_format: ApiFormat, idempotency_key: str
     ) -> ProviderTask:
-        """Submit a generation; the Idempotency-Key makes a repeated call return the same task."""
-        path = "/v1/videos" if api_format is ApiFormat.OPENAI else "/v1/video/create"
-        response = self._call(
-            "POST",
-            path,
-            json=self.create_payload(request, api_format),
-            headers={"Idempotency-Key": idempotency_key},
-            operation="create",
-        )
+        """Submit a generation; the Idempotency-Key makes a repeated call return the same task
+        (where the dialect has one)."""
+        fmt = self.dialect.format_for(api_format.value)
+        path = fmt.path.replace("{model}", quote(request.model, safe=""))
+        body = self.create_payload(request, api_format)
+        headers = dict(fmt.headers)
+        if fmt.idempotency_header:
+            headers[fmt.idempotency_header] = idempotency_key
+        sent: dict[str, Any] = {"json": body}
+        if fmt.encoding == "multipart":
+            # (None, value) parts are plain form fields; a list makes httpx send multipart.
+            sent = {"files": [(k, (None, _form_value(v))) for k, v in body.items()]}
+        response = self._call(fmt.method, path, headers=headers, operation="create", **sent)
         task = self.parse_task(response)
         if not task.id:
             raise PermanentError(f"POST {path}: the answer has no task id", code="bad_response")
@@ -525,49 +515,49 @@ class ProviderClient:
     # --- status ---
 
     def get(self, task_id: str, api_format: ApiFormat) -> ProviderTask:
-        """The task's current state, from the seed's one documented query route.
+        """The task's current state, from the dialect's query route.
 
-        ``GET /v1/videos/{task_id}`` serves tasks of both formats. A router that does not
-        serve it (404 or 405 that is not new-api's ``task_not_exist``) is asked at its
-        undocumented unified route instead, for unified-format tasks only, which were the
-        only ones ever polled there.
+        Where the format has a fallback query route (the router's undocumented unified
+        query), it is asked when the documented route is not served: 404 or 405 that is not
+        new-api's ``task_not_exist``.
         """
+        query = self.dialect.query
+        fallback = self.dialect.format_for(api_format.value).query_fallback
         try:
-            response = self._call("GET", f"/v1/videos/{task_id}", operation="status")
+            response = self._call(query.method, self._path(query, task_id), operation="status")
         except PermanentError as e:
-            if api_format is not ApiFormat.UNIFIED or e.status_code not in (404, 405):
+            if fallback is None or e.status_code not in (404, 405) or e.code == "task_not_found":
                 raise
-            if e.code == "task_not_found":
-                raise
-            response = self._query_unified(task_id, e)
+            response = self._query_fallback(fallback, task_id, e)
         task = self.parse_task(response, task_id)
-        if task.state is TaskState.DONE and not task.video_url:
+        if task.state is TaskState.DONE and not task.video_url and self.dialect.content:
             # OpenAI's own API gives no URL: the bytes come from the content route.
-            task.video_url = f"{self.base_url}/v1/videos/{task.id}/content"
+            task.video_url = self.base_url + self._path(self.dialect.content, task.id)
         return task
 
-    def _query_unified(self, task_id: str, documented: PermanentError) -> httpx.Response:
-        """The router's optional unified query; its own pages name the parameter ``id`` on
-        one and ``task_id`` on another, so both are sent. Where it is not served either,
-        the documented route's error stands."""
+    def _path(self, route: Route | str, task_id: str) -> str:
+        # The id comes from the provider's answer: quoted, so it cannot leave its segment.
+        template = route if isinstance(route, str) else route.path
+        return template.replace("{id}", quote(task_id, safe=""))
+
+    def _query_fallback(
+        self, path: str, task_id: str, documented: PermanentError
+    ) -> httpx.Response:
+        """The fallback query; where it is not served either, the documented route's error
+        stands."""
         try:
-            return self._call(
-                "GET",
-                "/v1/video/query",
-                params={"id": task_id, "task_id": task_id},
-                operation="status",
-            )
+            return self._call("GET", self._path(path, task_id), operation="status")
         except PermanentError as e:
             if e.code != "task_not_found" and e.status_code in (404, 405):
                 raise documented from None
             raise
 
     def parse_task(self, response: httpx.Response, task_id: str = "") -> ProviderTask:
-        """A status answer in any of the known shapes, as a ProviderTask.
+        """A status answer in the dialect's shape, as a ProviderTask.
 
         Raises only RetryableError (code "bad_response": not JSON, not an object) and
         PermanentError (code "task_not_found"). Fields that do not parse are None; a status
-        that is missing or not a string is UNKNOWN.
+        that is missing or not a string is UNKNOWN (or what the dialect says no status means).
         """
         route = _route(response)
         try:
@@ -605,29 +595,41 @@ class ProviderClient:
                 code="task_not_found",
                 status_code=response.status_code,
             )
-        body = _unwrapped(body)
-        state, raw_status = _status(body)
-        video = body.get("video")
-        meta = video if isinstance(video, dict) else {}
-        code, message = error_message(body, "")
+        answer = self.dialect.answer
+        body = _unwrapped(body, self.dialect)
+        state, raw_status = _status(body, self.dialect)
+        code, message = self._reason(body)
+        progress = _first(body, answer.progress, _percent)
         return ProviderTask(
-            id=_task_id(body.get("id")) or _task_id(body.get("task_id")) or task_id,
+            id=_first(body, answer.id, _task_id) or task_id,
             state=state,
             raw_status=raw_status,
-            progress=_progress(body.get("progress")),
-            video_url=find_file_url(body),
-            width=_dimension(meta.get("width")),
-            height=_dimension(meta.get("height")),
-            duration_s=_duration_s(meta.get("duration")),
+            progress=None if progress is None else _progress(progress * answer.progress_scale),
+            video_url=_first(body, answer.file_url, _file_url),
+            width=_first(body, answer.width, _dimension),
+            height=_first(body, answer.height, _dimension),
+            duration_s=_first(body, answer.duration, _duration_s),
             error_code=self._scrub(code) if code else None,
             error_message=self._scrub(message) or None,
             poll_after_s=_poll_after_s(response.headers),
         )
 
+    def _reason(self, body: dict[str, Any]) -> tuple[str | None, str]:
+        reasons = self.dialect.answer.reasons
+        if reasons is None:
+            return error_message(body, "")
+        for reason in reasons:
+            if text := _text(at(body, reason.message)):
+                return (_code(at(body, reason.code)) if reason.code else None), text
+        return None, ""
+
     def cancel(self, task_id: str) -> bool:
-        """Ask the provider to drop a task (DELETE /v1/videos/{id}); False where it can't."""
+        """Ask the provider to drop a task (the dialect's cancel route); False where it can't."""
+        route = self.dialect.cancel
+        if route is None:
+            return False
         try:
-            self._call("DELETE", f"/v1/videos/{task_id}", operation="cancel")
+            self._call(route.method, self._path(route, task_id), operation="cancel")
         except (PermanentError, RetryableError):
             return False
         return True
@@ -637,6 +639,58 @@ class ProviderClient:
     def download_headers(self, url: str) -> dict[str, str]:
         """Headers for fetching a video URL: the API key only if the URL is the API's own."""
         return self._auth() if same_origin(url, self.base_url) else {}
+
+
+def _request_values(request: VideoRequest, fmt: Create) -> dict[str, Any]:
+    """Our request's values by source name, size and aspect ratio as the format speaks them."""
+    size, ratio = request.size, request.aspect_ratio
+    if fmt.dimensions == "size" and ratio is not None:
+        w, h = ASPECT_RATIOS[ratio]
+        size, ratio = size or f"{w}x{h}", None
+    elif fmt.dimensions == "aspect_ratio" or ratio is not None:
+        size = None
+    return {
+        "model": request.model,
+        "prompt": request.prompt,
+        "storyboard": None
+        if request.storyboard is None
+        else [s.model_dump() for s in request.storyboard],
+        "size": size,
+        "aspect_ratio": ratio,
+        "duration": request.duration,
+        "image_url": request.image_url,
+        "characters": list(request.characters) or None,
+    }
+
+
+def _put(body: dict[str, Any], path: str, value: Any) -> None:
+    """Set body's field at a dotted path ("input.prompt"), making the objects on the way."""
+    *parents, last = path.split(".")
+    for name in parents:
+        body = body.setdefault(name, {})
+    body[last] = value
+
+
+def _form_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def kling_jwt(key_pair: str, now_s: float | None = None) -> str:
+    """Kling's bearer token: a JWT (HS256) from "ACCESS_KEY:SECRET_KEY", valid 30 minutes.
+
+    Kling's documentation: iss = the access key, exp = now + 1800, nbf = now - 5.
+    """
+    access, _, secret = key_pair.partition(":")
+    now = int(time.time() if now_s is None else now_s)
+
+    def part(obj: dict[str, Any]) -> str:
+        raw = json.dumps(obj, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = {"iss": access, "exp": now + 1800, "nbf": now - 5}
+    signing = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}"
+    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
 
 
 def _poll_after_s(headers: httpx.Headers) -> float | None:

@@ -14,13 +14,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # What h11 (uvicorn's HTTP layer) accepts as a header value, restricted to ASCII: anything else
 # would make every answer that carries it fail at the server instead of reaching the client.
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 
 Flavor = Literal["router", "openai"]
+# The API dialect the sandbox speaks (worker/dialects/*.toml): for now the flavors by their
+# dialect names; setting one sets the other.
+SandboxDialect = Literal["router", "openai"]
 # "all": every route either flavor knows; "documented": only what the seed's page
 # (shared/reference/upstream-api.txt) documents, answering a missing task as new-api does.
 Routes = Literal["all", "documented"]
@@ -65,6 +68,7 @@ class SandboxConfig(BaseModel):
 
     # --- identity ---
     flavor: Flavor = "router"
+    dialect: SandboxDialect = "router"
     routes: Routes = "all"
     api_key: str = Field(default="sk-sandbox", min_length=1)
     # More keys that are accepted; limits and stats are kept per key.
@@ -141,6 +145,19 @@ class SandboxConfig(BaseModel):
     max_json_bytes: int = Field(default=1 << 20, ge=1024)
     max_upload_bytes: int = Field(default=20 << 20, ge=1024)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dialect_is_the_flavor(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "dialect" in data and "flavor" not in data:
+            return {**data, "flavor": data["dialect"]}
+        if "flavor" in data and "dialect" not in data:
+            return {**data, "dialect": data["flavor"]}
+        if data.get("flavor") != data.get("dialect"):
+            raise ValueError("flavor and dialect name the same thing: give one, or both alike")
+        return data
+
     @field_validator("error_codes")
     @classmethod
     def _error_codes_are_5xx(cls, codes: list[int]) -> list[int]:
@@ -202,4 +219,8 @@ class SandboxConfig(BaseModel):
 
     def patched(self, patch: dict[str, Any]) -> SandboxConfig:
         """A copy with patch applied, validated as a whole (unknown keys rejected)."""
-        return type(self).model_validate({**self.model_dump(), **patch})
+        current = self.model_dump()
+        if "dialect" in patch or "flavor" in patch:
+            current.pop("dialect")
+            current.pop("flavor")
+        return type(self).model_validate({**current, **patch})
