@@ -17,15 +17,9 @@ import pytest
 from ops.sandbox.media import encode_mp4
 from producer.errors import InvalidVideo, PermanentError, RetryableError
 from producer.settings import Settings
+from worker.answers import ProviderTask, error_message, poll_after_s, retry_after_s
 from worker.media import probe
-from worker.provider import (
-    ProviderClient,
-    ProviderTask,
-    TaskState,
-    _poll_after_s,
-    error_message,
-    retry_after_s,
-)
+from worker.provider import ProviderClient, TaskState
 
 KEY = "sk-very-secret-key"
 ROUTE = "http://api.test/v1/videos/1"
@@ -124,7 +118,7 @@ def test_a_huge_retry_after_is_parsed_finite_and_left_for_the_caller_to_cap(valu
     ],
 )
 def test_a_garbage_poll_after_hint_is_ignored(headers, expected):
-    assert _poll_after_s(httpx.Headers(headers)) == expected
+    assert poll_after_s(httpx.Headers(headers)) == expected
     assert _parse({"id": "t", "status": "queued"} | {}, "t").poll_after_s is None
     task = _client().parse_task(_json({"id": "t", "status": "queued"}, headers))
     assert task.poll_after_s == expected

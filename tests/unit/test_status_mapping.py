@@ -5,7 +5,8 @@ import pytest
 
 from producer.errors import PermanentError
 from producer.settings import ApiFormat, Settings
-from worker.provider import ProviderClient, TaskState, error_message, map_status, same_origin
+from worker.answers import error_message, same_origin
+from worker.provider import ProviderClient, TaskState, map_status
 
 WORDS = {
     TaskState.WAITING: "queued pending submitted not_start notstarted preparing created starting "
