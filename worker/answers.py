@@ -207,7 +207,7 @@ def says_task_not_found(body: Any) -> bool:
     )
 
 
-def _http_url(value: Any) -> str | None:
+def http_url(value: Any) -> str | None:
     """value if it is an absolute http(s) URL we can fetch; else None."""
     if not isinstance(value, str):
         return None
@@ -227,8 +227,8 @@ def _file_url(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("url")
     if isinstance(value, list):
-        return next((url for item in value if (url := _http_url(item))), None)
-    return _http_url(value)
+        return next((url for item in value if (url := http_url(item))), None)
+    return http_url(value)
 
 
 def _percent(value: Any) -> float | None:
@@ -256,7 +256,7 @@ def _duration_s(value: Any) -> float | None:
     return number if number is not None and number > 0 else None
 
 
-def _task_id(value: Any) -> str | None:
+def task_id_of(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -377,7 +377,7 @@ def read_task(response: httpx.Response, dialect: Dialect, task_id: str, route: s
     code, message = _reason(body, dialect)
     progress = _first(body, answer.progress, _percent)
     return ProviderTask(
-        id=_first(body, answer.id, _task_id) or task_id,
+        id=_first(body, answer.id, task_id_of) or task_id,
         state=state,
         raw_status=raw_status,
         progress=None if progress is None else _progress(progress * answer.progress_scale),
@@ -416,3 +416,21 @@ def read_prefix(response: httpx.Response, limit: int) -> bytes:
         if len(head) >= limit:
             break
     return bytes(head[:limit])
+
+
+def unwrapped_body(response: httpx.Response, dialect: Dialect) -> dict[str, Any]:
+    """An answer already read by read_task, unwrapped the same way (an object, or {})."""
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return {}
+    return _unwrapped(body, dialect) if isinstance(body, dict) else {}
+
+
+def first_file_url(response: httpx.Response, paths: list[str]) -> str | None:
+    """The first file URL at paths in a JSON answer; None if there is none (or no JSON)."""
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return None
+    return _first(body, paths, _file_url)

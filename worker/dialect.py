@@ -61,8 +61,18 @@ class Auth(StrEnum):
 
 # What a body field can be filled from: a field of VideoRequest. "size" and "aspect_ratio"
 # are what the format's `dimensions` rule makes of the request's size and aspect ratio.
+# "job_id" is our job's id, for APIs whose idempotency key is a body field (Kling's
+# external_task_id).
 Source = Literal[
-    "model", "prompt", "storyboard", "size", "aspect_ratio", "duration", "image_url", "characters"
+    "model",
+    "prompt",
+    "storyboard",
+    "size",
+    "aspect_ratio",
+    "duration",
+    "image_url",
+    "characters",
+    "job_id",
 ]
 
 
@@ -73,9 +83,19 @@ class _Strict(BaseModel):
 class BodyField(_Strict):
     """One field of the create body: where its value comes from and in what form."""
 
-    source: Source = Field(alias="from")
+    source: Source | None = Field(None, alias="from")
+    # A constant instead (Seedance's {"type": "text"} content item).
+    value: str | int | float | bool | None = None
     type: Literal["as_is", "string", "int"] = "as_is"
     suffix: str = ""  # Luma's durations are "5s"
+    # What joins a size's width and height instead of "x" (Runway "1280:720", Wan "1280*720").
+    separator: str | None = None
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> BodyField:
+        if (self.source is None) == (self.value is None):
+            raise ValueError('a body field has either "from" or "value"')
+        return self
 
 
 class Create(_Strict):
@@ -117,6 +137,28 @@ class Reason(_Strict):
     code: str | None = None
 
 
+class Result(_Strict):
+    """An extra call for the file once the task is done (MiniMax's file retrieval, fal's
+    response_url): a route, or an absolute URL the answer gives (only on the API's origin)."""
+
+    method: Literal["GET", "POST"] = "GET"
+    path: str | None = None
+    url_from: str | None = None
+    # Placeholders of path filled from the task's answer: {"file_id": "file_id"}.
+    params: dict[str, str] = Field(default_factory=dict)
+    file_url: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Result:
+        if (self.path is None) == (self.url_from is None):
+            raise ValueError('a result has either "path" or "url_from"')
+        if self.path is not None and (
+            bad := set(_PLACEHOLDER.findall(self.path)) - {"id", *self.params}
+        ):
+            raise ValueError(f"result.path: unknown placeholder {sorted(bad)}")
+        return self
+
+
 class Answer(_Strict):
     """Where things are in a task answer (dotted paths, "[0]" for a list's first item)."""
 
@@ -138,6 +180,8 @@ class Answer(_Strict):
     duration: list[str] = Field(default_factory=list)
     # None: the general rule (error.message, error, fail_reason, failure_reason, message, ...).
     reasons: list[Reason] | None = None
+    # A task done with no file (Veo's safety filter, OpenRouter's empty URL list) failed.
+    done_requires_file: bool = False
 
 
 class States(_Strict):
@@ -145,8 +189,9 @@ class States(_Strict):
 
     waiting: list[str] = Field(default_factory=list)
     running: list[str] = Field(default_factory=list)
-    done: list[str] = Field(min_length=1)
-    failed: list[str] = Field(min_length=1)
+    # Empty only where the API has no words (Veo: answer.done_flag).
+    done: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _disjoint(self) -> States:
@@ -171,6 +216,11 @@ class Dialect(_Strict):
     name: str
     source: str = Field(min_length=1)  # the documentation it was mapped from
     auth: Auth = Auth.BEARER
+    # Headers on every call (Runway's X-Runway-Version).
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Characters of a task id left as they are in a path (Veo's ids are operation names,
+    # "models/m/operations/o"); every other character is percent-encoded.
+    id_path_safe: Literal["", "/"] = ""
     # Create formats by name; a job's api_format picks one, else the first.
     create: dict[str, Create] = Field(min_length=1)
     query: Route
@@ -179,6 +229,7 @@ class Dialect(_Strict):
     cancel: Route | None = None
     # Where the bytes are when a finished task's answer gives no URL (OpenAI's /content).
     content: Route | None = None
+    result: Result | None = None
 
     @field_validator("name")
     @classmethod
@@ -189,11 +240,16 @@ class Dialect(_Strict):
 
     @model_validator(mode="after")
     def _routes(self) -> Dialect:
+        if not self.states.done and self.answer.done_flag is None:
+            raise ValueError("states.done is empty: name the done words, or an answer.done_flag")
         routes = [("query", self.query), ("cancel", self.cancel), ("content", self.content)]
         for what, route in routes:
             if route is not None and "{id}" not in route.path:
                 raise ValueError(f"{what}.path must contain {{id}}")
         paths = [r.path for _, r in routes if r] + [c.path for c in self.create.values()]
+        result = self.result.path if self.result is not None else None
+        if result is not None and not result.startswith("/"):
+            raise ValueError(f"{result!r}: a route path starts with /")
         for path in paths:
             if not path.startswith("/"):
                 raise ValueError(f"{path!r}: a route path starts with /")

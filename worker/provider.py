@@ -15,7 +15,7 @@ import hmac
 import json
 import time
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
@@ -27,17 +27,22 @@ from worker.answers import (
     ERROR_BODY_BYTES,
     SNIPPET_CHARS,
     ProviderTask,
+    at,
     clip,
     content_type,
     error_message,
+    first_file_url,
+    http_url,
     read_prefix,
     read_task,
     retry_after_s,
     route_of,
     same_origin,
     says_task_not_found,
+    task_id_of,
+    unwrapped_body,
 )
-from worker.dialect import Auth, Create, Dialect, Route, TaskState, load_dialect
+from worker.dialect import Auth, Create, Dialect, Result, Route, TaskState, load_dialect
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +114,7 @@ class ProviderClient:
             operation: what the call is for: create, status, download or cancel.
             **kwargs: passed to httpx (json, params, headers, ...).
         """
-        headers = {**self._auth(), **kwargs.pop("headers", {})}
+        headers = {**self.dialect.headers, **self._auth(), **kwargs.pop("headers", {})}
         try:
             with self.http.stream(
                 method, self.base_url + path, headers=headers, **kwargs
@@ -153,7 +158,9 @@ class ProviderClient:
 
     # --- create ---
 
-    def create_payload(self, request: VideoRequest, api_format: ApiFormat) -> dict[str, Any]:
+    def create_payload(
+        self, request: VideoRequest, api_format: ApiFormat, job_id: str | None = None
+    ) -> dict[str, Any]:
         """The provider's request body for this job in this format.
 
         Raises:
@@ -163,15 +170,21 @@ class ProviderClient:
         fmt = self.dialect.format_for(api_format.value)
         values = _request_values(request, fmt)
         sources = {field.source for field in fmt.body.values()}
+        if "{model}" in fmt.path:  # Replicate and Veo name the model in the route
+            sources.add("model")
         if missing := sorted(k for k, v in values.items() if v is not None and k not in sources):
             raise PermanentError(
                 f"the {self.dialect.name} dialect has no place for {', '.join(missing)}",
                 code="unsupported_request",
             )
+        values["job_id"] = job_id
         body: dict[str, Any] = {}
         for target, field in fmt.body.items():
-            if (value := values.get(field.source)) is None:
+            value = field.value if field.source is None else values.get(field.source)
+            if value is None:
                 continue
+            if field.separator is not None and isinstance(value, str):
+                value = value.replace("x", field.separator)
             if field.type == "string" or field.suffix:
                 value = f"{value}{field.suffix}"
             elif field.type == "int":
@@ -186,8 +199,13 @@ class ProviderClient:
         """Submit a generation; the Idempotency-Key makes a repeated call return the same task
         (where the dialect has one)."""
         fmt = self.dialect.format_for(api_format.value)
-        path = fmt.path.replace("{model}", quote(request.model, safe=""))
-        body = self.create_payload(request, api_format)
+        if any(part in ("", ".", "..") for part in request.model.split("/")):
+            raise PermanentError(
+                f"model {request.model!r} cannot be part of a route", code="unsupported_request"
+            )
+        # Replicate's models are "owner/name" and go into the path as two segments.
+        path = fmt.path.replace("{model}", quote(request.model, safe="/"))
+        body = self.create_payload(request, api_format, idempotency_key)
         headers = dict(fmt.headers)
         if fmt.idempotency_header:
             headers[fmt.idempotency_header] = idempotency_key
@@ -198,7 +216,12 @@ class ProviderClient:
         response = self._call(fmt.method, path, headers=headers, operation="create", **sent)
         task = self.parse_task(response)
         if not task.id:
-            raise PermanentError(f"POST {path}: the answer has no task id", code="bad_response")
+            # Kling and MiniMax refuse a create with HTTP 200 and a code in the body.
+            reason = f": {task.error_message}" if task.error_message else ""
+            raise PermanentError(
+                f"POST {path}: the answer has no task id{reason}",
+                code=task.error_code or "bad_response",
+            )
         return task
 
     # --- status ---
@@ -219,15 +242,49 @@ class ProviderClient:
                 raise
             response = self._query_fallback(fallback, task_id, e)
         task = self.parse_task(response, task_id)
-        if task.state is TaskState.DONE and not task.video_url and self.dialect.content:
+        if task.state is not TaskState.DONE or task.video_url:
+            return task
+        if self.dialect.result is not None:
+            task.video_url = self._result_url(self.dialect.result, task, response)
+        elif self.dialect.content is not None:
             # OpenAI's own API gives no URL: the bytes come from the content route.
             task.video_url = self.base_url + self._path(self.dialect.content, task.id)
+        if not task.video_url and self.dialect.answer.done_requires_file:
+            task.state = TaskState.FAILED
+            task.error_code = task.error_code or "no_output"
+            task.error_message = task.error_message or "the provider finished without a video"
         return task
+
+    def _result_url(self, result: Result, task: ProviderTask, answer: httpx.Response) -> str | None:
+        """The file URL from the dialect's extra call (MiniMax's file retrieval, fal's
+        response_url); None when that answer has none."""
+        body = unwrapped_body(answer, self.dialect)
+        if result.url_from is not None:
+            url = http_url(at(body, result.url_from))
+            # Only the API's own origin is asked with the key.
+            if url is None or not same_origin(url, self.base_url):
+                raise RetryableError(
+                    f"the answer's {result.url_from} is not a URL of the API", code="bad_response"
+                )
+            path = url[len(_origin_prefix(url)) :]
+        else:
+            assert result.path is not None  # the model allows one or the other
+            path = self._path(result.path, task.id)
+            for name, where in result.params.items():
+                value = task_id_of(at(body, where))
+                if value is None:
+                    raise RetryableError(f"the answer has no {where}", code="bad_response")
+                path = path.replace(f"{{{name}}}", quote(value, safe=""))
+        response = self._call(result.method, path, operation="status")
+        return first_file_url(response, result.file_url)
 
     def _path(self, route: Route | str, task_id: str) -> str:
         # The id comes from the provider's answer: quoted, so it cannot leave its segment.
         template = route if isinstance(route, str) else route.path
-        return template.replace("{id}", quote(task_id, safe=""))
+        safe = self.dialect.id_path_safe
+        if safe and any(part in ("", ".", "..") for part in task_id.split(safe)):
+            raise PermanentError(f"task id {task_id!r} cannot be a route", code="bad_response")
+        return template.replace("{id}", quote(task_id, safe=safe))
 
     def _query_fallback(
         self, path: str, task_id: str, documented: PermanentError
@@ -305,11 +362,35 @@ def _request_values(request: VideoRequest, fmt: Create) -> dict[str, Any]:
 
 
 def _put(body: dict[str, Any], path: str, value: Any) -> None:
-    """Set body's field at a dotted path ("input.prompt"), making the objects on the way."""
-    *parents, last = path.split(".")
-    for name in parents:
-        body = body.setdefault(name, {})
-    body[last] = value
+    """Set body's field at a dotted path ("input.prompt", "content[0].text"), making the
+    objects and lists on the way."""
+    steps: list[str | int] = [
+        int(step.strip("[]")) if step.startswith("[") else step
+        for step in path.replace("[", ".[").split(".")
+        if step
+    ]
+    place: Any = body
+    for step, after in zip(steps, steps[1:], strict=False):
+        empty: Any = [] if isinstance(after, int) else {}
+        if isinstance(step, int):
+            while len(place) <= step:
+                place.append(None)
+            if place[step] is None:
+                place[step] = empty
+        else:
+            place.setdefault(step, empty)
+        place = place[step]
+    last = steps[-1]
+    if isinstance(last, int):
+        while len(place) <= last:
+            place.append(None)
+    place[last] = value
+
+
+def _origin_prefix(url: str) -> str:
+    """ "scheme://host[:port]" of a URL: what precedes its path."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _form_value(value: Any) -> str:

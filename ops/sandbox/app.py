@@ -23,6 +23,7 @@ from .files import Mp4Body, parse_range, send_file
 from .gate import KEY_SCOPE, RAW_SCOPE, Gate
 from .media import break_moov
 from .oddities import status_response
+from .speech import SPEECHES, minimax_file
 from .state import TERMINAL, Phase, Task
 from .validation import (
     OPENAI_MODELS,
@@ -63,11 +64,21 @@ def build_app(sandbox: Sandbox) -> Gate:
         Route("/_sandbox/config", h.admin_config, methods=["GET", "POST"]),
         Route("/_sandbox/reset", h.admin_reset, methods=["POST"]),
     ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    handlers = {ApiError: _api_error, HTTPException: _http_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    # Every other provider's API (speech.py), when the sandbox speaks it; the file and admin
+    # routes stay the same in every dialect.
+    speaking = Starlette(
+        routes=[Route("/{path:path}", h.speak, methods=["GET", "POST", "PUT", "DELETE"])],
+        exception_handlers=handlers,
     )
-    return Gate(app, sandbox)
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        shared = scope.get("path", "").startswith(("/_sandbox/", "/files/", "/cdn/"))
+        speaks = sandbox.config.dialect in SPEECHES and not shared
+        await (speaking if speaks else app)(scope, receive, send)
+
+    return Gate(dispatch, sandbox)
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
@@ -190,6 +201,52 @@ class _Handlers:
                 code="video_not_ready",
             )
         return await self._serve_file(request, task, via_api=True)
+
+    # --- the other dialects (speech.py) ---
+
+    async def speak(self, request: Request) -> Response:
+        sb, cfg = self.sb, self.sb.config
+        speech = SPEECHES[cfg.dialect]
+        # Unclassified paths reach here without a key, and match none of the routes below.
+        path, method, key = request.url.path, request.method, request.scope.get(KEY_SCOPE, "")
+        if method == "POST" and (match := speech.create.match(path)):
+            body = await self._json_body(request)
+            spec_body = speech.parse(body, match.groupdict().get("model"))
+            spec = parse_videos_create(spec_body, models=set(cfg.timings), default_model="sora")
+            task, _ = sb.state.create_task(
+                key=key,
+                kind=cfg.dialect,
+                spec=spec,
+                idempotency_key=request.headers.get("idempotency-key"),
+                config=cfg,
+                now=sb.clock(),
+                task_id=sb.state.new_id(speech.id_prefix),
+            )
+            sb.media.prefetch((spec.width, spec.height, spec.duration_s, cfg.fps))
+            return JSONResponse(speech.created(task))
+        if speech.cancel and method == speech.cancel[0] and (m := speech.cancel[1].match(path)):
+            task = sb.state.delete_task(key, m["id"], sb.clock())
+            return JSONResponse(speech.render(task, Phase.FAILED, 0, None))
+        if method == "GET" and (match := speech.query.match(path)):
+            task_id = match.groupdict().get("id") or request.query_params.get("task_id", "")
+            task = sb.state.get_task(key, task_id)
+            sb.state.note_status_query(task)
+            now = sb.clock()
+            phase = task.phase(now)
+            url = self._file_url(request, task, now) if phase is Phase.COMPLETED else None
+            return JSONResponse(speech.render(task, phase, task.progress(now), url))
+        if method == "GET" and speech.result and speech.result.match(path):
+            file_id = request.query_params.get("file_id", "")
+            task = sb.state.get_task(key, file_id.removeprefix("file-"))
+            if task.phase(sb.clock()) is not Phase.COMPLETED:
+                raise not_found(f"no file {file_id!r}")
+            return JSONResponse(minimax_file(task, self._file_url(request, task, sb.clock())))
+        raise not_found("Not Found")
+
+    def _file_url(self, request: Request, task: Task, now: float) -> str:
+        cfg = self.sb.config
+        base = cfg.public_base_url or str(request.base_url).rstrip("/")
+        return f"{base}/files/{task.id}.mp4?{self.sb.signer.query(task.id, cfg.url_ttl_s, now)}"
 
     # --- characters ---
 

@@ -23,7 +23,10 @@ def sandbox(
     ] = None,
     dialect: Annotated[
         str | None,
-        typer.Option(help="The API dialect spoken: router | openai (sets the flavor too)."),
+        typer.Option(
+            help="The API dialect spoken: router | openai (these set the flavor too) | replicate"
+            " | runway | kling | luma | seedance | wan | openrouter | minimax | veo."
+        ),
     ] = None,
     routes: Annotated[
         str | None,

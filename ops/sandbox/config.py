@@ -21,9 +21,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 
 Flavor = Literal["router", "openai"]
-# The API dialect the sandbox speaks (worker/dialects/*.toml): for now the flavors by their
-# dialect names; setting one sets the other.
-SandboxDialect = Literal["router", "openai"]
+# The API dialect the sandbox speaks (worker/dialects/*.toml): router and openai are the
+# flavors (setting one sets the other); the rest are in speech.py.
+SandboxDialect = Literal[
+    "router",
+    "openai",
+    "replicate",
+    "runway",
+    "kling",
+    "luma",
+    "seedance",
+    "wan",
+    "openrouter",
+    "minimax",
+    "veo",
+]
 # "all": every route either flavor knows; "documented": only what the seed's page
 # (shared/reference/upstream-api.txt) documents, answering a missing task as new-api does.
 Routes = Literal["all", "documented"]
@@ -150,11 +162,13 @@ class SandboxConfig(BaseModel):
     def _dialect_is_the_flavor(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        if "dialect" in data and "flavor" not in data:
-            return {**data, "flavor": data["dialect"]}
-        if "flavor" in data and "dialect" not in data:
-            return {**data, "dialect": data["flavor"]}
-        if data.get("flavor") != data.get("dialect"):
+        flavors = ("router", "openai")
+        dialect, flavor = data.get("dialect"), data.get("flavor")
+        if dialect in flavors and flavor is None:
+            return {**data, "flavor": dialect}
+        if flavor is not None and dialect is None:
+            return {**data, "dialect": flavor}
+        if dialect in flavors and flavor != dialect:
             raise ValueError("flavor and dialect name the same thing: give one, or both alike")
         return data
 
