@@ -106,6 +106,9 @@ class JobRecord(BaseModel):
     polled_s: float | None = None
     # Attempts to copy the finished video into S3.
     copy_attempts: int = 0
+    # What the provider reported it charged or counted, where its dialect says (usage.cost,
+    # billed seconds, tokens, ...): the latest report.
+    usage: dict[str, float] | None = None
 
     @property
     def terminal(self) -> bool:

@@ -37,6 +37,8 @@ class ProviderTask:
     error_code: str | None = None
     error_message: str | None = None
     poll_after_s: float | None = None
+    # What the provider says it charged or counted (seconds billed, credits, a price, tokens).
+    usage: dict[str, float] | None = None
 
 
 # Bounds on what an answer may put into our records, logs and exception messages.
@@ -372,12 +374,12 @@ def read_task(response: httpx.Response, dialect: Dialect, task_id: str, route: s
             status_code=response.status_code,
         )
     answer = dialect.answer
-    body = _unwrapped(body, dialect)
+    whole, body = body, _unwrapped(body, dialect)
     state, raw_status = _status(body, dialect)
     code, message = _reason(body, dialect)
     progress = _first(body, answer.progress, _percent)
     return ProviderTask(
-        id=_first(body, answer.id, task_id_of) or task_id,
+        id=_first(body, answer.id, _url_path if answer.id_from_url else task_id_of) or task_id,
         state=state,
         raw_status=raw_status,
         progress=None if progress is None else _progress(progress * answer.progress_scale),
@@ -388,6 +390,7 @@ def read_task(response: httpx.Response, dialect: Dialect, task_id: str, route: s
         error_code=code,
         error_message=message or None,
         poll_after_s=poll_after_s(response.headers),
+        usage=_usage(whole, body, answer.usage),
     )
 
 
@@ -416,6 +419,33 @@ def read_prefix(response: httpx.Response, limit: int) -> bytes:
         if len(head) >= limit:
             break
     return bytes(head[:limit])
+
+
+_USAGE_FIELDS = 16
+
+
+def _usage(whole: Any, body: Any, paths: list[str]) -> dict[str, float] | None:
+    """The numbers at the dialect's usage paths, by name: a number is named by its path's last
+    field ("usage.cost" -> cost), an object gives its numeric fields; at most 16, names bounded.
+    A path starting "$." is read from the whole answer, not the unwrapped task. None when the
+    answer reports none."""
+    found: dict[str, float] = {}
+    for path in paths:
+        value = at(whole, path[2:]) if path.startswith("$.") else at(body, path)
+        name = path.rsplit(".", 1)[-1]
+        items = value.items() if isinstance(value, dict) else [(name, value)]
+        for key, item in items:
+            number = _finite(item)
+            if isinstance(key, str) and number is not None and len(found) < _USAGE_FIELDS:
+                found[clip(key, _CODE_CHARS)] = number
+    return found or None
+
+
+def _url_path(value: Any) -> str | None:
+    """The path of an absolute URL, without its leading slash, as a task id (fal names a
+    request by its URLs); None if value is not such a URL."""
+    url = http_url(value)
+    return task_id_of(urlsplit(url).path.strip("/")) if url else None
 
 
 def unwrapped_body(response: httpx.Response, dialect: Dialect) -> dict[str, Any]:

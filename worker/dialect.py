@@ -166,6 +166,9 @@ class Answer(_Strict):
     # none of the status fields and the wrapper holds one.
     unwrap: list[str] = Field(default_factory=list)
     id: list[str] = Field(default_factory=lambda: ["id"], min_length=1)
+    # The id is the path of a URL the answer gives (fal: response_url), for APIs whose
+    # routes for a task depend on more than its id.
+    id_from_url: bool = False
     status: list[str] = Field(default_factory=lambda: ["status"])
     # A boolean saying the task ended, for APIs with no status word (long-running operations).
     done_flag: str | None = None
@@ -180,6 +183,8 @@ class Answer(_Strict):
     duration: list[str] = Field(default_factory=list)
     # None: the general rule (error.message, error, fail_reason, failure_reason, message, ...).
     reasons: list[Reason] | None = None
+    # Where the answer says what was charged or counted: a number, or an object of numbers.
+    usage: list[str] = Field(default_factory=list)
     # A task done with no file (Veo's safety filter, OpenRouter's empty URL list) failed.
     done_requires_file: bool = False
 

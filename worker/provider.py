@@ -46,16 +46,11 @@ from worker.dialect import Auth, Create, Dialect, Result, Route, TaskState, load
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Operation", "ProviderClient", "ProviderTask", "TaskState", "kling_jwt", "map_status"]
+__all__ = ["Operation", "ProviderClient", "ProviderTask", "TaskState", "kling_jwt"]
 
 
 # What an API call is for (the label metrics count calls by).
 Operation = Literal["create", "status", "download", "cancel"]
-
-
-def map_status(word: Any) -> TaskState:
-    """The meaning of a status word in the router's (widest) vocabulary; UNKNOWN if unheard of."""
-    return load_dialect("router").state_of(word)
 
 
 class ProviderClient:

@@ -7,6 +7,7 @@ time a handler runs; handlers parse, validate, consult the state and render.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from .files import Mp4Body, parse_range, send_file
 from .gate import KEY_SCOPE, RAW_SCOPE, Gate
 from .media import break_moov
 from .oddities import status_response
-from .speech import SPEECHES, minimax_file
+from .speech import SHARED_PREFIXES, SPEECHES, Speech
 from .state import TERMINAL, Phase, Task
 from .validation import (
     OPENAI_MODELS,
@@ -74,7 +75,7 @@ def build_app(sandbox: Sandbox) -> Gate:
     )
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        shared = scope.get("path", "").startswith(("/_sandbox/", "/files/", "/cdn/"))
+        shared = scope.get("path", "").startswith(SHARED_PREFIXES)
         speaks = sandbox.config.dialect in SPEECHES and not shared
         await (speaking if speaks else app)(scope, receive, send)
 
@@ -209,6 +210,26 @@ class _Handlers:
         speech = SPEECHES[cfg.dialect]
         # Unclassified paths reach here without a key, and match none of the routes below.
         path, method, key = request.url.path, request.method, request.scope.get(KEY_SCOPE, "")
+        now = sb.clock()
+        if speech.cancel and method == speech.cancel[0] and (m := speech.cancel[1].match(path)):
+            task = sb.state.delete_task(key, m["id"], now)
+            return JSONResponse(speech.render(task, Phase.FAILED, 0, None))
+        if method == "GET" and (match := speech.query.match(path)):
+            task_id = match.groupdict().get("id") or request.query_params.get("task_id", "")
+            task = sb.state.get_task(key, task_id)
+            sb.state.note_status_query(task)
+            phase = task.phase(now)
+            url = self._file_url(request, task, now) if phase is Phase.COMPLETED else None
+            body = speech.render(task, phase, task.progress(now), url)
+            return JSONResponse({**body, **self._links(request, speech, match, task)})
+        if method == "GET" and speech.result and (match := speech.result.match(path)):
+            assert speech.result_answer is not None
+            file_id = request.query_params.get("file_id", "").removeprefix("file-")
+            task = sb.state.get_task(key, match.groupdict().get("id") or file_id)
+            status, body = speech.result_answer(
+                task, task.phase(now), self._file_url(request, task, now)
+            )
+            return JSONResponse(body, status_code=status)
         if method == "POST" and (match := speech.create.match(path)):
             body = await self._json_body(request)
             spec_body = speech.parse(body, match.groupdict().get("model"))
@@ -219,29 +240,23 @@ class _Handlers:
                 spec=spec,
                 idempotency_key=request.headers.get("idempotency-key"),
                 config=cfg,
-                now=sb.clock(),
+                now=now,
                 task_id=sb.state.new_id(speech.id_prefix),
             )
             sb.media.prefetch((spec.width, spec.height, spec.duration_s, cfg.fps))
-            return JSONResponse(speech.created(task))
-        if speech.cancel and method == speech.cancel[0] and (m := speech.cancel[1].match(path)):
-            task = sb.state.delete_task(key, m["id"], sb.clock())
-            return JSONResponse(speech.render(task, Phase.FAILED, 0, None))
-        if method == "GET" and (match := speech.query.match(path)):
-            task_id = match.groupdict().get("id") or request.query_params.get("task_id", "")
-            task = sb.state.get_task(key, task_id)
-            sb.state.note_status_query(task)
-            now = sb.clock()
-            phase = task.phase(now)
-            url = self._file_url(request, task, now) if phase is Phase.COMPLETED else None
-            return JSONResponse(speech.render(task, phase, task.progress(now), url))
-        if method == "GET" and speech.result and speech.result.match(path):
-            file_id = request.query_params.get("file_id", "")
-            task = sb.state.get_task(key, file_id.removeprefix("file-"))
-            if task.phase(sb.clock()) is not Phase.COMPLETED:
-                raise not_found(f"no file {file_id!r}")
-            return JSONResponse(minimax_file(task, self._file_url(request, task, sb.clock())))
+            return JSONResponse(
+                {**speech.created(task), **self._links(request, speech, match, task)}
+            )
         raise not_found("Not Found")
+
+    def _links(
+        self, request: Request, speech: Speech, match: re.Match[str], task: Task
+    ) -> dict[str, Any]:
+        """The URLs an answer carries about its task (fal), under the request's app."""
+        if speech.links is None:
+            return {}
+        base = self.sb.config.public_base_url or str(request.base_url).rstrip("/")
+        return speech.links(f"{base}/{match['app']}/requests/{task.id}", task)
 
     def _file_url(self, request: Request, task: Task, now: float) -> str:
         cfg = self.sb.config

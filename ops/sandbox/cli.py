@@ -25,7 +25,7 @@ def sandbox(
         str | None,
         typer.Option(
             help="The API dialect spoken: router | openai (these set the flavor too) | replicate"
-            " | runway | kling | luma | seedance | wan | openrouter | minimax | veo."
+            " | runway | kling | luma | seedance | wan | openrouter | minimax | veo | fal."
         ),
     ] = None,
     routes: Annotated[

@@ -35,6 +35,7 @@ SandboxDialect = Literal[
     "openrouter",
     "minimax",
     "veo",
+    "fal",
 ]
 # "all": every route either flavor knows; "documented": only what the seed's page
 # (shared/reference/upstream-api.txt) documents, answering a missing task as new-api does.

@@ -22,6 +22,9 @@ from typing import Any
 
 from .state import Phase, Task
 
+# Routes every dialect shares: the admin routes and the file (CDN) routes.
+SHARED_PREFIXES = ("/_sandbox/", "/files/", "/cdn/")
+
 Render = Callable[[Task, Phase, int, "str | None"], dict[str, Any]]
 
 
@@ -38,9 +41,14 @@ class Speech:
     created: Callable[[Task], dict[str, Any]]  # the create answer
     id_prefix: str
     cancel: tuple[str, re.Pattern[str]] | None = None  # (method, path with an "id" group)
-    # GET route of an extra step to the file (MiniMax's files/retrieve): "id" group
+    # GET route of an extra step to the file (MiniMax's files/retrieve, fal's response_url),
+    # with an "id" group or a file_id parameter, and its answer: (task, phase, file URL) ->
+    # (HTTP status, body)
     result: re.Pattern[str] | None = None
+    result_answer: Callable[[Task, Phase, str], tuple[int, dict[str, Any]]] | None = None
     headers: dict[str, str] = field(default_factory=dict)  # required on every call
+    # URLs an answer carries, from the request's "app" group (fal): (root URL, task) -> fields
+    links: Callable[[str, Task], dict[str, Any]] | None = None
 
 
 def _words(waiting: str, running: str, done: str, failed: str) -> dict[Phase, str]:
@@ -180,11 +188,42 @@ def _minimax(task: Task, phase: Phase, _progress: int, _url: str | None) -> dict
     return out
 
 
-def minimax_file(task: Task, url: str) -> dict[str, Any]:
+def _minimax_file(task: Task, phase: Phase, url: str) -> tuple[int, dict[str, Any]]:
     """MiniMax's files/retrieve answer for a finished task's file."""
-    return {"file": {"file_id": f"file-{task.id}", "filename": "output.mp4",
-                     "purpose": "video_generation", "download_url": url},
-            "base_resp": {"status_code": 0, "status_msg": "success"}}  # fmt: skip
+    if phase is not Phase.COMPLETED:
+        return 200, {"base_resp": {"status_code": 1004, "status_msg": "file not found"}}
+    return 200, {"file": {"file_id": f"file-{task.id}", "filename": "output.mp4",
+                          "purpose": "video_generation", "download_url": url},
+                 "base_resp": {"status_code": 0, "status_msg": "success"}}  # fmt: skip
+
+
+# --- fal: queue.fal.run (status_url, response_url, cancel_url) ---
+
+# fal has no failure word: a failed request is COMPLETED, and its response_url tells.
+_FAL = _words("IN_QUEUE", "IN_PROGRESS", "COMPLETED", "COMPLETED")
+
+
+def _fal(task: Task, phase: Phase, _progress: int, _url: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": _FAL[phase]}
+    if phase is Phase.QUEUED:
+        out["queue_position"] = 0
+    if phase in (Phase.COMPLETED, Phase.FAILED):
+        out["metrics"] = {"inference_time": task.generation_s}
+    return out
+
+
+def _fal_links(root: str, task: Task) -> dict[str, Any]:
+    return {"request_id": task.id, "response_url": root, "status_url": f"{root}/status",
+            "cancel_url": f"{root}/cancel"}  # fmt: skip
+
+
+def _fal_result(task: Task, phase: Phase, url: str) -> tuple[int, dict[str, Any]]:
+    if phase is Phase.COMPLETED:
+        return 200, {"video": {"url": url, "content_type": "video/mp4", "file_name": "out.mp4"}}
+    if phase is Phase.FAILED:
+        code, message = _reason(task)
+        return 422, {"detail": message, "error_type": code}
+    return 400, {"detail": "Request is still in progress"}
 
 
 # --- Veo (Gemini API): predictLongRunning and operations ---
@@ -320,6 +359,7 @@ SPEECHES: dict[str, Speech] = {
         create=re.compile(r"^/v1/video_generation$"),
         query=re.compile(r"^/v1/query/video_generation$"),  # ?task_id=
         result=re.compile(r"^/v1/files/retrieve$"),  # ?file_id=
+        result_answer=_minimax_file,
         parse=lambda b, _m: _body(
             model=b.get("model"), prompt=b.get("prompt"), duration=b.get("duration")
         ),
@@ -343,6 +383,25 @@ SPEECHES: dict[str, Speech] = {
         render=_veo,
         created=lambda t: {"name": f"models/{t.spec.model}/operations/{t.id}"},
         id_prefix="op",
+    ),
+    "fal": Speech(
+        auth="key",
+        create=re.compile(r"^/(?P<model>(?P<app>[^/]+/[^/]+)(?:/[^/]+)*)$"),
+        query=re.compile(r"^/(?P<app>[^/]+/[^/]+)/requests/(?P<id>[^/]+)/status$"),
+        result=re.compile(r"^/(?P<app>[^/]+/[^/]+)/requests/(?P<id>[^/]+)$"),
+        result_answer=_fal_result,
+        cancel=("PUT", re.compile(r"^/[^/]+/[^/]+/requests/(?P<id>[^/]+)/cancel$")),
+        # The sandbox's model is the endpoint id's last segment ("fal-ai/sora" -> "sora").
+        parse=lambda b, model: _body(
+            model=(model or "").rsplit("/", 1)[-1] or None,
+            prompt=b.get("prompt"),
+            aspect_ratio=b.get("aspect_ratio"),
+            duration=int(b["duration"]) if b.get("duration") else None,
+        ),
+        render=_fal,
+        created=lambda t: {},
+        links=_fal_links,
+        id_prefix="fal-",
     ),
 }
 
@@ -370,7 +429,9 @@ def kling_key(token: str, keys: frozenset[str], now: float) -> str | None:
 
 
 def route_class(speech: Speech, method: str, path: str) -> str | None:
-    """The gate's class of a request in this dialect: create, status, file, or None."""
+    """The gate's class of a request in this dialect: create, status, or None."""
+    if path.startswith(SHARED_PREFIXES):
+        return None
     if method == "POST" and speech.create.match(path):
         return "create"
     if method == "GET" and (

@@ -203,3 +203,61 @@ def test_kling_refusing_a_create_with_http_200_fails_it_with_klings_reason():
     with pytest.raises(PermanentError) as e:
         client.create(VideoRequest(prompt="a cat"), ApiFormat.OPENAI, "job-1")
     assert e.value.code == "1303" and "parallel task over resource pack limit" in str(e.value)
+
+
+def test_fal_names_a_request_by_its_url_and_reads_the_outcome_at_response_url():
+    root = "https://api.example/fal-ai/kling-video/requests/80e7"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":  # the documented create answer
+            return httpx.Response(200, json={"request_id": "80e7", "response_url": root,
+                                             "status_url": f"{root}/status",
+                                             "cancel_url": f"{root}/cancel"})  # fmt: skip
+        if request.url.path.endswith("/status"):
+            here = f"https://api.example{request.url.path.removesuffix('/status')}"
+            return httpx.Response(200, json={"status": "COMPLETED", "response_url": here})
+        if "bad" in request.url.path:
+            return httpx.Response(422, json={"detail": "prompt too long"})
+        return httpx.Response(200, json={"video": {"url": URL, "content_type": "video/mp4"}})
+
+    client, seen = _client("fal", answer)
+    request = VideoRequest(model="fal-ai/kling-video/v1.6/pro/text-to-video", prompt="a cat")
+    task = client.create(request, ApiFormat.OPENAI, "job-1")
+    assert task.id == "fal-ai/kling-video/requests/80e7"
+    assert seen[0].url.path == "/fal-ai/kling-video/v1.6/pro/text-to-video"
+    assert seen[0].headers["Authorization"] == "Key k:s"
+    done = client.get(task.id, ApiFormat.OPENAI)
+    assert (done.state, done.video_url) == (TaskState.DONE, URL)
+    assert [r.url.path for r in seen[1:]] == [f"/{task.id}/status", f"/{task.id}"]
+    with pytest.raises(PermanentError) as e:
+        client.get("fal-ai/bad/requests/1", ApiFormat.OPENAI)
+    assert "prompt too long" in str(e.value)
+    assert client.cancel(task.id) and seen[-1].method == "PUT"
+    assert seen[-1].url.path == f"/{task.id}/cancel"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "usage"),
+    [
+        ("openrouter", {"cost": 0.5}),
+        ("wan", {"video_duration": 5}),
+        ("seedance", {"completion_tokens": 108900}),
+        ("replicate", None),  # the documented answer above carries no metrics
+    ],
+)
+def test_usage_is_kept_where_the_dialect_says_it_is(dialect, usage):
+    done, _, _ = DOCUMENTED[dialect]
+    client, _ = _client(dialect, lambda r: httpx.Response(200, json=done))
+    assert client.get("t1", ApiFormat.OPENAI).usage == usage
+
+
+def test_usage_keeps_only_numbers_and_at_most_sixteen():
+    answer = {"id": "j", "status": "completed", "unsigned_urls": [URL],
+              "usage": {"cost": "NaN"}}  # fmt: skip
+    client, _ = _client("openrouter", lambda r: httpx.Response(200, json=answer))
+    assert client.get("j", ApiFormat.OPENAI).usage is None
+    many = {"request_id": "r", "usage": {f"f{i}": i for i in range(40)} | {"s": "x"},
+            "output": {"task_id": "t", "task_status": "RUNNING"}}  # fmt: skip
+    client, _ = _client("wan", lambda r: httpx.Response(200, json=many))
+    usage = client.get("t", ApiFormat.OPENAI).usage
+    assert usage is not None and len(usage) == 16 and "s" not in usage

@@ -6,7 +6,8 @@ import pytest
 from producer.errors import PermanentError
 from producer.settings import ApiFormat, Settings
 from worker.answers import error_message, same_origin
-from worker.provider import ProviderClient, TaskState, map_status
+from worker.dialect import load_dialect
+from worker.provider import ProviderClient, TaskState
 
 WORDS = {
     TaskState.WAITING: "queued pending submitted not_start notstarted preparing created starting "
@@ -15,6 +16,10 @@ WORDS = {
     TaskState.DONE: "completed complete success Success succeeded succeed finished done COMPLETED",
     TaskState.FAILED: "failed failure fail Fail error cancelled canceled aborted expired timeout",
 }
+
+
+def map_status(word):
+    return load_dialect("router").state_of(word)
 
 
 @pytest.mark.parametrize(("word", "state"), [(w, s) for s, ws in WORDS.items() for w in ws.split()])
