@@ -90,9 +90,12 @@ class ProviderClient:
         """text without the API key (or either half of a Kling key pair), should a provider
         echo it back."""
         key = self.settings.api_key.get_secret_value()
-        for secret in (key, *key.split(":")) if key else ():
-            if len(secret) >= 4:
-                text = text.replace(secret, "[redacted]")
+        if not key:
+            return text
+        # The whole key always; a half only when long enough not to match by chance.
+        halves = [half for half in key.split(":") if len(half) >= 8 and half != key]
+        for secret in (key, *halves):
+            text = text.replace(secret, "[redacted]")
         return text
 
     def _call(

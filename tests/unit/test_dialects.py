@@ -177,3 +177,17 @@ def test_the_kling_token_is_an_hs256_jwt_of_the_access_key_signed_with_the_secre
     assert decode(claims) == {"iss": "AK123", "exp": 1_001_800, "nbf": 999_995}
     mac = hmac.new(b"SK456", f"{head}.{claims}".encode(), hashlib.sha256).digest()
     assert base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)) == mac
+
+
+def test_neither_half_of_a_kling_key_pair_appears_in_an_error():
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            401, json={"code": 1002, "message": "bad AK-123456789 or SK-abcdefghij"}
+        )
+
+    settings = Settings(api_dialect="kling", api_key="AK-123456789:SK-abcdefghij")
+    client = ProviderClient(settings, httpx.Client(transport=httpx.MockTransport(answer)))
+    with pytest.raises(PermanentError) as e:
+        client.get("t1", ApiFormat.OPENAI)
+    assert "AK-123456789" not in str(e.value) and "SK-abcdefghij" not in str(e.value)
+    assert "[redacted]" in str(e.value)
