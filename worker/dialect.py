@@ -185,6 +185,9 @@ class Answer(_Strict):
     reasons: list[Reason] | None = None
     # Where the answer says what was charged or counted: a number, or an object of numbers.
     usage: list[str] = Field(default_factory=list)
+    # Codes of a create refused in the body (HTTP 200, no task) that mean "try again later"
+    # (Kling 1303: concurrency over the resource pack's limit; MiniMax 1002: rate limit).
+    retry_codes: list[str] = Field(default_factory=list)
     # A task done with no file (Veo's safety filter, OpenRouter's empty URL list) failed.
     done_requires_file: bool = False
 

@@ -216,6 +216,8 @@ class ProviderClient:
         if not task.id:
             # Kling and MiniMax refuse a create with HTTP 200 and a code in the body.
             reason = f": {task.error_message}" if task.error_message else ""
+            if task.error_code in self.dialect.answer.retry_codes:
+                raise RetryableError(f"POST {path}: refused for now{reason}", code="rate_limited")
             raise PermanentError(
                 f"POST {path}: the answer has no task id{reason}",
                 code=task.error_code or "bad_response",

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from producer.errors import PermanentError
+from producer.errors import PermanentError, RetryableError
 from producer.requests import VideoRequest
 from producer.settings import ApiFormat, Settings
 from worker.provider import ProviderClient, TaskState
@@ -198,11 +198,25 @@ def test_runway_sends_its_version_header_and_wan_its_async_header_on_create():
 
 
 def test_kling_refusing_a_create_with_http_200_fails_it_with_klings_reason():
-    refusal = {"code": 1303, "message": "parallel task over resource pack limit", "request_id": "r"}
+    refusal = {"code": 1301, "message": "content safety", "request_id": "r"}
     client, _ = _client("kling", lambda r: httpx.Response(200, json=refusal))
     with pytest.raises(PermanentError) as e:
         client.create(VideoRequest(prompt="a cat"), ApiFormat.OPENAI, "job-1")
-    assert e.value.code == "1303" and "parallel task over resource pack limit" in str(e.value)
+    assert e.value.code == "1301" and "content safety" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "refusal"),
+    [
+        ("kling", {"code": 1303, "message": "parallel task over resource pack limit"}),
+        ("minimax", {"base_resp": {"status_code": 1002, "status_msg": "rate limit"}}),
+    ],
+)
+def test_a_create_refused_for_now_in_the_body_is_retried_later(dialect, refusal):
+    client, _ = _client(dialect, lambda r: httpx.Response(200, json=refusal))
+    with pytest.raises(RetryableError) as e:
+        client.create(VideoRequest(prompt="a cat"), ApiFormat.OPENAI, "job-1")
+    assert e.value.code == "rate_limited"
 
 
 def test_fal_names_a_request_by_its_url_and_reads_the_outcome_at_response_url():
