@@ -108,6 +108,9 @@ class JobRecord(BaseModel):
     copy_attempts: int = 0
     # Times an operator asked for a new provider task (`videoqueue retry --resubmit`).
     resubmits: int = 0
+    # What the provider reported it charged or counted, where its dialect says (usage.cost,
+    # billed seconds, tokens, ...): the latest report.
+    usage: dict[str, float] | None = None
 
     @property
     def terminal(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
@@ -52,6 +53,13 @@ class Settings(BaseSettings):
     api_format: ApiFormat = ApiFormat.OPENAI
     api_timeout_s: float = 30.0
     api_connect_timeout_s: float = 5.0
+
+    # --- the provider's dialect (worker/dialect.py; README "Providers and their dialects") ---
+    # Which API the single-provider settings speak: a shipped dialect (router, openai, ...) or
+    # a file {name}.toml in dialects_dir. api_format picks the router's create format.
+    api_dialect: str = Field("router", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    # A folder of the user's dialect files; one named like a shipped dialect replaces it.
+    dialects_dir: Path | None = None
 
     # --- submit retries (429, 5xx, timeouts) ---
     submit_max_attempts: int = Field(8, ge=1)

@@ -10,6 +10,7 @@ from celery.signals import celeryd_init, setup_logging
 from producer.settings import get_settings
 from worker import logs
 from worker.config import celery_config
+from worker.dialect import load_dialect
 from worker.metrics import MetricsStep
 from worker.pump import PumpStep
 
@@ -25,7 +26,12 @@ def _worker_starts(instance: Any = None, **_: Any) -> None:
     logs.take_over_worker_output(instance, get_settings())
 
 
+settings = get_settings()
+# A dialect that is unknown or does not validate stops the worker at start, naming the
+# setting and the field, instead of failing every job it would have run.
+load_dialect(settings.api_dialect, str(settings.dialects_dir) if settings.dialects_dir else None)
+
 app = Celery("videoqueue")
-app.conf.update(celery_config(get_settings()))
+app.conf.update(celery_config(settings))
 app.steps["worker"].add(PumpStep)
 app.steps["worker"].add(MetricsStep)

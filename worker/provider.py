@@ -1,26 +1,21 @@
-"""The video provider's API: both request formats, every status vocabulary, errors sorted
-into "try again later" and "give up".
+"""The video API's client: speaks the configured dialect (worker/dialect.py) over HTTP, and
+sorts errors into "try again later" and "give up".
 
 The API key is sent only to the API's own origin. It never appears in a log line, an
 exception or a record: errors carry the provider's message and the HTTP status, nothing
-from our request headers.
-
-Every answer is untrusted input: headers and bodies of any shape come out as a ProviderTask
-with typed, bounded fields, or as a RetryableError / PermanentError with a str `code` and a
-short message. Nothing else escapes, so no answer can strand a job.
+from our request headers. Answers are read by worker/answers.py: nothing but a ProviderTask,
+a RetryableError or a PermanentError comes out, so no answer can strand a job.
 """
 
 from __future__ import annotations
 
-import email.utils
+import base64
+import hashlib
+import hmac
 import json
-import math
-import re
 import time
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
@@ -29,301 +24,52 @@ from producer.errors import PermanentError, RetryableError
 from producer.requests import ASPECT_RATIOS, VideoRequest
 from producer.settings import ApiFormat, Settings
 from worker import metrics
+from worker.answers import (
+    ERROR_BODY_BYTES,
+    SNIPPET_CHARS,
+    ProviderTask,
+    at,
+    clip,
+    content_type,
+    error_message,
+    first_file_url,
+    http_url,
+    read_prefix,
+    read_task,
+    retry_after_s,
+    route_of,
+    same_origin,
+    says_task_not_found,
+    task_id_of,
+    unwrapped_body,
+)
+from worker.dialect import Auth, Create, Dialect, Result, Route, TaskState, load_dialect
 
 log = structlog.get_logger(__name__)
 
-
-class TaskState(StrEnum):
-    """What a provider's status word means."""
-
-    WAITING = "waiting"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
+__all__ = ["Operation", "ProviderClient", "ProviderTask", "TaskState", "kling_jwt"]
 
 
-# Every word seen in the wild (shared/reference/provider-vocabularies.md), lower-cased.
-_WORDS = {
-    TaskState.WAITING: "queued pending submitted not_start preparing created starting"
-    " preprocessing unknown in_queue",
-    TaskState.RUNNING: "processing in_progress running generating",
-    TaskState.DONE: "completed complete success succeeded finished",
-    TaskState.FAILED: "failed failure fail error cancelled canceled expired timeout",
-}
-VOCABULARY: dict[str, TaskState] = {
-    word: state for state, words in _WORDS.items() for word in words.split()
-}
-
-
-def map_status(word: Any) -> TaskState:
-    """The meaning of a provider's status word, case-insensitively; UNKNOWN if unheard of."""
-    if not isinstance(word, str):
-        return TaskState.UNKNOWN
-    return VOCABULARY.get(word.strip().lower(), TaskState.UNKNOWN)
-
-
-@dataclass
-class ProviderTask:
-    """A provider's answer about one task, in our terms."""
-
-    id: str
-    state: TaskState
-    raw_status: str | None = None
-    progress: int | None = None
-    video_url: str | None = None
-    width: int | None = None
-    height: int | None = None
-    duration_s: float | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    poll_after_s: float | None = None
-
-
-# Bounds on what an answer may put into our records, logs and exception messages.
-_MESSAGE_CHARS = 500  # a provider's reason for a failure
-_SNIPPET_CHARS = 200  # raw body text quoted in an exception
-_CODE_CHARS = 64
-_STATUS_CHARS = 64
-_ID_CHARS = 1024
-_URL_CHARS = 8192  # signed CDN URLs run to a few KB
-_ERROR_BODY_BYTES = 64 * 1024  # an error body worth parsing is small; a bigger one is a page
-_MAX_DIMENSION = 2**31 - 1
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def _clip(text: str, limit: int = _MESSAGE_CHARS) -> str:
-    """One line (no control characters, whitespace runs collapsed) of at most limit chars."""
-    line = " ".join(_CONTROL.sub(" ", text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _render(value: Any, limit: int) -> str:
-    """A non-string JSON value shown compactly, for a message or a raw status."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except (ValueError, TypeError, RecursionError):
-        text = f"<{type(value).__name__}>"
-    return _clip(text, limit)
-
-
-def _finite(value: Any) -> float | None:
-    """value as a finite float if it is a number or a numeric string; else None."""
-    if isinstance(value, bool):  # True is an int to Python, not a number to a provider
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        if len(value) > 64:
-            return None
-    elif not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _wait_s(value: str | None, per_second: float = 1.0) -> float | None:
-    """A non-negative finite wait from a header counting seconds (or ms, per_second=1000)."""
-    number = _finite(value)
-    if number is None or number < 0:
-        return None
-    return number / per_second
-
-
-def retry_after_s(headers: httpx.Headers) -> float | None:
-    """The server's wait hint: retry-after-ms, then Retry-After (seconds or an HTTP date).
-
-    Never raises. Garbage, negative, NaN or infinite values and dates without a time zone are
-    ignored (None); a date in the past is 0. Huge values come back as they are (finite):
-    capping is the caller's policy.
-    """
-    if (ms := _wait_s(headers.get("retry-after-ms"), 1000)) is not None:
-        return ms
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    if (seconds := _wait_s(value)) is not None:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        if when.tzinfo is None:  # a local time of unknown zone: hours off either way
-            return None
-        wait_s = when.timestamp() - time.time()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(0.0, wait_s) if math.isfinite(wait_s) else None
-
-
-def _code(value: Any) -> str | None:
-    """A provider's error code as a short str: numbers as their digits; None if not a code."""
-    if isinstance(value, str):
-        return _clip(value, _CODE_CHARS) or None
-    if isinstance(value, bool):  # true/false names no error
-        return None
-    if isinstance(value, int):
-        return str(value) if -(10**18) < value < 10**18 else None
-    if isinstance(value, float) and math.isfinite(value):
-        return str(int(value)) if value.is_integer() else _clip(repr(value), _CODE_CHARS)
-    return None  # null, objects and lists identify nothing
-
-
-def _text(value: Any) -> str:
-    """A message field as one bounded line; "" when the field says nothing."""
-    if not value:
-        return ""
-    if isinstance(value, str):
-        return _clip(value)
-    return _render(value, _MESSAGE_CHARS)
-
-
-def error_message(body: Any, fallback: str) -> tuple[str | None, str]:
-    """(code, message) from whichever field a provider uses for why it failed.
-
-    Never raises, whatever JSON value body is. The code is a str of at most 64 characters or
-    None: a numeric code becomes its digits ({"code": 40001} -> "40001"); booleans, objects
-    and lists are no code (None). The message is one line of at most 500 characters; a
-    non-string message is shown as compact JSON.
-    """
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            code = _code(err.get("code")) or _code(err.get("type"))
-            return code, _text(err.get("message")) or _clip(str(fallback))
-        if isinstance(err, str) and err.strip():
-            return None, _clip(err)
-        for field in ("fail_reason", "failure_reason", "message", "detail"):
-            if text := _text(body.get(field)):
-                return _code(body.get("code")), text
-    return None, _clip(str(fallback))
-
-
-def _says_task_not_found(body: Any) -> bool:
-    """True if the answer carries new-api's "task_not_exist", at top level or one level in."""
-    if not isinstance(body, dict):
-        return False
-    places = (body, body.get("error"), body.get("data"))
-    return any(
-        isinstance(place, dict)
-        and isinstance(place.get("code"), str)
-        and place["code"].strip().lower() == "task_not_exist"
-        for place in places
-    )
-
-
-def _http_url(value: Any) -> str | None:
-    """value if it is an absolute http(s) URL we can fetch; else None."""
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    if not url or len(url) > _URL_CHARS or _CONTROL.search(url):
-        return None
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        return None
-    return url if parts.scheme in ("http", "https") and parts.hostname else None
-
-
-def _file_url(value: Any) -> str | None:
-    """The video's URL from a string, a list of strings, or an object with "url"."""
-    if isinstance(value, dict):
-        value = value.get("url")
-    if isinstance(value, list):
-        return next((url for item in value if (url := _http_url(item))), None)
-    return _http_url(value)
-
-
-def _progress(value: Any) -> int | None:
-    if isinstance(value, str):
-        value = value.strip().removesuffix("%")
-    number = _finite(value)
-    # Truncated, not rounded: 99.6 % is not done.
-    return None if number is None else int(min(100.0, max(0.0, number)))
-
-
-def _dimension(value: Any) -> int | None:
-    number = _finite(value)
-    if number is None or not number.is_integer() or not 0 < number <= _MAX_DIMENSION:
-        return None
-    return int(number)
-
-
-def _duration_s(value: Any) -> float | None:
-    number = _finite(value)
-    return number if number is not None and number > 0 else None
-
-
-def _task_id(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        value = str(value) if -(10**18) < value < 10**18 else ""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    ok = text and len(text) <= _ID_CHARS and not _CONTROL.search(text)
-    return text if ok else None
-
-
-def _status(body: dict[str, Any]) -> tuple[TaskState, str | None]:
-    """The state and the raw word (bounded) from "status" or "state"; UNKNOWN if neither."""
-    raw = next(
-        (body[f] for f in ("status", "state") if body.get(f) is not None and body[f] != ""),
-        None,
-    )
-    if raw is None:
-        # Some providers relayed through routers answer first with no status: still pending,
-        # and UNKNOWN keeps the job polling until its deadline.
-        return TaskState.UNKNOWN, None
-    if isinstance(raw, str):
-        return map_status(raw), _clip(raw, _STATUS_CHARS)
-    return TaskState.UNKNOWN, _render(raw, _STATUS_CHARS)
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return kinds.get(type(value), "a number")
-
-
-def _route(response: httpx.Response) -> str:
-    try:
-        request = response.request
-    except RuntimeError:  # a Response built without its request
-        return "the provider"
-    return f"{request.method} {request.url.path}"
-
-
-def _content_type(response: httpx.Response) -> str:
-    return _clip(response.headers.get("content-type") or "none", 80)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
-
-
-def same_origin(a: str, b: str) -> bool:
-    try:
-        return _origin(a) == _origin(b)
-    except ValueError:  # a port out of range: no origin, so not the API's
-        return False
+# What an API call is for (the label metrics count calls by).
+Operation = Literal["create", "status", "download", "cancel"]
 
 
 class ProviderClient:
-    """Talks to the video API.
+    """Talks to the video API in its dialect (worker/dialect.py).
 
     Args:
-        settings: API base URL, key, format and timeouts.
+        settings: API base URL, key, dialect, format and timeouts.
         http: an httpx.Client to use (one per worker process); made if not given.
+        dialect: the dialect to speak; the one settings name if not given.
     """
 
-    def __init__(self, settings: Settings, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self, settings: Settings, http: httpx.Client | None = None, dialect: Dialect | None = None
+    ) -> None:
         self.settings = settings
+        self.dialect = dialect or load_dialect(
+            settings.api_dialect, str(settings.dialects_dir) if settings.dialects_dir else None
+        )
         self.base_url = settings.api_base_url.rstrip("/")
         self.http = http or httpx.Client(
             timeout=httpx.Timeout(settings.api_timeout_s, connect=settings.api_connect_timeout_s),
@@ -331,20 +77,43 @@ class ProviderClient:
         )
 
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
+        key = self.settings.api_key.get_secret_value()
+        scheme = self.dialect.auth
+        if scheme is Auth.KEY:
+            return {"Authorization": f"Key {key}"}
+        if scheme is Auth.GOOG:
+            return {"x-goog-api-key": key}
+        if scheme is Auth.KLING_JWT:
+            return {"Authorization": f"Bearer {kling_jwt(key)}"}
+        return {"Authorization": f"Bearer {key}"}
 
     def _scrub(self, text: str) -> str:
-        """text without the API key, should a provider echo it back."""
+        """text without the API key (or either half of a Kling key pair), should a provider
+        echo it back."""
         key = self.settings.api_key.get_secret_value()
-        return text.replace(key, "[redacted]") if key else text
+        if not key:
+            return text
+        # The whole key always; a half only when long enough not to match by chance.
+        halves = [half for half in key.split(":") if len(half) >= 8 and half != key]
+        for secret in (key, *halves):
+            text = text.replace(secret, "[redacted]")
+        return text
 
-    def _call(self, operation: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(
+        self, method: str, path: str, *, operation: Operation, **kwargs: Any
+    ) -> httpx.Response:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
-        A success is read whole; of an error body only the first 64 KiB are read. Every call
-        is counted here, by operation (create, status, cancel) and answer (worker/metrics.py).
+        The one place every call to the API passes (metrics attach here). A success is read
+        whole; of an error body only the first 64 KiB are read.
+
+        Args:
+            method: the HTTP method.
+            path: the path under the API's base URL.
+            operation: what the call is for: create, status, download or cancel.
+            **kwargs: passed to httpx (json, params, headers, ...).
         """
-        headers = {**self._auth(), **kwargs.pop("headers", {})}
+        headers = {**self.dialect.headers, **self._auth(), **kwargs.pop("headers", {})}
         response = None
         try:
             with self.http.stream(
@@ -354,31 +123,31 @@ class ProviderClient:
                 if response.is_success:
                     response.read()
                     return response
-                head = _read_prefix(response, _ERROR_BODY_BYTES + 1)
+                head = read_prefix(response, ERROR_BODY_BYTES + 1)
         except httpx.TimeoutException as e:
             raise RetryableError(f"{method} {path}: timed out ({type(e).__name__})") from None
         except httpx.RequestError as e:  # transport, protocol and content-decoding failures
-            detail = self._scrub(_clip(str(e), _SNIPPET_CHARS))
+            detail = self._scrub(clip(str(e), SNIPPET_CHARS))
             raise RetryableError(f"{method} {path}: {type(e).__name__}: {detail}") from None
         finally:
             if response is None:  # no answer came
                 metrics.provider_request(operation, None)
         status = response.status_code
         body: Any = None
-        if len(head) <= _ERROR_BODY_BYTES:
+        if len(head) <= ERROR_BODY_BYTES:
             try:
                 body = json.loads(head)
             except (ValueError, RecursionError):
                 body = None
-        if "html" in _content_type(response).lower():
+        if "html" in content_type(response).lower():
             fallback = f"{response.reason_phrase} (an HTML page)".strip()
         else:
-            snippet = head[: _SNIPPET_CHARS * 4].decode("utf-8", "replace")
-            fallback = _clip(snippet, _SNIPPET_CHARS) or response.reason_phrase
+            snippet = head[: SNIPPET_CHARS * 4].decode("utf-8", "replace")
+            fallback = clip(snippet, SNIPPET_CHARS) or response.reason_phrase
         code, message = error_message(body, fallback)
         code = self._scrub(code) if code else None
-        text = self._scrub(f"{method} {path}: HTTP {status}: {_clip(message, _SNIPPET_CHARS)}")
-        if _says_task_not_found(body):
+        text = self._scrub(f"{method} {path}: HTTP {status}: {clip(message, SNIPPET_CHARS)}")
+        if says_task_not_found(body):
             # new-api answers a missing task with 400, others 404: the word decides, not
             # the status.
             raise PermanentError(text, code="task_not_found", status_code=status)
@@ -393,71 +162,158 @@ class ProviderClient:
 
     # --- create ---
 
-    def create_payload(self, request: VideoRequest, api_format: ApiFormat) -> dict[str, Any]:
-        """The provider's request body for this job in this format."""
-        body: dict[str, Any] = {"model": request.model}
-        if request.prompt is not None:
-            body["prompt"] = request.prompt
-        if request.storyboard is not None:
-            body["storyboard"] = [s.model_dump() for s in request.storyboard]
-        # The OpenAI format speaks size, the unified one aspect ratio; each gets one of them.
-        size, ratio = request.size, request.aspect_ratio
-        if api_format is ApiFormat.OPENAI and ratio is not None:
-            w, h = ASPECT_RATIOS[ratio]
-            body["size"] = size or f"{w}x{h}"
-        elif ratio is not None:
-            body["aspect_ratio"] = ratio
-        elif size is not None:
-            body["size"] = size
-        for field in ("duration", "image_url"):
-            if (value := getattr(request, field)) is not None:
-                body[field] = value
-        if request.characters:
-            body["characters"] = list(request.characters)
+    def create_payload(
+        self, request: VideoRequest, api_format: ApiFormat, job_id: str | None = None
+    ) -> dict[str, Any]:
+        """The provider's request body for this job in this format.
+
+        Raises:
+            PermanentError: code "unsupported_request", naming a field the request sets
+                that the dialect has no place for.
+        """
+        fmt = self.dialect.format_for(api_format.value)
+        values = _request_values(request, fmt)
+        sources = {field.source for field in fmt.body.values()}
+        if "{model}" in fmt.path:  # Replicate and Veo name the model in the route
+            sources.add("model")
+        if missing := sorted(k for k, v in values.items() if v is not None and k not in sources):
+            raise PermanentError(
+                f"the {self.dialect.name} dialect has no place for {', '.join(missing)}",
+                code="unsupported_request",
+            )
+        values["job_id"] = job_id
+        body: dict[str, Any] = {}
+        for target, field in fmt.body.items():
+            value = field.value if field.source is None else values.get(field.source)
+            if value is None:
+                continue
+            if field.separator is not None and isinstance(value, str):
+                value = value.replace("x", field.separator)
+            if field.type == "string" or field.suffix:
+                value = f"{value}{field.suffix}"
+            elif field.type == "int":
+                value = int(value)
+            _put(body, target, value)
         body.update(request.extra)
         return body
 
     def create(
         self, request: VideoRequest, api_format: ApiFormat, idempotency_key: str
     ) -> ProviderTask:
-        """Submit a generation; the Idempotency-Key makes a repeated call return the same task."""
-        path = "/v1/videos" if api_format is ApiFormat.OPENAI else "/v1/video/create"
-        response = self._call(
-            "create",
-            "POST",
-            path,
-            json=self.create_payload(request, api_format),
-            headers={"Idempotency-Key": idempotency_key},
-        )
+        """Submit a generation; the Idempotency-Key makes a repeated call return the same task
+        (where the dialect has one)."""
+        fmt = self.dialect.format_for(api_format.value)
+        if any(part in ("", ".", "..") for part in request.model.split("/")):
+            raise PermanentError(
+                f"model {request.model!r} cannot be part of a route", code="unsupported_request"
+            )
+        # Replicate's models are "owner/name" and go into the path as two segments.
+        path = fmt.path.replace("{model}", quote(request.model, safe="/"))
+        body = self.create_payload(request, api_format, idempotency_key)
+        headers = dict(fmt.headers)
+        if fmt.idempotency_header:
+            headers[fmt.idempotency_header] = idempotency_key
+        sent: dict[str, Any] = {"json": body}
+        if fmt.encoding == "multipart":
+            # (None, value) parts are plain form fields; a list makes httpx send multipart.
+            sent = {"files": [(k, (None, _form_value(v))) for k, v in body.items()]}
+        response = self._call(fmt.method, path, headers=headers, operation="create", **sent)
         task = self.parse_task(response)
         if not task.id:
-            raise PermanentError(f"POST {path}: the answer has no task id", code="bad_response")
+            # Kling and MiniMax refuse a create with HTTP 200 and a code in the body.
+            reason = f": {task.error_message}" if task.error_message else ""
+            if task.error_code in self.dialect.answer.retry_codes:
+                raise RetryableError(f"POST {path}: refused for now{reason}", code="rate_limited")
+            raise PermanentError(
+                f"POST {path}: the answer has no task id{reason}",
+                code=task.error_code or "bad_response",
+            )
         return task
 
     # --- status ---
 
     def get(self, task_id: str, api_format: ApiFormat) -> ProviderTask:
-        """The task's current state."""
-        if api_format is ApiFormat.UNIFIED:
-            response = self._call("status", "GET", "/v1/video/query", params={"id": task_id})
-        else:
-            response = self._call("status", "GET", f"/v1/videos/{task_id}")
+        """The task's current state, from the dialect's query route.
+
+        Where the format has a fallback query route (the router's undocumented unified
+        query), it is asked when the documented route is not served: 404 or 405 that is not
+        new-api's ``task_not_exist``.
+        """
+        query = self.dialect.query
+        fallback = self.dialect.format_for(api_format.value).query_fallback
+        try:
+            response = self._call(query.method, self._path(query, task_id), operation="status")
+        except PermanentError as e:
+            if fallback is None or e.status_code not in (404, 405) or e.code == "task_not_found":
+                raise
+            response = self._query_fallback(fallback, task_id, e)
         task = self.parse_task(response, task_id)
-        if task.state is TaskState.DONE and not task.video_url:
+        if task.state is not TaskState.DONE or task.video_url:
+            return task
+        if self.dialect.result is not None:
+            task.video_url = self._result_url(self.dialect.result, task, response)
+        elif self.dialect.content is not None:
             # OpenAI's own API gives no URL: the bytes come from the content route.
-            task.video_url = f"{self.base_url}/v1/videos/{task.id}/content"
+            task.video_url = self.base_url + self._path(self.dialect.content, task.id)
+        if not task.video_url and self.dialect.answer.done_requires_file:
+            task.state = TaskState.FAILED
+            task.error_code = task.error_code or "no_output"
+            task.error_message = task.error_message or "the provider finished without a video"
         return task
 
+    def _result_url(self, result: Result, task: ProviderTask, answer: httpx.Response) -> str | None:
+        """The file URL from the dialect's extra call (MiniMax's file retrieval, fal's
+        response_url); None when that answer has none."""
+        body = unwrapped_body(answer, self.dialect)
+        if result.url_from is not None:
+            url = http_url(at(body, result.url_from))
+            # Only the API's own origin is asked with the key.
+            if url is None or not same_origin(url, self.base_url):
+                raise RetryableError(
+                    f"the answer's {result.url_from} is not a URL of the API", code="bad_response"
+                )
+            path = url[len(_origin_prefix(url)) :]
+        else:
+            assert result.path is not None  # the model allows one or the other
+            path = self._path(result.path, task.id)
+            for name, where in result.params.items():
+                value = task_id_of(at(body, where))
+                if value is None:
+                    raise RetryableError(f"the answer has no {where}", code="bad_response")
+                path = path.replace(f"{{{name}}}", quote(value, safe=""))
+        response = self._call(result.method, path, operation="status")
+        return first_file_url(response, result.file_url)
+
+    def _path(self, route: Route | str, task_id: str) -> str:
+        # The id comes from the provider's answer: quoted, so it cannot leave its segment.
+        template = route if isinstance(route, str) else route.path
+        safe = self.dialect.id_path_safe
+        if safe and any(part in ("", ".", "..") for part in task_id.split(safe)):
+            raise PermanentError(f"task id {task_id!r} cannot be a route", code="bad_response")
+        return template.replace("{id}", quote(task_id, safe=safe))
+
+    def _query_fallback(
+        self, path: str, task_id: str, documented: PermanentError
+    ) -> httpx.Response:
+        """The fallback query; where it is not served either, the documented route's error
+        stands."""
+        try:
+            return self._call("GET", self._path(path, task_id), operation="status")
+        except PermanentError as e:
+            if e.code != "task_not_found" and e.status_code in (404, 405):
+                raise documented from None
+            raise
+
     def parse_task(self, response: httpx.Response, task_id: str = "") -> ProviderTask:
-        """A status answer in any of the known shapes, as a ProviderTask.
+        """A status answer in the dialect's shape, as a ProviderTask.
 
         Raises only RetryableError (code "bad_response": not JSON, not an object) and
         PermanentError (code "task_not_found"). Fields that do not parse are None; a status
-        that is missing or not a string is UNKNOWN.
+        that is missing or not a string is UNKNOWN (or what the dialect says no status means).
         """
-        route = _route(response)
+        route = route_of(response)
         try:
-            return self._parse_task(response, task_id, route)
+            task = read_task(response, self.dialect, task_id, route)
         except (RetryableError, PermanentError):
             raise
         except Exception as e:
@@ -467,56 +323,17 @@ class ProviderClient:
             raise RetryableError(
                 f"{route}: the answer could not be read ({type(e).__name__})", code="bad_response"
             ) from None
-
-    def _parse_task(self, response: httpx.Response, task_id: str, route: str) -> ProviderTask:
-        try:
-            body = response.json()
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            raise RetryableError(
-                f"{route}: the answer is not JSON (content type {_content_type(response)!r})",
-                code="bad_response",
-                status_code=response.status_code,
-            ) from None
-        if not isinstance(body, dict):
-            raise RetryableError(
-                f"{route}: the answer is {_json_kind(body)}, not a JSON object",
-                code="bad_response",
-                status_code=response.status_code,
-            )
-        if _says_task_not_found(body):
-            raise PermanentError(
-                f"{route}: the provider has no task {task_id!r}"
-                if task_id
-                else f"{route}: the provider has no such task",
-                code="task_not_found",
-                status_code=response.status_code,
-            )
-        if isinstance(body.get("data"), dict) and "status" not in body:
-            body = body["data"]  # some routers wrap the task in {"code":..., "data": {...}}
-        state, raw_status = _status(body)
-        video = body.get("video")
-        meta = video if isinstance(video, dict) else {}
-        code, message = error_message(body, "")
-        return ProviderTask(
-            id=_task_id(body.get("id")) or _task_id(body.get("task_id")) or task_id,
-            state=state,
-            raw_status=raw_status,
-            progress=_progress(body.get("progress")),
-            video_url=_file_url(video)
-            or _file_url(body.get("video_url"))
-            or _file_url(body.get("url")),
-            width=_dimension(meta.get("width")),
-            height=_dimension(meta.get("height")),
-            duration_s=_duration_s(meta.get("duration")),
-            error_code=self._scrub(code) if code else None,
-            error_message=self._scrub(message) or None,
-            poll_after_s=_poll_after_s(response.headers),
-        )
+        task.error_code = self._scrub(task.error_code) if task.error_code else None
+        task.error_message = self._scrub(task.error_message) if task.error_message else None
+        return task
 
     def cancel(self, task_id: str) -> bool:
-        """Ask the provider to drop a task (DELETE /v1/videos/{id}); False where it can't."""
+        """Ask the provider to drop a task (the dialect's cancel route); False where it can't."""
+        route = self.dialect.cancel
+        if route is None:
+            return False
         try:
-            self._call("cancel", "DELETE", f"/v1/videos/{task_id}")
+            self._call(route.method, self._path(route, task_id), operation="cancel")
         except (PermanentError, RetryableError):
             return False
         return True
@@ -528,18 +345,77 @@ class ProviderClient:
         return self._auth() if same_origin(url, self.base_url) else {}
 
 
-def _poll_after_s(headers: httpx.Headers) -> float | None:
-    """OpenAI's poll hint, else the retry hints; finite and non-negative, or None."""
-    if (hint := _wait_s(headers.get("openai-poll-after-ms"), 1000)) is not None:
-        return hint
-    return retry_after_s(headers)
+def _request_values(request: VideoRequest, fmt: Create) -> dict[str, Any]:
+    """Our request's values by source name, size and aspect ratio as the format speaks them."""
+    size, ratio = request.size, request.aspect_ratio
+    if fmt.dimensions == "size" and ratio is not None:
+        w, h = ASPECT_RATIOS[ratio]
+        size, ratio = size or f"{w}x{h}", None
+    elif fmt.dimensions == "aspect_ratio" or ratio is not None:
+        size = None
+    return {
+        "model": request.model,
+        "prompt": request.prompt,
+        "storyboard": None
+        if request.storyboard is None
+        else [s.model_dump() for s in request.storyboard],
+        "size": size,
+        "aspect_ratio": ratio,
+        "duration": request.duration,
+        "image_url": request.image_url,
+        "characters": list(request.characters) or None,
+    }
 
 
-def _read_prefix(response: httpx.Response, limit: int) -> bytes:
-    """Up to limit bytes of a streamed body, leaving the rest unread."""
-    head = bytearray()
-    for chunk in response.iter_bytes():
-        head += chunk
-        if len(head) >= limit:
-            break
-    return bytes(head[:limit])
+def _put(body: dict[str, Any], path: str, value: Any) -> None:
+    """Set body's field at a dotted path ("input.prompt", "content[0].text"), making the
+    objects and lists on the way."""
+    steps: list[str | int] = [
+        int(step.strip("[]")) if step.startswith("[") else step
+        for step in path.replace("[", ".[").split(".")
+        if step
+    ]
+    place: Any = body
+    for step, after in zip(steps, steps[1:], strict=False):
+        empty: Any = [] if isinstance(after, int) else {}
+        if isinstance(step, int):
+            while len(place) <= step:
+                place.append(None)
+            if place[step] is None:
+                place[step] = empty
+        else:
+            place.setdefault(step, empty)
+        place = place[step]
+    last = steps[-1]
+    if isinstance(last, int):
+        while len(place) <= last:
+            place.append(None)
+    place[last] = value
+
+
+def _origin_prefix(url: str) -> str:
+    """ "scheme://host[:port]" of a URL: what precedes its path."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _form_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def kling_jwt(key_pair: str, now_s: float | None = None) -> str:
+    """Kling's bearer token: a JWT (HS256) from "ACCESS_KEY:SECRET_KEY", valid 30 minutes.
+
+    Kling's documentation: iss = the access key, exp = now + 1800, nbf = now - 5.
+    """
+    access, _, secret = key_pair.partition(":")
+    now = int(time.time() if now_s is None else now_s)
+
+    def part(obj: dict[str, Any]) -> str:
+        raw = json.dumps(obj, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = {"iss": access, "exp": now + 1800, "nbf": now - 5}
+    signing = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}"
+    mac = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"

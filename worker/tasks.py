@@ -145,6 +145,7 @@ class _Observed:
         record.provider_status = task.raw_status
         if task.progress is not None:
             record.progress, record.progress_s = task.progress, self.elapsed_s
+        record.usage = task.usage or record.usage
         if task.state is TaskState.RUNNING and record.status is JobStatus.SUBMITTED:
             record.status = JobStatus.PROCESSING
         if task.state is TaskState.DONE and record.status in (

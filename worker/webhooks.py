@@ -17,7 +17,7 @@ from producer.records import WebhookDelivery, WebhookState, utcnow_iso
 from producer.settings import Settings
 from producer.store import JobStore
 from worker import metrics
-from worker.provider import retry_after_s
+from worker.answers import retry_after_s
 from worker.timing import bounded_hint_s
 
 

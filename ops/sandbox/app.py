@@ -7,6 +7,8 @@ time a handler runs; handlers parse, validate, consult the state and render.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -22,6 +24,7 @@ from .files import Mp4Body, parse_range, send_file
 from .gate import KEY_SCOPE, RAW_SCOPE, Gate
 from .media import break_moov
 from .oddities import status_response
+from .speech import SHARED_PREFIXES, SPEECHES, Speech
 from .state import TERMINAL, Phase, Task
 from .validation import (
     OPENAI_MODELS,
@@ -34,6 +37,8 @@ from .vocabulary import render_task
 if TYPE_CHECKING:
     from .service import Sandbox
 
+Handler = Callable[[Request], Awaitable[Response]]
+
 # Past this much extra, an oversized body is no longer drained before the 413 (see _read_body).
 _DRAIN_CAP_BYTES = 64 << 20
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -42,16 +47,17 @@ _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 def build_app(sandbox: Sandbox) -> Gate:
     """The ASGI app: the routes behind the gate."""
     h = _Handlers(sandbox)
+    hidden = h.undocumented
     routes = [
         Route("/v1/videos", h.create_video, methods=["POST"]),
         Route("/v1/video/create", h.create_unified, methods=["POST"]),
-        Route("/v1/video/query", h.query_unified, methods=["GET"]),
-        Route("/v1/videos/characters", h.create_character_openai, methods=["POST"]),
+        Route("/v1/video/query", hidden(h.query_unified), methods=["GET"]),
+        Route("/v1/videos/characters", hidden(h.create_character_openai), methods=["POST"]),
         Route("/v1/videos/{task_id}", h.get_video, methods=["GET"]),
-        Route("/v1/videos/{task_id}", h.delete_video, methods=["DELETE"]),
-        Route("/v1/videos/{task_id}/content", h.video_content, methods=["GET"]),
+        Route("/v1/videos/{task_id}", hidden(h.delete_video, 405), methods=["DELETE"]),
+        Route("/v1/videos/{task_id}/content", hidden(h.video_content), methods=["GET"]),
         Route("/sora/v1/characters", h.create_character, methods=["POST"]),
-        Route("/sora/v1/characters/{char_id}", h.get_character, methods=["GET"]),
+        Route("/sora/v1/characters/{char_id}", hidden(h.get_character), methods=["GET"]),
         Route("/files/{name}", h.file, methods=["GET"]),
         Route("/cdn/{name}", h.cdn_file, methods=["GET"]),
         Route("/_sandbox/health", h.health, methods=["GET"]),
@@ -59,11 +65,21 @@ def build_app(sandbox: Sandbox) -> Gate:
         Route("/_sandbox/config", h.admin_config, methods=["GET", "POST"]),
         Route("/_sandbox/reset", h.admin_reset, methods=["POST"]),
     ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    handlers = {ApiError: _api_error, HTTPException: _http_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    # Every other provider's API (speech.py), when the sandbox speaks it; the file and admin
+    # routes stay the same in every dialect.
+    speaking = Starlette(
+        routes=[Route("/{path:path}", h.speak, methods=["GET", "POST", "PUT", "DELETE"])],
+        exception_handlers=handlers,
     )
-    return Gate(app, sandbox)
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        shared = scope.get("path", "").startswith(SHARED_PREFIXES)
+        speaks = sandbox.config.dialect in SPEECHES and not shared
+        await (speaking if speaks else app)(scope, receive, send)
+
+    return Gate(dispatch, sandbox)
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
@@ -86,6 +102,18 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 class _Handlers:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sb = sandbox
+
+    def undocumented(self, handler: Handler, status: int = 404) -> Handler:
+        """handler, answering as if the route did not exist while routes="documented"."""
+
+        async def maybe(request: Request) -> Response:
+            if self.sb.config.routes == "documented":
+                if status == 405:
+                    raise ApiError(405, "Method Not Allowed", code="method_not_allowed")
+                raise not_found("Not Found")
+            return await handler(request)
+
+        return maybe
 
     # --- video API ---
 
@@ -127,7 +155,15 @@ class _Handlers:
         return JSONResponse(self._render(request, task, at=at), headers=headers)
 
     async def get_video(self, request: Request) -> Response:
-        task = self.sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
+        try:
+            task = self.sb.state.get_task(request.scope[KEY_SCOPE], request.path_params["task_id"])
+        except ApiError:
+            if self.sb.config.routes != "documented":
+                raise
+            # new-api, the seed router's family: a task that is missing (or another user's)
+            # is a 400 with its task error shape, not a 404.
+            body = {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+            return JSONResponse(body, status_code=400)
         self.sb.state.note_status_query(task)
         return status_response(self.sb, self._render(request, task), self._poll_headers(task))
 
@@ -166,6 +202,66 @@ class _Handlers:
                 code="video_not_ready",
             )
         return await self._serve_file(request, task, via_api=True)
+
+    # --- the other dialects (speech.py) ---
+
+    async def speak(self, request: Request) -> Response:
+        sb, cfg = self.sb, self.sb.config
+        speech = SPEECHES[cfg.dialect]
+        # Unclassified paths reach here without a key, and match none of the routes below.
+        path, method, key = request.url.path, request.method, request.scope.get(KEY_SCOPE, "")
+        now = sb.clock()
+        if speech.cancel and method == speech.cancel[0] and (m := speech.cancel[1].match(path)):
+            task = sb.state.delete_task(key, m["id"], now)
+            return JSONResponse(speech.render(task, Phase.FAILED, 0, None))
+        if method == "GET" and (match := speech.query.match(path)):
+            task_id = match.groupdict().get("id") or request.query_params.get("task_id", "")
+            task = sb.state.get_task(key, task_id)
+            sb.state.note_status_query(task)
+            phase = task.phase(now)
+            url = self._file_url(request, task, now) if phase is Phase.COMPLETED else None
+            body = speech.render(task, phase, task.progress(now), url)
+            return JSONResponse({**body, **self._links(request, speech, match, task)})
+        if method == "GET" and speech.result and (match := speech.result.match(path)):
+            assert speech.result_answer is not None
+            file_id = request.query_params.get("file_id", "").removeprefix("file-")
+            task = sb.state.get_task(key, match.groupdict().get("id") or file_id)
+            status, body = speech.result_answer(
+                task, task.phase(now), self._file_url(request, task, now)
+            )
+            return JSONResponse(body, status_code=status)
+        if method == "POST" and (match := speech.create.match(path)):
+            body = await self._json_body(request)
+            spec_body = speech.parse(body, match.groupdict().get("model"))
+            spec = parse_videos_create(spec_body, models=set(cfg.timings), default_model="sora")
+            task, _ = sb.state.create_task(
+                key=key,
+                kind=cfg.dialect,
+                spec=spec,
+                idempotency_key=request.headers.get("idempotency-key"),
+                config=cfg,
+                now=now,
+                task_id=sb.state.new_id(speech.id_prefix),
+            )
+            sb.media.prefetch((spec.width, spec.height, spec.duration_s, cfg.fps))
+            return JSONResponse(
+                {**speech.created(task), **self._links(request, speech, match, task)}
+            )
+        raise not_found("Not Found")
+
+    def _links(
+        self, request: Request, speech: Speech, match: re.Match[str], task: Task
+    ) -> dict[str, Any]:
+        """The URLs an answer carries about its task (fal), under the request's app."""
+        if speech.links is None:
+            return {}
+        base = self.sb.config.public_base_url or str(request.base_url).rstrip("/")
+        return speech.links(f"{base}/{match['app']}/requests/{task.id}", task)
+
+    def _file_url(self, request: Request, task: Task, now: float) -> str:
+        cfg = self.sb.config
+        base = cfg.public_base_url or str(request.base_url).rstrip("/")
+        return f"{base}/files/{task.id}.mp4?{self.sb.signer.query(task.id, cfg.url_ttl_s, now)}"
 
     # --- characters ---
 

@@ -21,6 +21,17 @@ def sandbox(
     flavor: Annotated[
         str | None, typer.Option(help="Response shapes: router | openai (default: router).")
     ] = None,
+    dialect: Annotated[
+        str | None,
+        typer.Option(
+            help="The API dialect spoken: router | openai (these set the flavor too) | replicate"
+            " | runway | kling | luma | seedance | wan | openrouter | minimax | veo | fal."
+        ),
+    ] = None,
+    routes: Annotated[
+        str | None,
+        typer.Option(help="all | documented (only the seed's documented routes; default all)."),
+    ] = None,
     profile: Annotated[
         Path | None,
         typer.Option(help="A JSON or TOML file of knobs; flags given here win over it."),
@@ -106,7 +117,7 @@ def sandbox(
         raise typer.BadParameter(str(exc)) from exc
     sb = Sandbox(config)
     typer.echo(
-        f"sandbox ({config.flavor} flavor{', fast' if config.fast else ''}) "
+        f"sandbox ({config.dialect} dialect{', fast' if config.fast else ''}) "
         f"on http://{host}:{port}  (stats: http://{host}:{port}/_sandbox/stats)"
     )
     try:

@@ -14,13 +14,32 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # What h11 (uvicorn's HTTP layer) accepts as a header value, restricted to ASCII: anything else
 # would make every answer that carries it fail at the server instead of reaching the client.
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 
 Flavor = Literal["router", "openai"]
+# The API dialect the sandbox speaks (worker/dialects/*.toml): router and openai are the
+# flavors (setting one sets the other); the rest are in speech.py.
+SandboxDialect = Literal[
+    "router",
+    "openai",
+    "replicate",
+    "runway",
+    "kling",
+    "luma",
+    "seedance",
+    "wan",
+    "openrouter",
+    "minimax",
+    "veo",
+    "fal",
+]
+# "all": every route either flavor knows; "documented": only what the seed's page
+# (shared/reference/upstream-api.txt) documents, answering a missing task as new-api does.
+Routes = Literal["all", "documented"]
 Vocabulary = Literal["standard", "alt", "upper", "novel"]
 RouteClass = Literal["create", "status", "content", "file", "characters"]
 
@@ -62,6 +81,8 @@ class SandboxConfig(BaseModel):
 
     # --- identity ---
     flavor: Flavor = "router"
+    dialect: SandboxDialect = "router"
+    routes: Routes = "all"
     api_key: str = Field(default="sk-sandbox", min_length=1)
     # More keys that are accepted; limits and stats are kept per key.
     extra_api_keys: list[str] = Field(default_factory=list)
@@ -137,6 +158,21 @@ class SandboxConfig(BaseModel):
     max_json_bytes: int = Field(default=1 << 20, ge=1024)
     max_upload_bytes: int = Field(default=20 << 20, ge=1024)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dialect_is_the_flavor(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        flavors = ("router", "openai")
+        dialect, flavor = data.get("dialect"), data.get("flavor")
+        if dialect in flavors and flavor is None:
+            return {**data, "flavor": dialect}
+        if flavor is not None and dialect is None:
+            return {**data, "dialect": flavor}
+        if dialect in flavors and flavor != dialect:
+            raise ValueError("flavor and dialect name the same thing: give one, or both alike")
+        return data
+
     @field_validator("error_codes")
     @classmethod
     def _error_codes_are_5xx(cls, codes: list[int]) -> list[int]:
@@ -198,4 +234,8 @@ class SandboxConfig(BaseModel):
 
     def patched(self, patch: dict[str, Any]) -> SandboxConfig:
         """A copy with patch applied, validated as a whole (unknown keys rejected)."""
-        return type(self).model_validate({**self.model_dump(), **patch})
+        current = self.model_dump()
+        if "dialect" in patch or "flavor" in patch:
+            current.pop("dialect")
+            current.pop("flavor")
+        return type(self).model_validate({**current, **patch})

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
+from .speech import SPEECHES, Speech, kling_key, route_class
 
 if TYPE_CHECKING:
     from .service import Sandbox
@@ -64,7 +65,7 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = classify(scope["method"], scope["path"])
+        route = self._classify(scope["method"], scope["path"])
         if route == "admin":
             await self.app(scope, receive, send)
             return
@@ -128,6 +129,12 @@ class Gate:
 
         await self.app(scope, receive, delaying_send)
 
+    def _classify(self, method: str, path: str) -> str | None:
+        speech = SPEECHES.get(self.sandbox.config.dialect)
+        if speech is not None and (route := route_class(speech, method, path)) is not None:
+            return route
+        return classify(method, path)
+
     def _check_rpm(self, key: str) -> None:
         sb = self.sandbox
         retry = sb.state.take_rpm_slot(key, sb.config.rpm_limit, sb.clock())
@@ -159,10 +166,13 @@ class Gate:
     def _authorize(self, scope: Scope, route: str | None) -> str | None:
         if route not in _NEEDS_KEY:
             return None
-        header = ""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value.decode("latin-1")
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        speech = SPEECHES.get(self.sandbox.config.dialect)
+        if speech is not None:
+            return self._authorize_speech(scope, speech, headers)
+        header = headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(
@@ -173,6 +183,27 @@ class Gate:
         if token.strip() not in self.sandbox.config.api_keys:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         key = token.strip()
+        scope[KEY_SCOPE] = key
+        return key
+
+    def _authorize_speech(self, scope: Scope, speech: Speech, headers: dict[str, str]) -> str:
+        """The key of a request in one of speech.py's dialects, by its own auth scheme."""
+        for name, value in speech.headers.items():
+            if headers.get(name) != value:
+                raise ApiError(400, f"the {name} header must be {value!r}", code="missing_header")
+        keys = self.sandbox.config.api_keys
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        key: str | None
+        if speech.auth == "x-goog-api-key":
+            key = headers.get("x-goog-api-key", "").strip() or None
+        elif speech.auth == "kling-jwt":
+            ok = scheme.lower() == "bearer"
+            key = kling_key(token.strip(), keys, self.sandbox.clock()) if ok else None
+        else:
+            want = "key" if speech.auth == "key" else "bearer"
+            key = token.strip() if scheme.lower() == want else None
+        if key is None or key not in keys:
+            raise ApiError(401, f"missing or wrong {speech.auth} credentials", code="unauthorized")
         scope[KEY_SCOPE] = key
         return key
 

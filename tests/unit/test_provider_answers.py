@@ -17,15 +17,9 @@ import pytest
 from ops.sandbox.media import encode_mp4
 from producer.errors import InvalidVideo, PermanentError, RetryableError
 from producer.settings import Settings
+from worker.answers import ProviderTask, error_message, poll_after_s, retry_after_s
 from worker.media import probe
-from worker.provider import (
-    ProviderClient,
-    ProviderTask,
-    TaskState,
-    _poll_after_s,
-    error_message,
-    retry_after_s,
-)
+from worker.provider import ProviderClient, TaskState
 
 KEY = "sk-very-secret-key"
 ROUTE = "http://api.test/v1/videos/1"
@@ -124,7 +118,7 @@ def test_a_huge_retry_after_is_parsed_finite_and_left_for_the_caller_to_cap(valu
     ],
 )
 def test_a_garbage_poll_after_hint_is_ignored(headers, expected):
-    assert _poll_after_s(httpx.Headers(headers)) == expected
+    assert poll_after_s(httpx.Headers(headers)) == expected
     assert _parse({"id": "t", "status": "queued"} | {}, "t").poll_after_s is None
     task = _client().parse_task(_json({"id": "t", "status": "queued"}, headers))
     assert task.poll_after_s == expected
@@ -228,9 +222,31 @@ def test_a_response_without_its_request_still_gives_a_readable_error():
 # --- parse_task: status ---
 
 
-def test_a_missing_status_is_unknown_so_the_job_keeps_polling():
+def test_a_missing_status_is_still_waiting_so_the_job_keeps_polling():
     task = _parse({"id": "t1", "model": "grok-video"})
-    assert (task.state, task.raw_status, task.id) == (TaskState.UNKNOWN, None, "t1")
+    assert (task.state, task.raw_status, task.id) == (TaskState.WAITING, None, "t1")
+
+
+@pytest.mark.parametrize(
+    ("body", "state"),
+    [
+        ({"name": "operations/x", "done": False}, TaskState.RUNNING),
+        ({"name": "operations/x", "done": True, "response": {}}, TaskState.DONE),
+        ({"name": "operations/x", "done": True, "error": {"message": "x"}}, TaskState.FAILED),
+        ({"name": "operations/x", "done": "yes"}, TaskState.WAITING),
+    ],
+)
+def test_a_boolean_done_without_a_status_is_a_long_running_operations_state(body, state):
+    assert _parse(body).state is state
+
+
+def test_a_done_operations_error_is_the_reason():
+    task = _parse({"done": True, "error": {"code": 3, "message": "prompt blocked"}})
+    assert (task.state, task.error_code, task.error_message) == (
+        TaskState.FAILED,
+        "3",
+        "prompt blocked",
+    )
 
 
 @pytest.mark.parametrize(
