@@ -95,6 +95,8 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         r.copy_attempts = r.recoveries = 0
         if target is JobStatus.QUEUED:
             r.resubmits += 1 if r.provider_task_id else 0
+            if r.provider_task_id:  # a new Idempotency-Key: any provider may take it
+                r.provider = None
             r.provider_task_id = r.submitted_at = r.provider_status = None
             r.attempts = r.polls = 0
             r.progress = r.estimate_s = r.progress_s = r.polled_s = None
@@ -118,9 +120,11 @@ def _provider_side_status(settings: Settings, record: JobRecord) -> JobStatus:
     from worker.provider import TaskState
     from worker.runtime import Runtime
 
-    api_format = ApiFormat(record.api_format or settings.api_format)
-    provider = Runtime(settings).provider
+    rt = Runtime(settings)
     try:
+        provider = rt.provider(record.provider)
+        asked = record.request.get("api_format") or record.api_format
+        api_format = ApiFormat(asked or provider.settings.api_format)
         task = provider.get(record.provider_task_id or "", api_format)
     except PermanentError as e:
         raise OperationRefused(
@@ -130,7 +134,7 @@ def _provider_side_status(settings: Settings, record: JobRecord) -> JobStatus:
     except RetryableError as e:
         raise OperationRefused(f"the provider did not answer ({e.code}): try again") from None
     finally:
-        provider.http.close()
+        rt.http.close()
     if task.state is TaskState.FAILED:
         raise OperationRefused(
             f"the provider's task {record.provider_task_id} failed "

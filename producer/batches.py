@@ -15,11 +15,12 @@ from typing import Any
 
 from producer.errors import InvalidRequest
 from producer.jobs import mark_cancelled, store
+from producer.providers import candidates
 from producer.records import BatchRecord, JobRecord, utcnow_iso
 from producer.requests import VideoRequest, http_url, parse_request
 from producer.settings import Settings, get_settings
 from producer.store import NewJob
-from producer.urls import UrlPolicy, check_outbound
+from producer.urls import check_outbound
 
 # Jobs per Lua call: large enough that round trips vanish, small enough that one call
 # blocks Redis for milliseconds, not seconds.
@@ -71,7 +72,7 @@ def enqueue_batch(
     ):
         raise InvalidRequest("metadata must map strings to strings")
     keep = len(items) <= KEEP_MODELS_UP_TO
-    validated = _validate_all(items, keep=keep, policy=s.url_policy)
+    validated = _validate_all(items, keep=keep, settings=s)
 
     batch_id = f"batch_{uuid.uuid4().hex}"
     st = store(s)
@@ -97,13 +98,14 @@ def enqueue_batch(
     return batch_id
 
 
-def _validate_all(items: list[Any], *, keep: bool, policy: UrlPolicy) -> list[VideoRequest]:
+def _validate_all(items: list[Any], *, keep: bool, settings: Settings) -> list[VideoRequest]:
     models: list[VideoRequest] = []
     problems: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
             model = parse_request(item)
-            check_outbound(model.webhook_url, "webhook_url", policy)
+            check_outbound(model.webhook_url, "webhook_url", settings.url_policy)
+            candidates(model, settings)  # a provider that can take it
         except InvalidRequest as e:
             for p in e.errors or [{"field": "(request)", "message": str(e)}]:
                 problems.append({"index": index, **p})

@@ -2,6 +2,7 @@
 
 VideoqueueError
 ├── InvalidRequest        a request (or batch item) failed validation; nothing was written
+├── InvalidConfiguration  a configuration file (VIDEOQUEUE_PROVIDERS_FILE) failed validation
 ├── JobNotFound           no job record under that id
 ├── WaitTimeout           wait() gave up before the job ended
 ├── OperationRefused      an operator's command cannot do what it was asked (retry, replay)
@@ -28,6 +29,11 @@ class InvalidRequest(VideoqueueError, ValueError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class InvalidConfiguration(VideoqueueError, ValueError):
+    """Raised when a configuration file cannot be read or fails validation; the message names
+    the file and the field."""
 
 
 class JobNotFound(VideoqueueError, KeyError):
@@ -85,9 +91,13 @@ class RetryableError(ProviderError):
         delay_s: float | None = None,
         code: str = "provider_unavailable",
         status_code: int | None = None,
+        not_taken: bool = False,
     ):
         super().__init__(message, code=code, status_code=status_code)
         self.delay_s = delay_s
+        # The call certainly did not take effect (nothing reached the provider, or it refused
+        # before doing anything): another provider may be asked without billing twice.
+        self.not_taken = not_taken
 
 
 class PermanentError(ProviderError):

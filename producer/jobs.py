@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from producer.errors import WaitTimeout
+from producer.providers import candidates
 from producer.records import TERMINAL, JobRecord, JobStatus, utcnow_iso
 from producer.requests import VideoRequest, parse_request
 from producer.settings import Settings, get_settings
@@ -58,6 +59,7 @@ def enqueue(request: VideoRequest | dict[str, Any], *, settings: Settings | None
     s = settings or get_settings()
     req = parse_request(request)
     check_outbound(req.webhook_url, "webhook_url", s.url_policy)
+    candidates(req, s)  # a provider that can take it (and the one it names exists)
     record = new_record(req, s)
     return store(s).create(record, req.idempotency_key)
 

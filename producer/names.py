@@ -133,6 +133,14 @@ class Keys:
         """The token bucket of the shared request rate."""
         return f"{self.prefix}:limits:{account}:rate"
 
+    def routes(self) -> str:
+        """A hash: job -> the providers its submit or polls may go to (worker/limits.py)."""
+        return f"{self.prefix}:limits:routes"
+
+    def batch_usage(self, batch_id: str) -> str:
+        """A hash: usage field -> the sum over the batch's ended jobs."""
+        return f"{self.prefix}:batch:{batch_id}:usage"
+
     def schedule(self, lane: Lane) -> str:
         """A sorted set: entry (job or batch id) -> when it is next due, by Redis's clock."""
         return f"{self.prefix}:schedule:{lane.value}"

@@ -73,6 +73,24 @@ class WebhookDelivery(BaseModel):
     last_attempt_at: str | None = None
 
 
+class AttemptOutcome(StrEnum):
+    """What one create at one provider came to."""
+
+    CREATED = "created"  # the provider made the task
+    REFUSED = "refused"  # certainly not taken (unreachable, 429, a refusal): the next provider
+    UNCERTAIN = "uncertain"  # may have been taken (timeout, 5xx): the same provider again
+    FAILED = "failed"  # refused for good
+
+
+class ProviderAttempt(BaseModel):
+    """One create sent to one provider (named, never its key)."""
+
+    provider: str
+    outcome: AttemptOutcome
+    code: str | None = None
+    at: str = Field(default_factory=utcnow_iso)
+
+
 class JobRecord(BaseModel):
     """A job, as `videoqueue status --json` prints it and webhooks carry it."""
 
@@ -111,6 +129,11 @@ class JobRecord(BaseModel):
     # What the provider reported it charged or counted, where its dialect says (usage.cost,
     # billed seconds, tokens, ...): the latest report.
     usage: dict[str, float] | None = None
+    # The provider (by its name in the providers file; "default" without one) the job's task
+    # was created at, or its create may have reached: every poll, cancel and download goes
+    # there. Every create sent, wherever it went, in order.
+    provider: str | None = None
+    provider_attempts: list[ProviderAttempt] = Field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -142,6 +165,8 @@ class BatchRecord(BaseModel):
     deduplicated: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str] = Field(default_factory=dict)
     webhook: WebhookDelivery | None = None
+    # The usage its ended jobs reported, summed field by field (JobRecord.usage).
+    usage: dict[str, float] = Field(default_factory=dict)
 
     @property
     def done(self) -> bool:

@@ -58,6 +58,8 @@ class VideoRequest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
     api_format: ApiFormat | None = None
+    # The provider (by name, VIDEOQUEUE_PROVIDERS_FILE) to send it to; none: the first free one.
+    provider: str | None = Field(None, min_length=1, max_length=64)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("size")

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # A folder of the user's dialect files; one named like a shipped dialect replaces it.
     dialects_dir: Path | None = None
 
+    # --- several providers (producer/providers.py; README "Several providers") ---
+    # A TOML file of providers in order of preference; when set, it replaces the single
+    # provider above (api_base_url, api_key, api_dialect, api_format and its limits).
+    providers_file: Path | None = None
+
     # --- submit retries (429, 5xx, timeouts) ---
     submit_max_attempts: int = Field(8, ge=1)
     retry_base_s: float = Field(2.0, gt=0)

@@ -317,6 +317,7 @@ class JobStore:
             pipe.hgetall(self.keys.batch_counts(batch_id))
             if with_jobs:
                 pipe.lrange(self.keys.batch_jobs(batch_id), 0, -1)
+            pipe.hgetall(self.keys.batch_usage(batch_id))
             found = pipe.execute()
         fields = {_text(k): _text(v) for k, v in found[0].items()}
         if not fields:
@@ -335,6 +336,7 @@ class JobStore:
             deduplicated=json.loads(fields.get("deduplicated", "{}")),
             metadata=json.loads(fields.get("metadata", "{}")),
             webhook=WebhookDelivery.model_validate_json(webhook) if webhook else None,
+            usage={_text(k): float(v) for k, v in found[-1].items()},
         )
 
     def set_batch_fields(self, batch_id: str, fields: dict[str, str]) -> None:

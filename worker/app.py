@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init, setup_logging
 
+from producer.providers import providers
 from producer.settings import get_settings
 from worker import logs
 from worker.config import celery_config
@@ -27,9 +28,10 @@ def _worker_starts(instance: Any = None, **_: Any) -> None:
 
 
 settings = get_settings()
-# A dialect that is unknown or does not validate stops the worker at start, naming the
-# setting and the field, instead of failing every job it would have run.
-load_dialect(settings.api_dialect, str(settings.dialects_dir) if settings.dialects_dir else None)
+# A providers file or dialect that is unknown or does not validate stops the worker at start,
+# naming the file or setting and the field, instead of failing every job it would have run.
+for _provider in providers(settings):
+    load_dialect(_provider.dialect, str(settings.dialects_dir) if settings.dialects_dir else None)
 
 app = Celery("videoqueue")
 app.conf.update(celery_config(settings))

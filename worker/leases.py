@@ -20,9 +20,10 @@ from producer.names import Keys, Lane
 
 log = structlog.get_logger("videoqueue.leases")
 
-# KEYS: lane, leases, slots. ARGV: lease_s, token, members... Extends the members still held
-# by this token (a member the step already placed elsewhere is no longer held), and the
-# provider slot a submit holds under its lease (never shortening a generation's).
+# KEYS: lane, leases, every account's slots. ARGV: lease_s, token, members... Extends the
+# members still held by this token (a member the step already placed elsewhere is no longer
+# held), and the provider slot a submit holds under its lease (never shortening a
+# generation's), wherever it is held.
 _EXTEND = """
 pcall(redis.replicate_commands)
 local t = redis.call('TIME')
@@ -31,7 +32,7 @@ local n = 0
 for i = 3, #ARGV do
   if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[2] then
     redis.call('ZADD', KEYS[1], 'XX', 'GT', until_, ARGV[i])
-    redis.call('ZADD', KEYS[3], 'XX', 'GT', until_, ARGV[i])
+    for k = 3, #KEYS do redis.call('ZADD', KEYS[k], 'XX', 'GT', until_, ARGV[i]) end
     n = n + 1
   end
 end
@@ -47,15 +48,17 @@ class Lease:
         keys: the deployment's keys.
         lane: the lane the entries were claimed from.
         token: the claim's token.
-        slots: the provider slots' sorted set.
+        slots: every account's provider slots (sorted sets).
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, lane: Lane, token: str, slots: str) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, lane: Lane, token: str, slots: Sequence[str]
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.lane = lane
         self.token = token
-        self.slots = slots
+        self.slots = list(slots)
         self._extend = client.register_script(_EXTEND)
 
     def held(self, members: Sequence[str]) -> list[str]:
@@ -71,7 +74,7 @@ class Lease:
         """Push the members' entries lease_s ahead; returns how many are still held."""
         return int(
             self._extend(
-                keys=[self.keys.schedule(self.lane), self.keys.leases(), self.slots],
+                keys=[self.keys.schedule(self.lane), self.keys.leases(), *self.slots],
                 args=[lease_s, self.token, *members],
             )
         )

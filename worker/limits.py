@@ -1,19 +1,23 @@
-"""The provider's limits, shared by every worker on every host through Redis.
+"""The providers' limits, shared by every worker on every host through Redis.
 
 Celery's own rate_limit counts per worker process, so ten workers would send ten times the
-rate. Here one token bucket and one set of in-flight slots per API key live in Redis, and both
-are spent where work is handed out: the schedule's claim script (worker/pump.py) claims a
-rate-limited step only with a token in hand, and a submit only with a free slot, taken in the
-same script. A job that finds no slot simply stays due in its submit lane; single jobs' lane is
-served before the batch lane, so a freed slot goes to a single job first. Nothing is parked,
-nothing is handed over, and no worker waits.
+rate. Here one token bucket and one set of in-flight slots per account (API key fingerprint)
+live in Redis, and both are spent where work is handed out: the schedule's claim script
+(worker/pump.py) claims a rate-limited step only with a token in hand, and a submit only with
+a free slot, taken in the same script at the first provider of the job's route that has both.
+A job that finds none simply stays due in its submit lane; single jobs' lane is served before
+the batch lane, so a freed slot goes to a single job first. Nothing is parked, nothing is
+handed over, and no worker waits.
 
-- Rate: a token bucket refilled by Redis's clock at rate_limit_per_s up to rate_burst.
+- Rate: a token bucket per account refilled by Redis's clock at the provider's
+  rate_limit_per_s up to its rate_burst.
 - Slots: a job takes one when its submit is claimed, under the claim's lease: a submit that
   dies frees its slot when its lease runs out. Once the provider has the job, the slot is
   held until its generation ends (or the job ends), given back in the same transaction as
   that change. A submit that will be retried gives its slot back meanwhile: it holds no
   generation, and it competes for a slot again, in order, when it is due.
+- Routes: job -> the providers its work may go to, in order of preference (producer/
+  providers.py decides them, the submit step writes them, the claim script cuts them).
 """
 
 from __future__ import annotations
@@ -24,46 +28,80 @@ from typing import Any
 import redis
 
 from producer.names import RATE_LIMITED, SUBMIT_LANES, Keys, Lane, account_of
+from producer.providers import DEFAULT_PROVIDER, account, providers
 from producer.settings import Settings
 
 __all__ = ["ProviderLimits", "account_of"]
 
 
 class ProviderLimits:
-    """The shared rate limit and in-flight cap for one API key.
+    """The shared rate limits and in-flight caps of every provider, and the jobs' routes.
 
     Args:
         client: the Redis holding job records.
-        settings: rate_limit_per_s, rate_burst, max_in_flight, deadline_s, key prefix.
+        settings: the providers (producer/providers.py), deadline_s, key prefix.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.settings = settings
         self.redis = client
-        keys = Keys(settings.key_prefix)
-        account = account_of(settings.api_key.get_secret_value())
-        self.bucket = keys.rate(account)
-        self.in_flight = keys.in_flight(account)
+        self.keys = Keys(settings.key_prefix)
+        self.providers = providers(settings)
+        self.accounts = {p.name: account(p, settings) for p in self.providers}
+        # Every account's slots: a job's slot is given back wherever it is held.
+        self.slot_keys = sorted({self.keys.in_flight(a) for a in self.accounts.values()})
+        # The first provider's (the single provider's, without a providers file).
+        self.in_flight = self.keys.in_flight(self.accounts[self.providers[0].name])
+        self.routes = self.keys.routes()
+        # Without a providers file every job goes to the one provider; with one, a job's
+        # submit step routes it first (by its model and the provider it names).
+        self.default_route = DEFAULT_PROVIDER if settings.providers_file is None else ""
         # A slot whose job vanished (it should not happen: every end gives its slot back)
         # is reclaimed once it is older than any job at the provider can be.
         self.stale_after_s = 2 * settings.deadline_s + settings.step_timeout_s
 
     def claim_terms(self, lane: Lane) -> tuple[list[str], list[Any]]:
-        """The claim script's limit keys (slots, bucket; '' for none) and arguments (cap,
-        rate, burst) for one lane."""
-        s = self.settings
-        slots = self.in_flight if lane in SUBMIT_LANES and s.max_in_flight is not None else ""
-        rated = lane in RATE_LIMITED and s.rate_limit_per_s is not None
-        return (
-            [slots, self.bucket if rated else ""],
-            [s.max_in_flight or 0, s.rate_limit_per_s or 0, s.rate_burst],
-        )
+        """The claim script's keys (routes, then each provider's slots and bucket, '' for
+        none) and arguments (limited, submit, default route, providers, then each one's
+        name, cap, rate, burst) for one lane."""
+        submit = lane in SUBMIT_LANES
+        rated = lane in RATE_LIMITED
+        keys: list[str] = [self.routes]
+        args: list[Any] = []
+        limited = False
+        for p in self.providers:
+            acc = self.accounts[p.name]
+            slots = self.keys.in_flight(acc) if submit and p.max_in_flight is not None else ""
+            bucket = self.keys.rate(acc) if rated and p.rate_limit_per_s is not None else ""
+            limited = limited or bool(slots or bucket)
+            keys += [slots, bucket]
+            args += [p.name, p.max_in_flight or 0, p.rate_limit_per_s or 0, p.rate_burst]
+        head = [int(limited), int(submit), self.default_route, len(self.providers)]
+        return keys, head + args
 
     def hold_for_generation(self, job_id: str, client: Any = None) -> None:
         """Keep the job's slot (if it holds one) while the provider generates its video."""
         until = time.time() + self.stale_after_s
-        (client or self.redis).zadd(self.in_flight, {job_id: until}, xx=True, gt=True)
+        for key in self.slot_keys:
+            (client or self.redis).zadd(key, {job_id: until}, xx=True, gt=True)
 
     def release(self, job_id: str, client: Any = None) -> None:
         """Give the job's slot back (a no-op if it holds none), on client's transaction."""
-        (client or self.redis).zrem(self.in_flight, job_id)
+        for key in self.slot_keys:
+            (client or self.redis).zrem(key, job_id)
+
+    def route(self, job_id: str) -> list[str] | None:
+        """The providers the job's work may go to, in order; None if it has no route."""
+        raw = self.redis.hget(self.routes, job_id)
+        if raw is None:
+            return [DEFAULT_PROVIDER] if self.default_route else None
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return [name for name in text.split(",") if name]
+
+    def set_route(self, job_id: str, names: list[str], client: Any = None) -> None:
+        """Send the job's next claims to these providers, in this order."""
+        (client or self.redis).hset(self.routes, job_id, ",".join(names))
+
+    def forget_route(self, job_id: str, client: Any = None) -> None:
+        """The job needs no provider any more (it is past its polls)."""
+        (client or self.redis).hdel(self.routes, job_id)

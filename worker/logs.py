@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from structlog.types import EventDict, Processor
 
+from producer.providers import api_key, providers
 from producer.settings import LogFormat, Settings
 
 # A URL's query string: signed URLs carry their signature there (sig=, X-Amz-Signature=...).
@@ -60,6 +61,7 @@ def configure(
 ) -> None:
     """Route structlog and the standard library's logging through one formatter."""
     secrets = [settings.api_key.get_secret_value()]
+    secrets += [api_key(p, settings).get_secret_value() for p in providers(settings)]
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
         # The key itself too, the way Standard Webhooks libraries decode it.

@@ -125,10 +125,20 @@ class ProviderClient:
                     return response
                 head = read_prefix(response, ERROR_BODY_BYTES + 1)
         except httpx.TimeoutException as e:
-            raise RetryableError(f"{method} {path}: timed out ({type(e).__name__})") from None
+            # Only a connect that timed out sent nothing; a read timeout may follow a create
+            # the provider took.
+            raise RetryableError(
+                f"{method} {path}: timed out ({type(e).__name__})",
+                not_taken=isinstance(e, httpx.ConnectTimeout),
+            ) from None
         except httpx.RequestError as e:  # transport, protocol and content-decoding failures
             detail = self._scrub(clip(str(e), SNIPPET_CHARS))
-            raise RetryableError(f"{method} {path}: {type(e).__name__}: {detail}") from None
+            # Refused, unresolvable, unreachable: nothing was sent. A connection dropped after
+            # the request went out (ReadError, RemoteProtocolError) may have been taken.
+            raise RetryableError(
+                f"{method} {path}: {type(e).__name__}: {detail}",
+                not_taken=isinstance(e, httpx.ConnectError),
+            ) from None
         finally:
             if response is None:  # no answer came
                 metrics.provider_request(operation, None)
@@ -157,6 +167,7 @@ class ProviderClient:
                 delay_s=retry_after_s(response.headers),
                 code="rate_limited" if status == 429 else "provider_unavailable",
                 status_code=status,
+                not_taken=status == 429,  # refused before doing anything
             )
         raise PermanentError(text, code=code or f"http_{status}", status_code=status)
 
@@ -223,7 +234,9 @@ class ProviderClient:
             # Kling and MiniMax refuse a create with HTTP 200 and a code in the body.
             reason = f": {task.error_message}" if task.error_message else ""
             if task.error_code in self.dialect.answer.retry_codes:
-                raise RetryableError(f"POST {path}: refused for now{reason}", code="rate_limited")
+                raise RetryableError(
+                    f"POST {path}: refused for now{reason}", code="rate_limited", not_taken=True
+                )
             raise PermanentError(
                 f"POST {path}: the answer has no task id{reason}",
                 code=task.error_code or "bad_response",

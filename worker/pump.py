@@ -31,58 +31,118 @@ from worker.limits import ProviderLimits
 
 log = structlog.get_logger("videoqueue.pump")
 
-# KEYS: lane, leases, queue, claim counter, slots ('' none), rate bucket ('' none).
-# ARGV: lease_s, dispatch_ahead, entries per message, token prefix, slot cap, rate, burst,
-# the lane's name, then the six pieces of the message envelope. Returns the entries claimed,
+# KEYS: lane, leases, queue, claim counter, routes, then per provider: slots ('' none), rate
+# bucket ('' none). ARGV: lease_s, dispatch_ahead, entries per message, token prefix, the
+# lane's name, the six pieces of the message envelope, then limited (1: spend limits), submit
+# (1: a submit lane, which takes slots), the default route ('' none), the number of
+# providers, and per provider: name, slot cap, rate, burst. Returns the entries claimed,
 # their total and their worst lateness in milliseconds.
+#
+# A job's route (the routes hash: job -> provider names, comma-separated, in order of
+# preference) says where its work may go: a submit takes a rate token and a slot at the first
+# of them that has both, and the route is cut to start there (the submit step reads its
+# provider off the route's head); a job that already holds a slot somewhere stays there. A
+# job with no route and no default route is claimed without spending anything: its submit
+# step routes it first. A job whose providers are all full is skipped and stays due; the
+# ones after it that may go elsewhere are claimed.
 _CLAIM = """
 pcall(redis.replicate_commands)  -- Redis < 7 needs it for TIME before writes
-local lane, leases, queue, seq, slots, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local lane, leases, queue, seq, routes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local room = tonumber(ARGV[2]) - redis.call('LLEN', queue)
 if room <= 0 then return {0, 0, 0} end
 local per = tonumber(ARGV[3])
 local want = room * per
-local tokens
-if bucket ~= '' then
-  local rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
-  tokens = tonumber(redis.call('HGET', bucket, 'tokens') or burst)
-  local since = tonumber(redis.call('HGET', bucket, 'ts') or now)
-  tokens = math.min(burst, tokens + math.max(0, now - since) * rate)
-  want = math.min(want, math.floor(tokens))
+local limited, submit, default = ARGV[12] == '1', ARGV[13] == '1', ARGV[14]
+local n = tonumber(ARGV[15])
+local index, tokens, free = {}, {}, {}
+for i = 1, n do index[ARGV[12 + 4 * i]] = i end
+local function slots(i) return KEYS[4 + 2 * i] end
+local function bucket(i) return KEYS[5 + 2 * i] end
+local function has_token(i)
+  if bucket(i) == '' then return true end
+  if tokens[i] == nil then
+    local rate, burst = tonumber(ARGV[14 + 4 * i]), tonumber(ARGV[15 + 4 * i])
+    local b = bucket(i)
+    local left = tonumber(redis.call('HGET', b, 'tokens') or burst)
+    local since = tonumber(redis.call('HGET', b, 'ts') or now)
+    tokens[i] = math.min(burst, left + math.max(0, now - since) * rate)
+  end
+  return tokens[i] >= 1
+end
+local function has_slot(i)
+  if not submit or slots(i) == '' then return true end
+  if free[i] == nil then
+    -- A slot taken for a submit is held under the claim's lease (extended while the submit
+    -- runs, pushed far ahead once the provider has the job): a dead claim's slot frees itself.
+    redis.call('ZREMRANGEBYSCORE', slots(i), '-inf', now)
+    free[i] = tonumber(ARGV[13 + 4 * i]) - redis.call('ZCARD', slots(i))
+  end
+  return free[i] > 0
+end
+-- The provider a due job's step may go to now (0: unrouted, claimed as is), or nil.
+local function pick(m)
+  local route = redis.call('HGET', routes, m) or default
+  if route == '' then return 0 end
+  local names, known = {}, false
+  for name in string.gmatch(route, '[^,]+') do
+    names[#names + 1] = name
+    known = known or index[name] ~= nil
+  end
+  if not known then return 0 end  -- a provider no longer configured: its step says so
+  for k, name in ipairs(names) do
+    local i = index[name]
+    if i then
+      local held = submit and slots(i) ~= '' and redis.call('ZSCORE', slots(i), m)
+      if held then
+        return has_token(i) and i or nil  -- a slot held pins the job to its provider
+      end
+      if has_token(i) and has_slot(i) then
+        if k > 1 then
+          redis.call('HSET', routes, m, table.concat(names, ',', k))
+        end
+        return i
+      end
+    end
+    if not submit then return nil end  -- only a submit may go elsewhere
+  end
+  return nil
 end
 local chosen, late = {}, {}
 local until_ = now + tonumber(ARGV[1])
-if want > 0 and slots ~= '' then
-  -- A slot taken for a submit is held under the claim's lease (extended while the submit
-  -- runs, pushed far ahead once the provider has the job): a dead claim's slot frees itself.
-  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-  local free = tonumber(ARGV[5]) - redis.call('ZCARD', slots)
-  local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
-  for i = 1, #due, 2 do
-    local m = due[i]
-    if redis.call('ZSCORE', slots, m) then
-      redis.call('ZADD', slots, 'GT', until_, m)
-    elseif free > 0 then
-      redis.call('ZADD', slots, until_, m)
-      free = free - 1
-    else
-      break  -- no slot: it and everything due after it wait in the lane, in order
+if want > 0 then
+  -- With several providers, look past jobs that must wait for a full one.
+  local window = want
+  if limited and n > 1 then window = want + 64 end
+  local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, window)
+  for j = 1, #due, 2 do
+    if #chosen >= want then break end
+    local m = due[j]
+    local i = 0
+    if limited then i = pick(m) end
+    if i then
+      if i > 0 then
+        if tokens[i] ~= nil then tokens[i] = tokens[i] - 1 end
+        if submit and slots(i) ~= '' then
+          if redis.call('ZSCORE', slots(i), m) then
+            redis.call('ZADD', slots(i), 'GT', until_, m)
+          else
+            redis.call('ZADD', slots(i), until_, m)
+            free[i] = free[i] - 1
+          end
+        end
+      end
+      chosen[#chosen + 1] = m
+      late[#late + 1] = now - tonumber(due[j + 1])
+    elseif n == 1 then
+      break  -- one provider, no slot or token: everything due after it waits, in order
     end
-    chosen[#chosen + 1] = m
-    late[#late + 1] = now - tonumber(due[i + 1])
-  end
-elseif want > 0 then
-  local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
-  for i = 1, #due, 2 do
-    chosen[#chosen + 1] = due[i]
-    late[#late + 1] = now - tonumber(due[i + 1])
   end
 end
-if bucket ~= '' then
-  redis.call('HSET', bucket, 'tokens', tostring(tokens - #chosen), 'ts', tostring(now))
-  redis.call('EXPIRE', bucket, 3600)
+for i, left in pairs(tokens) do
+  redis.call('HSET', bucket(i), 'tokens', tostring(left), 'ts', tostring(now))
+  redis.call('EXPIRE', bucket(i), 3600)
 end
 for g = 1, #chosen, per do
   local token = ARGV[4] .. redis.call('INCR', seq)
@@ -95,10 +155,10 @@ for g = 1, #chosen, per do
     members[#members + 1] = cjson.encode(m)
   end
   local body = '[[[' .. table.concat(members, ',') .. '],"' .. token .. '",'
-    .. cjson.encode(ARGV[8]) .. ',[' .. table.concat(recovered, ',') .. ']],{},'
+    .. cjson.encode(ARGV[5]) .. ',[' .. table.concat(recovered, ',') .. ']],{},'
     .. '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
-  redis.call('LPUSH', queue, ARGV[9] .. cjson.encode(body) .. ARGV[10] .. token .. ARGV[11]
-    .. token .. ARGV[12] .. token .. ARGV[13] .. token .. ARGV[14])
+  redis.call('LPUSH', queue, ARGV[6] .. cjson.encode(body) .. ARGV[7] .. token .. ARGV[8]
+    .. token .. ARGV[9] .. token .. ARGV[10] .. token .. ARGV[11])
 end
 -- How late the claimed work was picked up (ms): the schedule's lateness, for metrics.
 local total, worst = 0, 0
@@ -142,9 +202,9 @@ class Pump:
         limit_keys, limit_args = self.limits.claim_terms(lane)
         per = s.poll_batch_size if lane is Lane.POLL else 1
         keys = [self.keys.schedule(lane), self.keys.leases(), queue, self.keys.claim_seq()]
-        args = [s.lease_s, s.dispatch_ahead, per, self.token_prefix, *limit_args, lane.value,
+        args = [s.lease_s, s.dispatch_ahead, per, self.token_prefix, lane.value,
                 *claim_envelope(lane.task, queue)]  # fmt: skip
-        return keys + limit_keys, args
+        return keys + limit_keys, args + limit_args
 
     def claim_due(self) -> dict[Lane, Claimed]:
         """One pass over every lane, in one round trip; what each lane handed out."""

@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 
+from producer.errors import PermanentError
 from producer.jobs import store
+from producer.providers import Provider, api_key, providers
 from producer.settings import Settings, get_settings
 from producer.store import JobStore
 from worker.egress import GuardedTransport
@@ -43,14 +45,34 @@ class Runtime:
             follow_redirects=False,
             transport=GuardedTransport(
                 self.settings.url_policy,
-                trusted=[self.settings.api_base_url],
+                trusted=[p.base_url for p in providers(self.settings)],
                 limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
             ),
         )
 
     @cached_property
-    def provider(self) -> ProviderClient:
-        return ProviderClient(self.settings, self.http)
+    def providers(self) -> dict[str, ProviderClient]:
+        """A client per provider (producer/providers.py), by name, in order of preference."""
+        return {
+            p.name: ProviderClient(provider_settings(p, self.settings), self.http)
+            for p in providers(self.settings)
+        }
+
+    def provider(self, name: str | None) -> ProviderClient:
+        """The named provider's client (None: the first, for records from before providers
+        had names).
+
+        Raises:
+            PermanentError: code "unknown_provider", the provider is no longer configured.
+        """
+        if name is None:
+            return next(iter(self.providers.values()))
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise PermanentError(
+                f"provider {name!r} is no longer configured", code="unknown_provider"
+            ) from None
 
     @cached_property
     def pump(self) -> Pump:
@@ -75,6 +97,18 @@ class Runtime:
         client = s3_client(self.settings)
         ensure_bucket(client, self.settings.s3_bucket)
         return client
+
+
+def provider_settings(provider: Provider, settings: Settings) -> Settings:
+    """The settings a ProviderClient reads, with this provider's URL, key, dialect, format."""
+    return settings.model_copy(
+        update={
+            "api_base_url": provider.base_url,
+            "api_key": api_key(provider, settings),
+            "api_dialect": provider.dialect,
+            "api_format": provider.api_format,
+        }
+    )
 
 
 _runtime: Runtime | None = None

@@ -75,6 +75,8 @@ def place(job_id: str, record: JobRecord, delay_s: float, token: str, pipe: Any)
         rt.limits.hold_for_generation(job_id, pipe)
     else:
         rt.limits.release(job_id, pipe)
+    if lane not in _AT_PROVIDER:
+        rt.limits.forget_route(job_id, pipe)
 
 
 @dataclass
@@ -114,9 +116,16 @@ class Job:
             ended.append(True)
             return True
 
-        self.record = runtime().store.update(
-            self.id, apply, after=lambda r, pipe: place(self.id, r, 0.0, self.token, pipe)
-        )
+        def after(record: JobRecord, pipe: Any) -> None:
+            place(self.id, record, 0.0, self.token, pipe)
+            if record.batch_id and record.usage:
+                # Summed in the transaction of the end itself: an end that runs twice finds
+                # the job ended and adds nothing.
+                usage = runtime().store.keys.batch_usage(record.batch_id)
+                for field, amount in record.usage.items():
+                    pipe.hincrbyfloat(usage, field, amount)
+
+        self.record = runtime().store.update(self.id, apply, after=after)
         if not ended:
             self.revisit()
         return bool(ended)
@@ -148,7 +157,7 @@ class Step(Task):  # type: ignore[misc]
     ) -> None:
         rt = runtime()
         s = rt.settings
-        claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token, rt.limits.in_flight)
+        claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token, rt.limits.slot_keys)
         held = claim.held(members)
         self._loaded = {}
         if not held:
@@ -209,7 +218,7 @@ class Step(Task):  # type: ignore[misc]
         record = job.record
         at_provider = record.provider_task_id and job.lane in _AT_PROVIDER
         if record.status is JobStatus.CANCELLED and at_provider:
-            runtime().provider.cancel(record.provider_task_id or "")
+            runtime().provider(record.provider).cancel(record.provider_task_id or "")
 
     @contextmanager
     def boundary(

@@ -22,13 +22,22 @@ from urllib.parse import quote
 import structlog
 
 from producer import names
-from producer.errors import BlockedUrl, InvalidVideo, PermanentError, RetryableError
+from producer.errors import (
+    BlockedUrl,
+    InvalidRequest,
+    InvalidVideo,
+    PermanentError,
+    RetryableError,
+)
 from producer.jobs import mark_cancelled
 from producer.names import SUBMIT_LANES, Lane
+from producer.providers import candidates
 from producer.records import (
+    AttemptOutcome,
     JobRecord,
     JobStatus,
     Output,
+    ProviderAttempt,
     WebhookDelivery,
     WebhookState,
     utcnow_iso,
@@ -37,7 +46,7 @@ from producer.requests import VideoRequest
 from producer.settings import ApiFormat
 from worker.app import app
 from worker.media import S3RangeReader, probe
-from worker.provider import ProviderTask, TaskState
+from worker.provider import ProviderClient, ProviderTask, TaskState
 from worker.runtime import runtime
 from worker.steps import BatchEntry, BatchStep, Job, Step, place
 from worker.storage import COPY_FAILURES, UrlExpired, copy_url_to_s3
@@ -73,45 +82,122 @@ def _timing() -> PollTiming:
 
 @app.task(name=names.SUBMIT, base=Step, lanes=SUBMIT_LANES)
 def submit(job: Job) -> None:
-    """Send the job to the provider once, then start polling it. Its rate token and provider
-    slot were taken when its entry was claimed (worker/limits.py)."""
+    """Send the job to its provider once, then start polling it. Its rate token and provider
+    slot were taken when its entry was claimed, at the head of its route (worker/limits.py)."""
     rt = runtime()
-    s = rt.settings
     record = job.record
     if record.batch_id and rt.store.batch_cancelled(record.batch_id):
         job.update(mark_cancelled)
         return job.revisit()
     if record.provider_task_id is None:
-        record = job.update(_count_attempt)
+        route = rt.limits.route(job.id)
+        if route is None:
+            return _route(job)
+        name = route[0]
+        # Pinned before the call: should we crash before its answer is recorded, the job
+        # may only go back to this provider, with the same Idempotency-Key.
+        record = rt.store.update(
+            job.id, _attempting(name), after=lambda r, pipe: rt.limits.set_route(r.id, [name], pipe)
+        )
+        job.record = record
+        provider = rt.provider(name)
         request = VideoRequest.model_validate(record.request)
-        api_format = ApiFormat(record.api_format or s.api_format)
         try:
-            task = rt.provider.create(request, api_format, idempotency_key=record.submit_key)
+            task = provider.create(request, _format(record, provider),
+                                   idempotency_key=record.submit_key)  # fmt: skip
         except RetryableError as e:
-            if record.attempts >= s.submit_max_attempts:
-                return job.fail(e.code, f"gave up after {record.attempts} attempts: {e}")
-            delay_s = bounded_hint_s(e.delay_s, s.retry_cap_s)
-            if delay_s is None:
-                delay_s = retry_delay_s(record.attempts - 1, s.retry_base_s, s.retry_cap_s)
-            log.info("submit deferred", delay_s=round(delay_s, 2), reason=str(e))
-            return job.revisit(delay_s)
+            return _retry(job, name, e)
         except PermanentError as e:
+            job.update(_attempted(name, AttemptOutcome.FAILED, e.code))
             return job.fail(e.code, str(e))
-        record = job.update(_submitted(task))
-        log.info("submitted", provider_task_id=task.id)
+        record = job.update(_submitted(task, name))
+        log.info("submitted", provider=name, provider_task_id=task.id)
         if record.terminal:  # cancelled while the provider answered
-            rt.provider.cancel(task.id)
+            provider.cancel(task.id)
     job.revisit(next_poll_s(_timing(), polls=0, elapsed_s=0.0,
                             usual_s=rt.history.usual_s(record.request)))  # fmt: skip
 
 
-def _count_attempt(record: JobRecord) -> None:
-    record.attempts += 1
+def _route(job: Job) -> None:
+    """Give the job its route (the providers that may take it, in order), due again at once:
+    its next claim takes a slot at the first of them with one free."""
+    rt = runtime()
+    record = job.record
+    if record.provider is not None:  # its create may have reached this one: only there
+        names = [record.provider]
+    else:
+        try:
+            names = candidates(VideoRequest.model_validate(record.request), rt.settings)
+        except InvalidRequest as e:  # the providers changed since it was enqueued
+            return job.fail("no_provider", str(e))
+    rt.limits.set_route(job.id, names)
+    job.revisit()
 
 
-def _submitted(task: ProviderTask) -> Any:
+def _retry(job: Job, name: str, error: RetryableError) -> None:
+    """A create that may succeed later: at the next provider at once when it certainly did not
+    take effect, else at the same provider (same Idempotency-Key) after a backoff."""
+    rt = runtime()
+    s = rt.settings
+    record = job.record
+    if record.attempts >= s.submit_max_attempts:
+        job.update(_attempted(name, AttemptOutcome.FAILED, error.code))
+        return job.fail(error.code, f"gave up after {record.attempts} attempts: {error}")
+    delay_s = bounded_hint_s(error.delay_s, s.retry_cap_s)
+    if delay_s is None:
+        delay_s = retry_delay_s(record.attempts - 1, s.retry_base_s, s.retry_cap_s)
+    route = [name]
+    if error.not_taken:
+        outcome = AttemptOutcome.REFUSED
+        names = candidates(VideoRequest.model_validate(record.request), s)
+        later = names[names.index(name) + 1 :] if name in names else []
+        # The next provider at once; after the last, the first again after a wait.
+        route, delay_s = (later, 0.0) if later else (names, delay_s)
+    else:
+        outcome = AttemptOutcome.UNCERTAIN
+    job.record = rt.store.update(
+        job.id,
+        _attempted(name, outcome, error.code),
+        after=lambda r, pipe: rt.limits.set_route(r.id, route, pipe),
+    )
+    log.info("submit deferred", provider=name, outcome=outcome.value,
+             next_provider=route[0], delay_s=round(delay_s, 2), reason=str(error))  # fmt: skip
+    job.revisit(delay_s)
+
+
+def _format(record: JobRecord, provider: ProviderClient) -> ApiFormat:
+    """The router's create format: the request's own, else (one provider) the one recorded at
+    enqueue, else the provider's."""
+    asked = record.request.get("api_format")
+    if asked is None and runtime().settings.providers_file is None:
+        asked = record.api_format
+    return ApiFormat(asked or provider.settings.api_format)
+
+
+def _attempting(name: str) -> Any:
+    def change(record: JobRecord) -> None:
+        record.attempts += 1
+        record.provider = name
+
+    return change
+
+
+def _attempted(name: str, outcome: AttemptOutcome, code: str | None) -> Any:
+    def change(record: JobRecord) -> None:
+        record.provider_attempts.append(ProviderAttempt(provider=name, outcome=outcome, code=code))
+        if outcome is AttemptOutcome.REFUSED:
+            record.provider = None  # it never reached this provider: free to go elsewhere
+
+    return change
+
+
+def _submitted(task: ProviderTask, name: str) -> Any:
     def change(record: JobRecord) -> None:
         record.provider_task_id = task.id
+        record.provider = name
+        record.provider_attempts.append(
+            ProviderAttempt(provider=name, outcome=AttemptOutcome.CREATED)
+        )
         record.provider_status = task.raw_status
         record.submitted_at = record.submitted_at or utcnow_iso()
         if record.status is JobStatus.QUEUED:
@@ -222,9 +308,9 @@ def _generation_s(
 def _ask(job: Job) -> ProviderTask | Exception:
     """The job's status, or what went wrong asking (sorted out per job, afterwards)."""
     rt = runtime()
-    api_format = ApiFormat(job.record.api_format or rt.settings.api_format)
     try:
-        return rt.provider.get(job.record.provider_task_id or "", api_format)
+        provider = rt.provider(job.record.provider)
+        return provider.get(job.record.provider_task_id or "", _format(job.record, provider))
     except Exception as e:  # noqa: BLE001  (handed to the job's own failure boundary)
         return e
 
@@ -296,7 +382,7 @@ def finalize(job: Job) -> None:
     for _ in range(s.download_max_attempts):
         try:
             url = url or _fresh_file_url(record)
-            headers = rt.provider.download_headers(url)
+            headers = rt.provider(record.provider).download_headers(url)
             metadata = _object_metadata(record)
             upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
@@ -347,9 +433,8 @@ def _count_copy(record: JobRecord) -> None:
 
 
 def _fresh_file_url(record: JobRecord) -> str:
-    rt = runtime()
-    api_format = ApiFormat(record.api_format or rt.settings.api_format)
-    url = rt.provider.get(record.provider_task_id or "", api_format).video_url
+    provider = runtime().provider(record.provider)
+    url = provider.get(record.provider_task_id or "", _format(record, provider)).video_url
     if not url:
         raise OSError("the provider gave no file URL")
     return url

@@ -153,3 +153,40 @@ def test_a_cancel_nudges_an_unclaimed_entry_to_now_and_leaves_a_claimed_one(depl
     st.redis.hset(st.keys.leases(), b, "claim")
     st.schedule.nudge(b)
     assert st.schedule.entry(b)[1] > time.time() + 200
+
+
+def _two_providers(settings: Settings, tmp_path, cap_a: int) -> Settings:
+    path = tmp_path / "providers.toml"
+    path.write_text(
+        f'[[providers]]\nname = "a"\nbase_url = "http://a.test"\napi_key_env = "VQ_SCHED_A"\n'
+        f"max_in_flight = {cap_a}\n"
+        '[[providers]]\nname = "b"\nbase_url = "http://b.test"\napi_key_env = "VQ_SCHED_B"\n'
+        "max_in_flight = 5\n"
+    )
+    return settings.model_copy(update={"providers_file": path, "dispatch_ahead": 10})
+
+
+def test_a_submit_takes_a_slot_at_the_first_provider_of_its_route_with_one_free(
+    deployment, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("VQ_SCHED_A", "sk-a")
+    monkeypatch.setenv("VQ_SCHED_B", "sk-b")
+    settings, st = deployment
+    settings = _two_providers(settings, tmp_path, cap_a=1)
+    limits = ProviderLimits(st.redis, settings)
+    unrouted, first, second, pinned = _jobs(settings, st, 4, Lane.SUBMIT)
+    limits.set_route(first, ["a", "b"])
+    limits.set_route(second, ["a", "b"])
+    limits.set_route(pinned, ["a"])
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 3
+    slots_a, slots_b = (st.keys.in_flight(limits.accounts[n]) for n in "ab")
+    # a's one slot to the first routed job; the second moved on to b; the one pinned to a
+    # waits; the unrouted one is claimed without a slot (its step routes it).
+    assert {m.decode() for m in st.redis.zrange(slots_a, 0, -1)} == {first}
+    assert {m.decode() for m in st.redis.zrange(slots_b, 0, -1)} == {second}
+    assert limits.route(second) == ["b"] and limits.route(first) == ["a", "b"]
+    assert limits.route(unrouted) is None
+    assert st.redis.hget(st.keys.leases(), pinned) is None
+    limits.release(first)
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
+    assert st.redis.zscore(slots_a, pinned) is not None

@@ -1,0 +1,111 @@
+"""The providers file: validation naming the file and the field, routing by model and name,
+keys read from the variable the file names, and the single provider without a file."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from producer.errors import InvalidConfiguration, InvalidRequest, RetryableError
+from producer.providers import DEFAULT_PROVIDER, api_key, candidates, providers
+from producer.requests import parse_request
+from producer.settings import Settings
+from worker.provider import ProviderClient
+
+GOOD = """
+[[providers]]
+name = "primary"
+dialect = "router"
+base_url = "https://router.example"
+api_key_env = "PRIMARY_KEY"
+models = ["sora", "sora-pro"]
+max_in_flight = 50
+rate_limit_per_s = 10
+
+[[providers]]
+name = "backup"
+dialect = "openai"
+base_url = "https://api.openai.example"
+api_key_env = "BACKUP_KEY"
+"""
+
+
+def _settings(tmp_path, text: str) -> Settings:
+    path = tmp_path / f"providers-{abs(hash(text))}.toml"
+    path.write_text(text)
+    return Settings(providers_file=path)
+
+
+def test_a_providers_file_lists_providers_in_order_with_keys_from_the_named_variables(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PRIMARY_KEY", "sk-primary")
+    s = _settings(tmp_path, GOOD)
+    first, second = providers(s)
+    assert (first.name, first.max_in_flight, first.rate_limit_per_s) == ("primary", 50, 10)
+    assert second.models == ["*"] and second.max_in_flight is None
+    assert api_key(first, s).get_secret_value() == "sk-primary"
+    assert api_key(second, s).get_secret_value() == ""
+
+
+def test_without_a_file_the_single_provider_settings_make_one_provider():
+    s = Settings(api_base_url="http://x.test", api_key="sk-one", max_in_flight=3)
+    (only,) = providers(s)
+    assert (only.name, only.base_url, only.max_in_flight) == (DEFAULT_PROVIDER, "http://x.test", 3)
+    assert api_key(only, s).get_secret_value() == "sk-one"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (GOOD.replace('"https://router.example"', '"ftp://x"'), "providers[0].base_url"),
+        (GOOD.replace('api_key_env = "BACKUP_KEY"', 'api_key = "sk-x"'), "providers[1]"),
+        (GOOD.replace("max_in_flight = 50", "max_in_flight = 0"), "providers[0].max_in_flight"),
+        (GOOD.replace('"backup"', '"primary"'), "primary repeated"),
+        ("[[providers]\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_providers_file_is_refused_naming_the_file_and_the_field(tmp_path, text, field):
+    s = _settings(tmp_path, text)
+    with pytest.raises(InvalidConfiguration) as e:
+        providers(s)
+    assert "VIDEOQUEUE_PROVIDERS_FILE" in str(e.value) and str(s.providers_file) in str(e.value)
+    assert field in str(e.value)
+
+
+def test_candidates_are_the_named_provider_or_every_one_serving_the_model(tmp_path):
+    s = _settings(tmp_path, GOOD)
+    assert candidates(parse_request({"prompt": "x", "model": "sora"}), s) == ["primary", "backup"]
+    assert candidates(parse_request({"prompt": "x", "model": "veo-3"}), s) == ["backup"]
+    assert candidates(parse_request({"prompt": "x", "provider": "backup"}), s) == ["backup"]
+    for bad in ({"provider": "nope"}, {"provider": "primary", "model": "veo-3"}):
+        with pytest.raises(InvalidRequest) as e:
+            candidates(parse_request({"prompt": "x", **bad}), s)
+        assert e.value.errors[0]["field"] == "provider"
+
+
+def _failing_create(handler) -> RetryableError:
+    client = ProviderClient(
+        Settings(api_base_url="http://p.test", api_key="sk-t"),
+        httpx.Client(transport=httpx.MockTransport(handler)),
+    )
+    with pytest.raises(RetryableError) as e:
+        client.create(parse_request({"prompt": "x"}), client.settings.api_format, "job_1")
+    return e.value
+
+
+def test_only_creates_that_certainly_did_not_take_effect_are_marked_not_taken():
+    def refused(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    def dropped(request):
+        raise httpx.RemoteProtocolError("server disconnected", request=request)
+
+    def timed_out(request):
+        raise httpx.ReadTimeout("read timed out", request=request)
+
+    assert _failing_create(refused).not_taken
+    assert _failing_create(lambda r: httpx.Response(429, json={})).not_taken
+    assert not _failing_create(dropped).not_taken
+    assert not _failing_create(timed_out).not_taken
+    assert not _failing_create(lambda r: httpx.Response(502, json={})).not_taken
