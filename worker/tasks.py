@@ -94,6 +94,10 @@ def submit(job: Job) -> None:
         if route is None:
             return _route(job)
         name = route[0]
+        if name not in rt.providers:  # the providers file changed since it was routed
+            if record.provider is not None:
+                return job.fail("unknown_provider", f"provider {name!r} is no longer configured")
+            return _route(job)
         # Pinned before the call: should we crash before its answer is recorded, the job
         # may only go back to this provider, with the same Idempotency-Key.
         record = rt.store.update(
