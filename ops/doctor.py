@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from producer.errors import InvalidConfiguration
+from producer.providers import api_key, providers
 from producer.settings import Settings
 
 # The largest clock difference between this host and Redis that is harmless: Redis's clock
@@ -203,6 +205,8 @@ def _abort_rule(s: Settings) -> str:
 
 
 def _provider_key(s: Settings) -> str:
+    if s.providers_file is not None:
+        return _providers_keys(s)
     import httpx
 
     if not s.api_key.get_secret_value():
@@ -232,6 +236,18 @@ def _provider_key(s: Settings) -> str:
         )
     # A status query for a task that does not exist: 404 (or 400) once the key passed.
     return f"the API at {s.api_base_url} accepts the key"
+
+
+def _providers_keys(s: Settings) -> str:
+    """With a providers file: the file validates and every provider's key variable is set."""
+    try:
+        listed = providers(s)
+    except InvalidConfiguration as e:
+        raise Problem(str(e), "fix the providers file") from None
+    for p in listed:
+        if not api_key(p, s).get_secret_value():
+            raise Problem(f"provider {p.name}: {p.api_key_env} is empty", f"set {p.api_key_env}")
+    return f"{len(listed)} providers, each with its key set ({', '.join(p.name for p in listed)})"
 
 
 def _webhook_secret(s: Settings) -> str:

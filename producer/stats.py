@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from producer.names import LANES, SUBMIT_LANES, Keys, Lane, account_of
+from producer.names import LANES, SUBMIT_LANES, Keys, Lane
+from producer.providers import account, providers
 from producer.records import TERMINAL, JobStatus
 from producer.settings import Settings
 from producer.store import JobStore
@@ -43,7 +44,10 @@ class Stats:
 def read_stats(store: JobStore, settings: Settings) -> Stats:
     """The deployment's state now (one pipelined round trip, then one for leases)."""
     keys: Keys = store.keys
-    account = account_of(settings.api_key.get_secret_value())
+    # The first (preferred) provider's account: the single provider's without a providers
+    # file. TODO(issue 11): one row per account when there are several.
+    preferred = providers(settings)[0]
+    fingerprint = account(preferred, settings)
     seconds, micros = store.redis.time()
     now = seconds + micros / 1e6
     with store.redis.pipeline(transaction=False) as pipe:
@@ -54,7 +58,7 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
             pipe.zcard(keys.schedule(lane))
             pipe.zrange(keys.schedule(lane), 0, 0, withscores=True)
         pipe.hkeys(keys.leases())
-        pipe.zcount(keys.in_flight(account), now, "+inf")
+        pipe.zcount(keys.in_flight(fingerprint), now, "+inf")
         pipe.hlen(keys.dead_letters())
         pipe.hgetall(keys.unknown_statuses())
         found = pipe.execute()
@@ -78,9 +82,9 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
         jobs=jobs,
         finished=finished,
         schedule=schedule,
-        account=account,
+        account=fingerprint,
         in_flight=int(in_flight),
-        in_flight_cap=settings.max_in_flight,
+        in_flight_cap=preferred.max_in_flight,
         parked=sum(schedule[lane.value].due for lane in SUBMIT_LANES),
         dead_letters=int(dead),
         unknown_statuses={_text(k): int(v) for k, v in unknown.items()},

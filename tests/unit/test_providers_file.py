@@ -109,3 +109,16 @@ def test_only_creates_that_certainly_did_not_take_effect_are_marked_not_taken():
     assert not _failing_create(dropped).not_taken
     assert not _failing_create(timed_out).not_taken
     assert not _failing_create(lambda r: httpx.Response(502, json={})).not_taken
+
+
+def test_doctor_names_a_provider_whose_key_variable_is_empty(tmp_path, monkeypatch):
+    from ops.doctor import Problem, _provider_key
+
+    s = _settings(tmp_path, GOOD)
+    monkeypatch.setenv("PRIMARY_KEY", "sk-primary")
+    monkeypatch.delenv("BACKUP_KEY", raising=False)
+    with pytest.raises(Problem) as e:
+        _provider_key(s)
+    assert "backup" in str(e.value) and "BACKUP_KEY" in str(e.value)
+    monkeypatch.setenv("BACKUP_KEY", "sk-backup")
+    assert "2 providers" in _provider_key(s)
