@@ -113,7 +113,10 @@ def provider_request(operation: str, response: Any) -> None:
     """Count one provider request: response is the httpx.Response, or None if none came."""
     status = getattr(response, "status_code", None)
     code = f"{status // 100}xx" if isinstance(status, int) else "error"
-    PROVIDER_REQUESTS.labels(PROVIDER, operation, code).inc()
+    # With several providers, an answer names its own host (redirects are not followed).
+    request = getattr(response, "request", None)
+    host = getattr(getattr(request, "url", None), "host", None) or PROVIDER
+    PROVIDER_REQUESTS.labels(host, operation, code).inc()
 
 
 def webhook_delivery(ok: bool, status_code: int | None, blocked: bool) -> None:

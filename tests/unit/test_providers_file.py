@@ -122,3 +122,15 @@ def test_doctor_names_a_provider_whose_key_variable_is_empty(tmp_path, monkeypat
     assert "backup" in str(e.value) and "BACKUP_KEY" in str(e.value)
     monkeypatch.setenv("BACKUP_KEY", "sk-backup")
     assert "2 providers" in _provider_key(s)
+
+
+def test_provider_requests_are_counted_under_the_host_that_answered():
+    from worker import metrics
+
+    def count() -> float:
+        return metrics.PROVIDER_REQUESTS.labels("other.test", "create", "2xx")._value.get()
+
+    before = count()
+    answer = httpx.Response(200, request=httpx.Request("POST", "https://other.test/v1/videos"))
+    metrics.provider_request("create", answer)
+    assert count() == before + 1
