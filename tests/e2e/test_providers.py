@@ -5,7 +5,10 @@ effect, polls at the provider that created the task, and usage summed per batch.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -218,3 +221,18 @@ def test_two_accounts_of_one_provider_each_keep_their_own_cap(make_pipeline, tmp
     a, b = keys[key_fingerprint(KEY_A)], keys[key_fingerprint(KEY_B)]
     assert a["tasks"] + b["tasks"] == 8 and a["tasks"] >= 2 and b["tasks"] >= 2
     assert 1 <= a["max_concurrent"] <= 2 and 1 <= b["max_concurrent"] <= 2
+
+
+def test_a_worker_does_not_start_with_a_bad_providers_file(tmp_path):
+    path = _providers(tmp_path, {"name": "a", "base_url": "http://a.test", "api_key_env": "K",
+                                 "dialect": "no-such-dialect"},
+                      {"name": "b", "base_url": "not a url", "api_key_env": "K"})  # fmt: skip
+    env = {**os.environ, "VIDEOQUEUE_PROVIDERS_FILE": str(path)}
+    started = subprocess.run([sys.executable, "-c", "import worker.app"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert started.returncode != 0
+    assert str(path) in started.stderr and "providers[1].base_url" in started.stderr
+    path.write_text(path.read_text().replace('"not a url"', '"http://b.test"'))
+    started = subprocess.run([sys.executable, "-c", "import worker.app"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert started.returncode != 0 and "no-such-dialect" in started.stderr
