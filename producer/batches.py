@@ -16,7 +16,7 @@ from typing import Any
 from producer.errors import InvalidRequest
 from producer.jobs import mark_cancelled, store
 from producer.records import BatchRecord, JobRecord, utcnow_iso
-from producer.requests import VideoRequest, http_url, parse_request
+from producer.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.settings import Settings, get_settings
 from producer.store import NewJob
 from producer.urls import UrlPolicy, check_outbound
@@ -59,17 +59,10 @@ def enqueue_batch(
     items = list(requests)
     if not items:
         raise InvalidRequest("a batch needs at least one request")
-    try:
-        http_url(webhook_url, "webhook_url")
-        http_url(batch_webhook_url, "batch_webhook_url")
-    except ValueError as e:
-        raise InvalidRequest(str(e), [{"field": str(e).split()[0], "message": str(e)}]) from None
-    check_outbound(webhook_url, "webhook_url", s.url_policy)
-    check_outbound(batch_webhook_url, "batch_webhook_url", s.url_policy)
-    if metadata is not None and not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise InvalidRequest("metadata must map strings to strings")
+    _check_batch_fields(
+        {"webhook_url": webhook_url, "batch_webhook_url": batch_webhook_url, "metadata": metadata},
+        s.url_policy,
+    )
     keep = len(items) <= KEEP_MODELS_UP_TO
     validated = _validate_all(items, keep=keep, policy=s.url_policy)
 
@@ -95,6 +88,28 @@ def enqueue_batch(
     if deduplicated:
         st.set_batch_fields(batch_id, {"deduplicated": json.dumps(deduplicated)})
     return batch_id
+
+
+def _check_batch_fields(fields: dict[str, Any], policy: UrlPolicy) -> None:
+    """Refuse a bad batch-wide field, naming it (they are the caller's strings too)."""
+    problems = [{"field": f, "message": "not valid unicode text (a lone surrogate)"}
+                for f in unencodable_fields(fields)]  # fmt: skip
+    metadata = fields["metadata"]
+    if metadata is not None and not (
+        isinstance(metadata, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        problems.append({"field": "metadata", "message": "metadata must map strings to strings"})
+    for name in ("webhook_url", "batch_webhook_url"):
+        try:
+            http_url(fields[name], name)
+        except ValueError as e:
+            problems.append({"field": name, "message": str(e)})
+    if problems:
+        text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise InvalidRequest(f"invalid batch: {text}", problems)
+    for name in ("webhook_url", "batch_webhook_url"):
+        check_outbound(fields[name], name, policy)
 
 
 def _validate_all(items: list[Any], *, keep: bool, policy: UrlPolicy) -> list[VideoRequest]:

@@ -42,9 +42,9 @@ return ARGV[1]
 # the batch's bookkeeping. Job and idempotency keys are built from prefixes inside the script
 # (one key per job would not fit in KEYS for 10,000 jobs); videoqueue needs one Redis, not a
 # cluster. ARGV: idempotency-key prefix, job-key prefix, index of the chunk's first request,
-# seal ("1" on the last chunk), now, the batch id, then one value per job: id, idempotency
-# key or "" and record JSON, joined by the unit separator (\x1f), which JSON text escapes and
-# ids never hold: one argument per job instead of three is less work for the client.
+# seal ("1" on the last chunk), now, the batch id, then three arguments per job: id,
+# idempotency key or "", record JSON. Each caller string travels as its own argument, never
+# joined with a separator, so no byte a caller chooses can change where one value ends.
 # KEYS: batch, its job list, the submit lane, its counts, the batch-webhook lane.
 # Returns the request indexes whose idempotency key an earlier job held, each
 # followed by that job's id.
@@ -54,18 +54,15 @@ _CREATE_BATCH = (
 local batch, jobs, lane, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idem_prefix, job_prefix, first_index, seal = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local held, ids, entries = {}, {}, {}
-for i = 7, #ARGV do
-  local f1 = string.find(ARGV[i], '\\31', 1, true)
-  local f2 = string.find(ARGV[i], '\\31', f1 + 1, true)
-  local id, idem = string.sub(ARGV[i], 1, f1 - 1), string.sub(ARGV[i], f1 + 1, f2 - 1)
-  local record = string.sub(ARGV[i], f2 + 1)
+for i = 7, #ARGV, 3 do
+  local id, idem, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local earlier = false
   if idem ~= '' then
     earlier = redis.call('GET', idem_prefix .. idem)
     if not earlier then redis.call('SET', idem_prefix .. idem, id) end
   end
   if earlier then
-    held[#held + 1] = tostring(first_index + i - 7)
+    held[#held + 1] = tostring(first_index + (i - 7) / 3)
     held[#held + 1] = earlier
   else
     redis.call('SET', job_prefix .. id, record)
@@ -264,7 +261,8 @@ class JobStore:
             self.keys.idempotency(""), self.keys.job(""), str(first_index),
             "1" if seal else "0", utcnow_iso(), batch_id,
         ]  # fmt: skip
-        args += [f"{job.id}\x1f{job.idempotency_key or ''}\x1f{job.record_json}" for job in jobs]
+        for job in jobs:
+            args += [job.id, job.idempotency_key or "", job.record_json]
         with self.redis.pipeline() as pipe:
             if fields:
                 pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
