@@ -15,6 +15,7 @@ from typing import Any
 
 from producer.errors import InvalidRequest
 from producer.jobs import mark_cancelled, store
+from producer.metadata import metadata_problems
 from producer.records import BatchRecord, JobRecord, utcnow_iso
 from producer.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.settings import Settings, get_settings
@@ -27,6 +28,9 @@ CHUNK_JOBS = 2500
 # Batches up to this size keep their validated models between checking and writing; larger
 # ones validate each request twice rather than hold every model in memory at once.
 KEEP_MODELS_UP_TO = 20_000
+# Requests one batch may hold: 100,000 validate and write in seconds; a bigger campaign is
+# several batches.
+MAX_BATCH_JOBS = 100_000
 # How many problems an InvalidRequest for a batch spells out.
 MAX_PROBLEMS_LISTED = 20
 
@@ -59,12 +63,17 @@ def enqueue_batch(
     items = list(requests)
     if not items:
         raise InvalidRequest("a batch needs at least one request")
+    if len(items) > MAX_BATCH_JOBS:
+        raise InvalidRequest(
+            f"a batch holds at most {MAX_BATCH_JOBS} requests (got {len(items)})",
+            [{"field": "requests", "message": f"at most {MAX_BATCH_JOBS} requests"}],
+        )
     _check_batch_fields(
         {"webhook_url": webhook_url, "batch_webhook_url": batch_webhook_url, "metadata": metadata},
         s.url_policy,
     )
     keep = len(items) <= KEEP_MODELS_UP_TO
-    validated = _validate_all(items, keep=keep, policy=s.url_policy)
+    validated = _validate_all(items, keep=keep, policy=s.url_policy, metadata=metadata)
 
     batch_id = f"batch_{uuid.uuid4().hex}"
     st = store(s)
@@ -100,6 +109,8 @@ def _check_batch_fields(fields: dict[str, Any], policy: UrlPolicy) -> None:
         and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     ):
         problems.append({"field": "metadata", "message": "metadata must map strings to strings"})
+    elif metadata is not None and not problems:  # (bounds are measured on valid text)
+        problems += metadata_problems(metadata)
     for name in ("webhook_url", "batch_webhook_url"):
         try:
             http_url(fields[name], name)
@@ -112,13 +123,18 @@ def _check_batch_fields(fields: dict[str, Any], policy: UrlPolicy) -> None:
         check_outbound(fields[name], name, policy)
 
 
-def _validate_all(items: list[Any], *, keep: bool, policy: UrlPolicy) -> list[VideoRequest]:
+def _validate_all(
+    items: list[Any], *, keep: bool, policy: UrlPolicy, metadata: dict[str, str] | None
+) -> list[VideoRequest]:
     models: list[VideoRequest] = []
     problems: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
             model = parse_request(item)
             check_outbound(model.webhook_url, "webhook_url", policy)
+            if metadata and (bad := metadata_problems({**metadata, **model.metadata})):
+                # the batch's metadata merged into the item's must fit S3 as well
+                raise InvalidRequest("metadata", bad)
         except InvalidRequest as e:
             for p in e.errors or [{"field": "(request)", "message": str(e)}]:
                 problems.append({"index": index, **p})

@@ -9,12 +9,16 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from producer.errors import InvalidRequest
+from producer.metadata import metadata_problems
 from producer.settings import ApiFormat
 
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+", re.IGNORECASE)
 # Whitespace and control characters (C0, DEL, C1) anywhere in a URL.
 _URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+# A request's JSON at most: prompts, storyboard and `extra` together (a storyboard of 20 long
+# scenes fits); a job record, a provider call and a webhook each carry it.
+MAX_REQUEST_BYTES = 128 * 1024
 ASPECT_RATIOS = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)}
 
 
@@ -114,6 +118,13 @@ class VideoRequest(BaseModel):
     def _image(cls, v: str | None) -> str | None:
         return http_url(v, "image_url")
 
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str]) -> dict[str, str]:
+        if problems := metadata_problems(v):
+            raise ValueError("; ".join(p["message"] for p in problems))
+        return v
+
     @field_validator("webhook_url")
     @classmethod
     def _webhook(cls, v: str | None) -> str | None:
@@ -180,10 +191,16 @@ def parse_request(data: VideoRequest | dict[str, Any]) -> VideoRequest:
                     for f in bad]  # fmt: skip
         raise InvalidRequest(f"invalid request: {', '.join(bad)}: not valid unicode text", problems)
     try:
-        return VideoRequest.model_validate(data)
+        request = VideoRequest.model_validate(data)
     except ValidationError as e:
         text, problems = _describe(e)
         raise InvalidRequest(f"invalid request: {text}", problems) from None
+    if (size := len(request.model_dump_json(exclude_none=True))) > MAX_REQUEST_BYTES:
+        message = f"the request is {size} bytes as JSON; at most {MAX_REQUEST_BYTES}"
+        raise InvalidRequest(
+            f"invalid request: {message}", [{"field": "(request)", "message": message}]
+        )
+    return request
 
 
 def parse_character(data: CharacterRequest | dict[str, Any]) -> CharacterRequest:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -14,11 +15,9 @@ import httpx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from producer.errors import InvalidVideo, RetryableError
+from producer.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
 from producer.settings import Settings
 from worker.media import check_ftyp
-
-_DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 # What a failed copy may raise that another attempt may cure: the provider's CDN or S3
 # down or slow, a body cut short, bytes that do not parse as a video (a truncated transfer).
@@ -167,8 +166,11 @@ def copy_url_to_s3(
         UrlExpired: the URL answered 403 or 410.
     """
     s = settings
+    deadline = time.monotonic() + s.download_deadline_s
+    # No read may wait past the deadline either (a stalled connection answers nothing).
+    timeout_s = min(s.download_timeout_s, s.download_deadline_s)
     with http.stream(
-        "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
+        "GET", url, headers=headers, follow_redirects=True, timeout=timeout_s
     ) as response:
         if response.status_code in (403, 410):
             raise UrlExpired(f"HTTP {response.status_code}")
@@ -180,8 +182,10 @@ def copy_url_to_s3(
             expected_size = int(expected) if expected and not encoded else None
         except ValueError:
             expected_size = None  # an unparsable length is checked by the probe instead
+        if expected_size is not None and expected_size > s.max_video_bytes:
+            raise TooLarge(f"the video is {expected_size} bytes; at most {s.max_video_bytes}")
         return stream_to_s3(
-            response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
+            _bounded(response.iter_bytes(), deadline, s),
             s3,
             s.s3_bucket,
             key,
@@ -190,3 +194,19 @@ def copy_url_to_s3(
             parts_in_flight=s.s3_parts_in_flight,
             expected_size_bytes=expected_size,
         )
+
+
+def _bounded(chunks: Iterable[bytes], deadline: float, settings: Settings) -> Iterator[bytes]:
+    """chunks as they arrive (each network read), stopped at VIDEOQUEUE_MAX_VIDEO_BYTES and
+    at the download's deadline: a body that never ends or that drips a byte every few
+    seconds must not hold a worker for hours (every single read is within its timeout)."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > settings.max_video_bytes:
+            raise TooLarge(f"the video is over {settings.max_video_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise DownloadTimeout(
+                f"the download took over {settings.download_deadline_s:g} s ({size} bytes read)"
+            )
+        yield chunk

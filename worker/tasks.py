@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import structlog
 
 from producer import names
-from producer.errors import BlockedUrl, InvalidVideo, PermanentError, RetryableError
+from producer.errors import BlockedUrl, BoundExceeded, InvalidVideo, PermanentError, RetryableError
 from producer.jobs import mark_cancelled
+from producer.metadata import object_metadata
 from producer.names import SUBMIT_LANES, Lane
 from producer.records import (
     JobRecord,
@@ -285,11 +285,11 @@ def finalize(job: Job) -> None:
         try:
             url = url or _fresh_file_url(record)
             headers = rt.provider.download_headers(url)
-            metadata = _object_metadata(record)
+            metadata = object_metadata(record.id, record.metadata)
             upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             break
-        except (PermanentError, BlockedUrl) as e:
+        except (PermanentError, BlockedUrl, BoundExceeded) as e:
             return job.fail(e.code, str(e))
         except (UrlExpired, *COPY_FAILURES) as e:
             failure = e
@@ -341,14 +341,6 @@ def _fresh_file_url(record: JobRecord) -> str:
     if not url:
         raise OSError("the provider gave no file URL")
     return url
-
-
-def _object_metadata(record: JobRecord) -> dict[str, str]:
-    # S3 metadata travels in HTTP headers: ASCII only, so other text is percent-encoded.
-    meta = {"job-id": record.id}
-    for k, v in record.metadata.items():
-        meta[quote(k.lower(), safe="-_.")] = v if v.isascii() else quote(v)
-    return meta
 
 
 # --- notify ---

@@ -56,10 +56,18 @@ class DeliveryResult:
 def deliver(
     http: httpx.Client, url: str, body: str, msg_id: str, secret: str | None, timeout_s: float
 ) -> DeliveryResult:
-    """POST one signed delivery. 2xx is success; redirects are not followed (a failure)."""
+    """POST one signed delivery. 2xx is success; redirects are not followed (a failure).
+
+    Only the status line and headers are read: the receiver's body says nothing we use, and
+    one that never ends or drips a byte at a time must not hold the worker. Each phase
+    (connect, send, the answer's head) waits at most timeout_s.
+    """
     headers = signed_headers(secret, msg_id, body, datetime.now(UTC))
     try:
-        response = http.post(url, content=body.encode(), headers=headers, timeout=timeout_s)
+        with http.stream(
+            "POST", url, content=body.encode(), headers=headers, timeout=timeout_s
+        ) as response:
+            pass  # closing an unread answer drops its connection instead of draining it
     except BlockedUrl as e:
         return DeliveryResult(False, None, f"blocked_url: {e}", blocked=True)
     except httpx.HTTPError as e:
