@@ -16,14 +16,14 @@ from producer.urls import check_outbound
 
 
 @lru_cache(maxsize=8)
-def _store_for(url: str, prefix: str) -> JobStore:
-    return JobStore.from_url(url, prefix)
+def _store_for(url: str, prefix: str, record_ttl_s: float) -> JobStore:
+    return JobStore.from_url(url, prefix, record_ttl_s)
 
 
 def store(settings: Settings | None = None) -> JobStore:
     """The job store for these settings (one connection pool per URL and prefix)."""
     s = settings or get_settings()
-    return _store_for(s.records_url, s.key_prefix)
+    return _store_for(s.records_url, s.key_prefix, s.record_ttl_s)
 
 
 def new_job_id() -> str:

@@ -142,4 +142,9 @@ class Keys:
         return f"{self.prefix}:events:{job_id}"
 
     def dead_letters(self) -> str:
+        """A hash: webhook-id -> the given-up delivery (JSON)."""
         return f"{self.prefix}:webhooks:dead"
+
+    def dead_letters_by_time(self) -> str:
+        """A sorted set: webhook-id -> when it was dead-lettered (ms), to drop the oldest."""
+        return f"{self.prefix}:webhooks:dead:by_time"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -42,7 +43,8 @@ return ARGV[1]
 # the batch's bookkeeping. Job and idempotency keys are built from prefixes inside the script
 # (one key per job would not fit in KEYS for 10,000 jobs); videoqueue needs one Redis, not a
 # cluster. ARGV: idempotency-key prefix, job-key prefix, index of the chunk's first request,
-# seal ("1" on the last chunk), now, the batch id, then three arguments per job: id,
+# seal ("1" on the last chunk), now, the batch id, the record TTL (ms; for a batch whose
+# every item was deduplicated, which ends as it is sealed), then three arguments per job: id,
 # idempotency key or "", record JSON. Each caller string travels as its own argument, never
 # joined with a separator, so no byte a caller chooses can change where one value ends.
 # KEYS: batch, its job list, the submit lane, its counts, the batch-webhook lane.
@@ -54,7 +56,7 @@ _CREATE_BATCH = (
 local batch, jobs, lane, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idem_prefix, job_prefix, first_index, seal = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local held, ids, entries = {}, {}, {}
-for i = 7, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local id, idem, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local earlier = false
   if idem ~= '' then
@@ -62,7 +64,7 @@ for i = 7, #ARGV, 3 do
     if not earlier then redis.call('SET', idem_prefix .. idem, id) end
   end
   if earlier then
-    held[#held + 1] = tostring(first_index + (i - 7) / 3)
+    held[#held + 1] = tostring(first_index + (i - 8) / 3)
     held[#held + 1] = earlier
   else
     redis.call('SET', job_prefix .. id, record)
@@ -85,9 +87,13 @@ if seal == '1' then
   redis.call('HSET', batch, 'sealed', '1')
   local ended = tonumber(redis.call('HGET', batch, 'ended'))
   if ended >= tonumber(redis.call('HGET', batch, 'total'))
-      and redis.call('HSETNX', batch, 'finished_at', ARGV[5]) == 1
-      and redis.call('HGET', batch, 'webhook_url') then
-    redis.call('ZADD', KEYS[5], now, ARGV[6])
+      and redis.call('HSETNX', batch, 'finished_at', ARGV[5]) == 1 then
+    for _, key in ipairs({batch, jobs, counts}) do
+      redis.call('PEXPIREAT', key, math.floor(now * 1000) + tonumber(ARGV[7]))
+    end
+    if redis.call('HGET', batch, 'webhook_url') then
+      redis.call('ZADD', KEYS[5], now, ARGV[6])
+    end
   end
 end
 return held
@@ -97,20 +103,68 @@ return held
 # One of a batch's jobs ended. Exactly one caller sees the last job end (HINCRBY is atomic,
 # and HSETNX guards the seal race), and only that caller schedules the batch.completed
 # webhook, inside the same transaction as the job's own transition: nothing in between to
-# crash in. KEYS: the batch, the batch-webhook lane. ARGV: the batch id, now (ISO).
+# crash in. The batch's keys then expire with that job's record. KEYS: the batch, the
+# batch-webhook lane, the batch's job list, its counts. ARGV: the batch id, now (ISO), when
+# the keys expire (Unix ms).
 _JOB_ENDED = (
     REDIS_NOW
     + """
 local ended = redis.call('HINCRBY', KEYS[1], 'ended', 1)
 if redis.call('HGET', KEYS[1], 'sealed') == '1'
     and ended >= tonumber(redis.call('HGET', KEYS[1], 'total'))
-    and redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 1
-    and redis.call('HGET', KEYS[1], 'webhook_url') then
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
+    and redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 1 then
+  for i = 1, 4 do
+    if i ~= 2 then redis.call('PEXPIREAT', KEYS[i], ARGV[3]) end
+  end
+  if redis.call('HGET', KEYS[1], 'webhook_url') then
+    redis.call('ZADD', KEYS[2], now, ARGV[1])
+  end
 end
 return ended
 """
 )
+
+# One dead letter, kept under its webhook-id; the oldest are dropped past the retention time
+# or past MAX_DEAD_LETTERS, so a receiver that is gone for good cannot fill Redis. KEYS: the
+# hash, its index by time. ARGV: the webhook-id, the detail JSON, the retention (ms), the cap.
+_DEAD_LETTER = (
+    REDIS_NOW
+    + """
+local now_ms = math.floor(now * 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now_ms, ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[3]))
+local over = redis.call('ZCARD', KEYS[2]) - #old - tonumber(ARGV[4])
+if over > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[2], #old, #old + over - 1)
+  for _, id in ipairs(oldest) do old[#old + 1] = id end
+end
+for _, id in ipairs(old) do
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+return #old
+"""
+)
+
+# Count a status word no vocabulary knew. Words come from the provider: past MAX_STATUS_WORDS
+# distinct ones the rest are counted together, so a provider inventing words cannot grow the
+# hash without end. KEYS: the hash. ARGV: the word, the catch-all's name, the cap.
+_COUNT_WORD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+    or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then
+  return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+end
+return redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+"""
+MAX_DEAD_LETTERS = 10_000
+MAX_STATUS_WORDS = 100
+OTHER_STATUS_WORDS = "(other)"
+# How long a finished job's records are kept unless told otherwise (VIDEOQUEUE_RECORD_TTL_S).
+DEFAULT_RECORD_TTL_S = 7 * 24 * 3600.0
+# A provider's file URL is kept this long at most: the copy step runs right after the poll
+# that saw it (and it is never kept past the record's own expiry).
+FILE_URL_TTL_S = 3600.0
 
 
 @dataclass
@@ -125,22 +179,41 @@ class NewJob:
 class JobStore:
     """Reads and writes job and batch records, and their schedule entries.
 
+    A finished job's record and every key of it (its idempotency claim, its event body, its
+    file URL) expire record_ttl_s after it ended; a batch's keys with its last job's. While a
+    job runs none of its keys expires.
+
     Args:
         client: a Redis client.
         prefix: the key prefix every key of this deployment starts with.
+        record_ttl_s: how long a finished job's keys are kept.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, record_ttl_s: float = DEFAULT_RECORD_TTL_S
+    ) -> None:
         self.redis = client
         self.keys = Keys(prefix)
+        self.record_ttl_s = record_ttl_s
+        self._ttl_ms = max(1, int(record_ttl_s * 1000))
         self.schedule = Schedule(client, self.keys)
         self._create = client.register_script(_CREATE)
         self._create_batch = client.register_script(_CREATE_BATCH)
         self._job_ended = client.register_script(_JOB_ENDED)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
+        self._count_word = client.register_script(_COUNT_WORD)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> JobStore:
-        return cls(redis.Redis.from_url(url), prefix)
+    def from_url(
+        cls, url: str, prefix: str, record_ttl_s: float = DEFAULT_RECORD_TTL_S
+    ) -> JobStore:
+        return cls(redis.Redis.from_url(url), prefix, record_ttl_s)
+
+    def expire_at_ms(self, finished_at: str | None) -> int:
+        """When the keys of something that finished at finished_at (ISO; None: now) expire,
+        in Unix ms: fixed by the end, so later writes (webhook attempts) keep the same one."""
+        end = datetime.fromisoformat(finished_at.replace("Z", "+00:00")) if finished_at else None
+        return int((end or datetime.now(UTC)).timestamp() * 1000) + self._ttl_ms
 
     # --- jobs ---
 
@@ -221,7 +294,7 @@ class JobStore:
                     pipe.multi()
                     for record, before in written:
                         record.updated_at = utcnow_iso()
-                        pipe.set(keys[record.id], record.model_dump_json())
+                        self._write(pipe, keys[record.id], record, before)
                         if record.batch_id and record.status is not before:
                             self._count_move(pipe, record, before)
                         if after is not None:
@@ -232,6 +305,18 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
+    def _write(self, pipe: Any, key: str, record: JobRecord, before: Any) -> None:
+        """Queue the record's write; an ended job's keys get their expiry (a running one's
+        none: SET without one clears any)."""
+        if record.status not in TERMINAL:
+            pipe.set(key, record.model_dump_json())
+            return
+        at_ms = self.expire_at_ms(record.finished_at)
+        pipe.set(key, record.model_dump_json(), pxat=at_ms)
+        # (Its event body is written after this, with the same expiry: pin_event_body.)
+        if before not in TERMINAL and (idem := record.request.get("idempotency_key")):
+            pipe.pexpireat(self.keys.idempotency(idem), at_ms)
+
     def _count_move(self, pipe: Any, record: JobRecord, before: Any) -> None:
         batch_id = record.batch_id or ""
         counts = self.keys.batch_counts(batch_id)
@@ -239,8 +324,13 @@ class JobStore:
         pipe.hincrby(counts, record.status.value, 1)
         if record.status in TERMINAL and before not in TERMINAL:
             self._job_ended(
-                keys=[self.keys.batch(batch_id), self.keys.schedule(Lane.NOTIFY_BATCH)],
-                args=[batch_id, utcnow_iso()],
+                keys=[
+                    self.keys.batch(batch_id),
+                    self.keys.schedule(Lane.NOTIFY_BATCH),
+                    self.keys.batch_jobs(batch_id),
+                    self.keys.batch_counts(batch_id),
+                ],
+                args=[batch_id, utcnow_iso(), self.expire_at_ms(record.finished_at)],
                 client=pipe,
             )
 
@@ -259,7 +349,7 @@ class JobStore:
         items whose idempotency key an earlier job held (those got no new job)."""
         args: list[str] = [
             self.keys.idempotency(""), self.keys.job(""), str(first_index),
-            "1" if seal else "0", utcnow_iso(), batch_id,
+            "1" if seal else "0", utcnow_iso(), batch_id, str(self._ttl_ms),
         ]  # fmt: skip
         for job in jobs:
             args += [job.id, job.idempotency_key or "", job.record_json]
@@ -327,7 +417,9 @@ class JobStore:
     # --- odds and ends ---
 
     def stash_file_url(self, job_id: str, url: str, client: Any = None) -> None:
-        (client or self.redis).set(self.keys.file_url(job_id), url, ex=3600)
+        # Stashed before the job ends, so this bound also keeps it within the record's expiry.
+        ttl_ms = int(min(FILE_URL_TTL_S * 1000, self._ttl_ms))
+        (client or self.redis).set(self.keys.file_url(job_id), url, px=ttl_ms)
 
     def file_url(self, job_id: str) -> str | None:
         return _text(self.redis.get(self.keys.file_url(job_id))) or None
@@ -335,16 +427,24 @@ class JobStore:
     def forget_file_url(self, job_id: str) -> None:
         self.redis.delete(self.keys.file_url(job_id))
 
-    def pin_event_body(self, key: str, body: str) -> str:
-        """Keep body under key unless one is kept already; return the kept one."""
-        self.redis.set(key, body, nx=True)
+    def pin_event_body(self, key: str, body: str, expire_at_ms: int) -> str:
+        """Keep body under key unless one is kept already; return the kept one. It expires
+        with its owner's records (expire_at_ms, Unix ms)."""
+        self.redis.set(key, body, nx=True, pxat=expire_at_ms)
         return _text(self.redis.get(key)) or body
 
     def count_unknown_status(self, word: str) -> None:
-        self.redis.hincrby(self.keys.unknown_statuses(), word, 1)
+        self._count_word(
+            keys=[self.keys.unknown_statuses()], args=[word, OTHER_STATUS_WORDS, MAX_STATUS_WORDS]
+        )
 
     def record_dead_letter(self, event_id: str, detail: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.dead_letters(), event_id, json.dumps(detail))
+        """Keep a given-up delivery under its webhook-id (the newest MAX_DEAD_LETTERS, for
+        VIDEOQUEUE_RECORD_TTL_S)."""
+        self._dead_letter(
+            keys=[self.keys.dead_letters(), self.keys.dead_letters_by_time()],
+            args=[event_id, json.dumps(detail), self._ttl_ms, MAX_DEAD_LETTERS],
+        )
 
 
 def _text(raw: bytes | str | None) -> str:

@@ -121,6 +121,7 @@ def send_event(
     body = store.pin_event_body(
         store.keys.event_body(owner_id),
         json.dumps({"type": hook.event_type, "timestamp": utcnow_iso(), "data": data}),
+        store.expire_at_ms(data.get("finished_at")),
     )
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     msg_id = message_id(owner_id, hook.event_type)
