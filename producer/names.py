@@ -101,6 +101,10 @@ class Keys:
         """A list of the batch's job ids, in request order."""
         return f"{self.prefix}:batch:{batch_id}:jobs"
 
+    def batch_staged_claims(self, batch_id: str) -> str:
+        """A list of the idempotency keys a batch claimed while staged (released with it)."""
+        return f"{self.prefix}:batch:{batch_id}:staged_claims"
+
     def batch_counts(self, batch_id: str) -> str:
         """A hash: job status -> number of the batch's jobs in it."""
         return f"{self.prefix}:batch:{batch_id}:counts"

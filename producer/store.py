@@ -1,4 +1,5 @@
-"""Job and batch records in Redis: the one place that knows keys, scripts and transitions."""
+"""Job and batch records in Redis: the one place that knows keys and transitions (its Lua
+scripts are in producer/scripts.py)."""
 
 from __future__ import annotations
 
@@ -10,153 +11,24 @@ from typing import Any, cast
 
 import redis
 
+from producer import scripts
 from producer.errors import JobNotFound
 from producer.names import Keys, Lane
-from producer.records import TERMINAL, BatchRecord, JobRecord, WebhookDelivery, utcnow_iso
-from producer.schedule import REDIS_NOW, Schedule
+from producer.records import (
+    TERMINAL,
+    BatchRecord,
+    BatchState,
+    JobRecord,
+    WebhookDelivery,
+    utcnow_iso,
+)
+from producer.schedule import Schedule
 
 # A change to one record: mutate it in place; return False to leave Redis untouched.
 Change = Callable[[JobRecord], bool | None]
 # More commands for the same transaction as a change, queued on its pipeline.
 After = Callable[[JobRecord, Any], None]
 
-# Record, idempotency claim and schedule entry land together or not at all, so a crash can
-# neither lose an accepted job nor leave an entry without its record. An existing claim on
-# the idempotency key wins: the caller gets the job that holds it.
-_CREATE = (
-    """
-if KEYS[1] ~= '' then
-  local held = redis.call('GET', KEYS[1])
-  if held then return held end
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('SET', KEYS[2], ARGV[2])
-"""
-    + REDIS_NOW
-    + """
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-return ARGV[1]
-"""
-)
-
-# A chunk of a batch in one atomic step: records, idempotency claims, schedule entries and
-# the batch's bookkeeping. Job and idempotency keys are built from prefixes inside the script
-# (one key per job would not fit in KEYS for 10,000 jobs); videoqueue needs one Redis, not a
-# cluster. ARGV: idempotency-key prefix, job-key prefix, index of the chunk's first request,
-# seal ("1" on the last chunk), now, the batch id, the record TTL (ms; for a batch whose
-# every item was deduplicated, which ends as it is sealed), then three arguments per job: id,
-# idempotency key or "", record JSON. Each caller string travels as its own argument, never
-# joined with a separator, so no byte a caller chooses can change where one value ends.
-# KEYS: batch, its job list, the submit lane, its counts, the batch-webhook lane.
-# Returns the request indexes whose idempotency key an earlier job held, each
-# followed by that job's id.
-_CREATE_BATCH = (
-    REDIS_NOW
-    + """
-local batch, jobs, lane, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local idem_prefix, job_prefix, first_index, seal = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local held, ids, entries = {}, {}, {}
-for i = 8, #ARGV, 3 do
-  local id, idem, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local earlier = false
-  if idem ~= '' then
-    earlier = redis.call('GET', idem_prefix .. idem)
-    if not earlier then redis.call('SET', idem_prefix .. idem, id) end
-  end
-  if earlier then
-    held[#held + 1] = tostring(first_index + (i - 8) / 3)
-    held[#held + 1] = earlier
-  else
-    redis.call('SET', job_prefix .. id, record)
-    ids[#ids + 1] = id
-    entries[#entries + 1] = now
-    entries[#entries + 1] = id
-  end
-end
-for j = 1, #ids, 1000 do
-  redis.call('RPUSH', jobs, unpack(ids, j, math.min(j + 999, #ids)))
-end
-for j = 1, #entries, 2000 do
-  redis.call('ZADD', lane, unpack(entries, j, math.min(j + 1999, #entries)))
-end
-redis.call('HSETNX', batch, 'created_at', ARGV[5])
-redis.call('HINCRBY', batch, 'total', #ids)
-redis.call('HINCRBY', batch, 'ended', 0)
-redis.call('HINCRBY', counts, 'queued', #ids)
-if seal == '1' then
-  redis.call('HSET', batch, 'sealed', '1')
-  local ended = tonumber(redis.call('HGET', batch, 'ended'))
-  if ended >= tonumber(redis.call('HGET', batch, 'total'))
-      and redis.call('HSETNX', batch, 'finished_at', ARGV[5]) == 1 then
-    for _, key in ipairs({batch, jobs, counts}) do
-      redis.call('PEXPIREAT', key, math.floor(now * 1000) + tonumber(ARGV[7]))
-    end
-    if redis.call('HGET', batch, 'webhook_url') then
-      redis.call('ZADD', KEYS[5], now, ARGV[6])
-    end
-  end
-end
-return held
-"""
-)
-
-# One of a batch's jobs ended. Exactly one caller sees the last job end (HINCRBY is atomic,
-# and HSETNX guards the seal race), and only that caller schedules the batch.completed
-# webhook, inside the same transaction as the job's own transition: nothing in between to
-# crash in. The batch's keys then expire with that job's record. KEYS: the batch, the
-# batch-webhook lane, the batch's job list, its counts. ARGV: the batch id, now (ISO), when
-# the keys expire (Unix ms).
-_JOB_ENDED = (
-    REDIS_NOW
-    + """
-local ended = redis.call('HINCRBY', KEYS[1], 'ended', 1)
-if redis.call('HGET', KEYS[1], 'sealed') == '1'
-    and ended >= tonumber(redis.call('HGET', KEYS[1], 'total'))
-    and redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 1 then
-  for i = 1, 4 do
-    if i ~= 2 then redis.call('PEXPIREAT', KEYS[i], ARGV[3]) end
-  end
-  if redis.call('HGET', KEYS[1], 'webhook_url') then
-    redis.call('ZADD', KEYS[2], now, ARGV[1])
-  end
-end
-return ended
-"""
-)
-
-# One dead letter, kept under its webhook-id; the oldest are dropped past the retention time
-# or past MAX_DEAD_LETTERS, so a receiver that is gone for good cannot fill Redis. KEYS: the
-# hash, its index by time. ARGV: the webhook-id, the detail JSON, the retention (ms), the cap.
-_DEAD_LETTER = (
-    REDIS_NOW
-    + """
-local now_ms = math.floor(now * 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now_ms, ARGV[1])
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[3]))
-local over = redis.call('ZCARD', KEYS[2]) - #old - tonumber(ARGV[4])
-if over > 0 then
-  local oldest = redis.call('ZRANGE', KEYS[2], #old, #old + over - 1)
-  for _, id in ipairs(oldest) do old[#old + 1] = id end
-end
-for _, id in ipairs(old) do
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
-return #old
-"""
-)
-
-# Count a status word no vocabulary knew. Words come from the provider: past MAX_STATUS_WORDS
-# distinct ones the rest are counted together, so a provider inventing words cannot grow the
-# hash without end. KEYS: the hash. ARGV: the word, the catch-all's name, the cap.
-_COUNT_WORD = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
-    or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then
-  return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-end
-return redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
-"""
 MAX_DEAD_LETTERS = 10_000
 MAX_STATUS_WORDS = 100
 OTHER_STATUS_WORDS = "(other)"
@@ -197,11 +69,12 @@ class JobStore:
         self.record_ttl_s = record_ttl_s
         self._ttl_ms = max(1, int(record_ttl_s * 1000))
         self.schedule = Schedule(client, self.keys)
-        self._create = client.register_script(_CREATE)
-        self._create_batch = client.register_script(_CREATE_BATCH)
-        self._job_ended = client.register_script(_JOB_ENDED)
-        self._dead_letter = client.register_script(_DEAD_LETTER)
-        self._count_word = client.register_script(_COUNT_WORD)
+        self._create = client.register_script(scripts.CREATE)
+        self._stage_batch = client.register_script(scripts.STAGE_BATCH)
+        self._release_batch = client.register_script(scripts.RELEASE_BATCH)
+        self._job_ended = client.register_script(scripts.JOB_ENDED)
+        self._dead_letter = client.register_script(scripts.DEAD_LETTER)
+        self._count_word = client.register_script(scripts.COUNT_WORD)
 
     @classmethod
     def from_url(
@@ -336,40 +209,56 @@ class JobStore:
 
     # --- batches ---
 
-    def create_batch_chunk(
+    def stage_batch_chunk(
         self,
         batch_id: str,
         jobs: Sequence[NewJob],
         *,
         first_index: int,
-        seal: bool,
         fields: dict[str, str] | None = None,
-    ) -> dict[int, str]:
-        """Write one chunk of a batch atomically; returns {request index: earlier job id} for
-        items whose idempotency key an earlier job held (those got no new job)."""
+    ) -> None:
+        """Write one chunk of a batch atomically, staged (nothing runs until release_batch);
+        a chunk written already is left alone."""
         args: list[str] = [
-            self.keys.idempotency(""), self.keys.job(""), str(first_index),
-            "1" if seal else "0", utcnow_iso(), batch_id, str(self._ttl_ms),
+            self.keys.idempotency(""), self.keys.job(""), str(first_index), utcnow_iso(),
+            str(self._ttl_ms),
         ]  # fmt: skip
         for job in jobs:
             args += [job.id, job.idempotency_key or "", job.record_json]
         with self.redis.pipeline() as pipe:
             if fields:
                 pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
-            self._create_batch(
-                keys=[
-                    self.keys.batch(batch_id),
-                    self.keys.batch_jobs(batch_id),
-                    self.keys.schedule(Lane.SUBMIT_BULK),
-                    self.keys.batch_counts(batch_id),
-                    self.keys.schedule(Lane.NOTIFY_BATCH),
-                ],
-                args=args,
-                client=pipe,
-            )
-            held = pipe.execute()[-1]
-        pairs = [_text(x) for x in held]
-        return {int(pairs[i]): pairs[i + 1] for i in range(0, len(pairs), 2)}
+            self._stage_batch(keys=self._batch_keys(batch_id), args=args, client=pipe)
+            pipe.execute()
+
+    def release_batch(self, batch_id: str) -> None:
+        """Schedule every staged job of the batch at once and seal it (once)."""
+        self._release_batch(
+            keys=[
+                *self._batch_keys(batch_id),
+                self.keys.schedule(Lane.SUBMIT_BULK),
+                self.keys.schedule(Lane.NOTIFY_BATCH),
+            ],
+            args=[self.keys.job(""), utcnow_iso(), batch_id, str(self._ttl_ms)],
+        )
+
+    def batch_progress(self, batch_id: str) -> tuple[BatchState | None, int]:
+        """(state, requests staged) of a batch: (None, 0) when there is none yet."""
+        state, staged = self.redis.hmget(self.keys.batch(batch_id), ["state", "staged"])
+        if state is None:
+            # A batch written before batches were staged has no state, and was released.
+            return (
+                BatchState.RELEASED if self.redis.exists(self.keys.batch(batch_id)) else None
+            ), 0
+        return BatchState(_text(state)), int(staged or 0)
+
+    def _batch_keys(self, batch_id: str) -> list[str]:
+        return [
+            self.keys.batch(batch_id),
+            self.keys.batch_jobs(batch_id),
+            self.keys.batch_counts(batch_id),
+            self.keys.batch_staged_claims(batch_id),
+        ]
 
     def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> BatchRecord:
         """The batch's record.
@@ -397,7 +286,10 @@ class JobStore:
             finished_at=fields.get("finished_at"),
             cancelled=fields.get("cancelled") == "1",
             job_ids=[_text(x) for x in found[2]] if with_jobs else [],
-            deduplicated=json.loads(fields.get("deduplicated", "{}")),
+            deduplicated={
+                k.removeprefix("dedup:"): v for k, v in fields.items() if k.startswith("dedup:")
+            },
+            state=BatchState(fields.get("state", BatchState.RELEASED)),
             metadata=json.loads(fields.get("metadata", "{}")),
             webhook=WebhookDelivery.model_validate_json(webhook) if webhook else None,
         )
