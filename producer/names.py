@@ -145,6 +145,10 @@ class Keys:
         """A pub/sub channel that announces each change of a job (for wait())."""
         return f"{self.prefix}:events:{job_id}"
 
+    def upload_sweep(self) -> str:
+        """Set (with an expiry) while a worker's sweep of orphaned uploads is recent."""
+        return f"{self.prefix}:uploads:swept"
+
     def dead_letters(self) -> str:
         """A hash: webhook-id -> the given-up delivery (JSON)."""
         return f"{self.prefix}:webhooks:dead"

@@ -277,6 +277,7 @@ def finalize(job: Job) -> None:
     """Copy the finished MP4 into S3, read its shape, and complete the job."""
     rt = runtime()
     s = rt.settings
+    rt.sweep_uploads()  # a killed worker's upload is left open: someone must abort it
     record = job.update(_count_copy)  # a round of tries; the lease covers the whole round
     key = s.s3_key_template.format(job_id=job.id)
     url = rt.store.file_url(job.id)
