@@ -6,15 +6,19 @@ import structlog
 from celery import Celery
 
 from producer.settings import get_settings
+from worker import redaction
 from worker.config import celery_config
 from worker.pump import PumpStep
 
+redaction.configure(get_settings())
+redaction.install_log_filters()
 structlog.configure(
     processors=[
         # The job id the failure boundary binds (worker/steps.py) lands in every line.
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redaction.structlog_processor,  # no secret, no signed URL in any line
         structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
     ],
     logger_factory=structlog.PrintLoggerFactory(),

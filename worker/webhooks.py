@@ -17,6 +17,7 @@ from producer.records import WebhookDelivery, WebhookState, utcnow_iso
 from producer.settings import Settings
 from producer.store import JobStore
 from worker.provider import retry_after_s
+from worker.redaction import redact
 from worker.timing import bounded_hint_s
 
 
@@ -86,7 +87,8 @@ def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allow
     """Count one delivery attempt and move the delivery to its next state."""
     hook.attempts += 1
     hook.last_status_code = result.status_code
-    hook.last_error = result.error
+    # A transport error may quote the URL, whose query may be the receiver's token.
+    hook.last_error = redact(result.error) if result.error else None
     hook.last_attempt_at = utcnow_iso()
     if result.ok:
         hook.state = WebhookState.DELIVERED
