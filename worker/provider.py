@@ -340,9 +340,10 @@ class ProviderClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
-        A success is read up to 1 MiB (a bigger one, an endless one included, is a
-        retryable "bad_response": no status answer is that big, and reading on would hold
-        the worker or exhaust its memory); of an error body only the first 64 KiB are read.
+        A success is read up to 1 MiB and within api_timeout_s in all (a bigger one, an
+        endless one, one that drips, is a retryable "bad_response": no status answer is that
+        big or that slow, and reading on would hold the worker or exhaust its memory); of an
+        error body only the first 64 KiB are read.
         """
         success_cap_bytes = 1 << 20
         headers = {**self._auth(), **kwargs.pop("headers", {})}
@@ -351,13 +352,17 @@ class ProviderClient:
                 method, self.base_url + path, headers=headers, **kwargs
             ) as response:
                 if response.is_success:
-                    body_bytes = _read_prefix(response, success_cap_bytes + 1)
-                    if len(body_bytes) > success_cap_bytes:
-                        raise RetryableError(
-                            f"{method} {path}: the answer is over {success_cap_bytes} bytes",
-                            code="bad_response",
-                            status_code=response.status_code,
-                        )
+                    read_by = time.monotonic() + self.settings.api_timeout_s
+                    body_bytes = bytearray()
+                    for chunk in response.iter_bytes():
+                        body_bytes += chunk
+                        if len(body_bytes) > success_cap_bytes or time.monotonic() > read_by:
+                            raise RetryableError(
+                                f"{method} {path}: the answer is over {success_cap_bytes} "
+                                f"bytes or took over {self.settings.api_timeout_s:g} s",
+                                code="bad_response",
+                                status_code=response.status_code,
+                            )
                     # The bytes are decoded already: the copy drops the framing headers.
                     framing = {"content-encoding", "content-length", "transfer-encoding"}
                     return httpx.Response(
@@ -367,7 +372,7 @@ class ProviderClient:
                             for k, v in response.headers.multi_items()
                             if k.lower() not in framing
                         ],
-                        content=body_bytes,
+                        content=bytes(body_bytes),
                         request=response.request,
                     )
                 head = _read_prefix(response, _ERROR_BODY_BYTES + 1)

@@ -115,6 +115,8 @@ class SandboxConfig(BaseModel):
     nan_progress_rate: float = Field(default=0.0, ge=0, le=1)
     # Status queries answered 200 with a JSON body that never ends.
     endless_rate: float = Field(default=0.0, ge=0, le=1)
+    # Status queries answered 200 with the task's JSON a byte every half second (a drip).
+    drip_rate: float = Field(default=0.0, ge=0, le=1)
     # A failed task's error.code as a JSON number (40001) instead of a string.
     numeric_error_code: bool = False
     # A completed task's file URL(s) as a list of one string.
