@@ -37,8 +37,9 @@ KEEP_MODELS_UP_TO = 20_000
 # Requests one batch may hold: 100,000 validate and write in seconds; a bigger campaign is
 # several batches.
 MAX_BATCH_JOBS = 100_000
-# A caller's batch id: it names Redis keys and travels in webhooks.
-_BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+# A caller's batch id: it names Redis keys (no ":", which would let "b:jobs" name batch b's
+# job list) and travels in webhooks.
+_BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # How many problems an InvalidRequest for a batch spells out.
 MAX_PROBLEMS_LISTED = 20
 
@@ -56,7 +57,7 @@ def enqueue_batch(
 
     Args:
         requests: request dicts or VideoRequest models.
-        batch_id: the caller's id for the batch (letters, digits, `_.:-`, up to 128), which
+        batch_id: the caller's id for the batch (letters, digits, `_.-`, up to 128), which
             makes the call safe to retry: a batch already released is returned as it is, one
             whose writing was cut short is resumed, and each request runs once. A retry must
             pass the same requests in the same order. Without one, a random id.
@@ -139,7 +140,7 @@ def _check_batch_fields(fields: dict[str, Any], policy: UrlPolicy) -> None:
         problems.append(
             {
                 "field": "batch_id",
-                "message": "letters, digits and _.:- (up to 128), starting alphanumeric",
+                "message": "letters, digits and _.- (up to 128), starting alphanumeric",
             }
         )
     for name in ("webhook_url", "batch_webhook_url"):

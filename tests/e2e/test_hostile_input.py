@@ -155,8 +155,10 @@ def test_any_string_in_a_batch_item_is_refused_by_index_and_name_or_read_back_ex
 
 @FUZZ
 @given(field=st.sampled_from(["webhook_url", "batch_webhook_url", "metadata_key",
-                              "metadata_value"]),
+                              "metadata_value", "batch_id"]),
        text=hostile_text, as_url=st.booleans())  # fmt: skip
+@example(field="batch_id", text="campaign-1", as_url=False)
+@example(field="batch_id", text="b:jobs", as_url=False)
 def test_any_string_in_a_batch_wide_field_is_refused_by_name_or_read_back_exactly(
     deployment, field, text, as_url
 ):
@@ -165,18 +167,20 @@ def test_any_string_in_a_batch_wide_field_is_refused_by_name_or_read_back_exactl
     value = f"https://hooks.example.com/{text}" if field.endswith("url") and as_url else text
     kwargs: dict[str, Any] = (
         {field: value}
-        if field.endswith("url")
+        if field.endswith(("url", "batch_id"))
         else {"metadata": {value: "v"} if field.endswith("key") else {"k": value}}
     )
     try:
         batch_id = enqueue_batch([_request("prompt", "one")], settings=s, **kwargs)
     except InvalidRequest as e:
-        assert _names_field(e, field.removesuffix("_key").removesuffix("_value")), e.errors
+        assert _names_field(e, field), e.errors
         assert _keys(client, s.key_prefix) == set()
         return
     batch = get_batch(batch_id, settings=s)
     record = get(batch.job_ids[0], settings=s)
-    if field == "webhook_url":
+    if field == "batch_id":
+        assert batch_id == batch.id == record.batch_id == value
+    elif field == "webhook_url":
         assert record.request["webhook_url"] == value
     elif field == "batch_webhook_url":
         assert client.hget(f"{s.key_prefix}:batch:{batch_id}", "webhook_url") == value.encode()
