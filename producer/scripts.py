@@ -81,25 +81,40 @@ return 1
 
 # Release a staged batch, all of it at once: every job's schedule entry, its keys made
 # permanent (until they end), the batch sealed. Done once; a retry finds it released. A batch
-# whose every item was deduplicated ends here. KEYS: batch, its job list, its counts, its
-# staged idempotency keys, the submit lane, the batch-webhook lane. ARGV: job-key prefix, now
-# (ISO), the batch id, the record TTL (ms).
+# whose every item was deduplicated ends here. A job cancelled while staged (rare: `ended` is
+# above 0) keeps its expiry, and so does its idempotency claim: only then are records read.
+# KEYS: batch, its job list, its counts, its staged idempotency keys, the submit lane, the
+# batch-webhook lane. ARGV: job-key prefix, now (ISO), the batch id, the record TTL (ms),
+# idempotency-key prefix.
 RELEASE_BATCH = (
     REDIS_NOW
     + """
 local batch, jobs, counts, idems = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HGET', batch, 'state') ~= 'staging' then return 0 end
 local ids = redis.call('LRANGE', jobs, 0, -1)
-local entries = {}
+local some_ended = tonumber(redis.call('HGET', batch, 'ended') or '0') > 0
+local entries, ended_claims = {}, {}
 for _, id in ipairs(ids) do
-  redis.call('PERSIST', ARGV[1] .. id)
+  local key, running = ARGV[1] .. id, true
+  if some_ended then
+    local ok, record = pcall(cjson.decode, redis.call('GET', key) or '{}')
+    if ok and (record.status == 'cancelled' or record.status == 'failed'
+               or record.status == 'completed') then
+      running = false
+      local idem = type(record.request) == 'table' and record.request.idempotency_key
+      if type(idem) == 'string' then ended_claims[ARGV[5] .. idem] = true end
+    end
+  end
+  if running then redis.call('PERSIST', key) end
   entries[#entries + 1] = now
   entries[#entries + 1] = id
 end
 for j = 1, #entries, 2000 do
   redis.call('ZADD', KEYS[5], unpack(entries, j, math.min(j + 1999, #entries)))
 end
-for _, key in ipairs(redis.call('LRANGE', idems, 0, -1)) do redis.call('PERSIST', key) end
+for _, key in ipairs(redis.call('LRANGE', idems, 0, -1)) do
+  if not ended_claims[key] then redis.call('PERSIST', key) end
+end
 redis.call('DEL', idems)
 for _, key in ipairs({batch, jobs, counts}) do redis.call('PERSIST', key) end
 redis.call('HSET', batch, 'state', 'released', 'sealed', '1')

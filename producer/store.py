@@ -239,7 +239,13 @@ class JobStore:
                 self.keys.schedule(Lane.SUBMIT_BULK),
                 self.keys.schedule(Lane.NOTIFY_BATCH),
             ],
-            args=[self.keys.job(""), utcnow_iso(), batch_id, str(self._ttl_ms)],
+            args=[
+                self.keys.job(""),
+                utcnow_iso(),
+                batch_id,
+                str(self._ttl_ms),
+                self.keys.idempotency(""),
+            ],  # fmt: skip
         )
 
     def batch_progress(self, batch_id: str) -> tuple[BatchState | None, int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from producer import JobStatus, enqueue_batch, get_batch
+from producer import JobStatus, cancel, enqueue_batch, get_batch
 from producer.jobs import store
 from producer.names import Lane
 from producer.records import BatchState
@@ -75,6 +75,7 @@ def test_a_producer_killed_mid_batch_runs_nothing_and_a_retry_writes_each_reques
     staged = get_batch("campaign-7", settings=p.settings)
     assert staged.state is BatchState.STAGING and staged.total == 5000
     assert st.redis.pttl(st.keys.job(staged.job_ids[0])) > 0  # abandoned, it would expire
+    cancel(staged.job_ids[3], settings=p.settings)  # ended while staged: keeps its expiry
 
     assert enqueue_batch(requests, batch_id="campaign-7", settings=p.settings) == "campaign-7"
     batch = get_batch("campaign-7", settings=p.settings)
@@ -86,6 +87,8 @@ def test_a_producer_killed_mid_batch_runs_nothing_and_a_retry_writes_each_reques
     assert st.redis.pttl(st.keys.job(batch.job_ids[0])) == -1  # released: kept while it runs
     idem = st.keys.idempotency(requests[0]["idempotency_key"])
     assert st.redis.get(idem).decode() == batch.job_ids[0] and st.redis.pttl(idem) == -1
+    cancelled_idem = st.keys.idempotency(requests[3]["idempotency_key"])
+    assert st.redis.pttl(st.keys.job(batch.job_ids[3])) > 0 and st.redis.pttl(cancelled_idem) > 0
 
     client = redis.Redis.from_url(p.settings.broker_url)
     keys_before = sorted(client.scan_iter(f"{p.settings.key_prefix}*"))
