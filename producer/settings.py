@@ -118,8 +118,8 @@ class Settings(BaseSettings):
 
     # --- webhooks ---
     webhook_secret: SecretStr | None = None
-    # What each phase of a delivery attempt (connect, send, the answer's head) may take; the
-    # answer's body is never read, so no receiver can hold a worker longer with it.
+    # The total time of one delivery attempt (worker/webhooks.py shuts its connection down at
+    # the deadline); the answer's body is never read.
     webhook_timeout_s: float = 15.0
     # Seconds to wait before each delivery attempt (Svix's schedule); the first is immediate.
     # From the environment: comma-separated ("0,5,300") or a JSON list.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
+import socket
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,18 +63,25 @@ def deliver(
     """POST one signed delivery. 2xx is success; redirects are not followed (a failure).
 
     Only the status line and headers are read: the receiver's body says nothing we use, and
-    one that never ends or drips a byte at a time must not hold the worker. Each phase
-    (connect, send, the answer's head) waits at most timeout_s.
+    one that never ends or drips a byte at a time must not hold the worker. The whole attempt
+    takes at most timeout_s: past it the connection is shut down, whatever phase it is in
+    (a head dripped a byte at a time stays within every per-read timeout).
     """
     headers = signed_headers(secret, msg_id, body, datetime.now(UTC))
+    # Its own connection, so that the deadline can shut it down (and no pooled one is reused).
+    headers["connection"] = "close"
+    deadline = _Deadline(timeout_s)
     try:
-        with http.stream(
-            "POST", url, content=body.encode(), headers=headers, timeout=timeout_s
-        ) as response:
+        with deadline, http.stream(
+            "POST", url, content=body.encode(), headers=headers, timeout=timeout_s,
+            extensions={"trace": deadline.trace},
+        ) as response:  # fmt: skip
             pass  # closing an unread answer drops its connection instead of draining it
     except BlockedUrl as e:
         return DeliveryResult(False, None, f"blocked_url: {e}", blocked=True)
     except httpx.HTTPError as e:
+        if deadline.fired:
+            return DeliveryResult(False, None, f"timed out: over {timeout_s:g} s in all")
         return DeliveryResult(False, None, f"{type(e).__name__}: {e}")
     if response.is_success:
         return DeliveryResult(True, response.status_code)
@@ -81,6 +91,39 @@ def deliver(
         f"HTTP {response.status_code}",
         retry_after_s(response.headers),
     )
+
+
+class _Deadline:
+    """Shuts a request's connection down once timeout_s has passed since it began.
+
+    httpx's timeouts bound each read, not the request: the connection is learnt from
+    httpcore's trace (the TCP or TLS stream it made), and a timer shuts its socket down,
+    which wakes a read blocked on it.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.fired = False
+        self._stream: Any = None
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self._stream = info.get("return_value")
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self._stream.get_extra_info("socket") if self._stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.cancel()
 
 
 def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allowed: int) -> None:

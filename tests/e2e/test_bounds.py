@@ -3,14 +3,21 @@ downloads that drip, and provider or receiver answers that never end."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
+import httpx
 import pytest
 
 from producer import InvalidRequest, JobStatus, enqueue, get, wait
 from producer.metadata import decode_value
 from producer.records import WebhookState
+from producer.urls import UrlPolicy
 from tests.e2e.conftest import BUCKET, eventually
+from worker.egress import GuardedTransport
+from worker.webhooks import deliver
 
 
 def _objects(s3_client, job_id):
@@ -106,3 +113,39 @@ def test_a_receiver_answering_an_endless_body_still_counts_as_delivered(make_pip
     )
     assert record.webhook.state is WebhookState.DELIVERED and record.webhook.attempts == 1
     assert time.monotonic() - began < 10
+
+
+@pytest.fixture
+def dripping_receiver():
+    """A receiver on loopback that reads the request, then drips its answer's status line a
+    byte every 0.3 s: within every per-read timeout, never done."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 1000:
+                if stop.wait(0.3):
+                    return
+                with contextlib.suppress(OSError):
+                    conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    stop.set()
+    server.close()
+    thread.join(5)
+
+
+def test_a_receiver_dripping_its_answers_head_is_cut_off_at_the_webhook_timeout(
+    dripping_receiver,
+):
+    transport = GuardedTransport(UrlPolicy(["127.0.0.0/8"]))
+    with httpx.Client(transport=transport) as http:
+        began = time.monotonic()
+        result = deliver(http, dripping_receiver, "{}", "msg_1", None, timeout_s=1.5)
+    assert time.monotonic() - began < 3
+    assert not result.ok and result.error == "timed out: over 1.5 s in all"
