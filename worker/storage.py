@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from producer.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
 from producer.settings import Settings
+from worker.egress import ConnectionDeadline
 from worker.media import check_ftyp
 
 # What a failed copy may raise that another attempt may cure: the provider's CDN or S3
@@ -169,34 +170,45 @@ def copy_url_to_s3(
     deadline = time.monotonic() + s.download_deadline_s
     # No read may wait past the deadline either (a stalled connection answers nothing).
     timeout_s = min(s.download_timeout_s, s.download_deadline_s)
-    with http.stream(
-        "GET", url, headers=headers, follow_redirects=True, timeout=timeout_s
-    ) as response:
-        if response.status_code in (403, 410):
-            raise UrlExpired(f"HTTP {response.status_code}")
-        if not response.is_success:
-            raise OSError(f"download answered HTTP {response.status_code}")
-        expected = response.headers.get("content-length")
-        encoded = response.headers.get("content-encoding", "identity") != "identity"
-        try:
-            expected_size = int(expected) if expected and not encoded else None
-        except ValueError:
-            expected_size = None  # an unparsable length is checked by the probe instead
-        if expected_size is not None and expected_size > s.max_video_bytes:
-            raise TooLarge(f"the video is {expected_size} bytes; at most {s.max_video_bytes}")
-        return stream_to_s3(
-            _bounded(response.iter_bytes(), deadline, s),
-            s3,
-            s.s3_bucket,
-            key,
-            metadata=metadata,
-            part_size_bytes=s.s3_part_size_bytes,
-            parts_in_flight=s.s3_parts_in_flight,
-            expected_size_bytes=expected_size,
-        )
+    # Its own connection (and each redirect's), so that the deadline can shut it down.
+    headers = {**headers, "connection": "close"}
+    hard = ConnectionDeadline(s.download_deadline_s)
+    try:
+        with hard, http.stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=timeout_s,
+            extensions={"trace": hard.trace},
+        ) as response:  # fmt: skip
+            if response.status_code in (403, 410):
+                raise UrlExpired(f"HTTP {response.status_code}")
+            if not response.is_success:
+                raise OSError(f"download answered HTTP {response.status_code}")
+            expected = response.headers.get("content-length")
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
+            try:
+                expected_size = int(expected) if expected and not encoded else None
+            except ValueError:
+                expected_size = None  # an unparsable length is checked by the probe instead
+            if expected_size is not None and expected_size > s.max_video_bytes:
+                raise TooLarge(f"the video is {expected_size} bytes; at most {s.max_video_bytes}")
+            return stream_to_s3(
+                _bounded(response.iter_bytes(), deadline, s, hard),
+                s3,
+                s.s3_bucket,
+                key,
+                metadata=metadata,
+                part_size_bytes=s.s3_part_size_bytes,
+                parts_in_flight=s.s3_parts_in_flight,
+                expected_size_bytes=expected_size,
+            )
+    except httpx.HTTPError:
+        if hard.fired:  # the connection was shut down at the deadline (a dripping head)
+            raise DownloadTimeout(f"the download took over {s.download_deadline_s:g} s") from None
+        raise
 
 
-def _bounded(chunks: Iterable[bytes], deadline: float, settings: Settings) -> Iterator[bytes]:
+def _bounded(
+    chunks: Iterable[bytes], deadline: float, settings: Settings, hard: ConnectionDeadline
+) -> Iterator[bytes]:
     """chunks as they arrive (each network read), stopped at VIDEOQUEUE_MAX_VIDEO_BYTES and
     at the download's deadline: a body that never ends or that drips a byte every few
     seconds must not hold a worker for hours (every single read is within its timeout)."""
@@ -206,7 +218,10 @@ def _bounded(chunks: Iterable[bytes], deadline: float, settings: Settings) -> It
         if size > settings.max_video_bytes:
             raise TooLarge(f"the video is over {settings.max_video_bytes} bytes")
         if time.monotonic() > deadline:
-            raise DownloadTimeout(
-                f"the download took over {settings.download_deadline_s:g} s ({size} bytes read)"
-            )
+            break
         yield chunk
+    if time.monotonic() > deadline or hard.fired:
+        # (A body without a length ends where the deadline's shutdown cut it: not its end.)
+        raise DownloadTimeout(
+            f"the download took over {settings.download_deadline_s:g} s ({size} bytes read)"
+        )

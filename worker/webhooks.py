@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
-import socket
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +16,7 @@ from producer.errors import BlockedUrl
 from producer.records import WebhookDelivery, WebhookState, utcnow_iso
 from producer.settings import Settings
 from producer.store import JobStore
+from worker.egress import ConnectionDeadline
 from worker.provider import retry_after_s
 from worker.redaction import redact
 from worker.timing import bounded_hint_s
@@ -70,7 +68,7 @@ def deliver(
     headers = signed_headers(secret, msg_id, body, datetime.now(UTC))
     # Its own connection, so that the deadline can shut it down (and no pooled one is reused).
     headers["connection"] = "close"
-    deadline = _Deadline(timeout_s)
+    deadline = ConnectionDeadline(timeout_s)
     try:
         with deadline, http.stream(
             "POST", url, content=body.encode(), headers=headers, timeout=timeout_s,
@@ -91,39 +89,6 @@ def deliver(
         f"HTTP {response.status_code}",
         retry_after_s(response.headers),
     )
-
-
-class _Deadline:
-    """Shuts a request's connection down once timeout_s has passed since it began.
-
-    httpx's timeouts bound each read, not the request: the connection is learnt from
-    httpcore's trace (the TCP or TLS stream it made), and a timer shuts its socket down,
-    which wakes a read blocked on it.
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self.fired = False
-        self._stream: Any = None
-        self._timer = threading.Timer(timeout_s, self._fire)
-        self._timer.daemon = True
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            self._stream = info.get("return_value")
-
-    def _fire(self) -> None:
-        self.fired = True
-        sock = self._stream.get_extra_info("socket") if self._stream is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._timer.cancel()
 
 
 def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allowed: int) -> None:

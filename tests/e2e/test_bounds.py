@@ -116,8 +116,8 @@ def test_a_receiver_answering_an_endless_body_still_counts_as_delivered(make_pip
 
 
 @pytest.fixture
-def dripping_receiver():
-    """A receiver on loopback that reads the request, then drips its answer's status line a
+def dripping_server():
+    """A server on loopback that reads one request, then drips its answer's status line a
     byte every 0.3 s: within every per-read timeout, never done."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
@@ -134,18 +134,33 @@ def dripping_receiver():
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
     stop.set()
     server.close()
     thread.join(5)
 
 
 def test_a_receiver_dripping_its_answers_head_is_cut_off_at_the_webhook_timeout(
-    dripping_receiver,
+    dripping_server,
 ):
     transport = GuardedTransport(UrlPolicy(["127.0.0.0/8"]))
     with httpx.Client(transport=transport) as http:
         began = time.monotonic()
-        result = deliver(http, dripping_receiver, "{}", "msg_1", None, timeout_s=1.5)
+        result = deliver(http, f"{dripping_server}/hook", "{}", "msg_1", None, timeout_s=1.5)
     assert time.monotonic() - began < 3
     assert not result.ok and result.error == "timed out: over 1.5 s in all"
+
+
+def test_a_file_host_dripping_its_answers_head_fails_the_job_at_the_download_deadline(
+    make_pipeline, dripping_server
+):
+    # The unified format's file URL redirects to the CDN, here the dripping server.
+    p = make_pipeline(
+        sandbox={"cdn_base_url": dripping_server},
+        env={"VIDEOQUEUE_API_FORMAT": "unified", "VIDEOQUEUE_DOWNLOAD_DEADLINE_S": "2",
+             "VIDEOQUEUE_DOWNLOAD_TIMEOUT_S": "5"},
+    )  # fmt: skip
+    job_id = enqueue(p.request(), settings=p.settings)
+    record = wait(job_id, 60, settings=p.settings)
+    assert record.status is JobStatus.FAILED and record.error.code == "download_timeout"
+    assert record.copy_attempts == 1
