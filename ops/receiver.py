@@ -18,7 +18,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ops.serve import serve_in_thread
@@ -71,6 +71,12 @@ class Delivery:
         }
 
 
+async def _endless() -> AsyncIterator[bytes]:
+    while True:
+        yield b"x" * 65536
+        await asyncio.sleep(0.01)
+
+
 class WebhookReceiver:
     """Records webhook deliveries; answers 401 to bad signatures and otherwise per its knobs.
 
@@ -80,6 +86,7 @@ class WebhookReceiver:
         fail_first: Answer 500 to this many of the next (correctly signed) deliveries.
         status_sequence: Answer these codes, in order, before fail_first and then 200.
         delay_s: Wait this long before answering each delivery (to provoke sender timeouts).
+        endless_body: Answer with a body that never ends (a sender must not read it whole).
     """
 
     def __init__(self, secret: str | None = None) -> None:
@@ -88,6 +95,7 @@ class WebhookReceiver:
         self.fail_first = 0
         self.status_sequence: list[int] = []
         self.delay_s = 0.0
+        self.endless_body = False
         self.url: str | None = None
         self._deliveries: list[Delivery] = []
         self._changed = threading.Condition()
@@ -198,6 +206,8 @@ class WebhookReceiver:
         # Recorded before the delay, so a test sees the attempt even if the sender gives up.
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
+        if self.endless_body:
+            return StreamingResponse(_endless(), status_code=status)
         return JSONResponse({"received": status < 300}, status_code=status)
 
     async def _list(self, request: Request) -> Response:

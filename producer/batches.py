@@ -1,26 +1,33 @@
 """Batches: thousands of jobs enqueued in one call, tracked together.
 
 A batch is validated whole before anything is written (all or nothing), then written in
-chunks, each one Lua script that stores the records and their schedule entries: a few
-round trips for 10,000 jobs instead of 20,000. Its jobs wait in the bulk submit lane,
-behind single jobs, for provider slots, so one campaign cannot starve everyone else.
+chunks, each one Lua script that stores the records (a few round trips for 10,000 jobs instead
+of 20,000), staged: nothing of it runs until a last atomic step releases every job at once.
+So a producer that dies half-way leaves no job running that its caller cannot name, and a
+retry with the same batch id resumes after the last whole chunk (job ids follow from the
+batch id and the request's index, so a chunk written twice is still one set of jobs). Its jobs
+wait in the bulk submit lane, behind single jobs, for provider slots, so one campaign cannot
+starve everyone else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from producer.errors import InvalidRequest
 from producer.jobs import mark_cancelled, store
+from producer.metadata import metadata_problems
 from producer.providers import candidates
-from producer.records import BatchRecord, JobRecord, utcnow_iso
-from producer.requests import VideoRequest, http_url, parse_request
+from producer.records import BatchRecord, BatchState, JobRecord, utcnow_iso
+from producer.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.settings import Settings, get_settings
 from producer.store import NewJob
-from producer.urls import check_outbound
+from producer.urls import UrlPolicy, check_outbound
 
 # Jobs per Lua call: large enough that round trips vanish, small enough that one call
 # blocks Redis for milliseconds, not seconds.
@@ -28,6 +35,12 @@ CHUNK_JOBS = 2500
 # Batches up to this size keep their validated models between checking and writing; larger
 # ones validate each request twice rather than hold every model in memory at once.
 KEEP_MODELS_UP_TO = 20_000
+# Requests one batch may hold: 100,000 validate and write in seconds; a bigger campaign is
+# several batches.
+MAX_BATCH_JOBS = 100_000
+# A caller's batch id: it names Redis keys (no ":", which would let "b:jobs" name batch b's
+# job list) and travels in webhooks.
+_BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # How many problems an InvalidRequest for a batch spells out.
 MAX_PROBLEMS_LISTED = 20
 
@@ -35,6 +48,7 @@ MAX_PROBLEMS_LISTED = 20
 def enqueue_batch(
     requests: Iterable[VideoRequest | dict[str, Any]],
     *,
+    batch_id: str | None = None,
     webhook_url: str | None = None,
     batch_webhook_url: str | None = None,
     metadata: dict[str, str] | None = None,
@@ -44,6 +58,10 @@ def enqueue_batch(
 
     Args:
         requests: request dicts or VideoRequest models.
+        batch_id: the caller's id for the batch (letters, digits, `_.-`, up to 128), which
+            makes the call safe to retry: a batch already released is returned as it is, one
+            whose writing was cut short is resumed, and each request runs once. A retry must
+            pass the same requests in the same order. Without one, a random id.
         webhook_url: each job's webhook, unless the request names its own.
         batch_webhook_url: receives one `batch.completed` event when every job has ended.
         metadata: merged into every job's metadata (a request's own keys win).
@@ -60,45 +78,87 @@ def enqueue_batch(
     items = list(requests)
     if not items:
         raise InvalidRequest("a batch needs at least one request")
-    try:
-        http_url(webhook_url, "webhook_url")
-        http_url(batch_webhook_url, "batch_webhook_url")
-    except ValueError as e:
-        raise InvalidRequest(str(e), [{"field": str(e).split()[0], "message": str(e)}]) from None
-    check_outbound(webhook_url, "webhook_url", s.url_policy)
-    check_outbound(batch_webhook_url, "batch_webhook_url", s.url_policy)
-    if metadata is not None and not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise InvalidRequest("metadata must map strings to strings")
+    if len(items) > MAX_BATCH_JOBS:
+        raise InvalidRequest(
+            f"a batch holds at most {MAX_BATCH_JOBS} requests (got {len(items)})",
+            [{"field": "requests", "message": f"at most {MAX_BATCH_JOBS} requests"}],
+        )
+    _check_batch_fields(
+        {"webhook_url": webhook_url, "batch_webhook_url": batch_webhook_url, "metadata": metadata,
+         "batch_id": batch_id},
+        s.url_policy,
+    )  # fmt: skip
     keep = len(items) <= KEEP_MODELS_UP_TO
-    validated = _validate_all(items, keep=keep, settings=s)
+    validated = _validate_all(items, keep=keep, settings=s, metadata=metadata)
 
-    batch_id = f"batch_{uuid.uuid4().hex}"
+    batch_id = batch_id or f"batch_{uuid.uuid4().hex}"
     st = store(s)
+    state, staged = st.batch_progress(batch_id)
+    if state is BatchState.RELEASED:
+        return batch_id
     template = _record_template(batch_id)
     now = utcnow_iso()  # one instant for the whole batch
     api_format = s.api_format.value
     fields = {"metadata": json.dumps(metadata or {}), "created_at": now}
     if batch_webhook_url:
         fields["webhook_url"] = batch_webhook_url
-    deduplicated: dict[int, str] = {}
-    for start in range(0, len(items), CHUNK_JOBS):
+    for start in range(staged, len(items), CHUNK_JOBS):
         chunk = items[start : start + CHUNK_JOBS]
         models = (
             validated[start : start + CHUNK_JOBS] if keep else [parse_request(x) for x in chunk]
         )
-        jobs = [_new_job(req, now, template, api_format, webhook_url, metadata) for req in models]
-        deduplicated |= st.create_batch_chunk(
-            batch_id, jobs, first_index=start,
-            seal=start + CHUNK_JOBS >= len(items), fields=fields if start == 0 else None,
-        )  # fmt: skip
-    if deduplicated:
-        st.set_batch_fields(batch_id, {"deduplicated": json.dumps(deduplicated)})
+        jobs = [
+            _new_job(req, _job_id(batch_id, start + i), now, template, api_format, webhook_url,
+                     metadata)
+            for i, req in enumerate(models)
+        ]  # fmt: skip
+        st.stage_batch_chunk(
+            batch_id, jobs, first_index=start, fields=fields if start == 0 else None
+        )
+    st.release_batch(batch_id)
     return batch_id
 
 
-def _validate_all(items: list[Any], *, keep: bool, settings: Settings) -> list[VideoRequest]:
+def _job_id(batch_id: str, index: int) -> str:
+    """The id of the batch's job for request index: the same on every retry."""
+    return "job_" + hashlib.sha256(f"{batch_id}\x00{index}".encode()).hexdigest()[:32]
+
+
+def _check_batch_fields(fields: dict[str, Any], policy: UrlPolicy) -> None:
+    """Refuse a bad batch-wide field, naming it (they are the caller's strings too)."""
+    problems = [{"field": f, "message": "not valid unicode text (a lone surrogate)"}
+                for f in unencodable_fields(fields)]  # fmt: skip
+    metadata = fields["metadata"]
+    if metadata is not None and not (
+        isinstance(metadata, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        problems.append({"field": "metadata", "message": "metadata must map strings to strings"})
+    elif metadata is not None and not problems:  # (bounds are measured on valid text)
+        problems += metadata_problems(metadata)
+    batch_id = fields["batch_id"]
+    if batch_id is not None and not (isinstance(batch_id, str) and _BATCH_ID.fullmatch(batch_id)):
+        problems.append(
+            {
+                "field": "batch_id",
+                "message": "letters, digits and _.- (up to 128), starting alphanumeric",
+            }
+        )
+    for name in ("webhook_url", "batch_webhook_url"):
+        try:
+            http_url(fields[name], name)
+        except ValueError as e:
+            problems.append({"field": name, "message": str(e)})
+    if problems:
+        text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise InvalidRequest(f"invalid batch: {text}", problems)
+    for name in ("webhook_url", "batch_webhook_url"):
+        check_outbound(fields[name], name, policy)
+
+
+def _validate_all(
+    items: list[Any], *, keep: bool, settings: Settings, metadata: dict[str, str] | None
+) -> list[VideoRequest]:
     models: list[VideoRequest] = []
     problems: list[dict[str, Any]] = []
     for index, item in enumerate(items):
@@ -106,6 +166,9 @@ def _validate_all(items: list[Any], *, keep: bool, settings: Settings) -> list[V
             model = parse_request(item)
             check_outbound(model.webhook_url, "webhook_url", settings.url_policy)
             candidates(model, settings)  # a provider that can take it
+            if metadata and (bad := metadata_problems({**metadata, **model.metadata})):
+                # the batch's metadata merged into the item's must fit S3 as well
+                raise InvalidRequest("metadata", bad)
         except InvalidRequest as e:
             for p in e.errors or [{"field": "(request)", "message": str(e)}]:
                 problems.append({"index": index, **p})
@@ -129,6 +192,7 @@ def _validate_all(items: list[Any], *, keep: bool, settings: Settings) -> list[V
 
 def _new_job(
     req: VideoRequest,
+    job_id: str,
     now: str,
     template: str,
     api_format: str,
@@ -145,7 +209,6 @@ def _new_job(
                 "metadata": {**(metadata or {}), **req.metadata},
             }
         )
-    job_id = f"job_{uuid.uuid4().hex}"
     record_json = template % {
         "id": job_id,
         "request": req.model_dump_json(exclude_none=True),
@@ -190,8 +253,11 @@ def cancel_batch(batch_id: str, *, settings: Settings | None = None) -> BatchRec
         JobNotFound: when no batch has that id.
     """
     st = store(settings)
-    st.get_batch(batch_id, with_jobs=False)
+    batch = st.get_batch(batch_id, with_jobs=False)
     st.set_batch_fields(batch_id, {"cancelled": "1"})
+    if batch.state is BatchState.STAGING:
+        # Nothing of it runs yet; once released, each job's submit sees the flag.
+        return st.get_batch(batch_id)
 
     for job_id in st.batch_job_ids(batch_id):
         st.update(job_id, mark_cancelled, after=lambda r, pipe: st.schedule.nudge(r.id, pipe))

@@ -250,6 +250,10 @@ def batch(
     batch_webhook_url: Annotated[
         str | None, typer.Option(help="Receives batch.completed once.")
     ] = None,
+    batch_id: Annotated[
+        str | None,
+        typer.Option(help="Your id for the batch: running the command again resumes it."),
+    ] = None,
     wait_: Annotated[
         bool, typer.Option("--wait", help="Show progress until every job ends.")
     ] = False,
@@ -261,16 +265,19 @@ def batch(
     if not requests:
         _die(f"{file}: no requests")
     try:
-        batch_id = enqueue_batch(
-            requests, webhook_url=webhook_url, batch_webhook_url=batch_webhook_url
+        queued = enqueue_batch(
+            requests,
+            batch_id=batch_id,
+            webhook_url=webhook_url,
+            batch_webhook_url=batch_webhook_url,
         )
     except InvalidRequest as e:
         _die(str(e))
     if not wait_:
-        _print_json({"id": batch_id}) if as_json else typer.echo(batch_id)
+        _print_json({"id": queued}) if as_json else typer.echo(queued)
         return
-    err.print(f"batch {batch_id}: {len(requests)} requests")
-    record = _follow(batch_id, timeout)
+    err.print(f"batch {queued}: {len(requests)} requests")
+    record = _follow(queued, timeout)
     if as_json:
         _print_json(record.public())
     else:

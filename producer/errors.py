@@ -9,6 +9,9 @@ VideoqueueError
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
 ├── InvalidVideo          the provider's file is not a readable MP4 (raised in the worker)
 ├── BlockedUrl            a URL leads to an address the outbound policy refuses (worker)
+├── BoundExceeded         a download broke a bound (worker)
+│   ├── TooLarge          bigger than VIDEOQUEUE_MAX_VIDEO_BYTES
+│   └── DownloadTimeout   slower than VIDEOQUEUE_DOWNLOAD_DEADLINE_S
 └── ProviderError         the provider answered with an error (raised in the worker)
     ├── RetryableError    try again later: 429, 5xx, timeouts (carries delay_s)
     └── PermanentError    the provider refused for good: other 4xx, a failed task
@@ -68,6 +71,25 @@ class BlockedUrl(VideoqueueError):
     (producer/urls.py); the message names the host, never the whole (maybe signed) URL."""
 
     code = "blocked_url"
+
+
+class BoundExceeded(VideoqueueError):
+    """Raised when a download breaks one of the worker's bounds; `code` names the bound, and
+    trying again would only spend the same time and bytes again."""
+
+    code = "bound_exceeded"
+
+
+class TooLarge(BoundExceeded):
+    """Raised when a video is bigger than VIDEOQUEUE_MAX_VIDEO_BYTES."""
+
+    code = "too_large"
+
+
+class DownloadTimeout(BoundExceeded):
+    """Raised when a download attempt outlives VIDEOQUEUE_DOWNLOAD_DEADLINE_S."""
+
+    code = "download_timeout"
 
 
 class ProviderError(VideoqueueError):

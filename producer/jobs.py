@@ -17,8 +17,8 @@ from producer.urls import check_outbound
 
 
 @lru_cache(maxsize=8)
-def _store_for(url: str, prefix: str, retention_s: float) -> JobStore:
-    return JobStore.from_url(url, prefix, retention_s)
+def _store_for(url: str, prefix: str, record_ttl_s: float) -> JobStore:
+    return JobStore.from_url(url, prefix, record_ttl_s)
 
 
 def store(settings: Settings | None = None) -> JobStore:

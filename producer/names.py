@@ -121,6 +121,10 @@ class Keys:
         """A list of the batch's job ids, in request order."""
         return f"{self.prefix}:batch:{batch_id}:jobs"
 
+    def batch_staged_claims(self, batch_id: str) -> str:
+        """A list of the idempotency keys a batch claimed while staged (released with it)."""
+        return f"{self.prefix}:batch:{batch_id}:staged_claims"
+
     def batch_counts(self, batch_id: str) -> str:
         """A hash: job status -> number of the batch's jobs in it."""
         return f"{self.prefix}:batch:{batch_id}:counts"
@@ -169,5 +173,14 @@ class Keys:
         """A pub/sub channel that announces each change of a job (for wait())."""
         return f"{self.prefix}:events:{job_id}"
 
+    def upload_sweep(self) -> str:
+        """Set (with an expiry) while a worker's sweep of orphaned uploads is recent."""
+        return f"{self.prefix}:uploads:swept"
+
     def dead_letters(self) -> str:
+        """A hash: webhook-id -> the given-up delivery (JSON)."""
         return f"{self.prefix}:webhooks:dead"
+
+    def dead_letters_by_time(self) -> str:
+        """A sorted set: webhook-id -> when it was dead-lettered (ms), to drop the oldest."""
+        return f"{self.prefix}:webhooks:dead:by_time"

@@ -150,6 +150,13 @@ class JobRecord(BaseModel):
         return self.model_dump(mode="json")
 
 
+class BatchState(StrEnum):
+    """Where a batch's writing stands (see producer/batches.py)."""
+
+    STAGING = "staging"
+    RELEASED = "released"
+
+
 class BatchRecord(BaseModel):
     """A batch of jobs enqueued together, as `videoqueue batch-status --json` prints it."""
 
@@ -163,6 +170,8 @@ class BatchRecord(BaseModel):
     job_ids: list[str] = Field(default_factory=list)
     # Request index -> the earlier job that already held the item's idempotency key.
     deduplicated: dict[str, str] = Field(default_factory=dict)
+    # staging: being written, nothing of it runs yet; released: every job scheduled.
+    state: BatchState = BatchState.RELEASED
     metadata: dict[str, str] = Field(default_factory=dict)
     webhook: WebhookDelivery | None = None
     # The usage its ended jobs reported, summed field by field (JobRecord.usage).

@@ -5,12 +5,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from producer.errors import InvalidRequest
+from producer.metadata import metadata_problems
 from producer.settings import ApiFormat
 
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+", re.IGNORECASE)
+# Whitespace and control characters (C0, DEL, C1) anywhere in a URL.
+_URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+# A request's JSON at most: prompts, storyboard and `extra` together (a storyboard of 20 long
+# scenes fits); a job record, a provider call and a webhook each carry it.
+MAX_REQUEST_BYTES = 128 * 1024
 ASPECT_RATIOS = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)}
 
 
@@ -22,9 +30,40 @@ def http_url(value: str | None, field: str) -> str | None:
     """
     if value is None:
         return None
-    if not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
+    if not _HTTP_URL.match(value):
         raise ValueError(f"{field} must be an http(s) URL")
+    if _URL_UNSAFE.search(value):
+        # An HTTP client refuses these (or, worse, splits a request line on them): refused
+        # here, at enqueue, rather than failing every delivery attempt later.
+        raise ValueError(f"{field} must not contain spaces or control characters")
+    try:
+        httpx.URL(value)
+    except (httpx.InvalidURL, ValueError) as e:
+        raise ValueError(f"{field} is not a valid URL ({e})") from None
     return value
+
+
+def unencodable_fields(value: Any, field: str = "") -> list[str]:
+    """The fields (dotted paths) of a JSON-shaped value whose text, or whose keys, cannot be
+    written as UTF-8 (a lone surrogate): Redis, JSON and HTTP would mangle or refuse them."""
+    if isinstance(value, str):
+        return [] if _encodable(value) else [field or "(request)"]
+    if isinstance(value, dict):
+        bad = [field or "(request)"] if not all(_encodable(str(k)) for k in value) else []
+        for key, item in value.items():
+            bad += unencodable_fields(item, f"{field}.{key}" if field else str(key))
+        return bad
+    if isinstance(value, list | tuple):
+        return [f for i, item in enumerate(value) for f in unencodable_fields(item, f"{field}.{i}")]
+    return []
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Scene(BaseModel):
@@ -80,6 +119,13 @@ class VideoRequest(BaseModel):
     @classmethod
     def _image(cls, v: str | None) -> str | None:
         return http_url(v, "image_url")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str]) -> dict[str, str]:
+        if problems := metadata_problems(v):
+            raise ValueError("; ".join(p["message"] for p in problems))
+        return v
 
     @field_validator("webhook_url")
     @classmethod
@@ -142,11 +188,21 @@ def parse_request(data: VideoRequest | dict[str, Any]) -> VideoRequest:
         return data
     if not isinstance(data, dict):
         raise InvalidRequest(f"a request must be a JSON object, not {type(data).__name__}")
+    if bad := unencodable_fields(data):
+        problems = [{"field": f, "message": "not valid unicode text (a lone surrogate)"}
+                    for f in bad]  # fmt: skip
+        raise InvalidRequest(f"invalid request: {', '.join(bad)}: not valid unicode text", problems)
     try:
-        return VideoRequest.model_validate(data)
+        request = VideoRequest.model_validate(data)
     except ValidationError as e:
         text, problems = _describe(e)
         raise InvalidRequest(f"invalid request: {text}", problems) from None
+    if (size := len(request.model_dump_json(exclude_none=True))) > MAX_REQUEST_BYTES:
+        message = f"the request is {size} bytes as JSON; at most {MAX_REQUEST_BYTES}"
+        raise InvalidRequest(
+            f"invalid request: {message}", [{"field": "(request)", "message": message}]
+        )
+    return request
 
 
 def parse_character(data: CharacterRequest | dict[str, Any]) -> CharacterRequest:

@@ -129,8 +129,20 @@ class Settings(BaseSettings):
     # the tests allow loopback). Comma-separated from the environment.
     url_allowlist: Annotated[list[str], NoDecode] = []
 
+    # --- hostile input: bounds and retention (issue 10) ---
+    # A video bigger than this fails its job with "too_large" (no object is kept).
+    max_video_bytes: int = Field(4 * 1024**3, ge=1)
+    # The total time one download attempt may take, however slowly its bytes trickle;
+    # a download past it fails the job with "download_timeout".
+    download_deadline_s: float = Field(1800.0, gt=0)
+    # A finished job's record and every key of it expire this long after it ended; the job
+    # index (videoqueue jobs list) forgets jobs created longer ago than this.
+    record_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+
     # --- webhooks ---
     webhook_secret: SecretStr | None = None
+    # The total time of one delivery attempt (worker/webhooks.py shuts its connection down at
+    # the deadline); the answer's body is never read.
     webhook_timeout_s: float = 15.0
     # Seconds to wait before each delivery attempt (Svix's schedule); the first is immediate.
     # From the environment: comma-separated ("0,5,300") or a JSON list.
@@ -142,9 +154,7 @@ class Settings(BaseSettings):
     # The port every worker host serves Prometheus metrics on (its main process); None: none.
     metrics_port: int | None = Field(None, ge=0, le=65535)
     log_format: LogFormat = LogFormat.CONSOLE
-    # How long records are kept; the job index (videoqueue jobs list) forgets jobs older
-    # than this.
-    record_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+    # (The job index, videoqueue jobs list, forgets jobs older than record_ttl_s above.)
 
     @field_validator("webhook_schedule_s", mode="before")
     @classmethod

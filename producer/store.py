@@ -1,128 +1,42 @@
-"""Job and batch records in Redis: the one place that knows keys, scripts and transitions."""
+"""Job and batch records in Redis: the one place that knows keys and transitions (its Lua
+scripts are in producer/scripts.py)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 
+from producer import scripts
 from producer.errors import JobNotFound
 from producer.names import Keys, Lane
-from producer.records import TERMINAL, BatchRecord, JobRecord, WebhookDelivery, utcnow_iso
-from producer.schedule import REDIS_NOW, Schedule
+from producer.records import (
+    TERMINAL,
+    BatchRecord,
+    BatchState,
+    JobRecord,
+    WebhookDelivery,
+    utcnow_iso,
+)
+from producer.schedule import Schedule
 
 # A change to one record: mutate it in place; return False to leave Redis untouched.
 Change = Callable[[JobRecord], bool | None]
 # More commands for the same transaction as a change, queued on its pipeline.
 After = Callable[[JobRecord, Any], None]
 
-# Record, idempotency claim and schedule entry land together or not at all, so a crash can
-# neither lose an accepted job nor leave an entry without its record. An existing claim on
-# the idempotency key wins: the caller gets the job that holds it. The job also enters the
-# status counts and the job index, which forgets jobs older than the records' retention
-# (ARGV[3], seconds), so it stays bounded.
-_CREATE = (
-    """
-if KEYS[1] ~= '' then
-  local held = redis.call('GET', KEYS[1])
-  if held then return held end
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('SET', KEYS[2], ARGV[2])
-"""
-    + REDIS_NOW
-    + """
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'queued', 1)
-redis.call('ZADD', KEYS[5], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[3]))
-return ARGV[1]
-"""
-)
-
-# A chunk of a batch in one atomic step: records, idempotency claims, schedule entries and
-# the batch's bookkeeping. Job and idempotency keys are built from prefixes inside the script
-# (one key per job would not fit in KEYS for 10,000 jobs); videoqueue needs one Redis, not a
-# cluster. ARGV: idempotency-key prefix, job-key prefix, index of the chunk's first request,
-# seal ("1" on the last chunk), now, the batch id, the records' retention (s), then one value
-# per job: id, idempotency key or "" and record JSON, joined by the unit separator (\x1f),
-# which JSON text escapes and ids never hold: one argument per job instead of three is less
-# work for the client.
-# KEYS: batch, its job list, the submit lane, its counts, the batch-webhook lane.
-# Returns the request indexes whose idempotency key an earlier job held, each
-# followed by that job's id.
-_CREATE_BATCH = (
-    REDIS_NOW
-    + """
-local batch, jobs, lane, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local idem_prefix, job_prefix, first_index, seal = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local held, ids, entries = {}, {}, {}
-for i = 8, #ARGV do
-  local f1 = string.find(ARGV[i], '\\31', 1, true)
-  local f2 = string.find(ARGV[i], '\\31', f1 + 1, true)
-  local id, idem = string.sub(ARGV[i], 1, f1 - 1), string.sub(ARGV[i], f1 + 1, f2 - 1)
-  local record = string.sub(ARGV[i], f2 + 1)
-  local earlier = false
-  if idem ~= '' then
-    earlier = redis.call('GET', idem_prefix .. idem)
-    if not earlier then redis.call('SET', idem_prefix .. idem, id) end
-  end
-  if earlier then
-    held[#held + 1] = tostring(first_index + i - 8)
-    held[#held + 1] = earlier
-  else
-    redis.call('SET', job_prefix .. id, record)
-    ids[#ids + 1] = id
-    entries[#entries + 1] = now
-    entries[#entries + 1] = id
-  end
-end
-for j = 1, #ids, 1000 do
-  redis.call('RPUSH', jobs, unpack(ids, j, math.min(j + 999, #ids)))
-end
-for j = 1, #entries, 2000 do
-  redis.call('ZADD', lane, unpack(entries, j, math.min(j + 1999, #entries)))
-  redis.call('ZADD', KEYS[7], unpack(entries, j, math.min(j + 1999, #entries)))
-end
-redis.call('HINCRBY', KEYS[6], 'queued', #ids)
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[7]))
-redis.call('HSETNX', batch, 'created_at', ARGV[5])
-redis.call('HINCRBY', batch, 'total', #ids)
-redis.call('HINCRBY', batch, 'ended', 0)
-redis.call('HINCRBY', counts, 'queued', #ids)
-if seal == '1' then
-  redis.call('HSET', batch, 'sealed', '1')
-  local ended = tonumber(redis.call('HGET', batch, 'ended'))
-  if ended >= tonumber(redis.call('HGET', batch, 'total'))
-      and redis.call('HSETNX', batch, 'finished_at', ARGV[5]) == 1
-      and redis.call('HGET', batch, 'webhook_url') then
-    redis.call('ZADD', KEYS[5], now, ARGV[6])
-  end
-end
-return held
-"""
-)
-
-# One of a batch's jobs ended. Exactly one caller sees the last job end (HINCRBY is atomic,
-# and HSETNX guards the seal race), and only that caller schedules the batch.completed
-# webhook, inside the same transaction as the job's own transition: nothing in between to
-# crash in. KEYS: the batch, the batch-webhook lane. ARGV: the batch id, now (ISO).
-_JOB_ENDED = (
-    REDIS_NOW
-    + """
-local ended = redis.call('HINCRBY', KEYS[1], 'ended', 1)
-if redis.call('HGET', KEYS[1], 'sealed') == '1'
-    and ended >= tonumber(redis.call('HGET', KEYS[1], 'total'))
-    and redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 1
-    and redis.call('HGET', KEYS[1], 'webhook_url') then
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-end
-return ended
-"""
-)
+MAX_DEAD_LETTERS = 10_000
+MAX_STATUS_WORDS = 100
+OTHER_STATUS_WORDS = "(other)"
+# How long a finished job's records are kept unless told otherwise (VIDEOQUEUE_RECORD_TTL_S).
+DEFAULT_RECORD_TTL_S = 7 * 24 * 3600.0
+# A provider's file URL is kept this long at most: the copy step runs right after the poll
+# that saw it (and it is never kept past the record's own expiry).
+FILE_URL_TTL_S = 3600.0
 
 
 @dataclass
@@ -137,26 +51,42 @@ class NewJob:
 class JobStore:
     """Reads and writes job and batch records, and their schedule entries.
 
+    A finished job's record and every key of it (its idempotency claim, its event body, its
+    file URL) expire record_ttl_s after it ended; a batch's keys with its last job's. While a
+    job runs none of its keys expires.
+
     Args:
         client: a Redis client.
         prefix: the key prefix every key of this deployment starts with.
+        record_ttl_s: how long a finished job's keys are kept.
     """
 
     def __init__(
-        self, client: redis.Redis, prefix: str, retention_s: float = 7 * 24 * 3600.0
+        self, client: redis.Redis, prefix: str, record_ttl_s: float = DEFAULT_RECORD_TTL_S
     ) -> None:
         self.redis = client
-        # How long the job index keeps a job (the records' retention, record_ttl_s).
-        self.retention_s = retention_s
         self.keys = Keys(prefix)
+        self.record_ttl_s = record_ttl_s
+        self._ttl_ms = max(1, int(record_ttl_s * 1000))
         self.schedule = Schedule(client, self.keys)
-        self._create = client.register_script(_CREATE)
-        self._create_batch = client.register_script(_CREATE_BATCH)
-        self._job_ended = client.register_script(_JOB_ENDED)
+        self._create = client.register_script(scripts.CREATE)
+        self._stage_batch = client.register_script(scripts.STAGE_BATCH)
+        self._release_batch = client.register_script(scripts.RELEASE_BATCH)
+        self._job_ended = client.register_script(scripts.JOB_ENDED)
+        self._dead_letter = client.register_script(scripts.DEAD_LETTER)
+        self._count_word = client.register_script(scripts.COUNT_WORD)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, retention_s: float = 7 * 24 * 3600.0) -> JobStore:
-        return cls(redis.Redis.from_url(url), prefix, retention_s)
+    def from_url(
+        cls, url: str, prefix: str, record_ttl_s: float = DEFAULT_RECORD_TTL_S
+    ) -> JobStore:
+        return cls(redis.Redis.from_url(url), prefix, record_ttl_s)
+
+    def expire_at_ms(self, finished_at: str | None) -> int:
+        """When the keys of something that finished at finished_at (ISO; None: now) expire,
+        in Unix ms: fixed by the end, so later writes (webhook attempts) keep the same one."""
+        end = datetime.fromisoformat(finished_at.replace("Z", "+00:00")) if finished_at else None
+        return int((end or datetime.now(UTC)).timestamp() * 1000) + self._ttl_ms
 
     # --- jobs ---
 
@@ -168,7 +98,7 @@ class JobStore:
         held = self._create(
             keys=[idem, self.keys.job(record.id), self.keys.schedule(lane),
                   self.keys.status_counts(), self.keys.job_index()],
-            args=[record.id, record.model_dump_json(), self.retention_s],
+            args=[record.id, record.model_dump_json(), self.record_ttl_s],
         )  # fmt: skip
         return _text(held)
 
@@ -238,7 +168,7 @@ class JobStore:
                     pipe.multi()
                     for record, before in written:
                         record.updated_at = utcnow_iso()
-                        pipe.set(keys[record.id], record.model_dump_json())
+                        self._write(pipe, keys[record.id], record, before)
                         if record.status is not before:
                             # Counted in the transaction of the move itself: a step that
                             # runs twice finds the job moved already and counts nothing.
@@ -256,6 +186,18 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
+    def _write(self, pipe: Any, key: str, record: JobRecord, before: Any) -> None:
+        """Queue the record's write; an ended job's keys get their expiry (a running one's
+        none: SET without one clears any)."""
+        if record.status not in TERMINAL:
+            pipe.set(key, record.model_dump_json())
+            return
+        at_ms = self.expire_at_ms(record.finished_at)
+        pipe.set(key, record.model_dump_json(), pxat=at_ms)
+        # (Its event body is written after this, with the same expiry: pin_event_body.)
+        if before not in TERMINAL and (idem := record.request.get("idempotency_key")):
+            pipe.pexpireat(self.keys.idempotency(idem), at_ms)
+
     def _count_move(self, pipe: Any, record: JobRecord, before: Any) -> None:
         batch_id = record.batch_id or ""
         counts = self.keys.batch_counts(batch_id)
@@ -263,48 +205,82 @@ class JobStore:
         pipe.hincrby(counts, record.status.value, 1)
         if record.status in TERMINAL and before not in TERMINAL:
             self._job_ended(
-                keys=[self.keys.batch(batch_id), self.keys.schedule(Lane.NOTIFY_BATCH)],
-                args=[batch_id, utcnow_iso()],
+                keys=[
+                    self.keys.batch(batch_id),
+                    self.keys.schedule(Lane.NOTIFY_BATCH),
+                    self.keys.batch_jobs(batch_id),
+                    self.keys.batch_counts(batch_id),
+                ],
+                args=[batch_id, utcnow_iso(), self.expire_at_ms(record.finished_at)],
                 client=pipe,
             )
 
     # --- batches ---
 
-    def create_batch_chunk(
+    def stage_batch_chunk(
         self,
         batch_id: str,
         jobs: Sequence[NewJob],
         *,
         first_index: int,
-        seal: bool,
         fields: dict[str, str] | None = None,
-    ) -> dict[int, str]:
-        """Write one chunk of a batch atomically; returns {request index: earlier job id} for
-        items whose idempotency key an earlier job held (those got no new job)."""
+    ) -> None:
+        """Write one chunk of a batch atomically, staged (nothing runs until release_batch);
+        a chunk written already is left alone."""
         args: list[str] = [
-            self.keys.idempotency(""), self.keys.job(""), str(first_index),
-            "1" if seal else "0", utcnow_iso(), batch_id, str(self.retention_s),
+            self.keys.idempotency(""), self.keys.job(""), str(first_index), utcnow_iso(),
+            str(self._ttl_ms),
         ]  # fmt: skip
-        args += [f"{job.id}\x1f{job.idempotency_key or ''}\x1f{job.record_json}" for job in jobs]
+        for job in jobs:
+            args += [job.id, job.idempotency_key or "", job.record_json]
         with self.redis.pipeline() as pipe:
             if fields:
                 pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
-            self._create_batch(
+            self._stage_batch(
                 keys=[
-                    self.keys.batch(batch_id),
-                    self.keys.batch_jobs(batch_id),
-                    self.keys.schedule(Lane.SUBMIT_BULK),
-                    self.keys.batch_counts(batch_id),
-                    self.keys.schedule(Lane.NOTIFY_BATCH),
+                    *self._batch_keys(batch_id),
                     self.keys.status_counts(),
                     self.keys.job_index(),
                 ],
                 args=args,
                 client=pipe,
             )
-            held = pipe.execute()[-1]
-        pairs = [_text(x) for x in held]
-        return {int(pairs[i]): pairs[i + 1] for i in range(0, len(pairs), 2)}
+            pipe.execute()
+
+    def release_batch(self, batch_id: str) -> None:
+        """Schedule every staged job of the batch at once and seal it (once)."""
+        self._release_batch(
+            keys=[
+                *self._batch_keys(batch_id),
+                self.keys.schedule(Lane.SUBMIT_BULK),
+                self.keys.schedule(Lane.NOTIFY_BATCH),
+            ],
+            args=[
+                self.keys.job(""),
+                utcnow_iso(),
+                batch_id,
+                str(self._ttl_ms),
+                self.keys.idempotency(""),
+            ],  # fmt: skip
+        )
+
+    def batch_progress(self, batch_id: str) -> tuple[BatchState | None, int]:
+        """(state, requests staged) of a batch: (None, 0) when there is none yet."""
+        state, staged = self.redis.hmget(self.keys.batch(batch_id), ["state", "staged"])
+        if state is None:
+            # A batch written before batches were staged has no state, and was released.
+            return (
+                BatchState.RELEASED if self.redis.exists(self.keys.batch(batch_id)) else None
+            ), 0
+        return BatchState(_text(state)), int(staged or 0)
+
+    def _batch_keys(self, batch_id: str) -> list[str]:
+        return [
+            self.keys.batch(batch_id),
+            self.keys.batch_jobs(batch_id),
+            self.keys.batch_counts(batch_id),
+            self.keys.batch_staged_claims(batch_id),
+        ]
 
     def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> BatchRecord:
         """The batch's record.
@@ -333,7 +309,10 @@ class JobStore:
             finished_at=fields.get("finished_at"),
             cancelled=fields.get("cancelled") == "1",
             job_ids=[_text(x) for x in found[2]] if with_jobs else [],
-            deduplicated=json.loads(fields.get("deduplicated", "{}")),
+            deduplicated={
+                k.removeprefix("dedup:"): v for k, v in fields.items() if k.startswith("dedup:")
+            },
+            state=BatchState(fields.get("state", BatchState.RELEASED)),
             metadata=json.loads(fields.get("metadata", "{}")),
             webhook=WebhookDelivery.model_validate_json(webhook) if webhook else None,
             usage={_text(k): float(v) for k, v in found[-1].items()},
@@ -354,7 +333,9 @@ class JobStore:
     # --- odds and ends ---
 
     def stash_file_url(self, job_id: str, url: str, client: Any = None) -> None:
-        (client or self.redis).set(self.keys.file_url(job_id), url, ex=3600)
+        # Stashed before the job ends, so this bound also keeps it within the record's expiry.
+        ttl_ms = int(min(FILE_URL_TTL_S * 1000, self._ttl_ms))
+        (client or self.redis).set(self.keys.file_url(job_id), url, px=ttl_ms)
 
     def file_url(self, job_id: str) -> str | None:
         return _text(self.redis.get(self.keys.file_url(job_id))) or None
@@ -362,18 +343,28 @@ class JobStore:
     def forget_file_url(self, job_id: str) -> None:
         self.redis.delete(self.keys.file_url(job_id))
 
-    def pin_event_body(self, key: str, body: str) -> str:
-        """Keep body under key unless one is kept already; return the kept one."""
-        self.redis.set(key, body, nx=True)
+    def pin_event_body(self, key: str, body: str, expire_at_ms: int) -> str:
+        """Keep body under key unless one is kept already; return the kept one. It expires
+        with its owner's records (expire_at_ms, Unix ms)."""
+        self.redis.set(key, body, nx=True, pxat=expire_at_ms)
         return _text(self.redis.get(key)) or body
 
     def count_unknown_status(self, word: str) -> None:
-        self.redis.hincrby(self.keys.unknown_statuses(), word, 1)
+        self._count_word(
+            keys=[self.keys.unknown_statuses()], args=[word, OTHER_STATUS_WORDS, MAX_STATUS_WORDS]
+        )
 
     def record_dead_letter(self, event_id: str, detail: dict[str, Any], owner_id: str) -> None:
-        """Keep a webhook that gave up, with the job (or batch) it belongs to, for replay."""
-        self.redis.hset(
-            self.keys.dead_letters(), event_id, json.dumps({**detail, "owner_id": owner_id})
+        """Keep a given-up delivery under its webhook-id, with the job (or batch) it belongs
+        to, for replay (the newest MAX_DEAD_LETTERS, for VIDEOQUEUE_RECORD_TTL_S)."""
+        self._dead_letter(
+            keys=[self.keys.dead_letters(), self.keys.dead_letters_by_time()],
+            args=[
+                event_id,
+                json.dumps({**detail, "owner_id": owner_id}),
+                self._ttl_ms,
+                MAX_DEAD_LETTERS,
+            ],
         )
 
 

@@ -9,7 +9,7 @@ from celery.signals import celeryd_init, setup_logging
 
 from producer.providers import providers
 from producer.settings import get_settings
-from worker import logs
+from worker import logs, redaction
 from worker.config import celery_config
 from worker.dialect import load_dialect
 from worker.metrics import MetricsStep
@@ -28,6 +28,10 @@ def _worker_starts(instance: Any = None, **_: Any) -> None:
 
 
 settings = get_settings()
+# Secrets are known to redaction before any line is written or any failure message stored
+# (Job.fail), in this process and the pool processes forked from it.
+redaction.configure(settings)
+redaction.install_log_filters()
 # A providers file or dialect that is unknown or does not validate stops the worker at start,
 # naming the file or setting and the field, instead of failing every job it would have run.
 for _provider in providers(settings):

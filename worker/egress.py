@@ -10,8 +10,10 @@ operator configured, is not checked.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -87,3 +89,39 @@ class GuardedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class ConnectionDeadline:
+    """Shuts a request's connection down once timeout_s has passed since it began.
+
+    httpx's timeouts bound each read, not the request: a server that drips its answer (its
+    head included) a byte at a time stays within every one. The connection is learnt from
+    httpcore's trace (the TCP or TLS stream it made for the request, the last one after
+    redirects: send `Connection: close` so that no pooled one is used), and a timer shuts its
+    socket down, which wakes a read blocked on it. Use as a context around the request and
+    pass `extensions={"trace": deadline.trace}`.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.fired = False
+        self._stream: Any = None
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self._stream = info.get("return_value")
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self._stream.get_extra_info("socket") if self._stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> ConnectionDeadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.cancel()

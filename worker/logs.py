@@ -7,8 +7,9 @@ line (VIDEOQUEUE_LOG_FORMAT=console) or as one JSON object (json). The context a
 (worker/steps.py: job id, batch id, provider task id, step) lands in every line logged while
 it runs, Celery's included.
 
-No line carries a secret: the API key and the webhook secret are replaced wherever they
-appear, and a URL's query string (where signed file URLs keep their signature) is dropped.
+No line carries a secret: every value passes through worker/redaction.py (the API key, the
+webhook secret and S3's secret key blanked; a URL's user info, query and fragment, where
+signed file URLs keep their signature, dropped).
 httpx's own request lines (full URLs at INFO) are silenced: the provider client and the
 metrics say what was requested.
 """
@@ -19,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -27,46 +27,29 @@ from typing import Any
 import structlog
 from structlog.types import EventDict, Processor
 
-from producer.providers import api_key, providers
 from producer.settings import LogFormat, Settings
+from worker import redaction
 
-# A URL's query string: signed URLs carry their signature there (sig=, X-Amz-Signature=...).
-_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s#\"'<>]*")
 # Loggers that print whole request URLs at INFO.
 _QUIET = ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3")
 
 
-class Redactor:
-    """A processor that removes secrets and URL query strings from every string value."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        self.secrets = [s for s in secrets if s]
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "[redacted]")
-        return _QUERY.sub(r"\1?[redacted]", text)
-
-    def __call__(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
-        for key, value in event.items():
-            if isinstance(value, str):
-                event[key] = self.scrub(value)
-            elif value is not None and not isinstance(value, int | float | bool):
-                event[key] = self.scrub(str(value))
-        return event
+def _redact(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    """A processor that passes every value of a line through worker/redaction.py."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redaction.redact(value)
+        elif value is not None and not isinstance(value, int | float | bool):
+            event[key] = redaction.redact(str(value))
+    return event
 
 
 def configure(
     settings: Settings, level: int | str = logging.INFO, logfile: str | None = None
 ) -> None:
     """Route structlog and the standard library's logging through one formatter."""
-    secrets = [settings.api_key.get_secret_value()]
-    secrets += [api_key(p, settings).get_secret_value() for p in providers(settings)]
-    if settings.webhook_secret is not None:
-        secret = settings.webhook_secret.get_secret_value()
-        # The key itself too, the way Standard Webhooks libraries decode it.
-        secrets += [secret, secret.removeprefix("whsec_")]
-    redact = Redactor(secrets)
+    redaction.configure(settings)
+    redaction.install_log_filters()
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -95,7 +78,7 @@ def configure(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,  # tracebacks as text, to be scrubbed too
-            redact,
+            _redact,
             renderer,
         ],
     )

@@ -105,7 +105,10 @@ class ProviderClient:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
         The one place every call to the API passes (metrics attach here). A success is read
-        whole; of an error body only the first 64 KiB are read.
+        up to 1 MiB and within api_timeout_s in all (a bigger one, an endless one, one that
+        drips, is a retryable "bad_response": no status answer is that big or that slow, and
+        reading on would hold the worker or exhaust its memory); of an error body only the
+        first 64 KiB are read.
 
         Args:
             method: the HTTP method.
@@ -113,6 +116,7 @@ class ProviderClient:
             operation: what the call is for: create, status, download or cancel.
             **kwargs: passed to httpx (json, params, headers, ...).
         """
+        success_cap_bytes = 1 << 20
         headers = {**self.dialect.headers, **self._auth(), **kwargs.pop("headers", {})}
         response = None
         try:
@@ -121,8 +125,29 @@ class ProviderClient:
             ) as response:
                 metrics.provider_request(operation, response)
                 if response.is_success:
-                    response.read()
-                    return response
+                    read_by = time.monotonic() + self.settings.api_timeout_s
+                    body_bytes = bytearray()
+                    for chunk in response.iter_bytes():
+                        body_bytes += chunk
+                        if len(body_bytes) > success_cap_bytes or time.monotonic() > read_by:
+                            raise RetryableError(
+                                f"{method} {path}: the answer is over {success_cap_bytes} "
+                                f"bytes or took over {self.settings.api_timeout_s:g} s",
+                                code="bad_response",
+                                status_code=response.status_code,
+                            )
+                    # The bytes are decoded already: the copy drops the framing headers.
+                    framing = {"content-encoding", "content-length", "transfer-encoding"}
+                    return httpx.Response(
+                        response.status_code,
+                        headers=[
+                            (k, v)
+                            for k, v in response.headers.multi_items()
+                            if k.lower() not in framing
+                        ],
+                        content=bytes(body_bytes),
+                        request=response.request,
+                    )
                 head = read_prefix(response, ERROR_BODY_BYTES + 1)
         except httpx.TimeoutException as e:
             # Only a connect that timed out sent nothing; a read timeout may follow a create

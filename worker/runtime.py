@@ -24,6 +24,7 @@ from worker.limits import ProviderLimits
 from worker.provider import ProviderClient
 from worker.pump import Pump
 from worker.storage import ensure_bucket, s3_client
+from worker.uploads import ensure_abort_rule, key_prefix, sweep_if_due
 
 
 @dataclass
@@ -96,7 +97,14 @@ class Runtime:
     def s3(self) -> Any:
         client = s3_client(self.settings)
         ensure_bucket(client, self.settings.s3_bucket)
+        ensure_abort_rule(
+            client, self.settings.s3_bucket, key_prefix(self.settings.s3_key_template)
+        )
         return client
+
+    def sweep_uploads(self) -> None:
+        """Abort orphaned multipart uploads, if no worker did lately (worker/uploads.py)."""
+        sweep_if_due(self.s3, self.store.redis, self.store.keys.upload_sweep(), self.settings)
 
 
 def provider_settings(provider: Provider, settings: Settings) -> Settings:

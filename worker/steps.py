@@ -42,6 +42,7 @@ from producer.records import (
 )
 from worker import metrics
 from worker.leases import Lease
+from worker.redaction import redact
 from worker.runtime import runtime
 from worker.timing import retry_delay_s
 from worker.webhooks import message_id
@@ -131,7 +132,9 @@ class Job:
         return bool(ended)
 
     def fail(self, code: str, message: str) -> None:
-        """End the job as failed, with a code and a readable message."""
+        """End the job as failed, with a code and a readable message (redacted: it goes into
+        the record and the webhook, and may quote a signed URL or an echoed secret)."""
+        message = redact(message)
 
         def failed(record: JobRecord) -> None:
             record.status = JobStatus.FAILED

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +15,11 @@ import httpx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from producer.errors import InvalidVideo, RetryableError
+from producer.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
 from producer.settings import Settings
 from worker import metrics
+from worker.egress import ConnectionDeadline
 from worker.media import check_ftyp
-
-_DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 # What a failed copy may raise that another attempt may cure: the provider's CDN or S3
 # down or slow, a body cut short, bytes that do not parse as a video (a truncated transfer).
@@ -189,39 +189,66 @@ def copy_url_to_s3(
         UrlExpired: the URL answered 403 or 410.
     """
     s = settings
+    deadline = time.monotonic() + s.download_deadline_s
+    # No read may wait past the deadline either (a stalled connection answers nothing).
+    timeout_s = min(s.download_timeout_s, s.download_deadline_s)
+    # Its own connection (and each redirect's), so that the deadline can shut it down.
+    headers = {**headers, "connection": "close"}
+    hard = ConnectionDeadline(s.download_deadline_s)
     response = None
     try:
-        with http.stream(
-            "GET", url, headers=headers, follow_redirects=True, timeout=s.download_timeout_s
-        ) as response:
+        with hard, http.stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=timeout_s,
+            extensions={"trace": hard.trace},
+        ) as response:  # fmt: skip
             metrics.provider_request("download", response)
-            return _store_download(response, s3, key, metadata, s)
+            if response.status_code in (403, 410):
+                raise UrlExpired(f"HTTP {response.status_code}")
+            if not response.is_success:
+                raise OSError(f"download answered HTTP {response.status_code}")
+            expected = response.headers.get("content-length")
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
+            try:
+                expected_size = int(expected) if expected and not encoded else None
+            except ValueError:
+                expected_size = None  # an unparsable length is checked by the probe instead
+            if expected_size is not None and expected_size > s.max_video_bytes:
+                raise TooLarge(f"the video is {expected_size} bytes; at most {s.max_video_bytes}")
+            return stream_to_s3(
+                _bounded(response.iter_bytes(), deadline, s, hard),
+                s3,
+                s.s3_bucket,
+                key,
+                metadata=metadata,
+                part_size_bytes=s.s3_part_size_bytes,
+                parts_in_flight=s.s3_parts_in_flight,
+                expected_size_bytes=expected_size,
+            )
+    except httpx.HTTPError:
+        if hard.fired:  # the connection was shut down at the deadline (a dripping head)
+            raise DownloadTimeout(f"the download took over {s.download_deadline_s:g} s") from None
+        raise
     finally:
         if response is None:  # no answer came: counted once, as "error"
             metrics.provider_request("download", None)
 
 
-def _store_download(
-    response: httpx.Response, s3: Any, key: str, metadata: dict[str, str], s: Settings
-) -> Upload:
-    """The body of an answered download, streamed into S3."""
-    if response.status_code in (403, 410):
-        raise UrlExpired(f"HTTP {response.status_code}")
-    if not response.is_success:
-        raise OSError(f"download answered HTTP {response.status_code}")
-    expected = response.headers.get("content-length")
-    encoded = response.headers.get("content-encoding", "identity") != "identity"
-    try:
-        expected_size = int(expected) if expected and not encoded else None
-    except ValueError:
-        expected_size = None  # an unparsable length is checked by the probe instead
-    return stream_to_s3(
-        response.iter_bytes(_DOWNLOAD_CHUNK_BYTES),
-        s3,
-        s.s3_bucket,
-        key,
-        metadata=metadata,
-        part_size_bytes=s.s3_part_size_bytes,
-        parts_in_flight=s.s3_parts_in_flight,
-        expected_size_bytes=expected_size,
-    )
+def _bounded(
+    chunks: Iterable[bytes], deadline: float, settings: Settings, hard: ConnectionDeadline
+) -> Iterator[bytes]:
+    """chunks as they arrive (each network read), stopped at VIDEOQUEUE_MAX_VIDEO_BYTES and
+    at the download's deadline: a body that never ends or that drips a byte every few
+    seconds must not hold a worker for hours (every single read is within its timeout)."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > settings.max_video_bytes:
+            raise TooLarge(f"the video is over {settings.max_video_bytes} bytes")
+        if time.monotonic() > deadline:
+            break
+        yield chunk
+    if time.monotonic() > deadline or hard.fired:
+        # (A body without a length ends where the deadline's shutdown cut it: not its end.)
+        raise DownloadTimeout(
+            f"the download took over {settings.download_deadline_s:g} s ({size} bytes read)"
+        )

@@ -17,19 +17,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import structlog
 
 from producer import names
 from producer.errors import (
     BlockedUrl,
+    BoundExceeded,
     InvalidRequest,
     InvalidVideo,
     PermanentError,
     RetryableError,
 )
 from producer.jobs import mark_cancelled
+from producer.metadata import object_metadata
 from producer.names import SUBMIT_LANES, Lane
 from producer.providers import candidates
 from producer.records import (
@@ -379,6 +380,7 @@ def finalize(job: Job) -> None:
     """Copy the finished MP4 into S3, read its shape, and complete the job."""
     rt = runtime()
     s = rt.settings
+    rt.sweep_uploads()  # a killed worker's upload is left open: someone must abort it
     record = job.update(_count_copy)  # a round of tries; the lease covers the whole round
     key = s.s3_key_template.format(job_id=job.id)
     url = rt.store.file_url(job.id)
@@ -387,11 +389,11 @@ def finalize(job: Job) -> None:
         try:
             url = url or _fresh_file_url(record)
             headers = rt.provider(record.provider).download_headers(url)
-            metadata = _object_metadata(record)
+            metadata = object_metadata(record.id, record.metadata)
             upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             break
-        except (PermanentError, BlockedUrl) as e:
+        except (PermanentError, BlockedUrl, BoundExceeded) as e:
             return job.fail(e.code, str(e))
         except (UrlExpired, *COPY_FAILURES) as e:
             failure = e
@@ -442,14 +444,6 @@ def _fresh_file_url(record: JobRecord) -> str:
     if not url:
         raise OSError("the provider gave no file URL")
     return url
-
-
-def _object_metadata(record: JobRecord) -> dict[str, str]:
-    # S3 metadata travels in HTTP headers: ASCII only, so other text is percent-encoded.
-    meta = {"job-id": record.id}
-    for k, v in record.metadata.items():
-        meta[quote(k.lower(), safe="-_.")] = v if v.isascii() else quote(v)
-    return meta
 
 
 # --- notify ---

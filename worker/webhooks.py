@@ -18,6 +18,8 @@ from producer.settings import Settings
 from producer.store import JobStore
 from worker import metrics
 from worker.answers import retry_after_s
+from worker.egress import ConnectionDeadline
+from worker.redaction import redact
 from worker.timing import bounded_hint_s
 
 
@@ -57,13 +59,28 @@ class DeliveryResult:
 def deliver(
     http: httpx.Client, url: str, body: str, msg_id: str, secret: str | None, timeout_s: float
 ) -> DeliveryResult:
-    """POST one signed delivery. 2xx is success; redirects are not followed (a failure)."""
+    """POST one signed delivery. 2xx is success; redirects are not followed (a failure).
+
+    Only the status line and headers are read: the receiver's body says nothing we use, and
+    one that never ends or drips a byte at a time must not hold the worker. The whole attempt
+    takes at most timeout_s: past it the connection is shut down, whatever phase it is in
+    (a head dripped a byte at a time stays within every per-read timeout).
+    """
     headers = signed_headers(secret, msg_id, body, datetime.now(UTC))
+    # Its own connection, so that the deadline can shut it down (and no pooled one is reused).
+    headers["connection"] = "close"
+    deadline = ConnectionDeadline(timeout_s)
     try:
-        response = http.post(url, content=body.encode(), headers=headers, timeout=timeout_s)
+        with deadline, http.stream(
+            "POST", url, content=body.encode(), headers=headers, timeout=timeout_s,
+            extensions={"trace": deadline.trace},
+        ) as response:  # fmt: skip
+            pass  # closing an unread answer drops its connection instead of draining it
     except BlockedUrl as e:
         return DeliveryResult(False, None, f"blocked_url: {e}", blocked=True)
     except httpx.HTTPError as e:
+        if deadline.fired:
+            return DeliveryResult(False, None, f"timed out: over {timeout_s:g} s in all")
         return DeliveryResult(False, None, f"{type(e).__name__}: {e}")
     if response.is_success:
         return DeliveryResult(True, response.status_code)
@@ -79,7 +96,8 @@ def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allow
     """Count one delivery attempt and move the delivery to its next state."""
     hook.attempts += 1
     hook.last_status_code = result.status_code
-    hook.last_error = result.error
+    # A transport error may quote the URL, whose query may be the receiver's token.
+    hook.last_error = redact(result.error) if result.error else None
     hook.last_attempt_at = utcnow_iso()
     if result.ok:
         hook.state = WebhookState.DELIVERED
@@ -114,6 +132,7 @@ def send_event(
     body = store.pin_event_body(
         store.keys.event_body(owner_id),
         json.dumps({"type": hook.event_type, "timestamp": utcnow_iso(), "data": data}),
+        store.expire_at_ms(data.get("finished_at")),
     )
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     msg_id = message_id(owner_id, hook.event_type)

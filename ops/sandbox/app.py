@@ -497,6 +497,8 @@ class _FileResponse(Response):
             send=send,
             short_length=short,
             stream_s=cfg.file_stream_s,
+            chunk_bytes=cfg.file_chunk_bytes,
+            unsized=cfg.file_unsized,
         )
 
 

@@ -134,6 +134,10 @@ class SandboxConfig(BaseModel):
     # Status queries answered with the task minus its status field; with "progress": NaN.
     missing_status_rate: float = Field(default=0.0, ge=0, le=1)
     nan_progress_rate: float = Field(default=0.0, ge=0, le=1)
+    # Status queries answered 200 with a JSON body that never ends.
+    endless_rate: float = Field(default=0.0, ge=0, le=1)
+    # Status queries answered 200 with the task's JSON a byte every half second (a drip).
+    drip_rate: float = Field(default=0.0, ge=0, le=1)
     # A failed task's error.code as a JSON number (40001) instead of a string.
     numeric_error_code: bool = False
     # A completed task's file URL(s) as a list of one string.
@@ -152,6 +156,10 @@ class SandboxConfig(BaseModel):
     file_padding_bytes: int = Field(default=0, ge=0)
     # Every download is spread over this many seconds (a slow CDN; 0: as fast as it goes).
     file_stream_s: float = Field(default=0.0, ge=0)
+    # Downloads leave in pieces of this many bytes (with file_stream_s: a body that drips).
+    file_chunk_bytes: int = Field(default=1 << 20, ge=1, le=1 << 20)
+    # Downloads sent without a Content-Length (chunked), so only their bytes tell the size.
+    file_unsized: bool = False
     fps: int = Field(default=1, ge=1, le=30)
 
     # --- robustness ---

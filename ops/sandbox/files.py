@@ -124,6 +124,8 @@ async def send_file(
     send: Send,
     short_length: bool = False,
     stream_s: float = 0.0,
+    chunk_bytes: int = CHUNK_BYTES,
+    unsized: bool = False,
 ) -> None:
     """Stream bytes [start, stop) of body as the response, spread over stream_s seconds.
 
@@ -134,13 +136,16 @@ async def send_file(
     anyway, and the connection is closed after them. The bytes past the promise bypass the
     HTTP layer (gate.RAW_BODY): uvicorn's h11 and httptools both refuse to send them.
 
+    chunk_bytes sets the size of each piece sent (small pieces over a long stream_s: a body
+    that drips); unsized leaves Content-Length out (a chunked body).
+
     Raises:
         DeliberateTruncation: after a truncated body, to make the server close the connection.
     """
     length = stop - start
     limit = stop if not truncate else start + max(0, min(length - 1, length // 2))
     declared = length // 2 if short_length else length
-    framing = [(b"content-length", str(declared).encode())]
+    framing = [] if unsized else [(b"content-length", str(declared).encode())]
     if short_length:
         # Without it the surplus would be read as the start of the next response.
         framing.append((b"connection", b"close"))
@@ -159,22 +164,24 @@ async def send_file(
     pos = start
     began = asyncio.get_running_loop().time()
     try:
-        for chunk in body.iter_range(start, limit):
-            if disconnected.is_set():
-                return
-            if stream_s:  # a chunk leaves when its share of stream_s is over
-                due = began + stream_s * (pos + len(chunk) - start) / max(length, 1)
-                await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
-            split = max(0, min(len(chunk), promised - pos))
-            if split:
-                message = {"type": "http.response.body", "body": bytes(chunk[:split])}
-                await send({**message, "more_body": True})
-            if split < len(chunk):
-                await send({"type": RAW_BODY, "body": bytes(chunk[split:])})
-            pos += len(chunk)
-            # A write that fails on a reset socket only schedules connection_lost; yielding
-            # lets it run, instead of writing on into a dead transport (asyncio logs each).
-            await asyncio.sleep(0)
+        for piece in body.iter_range(start, limit):
+            for at in range(0, len(piece), chunk_bytes):
+                chunk = piece[at : at + chunk_bytes]
+                if disconnected.is_set():
+                    return
+                if stream_s:  # a chunk leaves when its share of stream_s is over
+                    due = began + stream_s * (pos + len(chunk) - start) / max(length, 1)
+                    await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+                split = max(0, min(len(chunk), promised - pos))
+                if split:
+                    message = {"type": "http.response.body", "body": bytes(chunk[:split])}
+                    await send({**message, "more_body": True})
+                if split < len(chunk):
+                    await send({"type": RAW_BODY, "body": bytes(chunk[split:])})
+                pos += len(chunk)
+                # A write that fails on a reset socket only schedules connection_lost; yielding
+                # lets it run, instead of writing on into a dead transport (asyncio logs each).
+                await asyncio.sleep(0)
         if truncate:
             raise DeliberateTruncation(f"cut after {limit - start} of {length} bytes")
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,17 +1,21 @@
 """Status answers that say 200 and are still wrong, as real providers' (and their CDNs') are.
 
-Each knob is a rate with its own random stream (html_rate, non_json_rate, missing_status_rate,
-nan_progress_rate), drawn on every status query. When several hit the same answer, the client
-can see only one of HTML and truncated JSON, so the first of html, non_json wins; missing_status
-and nan_progress can share an answer. Only what reaches the wire is counted in stats' faults.
+Each knob is a rate with its own random stream (endless_rate, drip_rate, html_rate,
+non_json_rate, missing_status_rate, nan_progress_rate), drawn on every status query. When
+several hit the same answer, the client can see only one of an endless body, a dripping one,
+HTML and truncated JSON, so the first of endless, drip, html, non_json wins; missing_status
+and nan_progress can share an answer.
+Only what reaches the wire is counted in stats' faults.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 if TYPE_CHECKING:
     from .service import Sandbox
@@ -43,6 +47,12 @@ def status_response(sb: Sandbox, body: dict[str, Any], headers: dict[str, str]) 
     non_json = state.roll("non_json", cfg.non_json_rate)
     missing_status = state.roll("missing_status", cfg.missing_status_rate)
     nan_progress = state.roll("nan_progress", cfg.nan_progress_rate)
+    endless = state.roll("endless", cfg.endless_rate)
+    drip = state.roll("drip", cfg.drip_rate)
+    if endless or drip:
+        state.count_in("faults", "endless" if endless else "drip")
+        stream = _endless(body) if endless else _drip(_dumps(body).encode())
+        return StreamingResponse(stream, media_type="application/json", headers=headers)
     if html:
         state.count_in("faults", "html")
         return HTMLResponse(ERROR_PAGE, headers=headers)
@@ -58,6 +68,20 @@ def status_response(sb: Sandbox, body: dict[str, Any], headers: dict[str, str]) 
         state.count_in("faults", "nan_progress")
         body["progress"] = float("nan")
     return Response(_dumps(body), media_type="application/json", headers=headers)
+
+
+async def _endless(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The task's JSON with a string field that never closes (until the client hangs up)."""
+    yield _dumps(body)[:-1].encode() + b',"padding":"'
+    while True:
+        yield b"x" * 65536
+        await asyncio.sleep(0)
+
+
+async def _drip(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(len(data)):
+        yield data[i : i + 1]
+        await asyncio.sleep(0.5)
 
 
 def _dumps(body: dict[str, Any]) -> str:

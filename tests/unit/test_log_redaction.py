@@ -7,19 +7,19 @@ import logging
 from types import SimpleNamespace
 
 from producer.settings import Settings
-from worker import logs, metrics
+from worker import logs, metrics, redaction
 
 SECRET = "whsec_dmlkZW9xdWV1ZS10ZXN0LXdlYmhvb2stc2VjcmV0ISE="
 
 
-def test_redactor_drops_secrets_and_url_query_strings() -> None:
-    redact = logs.Redactor(["sk-live-123", SECRET, SECRET.removeprefix("whsec_")])
+def test_log_lines_lose_secrets_and_url_query_strings() -> None:
+    redaction.configure(Settings(api_key="sk-live-123", webhook_secret=SECRET))
     event = {
         "event": "GET https://cdn.example/v.mp4?exp=1&sig=abcdef failed with sk-live-123",
         "reason": ValueError(f"bad key {SECRET.removeprefix('whsec_')}"),
         "count": 3,
     }
-    out = redact(None, "info", event)
+    out = logs._redact(None, "info", event)
     assert out["event"] == "GET https://cdn.example/v.mp4?[redacted] failed with [redacted]"
     assert out["reason"] == "bad key [redacted]"
     assert out["count"] == 3

@@ -65,3 +65,28 @@ def test_character_reference_images_must_be_http_urls():
         parse_character({"name": "Luna", "reference_images": ["data:image/png;base64,AA"]})
     assert "reference_images" in str(e.value)
     assert parse_character({"name": "Luna"}).name == "Luna"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://example.com/a b", "http://example.com/\x00", "https://example.com/\r\nX-Evil: 1",
+     "http://[::1", "http://\u2603.com/hook", "http://example.com/\x85"],
+)  # fmt: skip
+def test_a_webhook_url_an_http_client_would_refuse_is_refused_at_enqueue(url):
+    with pytest.raises(InvalidRequest) as e:
+        parse_request({"prompt": "x", "webhook_url": url})
+    assert _fields(e.value) == {"webhook_url"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        ({"prompt": "x", "metadata": {"k\ud800": "v"}}, "metadata"),
+        ({"prompt": "x", "extra": {"a": ["ok", "\udfff"]}}, "extra.a.1"),
+        ({"prompt": "x", "idempotency_key": "\ud800"}, "idempotency_key"),
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_refused_naming_the_field(request_, field):
+    with pytest.raises(InvalidRequest) as e:
+        parse_request(request_)
+    assert field in _fields(e.value)
