@@ -14,6 +14,7 @@ so several stacks can run side by side.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -238,7 +239,9 @@ def _pings(url: str) -> bool:
 
 
 @contextmanager
-def redis_server(port: int | None = None, workdir: Path | None = None) -> Iterator[str]:
+def redis_server(
+    port: int | None = None, workdir: Path | None = None, *, appendfsync: str | None = "everysec"
+) -> Iterator[str]:
     """Run a private redis-server on 127.0.0.1 for the duration of the block.
 
     Persistence is AOF fsynced every second (a restarted broker must not lose queued jobs)
@@ -248,6 +251,9 @@ def redis_server(port: int | None = None, workdir: Path | None = None) -> Iterat
     Args:
         port: TCP port; a free one when None.
         workdir: Where the AOF files and ``redis.log`` go; a temporary directory when None.
+            A server started again on the same port and workdir replays the AOF there.
+        appendfsync: ``everysec`` (production) or ``always``; None runs without any
+            persistence (the chaos suite compares the three).
 
     Yields:
         The URL ``redis://127.0.0.1:PORT/0``.
@@ -265,8 +271,8 @@ def redis_server(port: int | None = None, workdir: Path | None = None) -> Iterat
             "--bind", "127.0.0.1",
             "--dir", str(wd),
             "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendonly", "yes" if appendfsync else "no",
+            "--appendfsync", appendfsync or "everysec",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",  # logs go to stdout, which _spawn sends to log_path
         ]  # fmt: skip
@@ -402,6 +408,26 @@ def _s3_answers(service: S3Service) -> bool:
 _WEED_SOCKETS = ("s3", "s3-grpc", "filer", "filer-grpc", "master-grpc", "volume-grpc")
 
 
+def _weed_ports(workdir: Path) -> dict[str, int]:
+    """Free ports for every SeaweedFS service, or the ones this workdir was served on before.
+
+    A restart on the same directory keeps its ports: clients keep their endpoint, and the
+    master finds the volume server where its data says it was.
+    """
+    saved = workdir / "ports.json"
+    if saved.exists():
+        return {k: int(v) for k, v in json.loads(saved.read_text()).items()}
+    names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
+             "filer", "filer.port.grpc"]  # fmt: skip
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):  # free_port can repeat itself: keep them distinct
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    saved.write_text(json.dumps(ports))
+    return ports
+
+
 @contextmanager
 def seaweedfs(workdir: Path) -> Iterator[S3Service]:
     """Run SeaweedFS (master, volume, filer and S3 gateway in one process) for the block.
@@ -411,7 +437,8 @@ def seaweedfs(workdir: Path) -> Iterator[S3Service]:
     between instances), so several instances run side by side.
 
     Args:
-        workdir: Data lives in ``workdir/data``, the log in ``workdir/seaweedfs.log``.
+        workdir: Data lives in ``workdir/data``, the log in ``workdir/seaweedfs.log``; a
+            restart on the same workdir serves the same data on the same ports.
 
     Yields:
         The S3Service, ready for real calls.
@@ -423,13 +450,7 @@ def seaweedfs(workdir: Path) -> Iterator[S3Service]:
     data_dir = workdir / "data"
     data_dir.mkdir(exist_ok=True)
     log_path = workdir / "seaweedfs.log"
-    names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
-             "filer", "filer.port.grpc"]  # fmt: skip
-    ports: dict[str, int] = {}
-    while len(ports) < len(names):  # free_port can repeat itself: keep them distinct
-        port = free_port()
-        if port not in ports.values():
-            ports[names[len(ports)]] = port
+    ports = _weed_ports(workdir)
     argv = [
         _weed_binary(),
         "server",
