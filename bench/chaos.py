@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.faults import Mode, Restartable, TcpProxy, kill_redis
+from bench.faults import AofTail, Mode, Restartable, TcpProxy, kill_redis
 from ops.receiver import HOOK_PATH, WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.serve import free_port
@@ -223,6 +223,15 @@ def _provider_ok(r: Rig) -> None:
     r.sandbox.configure(error_rate=0.0)
 
 
+def _power_loss(r: Rig) -> None:
+    """The machine under Redis lost: the process killed and the AOF's last second gone."""
+    tail = AofTail(r.workdir / "redis" / "appendonlydir")
+    time.sleep(1.5)  # a history of sizes to cut back to
+    _kill_redis(r)
+    cut = tail.cut_last(1.0)
+    log(f"  cut {cut} bytes (the last second) off the AOF")
+
+
 def _redis_down(r: Rig) -> bool:
     return _refuses(_port(r.env["VIDEOQUEUE_BROKER_URL"]))
 
@@ -242,6 +251,9 @@ def _pass(r: Rig) -> None:
 SCENARIOS = [
     Scenario("redis-restart", "redis-server SIGKILLed, restarted on its AOF (everysec)",
              _kill_redis, _restart_redis, 5, _redis_down),
+    Scenario("redis-power-loss", "redis-server SIGKILLed and its AOF's last second cut "
+             "(a lost machine under everysec), restarted", _power_loss, _restart_redis, 5,
+             _redis_down, smoke=False),
     Scenario("redis-restart-always", "redis-server SIGKILLed, restarted on its AOF (always)",
              _kill_redis, _restart_redis, 5, _redis_down, appendfsync="always", smoke=False),
     Scenario("redis-restart-no-persistence",

@@ -14,14 +14,17 @@ import signal
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, suppress
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import redis
 
-__all__ = ["Mode", "Restartable", "TcpProxy", "kill_redis"]
+__all__ = ["AofTail", "Mode", "Restartable", "TcpProxy", "kill_redis"]
 
 
 class Restartable:
@@ -169,3 +172,50 @@ def _reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with suppress(OSError):
         sock.close()
+
+
+class AofTail:
+    """Watches a Redis AOF's newest file, to cut off its last second as a power loss would.
+
+    With ``appendfsync everysec`` Redis acknowledges a write before it reaches the disk; a
+    killed process loses nothing (its writes sit in the page cache), a lost machine loses
+    what was not yet fsynced: up to about a second. Truncating the file to its size of a
+    second ago, while the server is down, is that loss. Redis loads a truncated tail
+    (``aof-load-truncated yes``, the default).
+
+    Args:
+        aof_dir: The server's ``appendonlydir``.
+    """
+
+    def __init__(self, aof_dir: Path) -> None:
+        self.aof_dir = aof_dir
+        self._sizes: deque[tuple[float, Path, int]] = deque(maxlen=200)
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="chaos-aof", daemon=True).start()
+
+    def _newest(self) -> Path | None:
+        files = sorted(self.aof_dir.glob("*.incr.aof"), key=lambda p: p.stat().st_mtime)
+        return files[-1] if files else None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            with suppress(OSError):
+                if (path := self._newest()) is not None:
+                    self._sizes.append((time.monotonic(), path, path.stat().st_size))
+
+    def cut_last(self, seconds: float) -> int:
+        """Truncate the file to its size `seconds` ago (call with the server stopped).
+
+        Returns:
+            The bytes cut off.
+        """
+        self._stop.set()
+        cutoff = time.monotonic() - seconds
+        older = [(path, size) for t, path, size in self._sizes if t <= cutoff]
+        if not older:
+            return 0
+        path, size = older[-1]
+        now = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size)
+        return now - size
