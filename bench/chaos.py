@@ -303,6 +303,7 @@ class Row:
     webhooks_delivered: int = 0
     webhooks_dead: int = 0
     webhooks_unsettled: int = 0
+    webhooks_twice: int = 0
     secrets_in_logs: int = 0
     recovery_s: float | None = None
     drain_s: float | None = None
@@ -415,11 +416,10 @@ def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, 
     finally:
         s3.close()
 
-    delivered_ids = {
-        (d.json or {}).get("data", {}).get("id")
-        for d in r.receiver.deliveries
-        if d.verified and 200 <= d.status < 300
-    }
+    landed = [d for d in r.receiver.deliveries if d.verified and 200 <= d.status < 300]
+    delivered_ids = {(d.json or {}).get("data", {}).get("id") for d in landed}
+    # The same event landing twice (a transition replayed): receivers dedupe on webhook-id.
+    row.webhooks_twice = len(landed) - len({d.headers.get("webhook-id") for d in landed})
     for rec in present:
         if rec.webhook is None:
             continue
@@ -522,7 +522,9 @@ def render(rows: list[Row], *, smoke: bool, elapsed_s: float) -> str:
         extra = [f"idempotent create replays {row.replayed_creates}",
                  f"drain {row.drain_s} s after the heal",
                  f"secrets in worker logs {row.secrets_in_logs}",
-                 f"webhooks unsettled {row.webhooks_unsettled}", *row.notes]  # fmt: skip
+                 f"webhooks unsettled {row.webhooks_unsettled}",
+                 f"webhook events that landed twice (same webhook-id) {row.webhooks_twice}",
+                 *row.notes]  # fmt: skip
         lines.append(f"- **{row.scenario}**: " + "; ".join(extra) + ".")
     return "\n".join(lines) + "\n"
 
