@@ -242,7 +242,9 @@ def _wait_settled(ids: list[str], settings: Settings, deadline: float) -> dict[s
         try:
             records = _records(ids, settings)
         except Exception as e:  # noqa: BLE001 -- Redis may still be coming back
-            log(f"  reading records: {type(e).__name__}")
+            log(f"  reading records: {type(e).__name__}: {str(e)[:200]}")
+            if time.monotonic() > deadline:
+                raise
             time.sleep(1)
             continue
         if all(_settled(r) for r in records.values()) or time.monotonic() > deadline:
