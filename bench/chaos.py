@@ -182,6 +182,7 @@ class Row:
     fault_s: float
     jobs: int
     comparison: bool = False
+    outage_s: float = 0.0
     fault_confirmed: bool = False
     completed: int = 0
     failed: int = 0
@@ -367,6 +368,8 @@ def run_scenario(scenario: Scenario, jobs: int, fault_scale: float, workdir: Pat
             row.notes.append("the fault did not take")
         time.sleep(max(0.0, fault_s - (time.monotonic() - injected)))
         scenario.heal(r)
+        # How long the part was really out: a restart may take longer than the fault.
+        row.outage_s = round(time.monotonic() - injected, 1)
         healed_at = time.time()
         log(f"{scenario.name}: healed; waiting for every job and webhook")
         records = _wait_settled(ids, r.settings, time.monotonic() + SETTLE_S)
@@ -378,7 +381,7 @@ def run_scenario(scenario: Scenario, jobs: int, fault_scale: float, workdir: Pat
 # --- the report ----------------------------------------------------------------------------
 
 HEADER = (
-    "| scenario | fault | jobs | completed / failed | lost | duplicate creates "
+    "| scenario | fault | out for s | jobs | completed / failed | lost | duplicate creates "
     "| corrupt objects | webhooks delivered / dead | recovery s | met? |"
 )
 
@@ -397,7 +400,8 @@ def render(rows: list[Row], *, smoke: bool, elapsed_s: float) -> str:
         f"`python -m bench.chaos{' --smoke' if smoke else ''}`, {len(rows)} scenarios in "
         f"{elapsed_s / 60:.1f} min on this machine. Each scenario: its own redis-server "
         f"(AOF unless named otherwise), SeaweedFS, sandbox (behind a TCP proxy), webhook "
-        f"receiver and {WORKERS} `celery worker` processes (concurrency 2). Recovery: from the "
+        f"receiver and {WORKERS} `celery worker` processes (concurrency 2). Out for: from the "
+        f"fault's injection until the part answered again (a restart included). Recovery: from the "
         f"heal to the first job ending or webhook landing after it (goal < "
         f"{RECOVERY_GOAL_S:.0f} s). Duplicate creates: provider tasks that no job owns; "
         f"corrupt objects: stored bytes that differ from the sandbox's.",
@@ -408,7 +412,7 @@ def render(rows: list[Row], *, smoke: bool, elapsed_s: float) -> str:
     for row in rows:
         recovery = "—" if row.recovery_s is None else f"{row.recovery_s:.1f}"
         lines.append(
-            f"| {row.scenario} | {row.fault} ({row.fault_s:g} s) | {row.jobs} "
+            f"| {row.scenario} | {row.fault} | {row.outage_s:g} | {row.jobs} "
             f"| {row.completed} / {row.failed} | {row.lost} | {row.duplicate_creates} "
             f"| {row.corrupt_objects} | {row.webhooks_delivered} / {row.webhooks_dead} "
             f"| {recovery} | {_verdict(row)} |"

@@ -408,6 +408,18 @@ def _s3_answers(service: S3Service) -> bool:
 _WEED_SOCKETS = ("s3", "s3-grpc", "filer", "filer-grpc", "master-grpc", "volume-grpc")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        # As the servers bind (Go sets SO_REUSEADDR): a port whose old connections linger
+        # in TIME_WAIT after a stop is free to them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _weed_ports(workdir: Path) -> dict[str, int]:
     """Free ports for every SeaweedFS service, or the ones this workdir was served on before.
 
@@ -416,7 +428,9 @@ def _weed_ports(workdir: Path) -> dict[str, int]:
     """
     saved = workdir / "ports.json"
     if saved.exists():
-        return {k: int(v) for k, v in json.loads(saved.read_text()).items()}
+        before = {k: int(v) for k, v in json.loads(saved.read_text()).items()}
+        if all(_port_free(p) for p in before.values()):
+            return before  # else (something else took one since) the data moves to new ports
     names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
              "filer", "filer.port.grpc"]  # fmt: skip
     ports: dict[str, int] = {}
