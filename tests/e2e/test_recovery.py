@@ -11,7 +11,6 @@ import signal
 import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from producer import JobStatus, enqueue, enqueue_batch, get, get_batch, wait
@@ -61,11 +60,8 @@ def _check_done(p: Pipeline, s3_client, ids: list[str], killed_at: float) -> lis
     p.sandbox.configure(slow_rate=0.0, file_stream_s=0.0)
     for r in records:
         data = s3_client.get_object(Bucket=BUCKET, Key=r.output.key)["Body"].read()
-        served = httpx.get(
-            f"{p.settings.api_base_url}/v1/videos/{r.provider_task_id}/content",
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ).content
-        assert data == served and hashlib.sha256(data).hexdigest() == r.output.sha256
+        assert data == p.served_bytes(r.provider_task_id)
+        assert hashlib.sha256(data).hexdigest() == r.output.sha256
     st = store(p.settings)
     eventually(lambda: st.redis.zcard(st.keys.in_flight(account_of(API_KEY))) == 0, 10)
     return records

@@ -28,6 +28,7 @@ from ops.stack import (
     ensure_redis,
     local_stack,
     redis_server,
+    seaweedfs,
 )
 
 pytestmark = pytest.mark.e2e
@@ -98,6 +99,45 @@ def _answers(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def test_seaweedfs_restarted_on_its_workdir_serves_the_same_objects_on_the_same_port(
+    tmp_path: Path,
+) -> None:
+    with seaweedfs(tmp_path) as first:
+        first.ensure_bucket("restart")
+        client = first.client()
+        client.put_object(Bucket="restart", Key="k", Body=b"kept across a restart")
+        client.close()
+    with seaweedfs(tmp_path) as second:
+        assert second.endpoint_url == first.endpoint_url
+        client = second.client()
+        try:
+            body = client.get_object(Bucket="restart", Key="k")["Body"].read()
+        finally:
+            client.close()
+    assert body == b"kept across a restart"
+
+
+def test_redis_server_restarted_on_its_aof_keeps_what_it_answered_and_always_fsyncs(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    with redis_server(port, tmp_path, appendfsync="always") as url:
+        client = redis.Redis.from_url(url)
+        client.set("k", "v")
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        client.close()
+    with redis_server(port, tmp_path, appendfsync=None) as url:
+        client = redis.Redis.from_url(url)
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        client.close()  # without AOF it loads nothing: the AOF dir stays for the next
+    with redis_server(port, tmp_path) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            assert client.get("k") == b"v"
+        finally:
+            client.close()
 
 
 def test_redis_server_is_private_persistent_and_gone_after_the_block(tmp_path: Path) -> None:

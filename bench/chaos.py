@@ -1,0 +1,460 @@
+"""The chaos suite: break one part while jobs run, heal it, and check that nothing was lost,
+billed twice or corrupted.
+
+    python -m bench.chaos            # every scenario (make chaos), writes bench/results/chaos/
+    python -m bench.chaos --smoke    # fewer jobs, shorter faults (make chaos-smoke, CI)
+
+Each scenario gets a rig of its own: a private redis-server with AOF (as docker-compose runs
+production), a private SeaweedFS, the sandbox provider behind a TCP proxy this process
+controls, the webhook receiver, and two real ``celery worker`` processes. It enqueues N jobs,
+injects its fault once the jobs are spread over every step, heals it, and waits for every job
+and webhook to settle. The figures are the product's own records, the sandbox's counters
+(provider tasks per job), the bytes in S3 against the sandbox's bytes, and the receiver's
+log of deliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.chaos_rig import API_KEY, BUCKET, WEBHOOK_SECRET, WORKERS, Rig, rig
+from bench.faults import AofTail, Mode, kill_redis
+from producer import JobNotFound, JobRecord, enqueue, get
+from producer.records import TERMINAL, JobStatus, WebhookState
+from producer.settings import Settings
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "chaos"
+# Within this long after the heal the first job must move again (the issue's bound).
+RECOVERY_GOAL_S = 60.0
+# After the heal, how long the run waits for every job and webhook to settle.
+SETTLE_S = 150.0
+# A job whose record is still missing this long after the heal is lost, not late.
+GONE_FOR_GOOD_S = 30.0
+
+
+def log(message: str) -> None:
+    """Progress for the person watching the run (stderr, timestamped)."""
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- scenarios -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fault: how to inject it, how to heal it, and for how long it lasts."""
+
+    name: str
+    fault: str
+    inject: Callable[[Rig], None]
+    heal: Callable[[Rig], None]
+    fault_s: float
+    # True while the fault is really in place (checked right after inject): a scenario
+    # whose fault did not take is not a result.
+    broken: Callable[[Rig], bool]
+    appendfsync: str | None = "everysec"
+    smoke: bool = True
+    # Run to show what a setting costs (Redis without persistence), not held to the goals.
+    comparison: bool = False
+    # What the fault stops, so what moving again means: jobs ending, or webhooks landing.
+    stops: str = "jobs"
+
+
+def _kill_redis(r: Rig) -> None:
+    kill_redis(r.env["VIDEOQUEUE_BROKER_URL"])
+    r.redis.stop()  # reaps the killed server's group
+
+
+def _kill_worker(r: Rig) -> None:
+    r.workers[0].kill()
+
+
+def _refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def _provider_answer(r: Rig) -> int | str:
+    """What a worker gets from the provider now: a status code or the error's name."""
+    try:
+        return httpx.get(
+            f"{r.proxy.url}/v1/videos/video_probe", timeout=1.5,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ).status_code  # fmt: skip
+    except httpx.HTTPError as e:
+        return type(e).__name__
+
+
+def _provider_503(r: Rig) -> None:
+    r.sandbox.configure(error_rate=1.0, error_codes=[503])
+
+
+def _provider_ok(r: Rig) -> None:
+    r.sandbox.configure(error_rate=0.0)
+
+
+def _power_loss(r: Rig) -> None:
+    """The machine under Redis lost: the process killed and the AOF's last second gone."""
+    tail = AofTail(r.workdir / "redis" / "appendonlydir")
+    time.sleep(1.5)  # a history of sizes to cut back to
+    _kill_redis(r)
+    cut = tail.cut_last(1.0)
+    log(f"  cut {cut} bytes (the last second) off the AOF")
+
+
+def _redis_down(r: Rig) -> bool:
+    return _refuses(_port(r.env["VIDEOQUEUE_BROKER_URL"]))
+
+
+def _restart_redis(r: Rig) -> None:
+    r.redis.start()
+
+
+def _s3_down(r: Rig) -> bool:
+    return _refuses(_port(r.env["VIDEOQUEUE_S3_ENDPOINT_URL"]))
+
+
+def _pass(r: Rig) -> None:
+    r.proxy.set_mode(Mode.PASS)
+
+
+SCENARIOS = [
+    Scenario("redis-restart", "redis-server SIGKILLed, restarted on its AOF (everysec)",
+             _kill_redis, _restart_redis, 5, _redis_down),
+    Scenario("redis-power-loss", "redis-server SIGKILLed and its AOF's last second cut "
+             "(a lost machine under everysec), restarted", _power_loss, _restart_redis, 5,
+             _redis_down, smoke=False),
+    Scenario("redis-restart-always", "redis-server SIGKILLed, restarted on its AOF (always)",
+             _kill_redis, _restart_redis, 5, _redis_down, appendfsync="always", smoke=False),
+    Scenario("redis-restart-no-persistence",
+             "redis-server without AOF SIGKILLed and restarted (for comparison)",
+             _kill_redis, _restart_redis, 5, _redis_down, appendfsync=None, smoke=False,
+             comparison=True),
+    Scenario("s3-outage", "SeaweedFS stopped, restarted on its ports and data",
+             lambda r: r.s3.stop(), lambda r: r.s3.start(), 10, _s3_down),
+    Scenario("webhook-receiver-outage", "receiver stopped, restarted on its port",
+             lambda r: r.hooks.stop(), lambda r: r.hooks.start(), 10,
+             lambda r: _refuses(_port(r.hook_url)), stops="webhooks"),
+    Scenario("provider-503", "every provider call answered 503",
+             _provider_503, _provider_ok, 10, lambda r: _provider_answer(r) == 503),
+    Scenario("provider-refused", "connections to the provider reset",
+             lambda r: r.proxy.set_mode(Mode.REFUSE), _pass, 10,
+             lambda r: _provider_answer(r) in ("ConnectError", "ReadError",
+                                               "RemoteProtocolError")),
+    Scenario("provider-partition", "worker-provider traffic blackholed (silent partition)",
+             lambda r: r.proxy.set_mode(Mode.BLACKHOLE), _pass, 10,
+             lambda r: _provider_answer(r) == "ReadTimeout"),
+    Scenario("worker-sigkill", "a worker host SIGKILLed mid-run, replaced later",
+             _kill_worker, lambda r: r.start_worker(), 5,
+             lambda r: r.workers[0].popen.poll() is not None),
+]  # fmt: skip
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One scenario's figures, as RESULTS.md shows them."""
+
+    scenario: str
+    fault: str
+    fault_s: float
+    jobs: int
+    comparison: bool = False
+    outage_s: float = 0.0
+    fault_confirmed: bool = False
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    duplicate_creates: int = 0
+    replayed_creates: int = 0
+    corrupt_objects: int = 0
+    webhooks_delivered: int = 0
+    webhooks_dead: int = 0
+    webhooks_unsettled: int = 0
+    webhooks_twice: int = 0
+    secrets_in_logs: int = 0
+    recovery_s: float | None = None
+    drain_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        """Every invariant held and the first job moved within RECOVERY_GOAL_S of the heal."""
+        return (
+            self.fault_confirmed
+            and self.lost == 0
+            and self.duplicate_creates == 0
+            and self.corrupt_objects == 0
+            and self.webhooks_unsettled == 0
+            and self.secrets_in_logs == 0
+            and self.recovery_s is not None
+            and self.recovery_s < RECOVERY_GOAL_S
+        )
+
+
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
+
+
+def _records(ids: list[str], settings: Settings) -> dict[str, JobRecord | None]:
+    out: dict[str, JobRecord | None] = {}
+    for job_id in ids:
+        try:
+            out[job_id] = get(job_id, settings=settings)
+        except JobNotFound:
+            out[job_id] = None
+    return out
+
+
+def _settled(record: JobRecord | None) -> bool:
+    if record is None or record.status not in TERMINAL:
+        return False
+    return record.webhook is None or record.webhook.state is not WebhookState.PENDING
+
+
+def _wait_settled(ids: list[str], settings: Settings, deadline: float) -> dict[str, Any]:
+    """Poll the records until every job and its webhook settled or deadline passes."""
+    records: dict[str, Any] = {}
+    gone_after = time.monotonic() + GONE_FOR_GOOD_S
+    while True:
+        try:
+            records = _records(ids, settings)
+        except Exception as e:  # noqa: BLE001 -- Redis may still be coming back
+            log(f"  reading records: {type(e).__name__}: {str(e)[:200]}")
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+            continue
+        if all(_settled(r) for r in records.values()) or time.monotonic() > deadline:
+            return records
+        left = [r for r in records.values() if not _settled(r)]
+        if all(r is None for r in left) and time.monotonic() > gone_after:
+            return records  # only jobs whose records are gone are left: nothing will end them
+        time.sleep(1)
+
+
+def _read_object(s3: Any, key: str, patience_s: float = 60.0) -> bytes | None:
+    """The object's bytes; None when it cannot be read for patience_s (counted as corrupt).
+
+    A SeaweedFS just restarted answers InternalError until its volume server has registered
+    again with its master: that is the service coming back, not the object being lost.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return bytes(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        except (BotoCoreError, ClientError) as e:
+            if time.monotonic() > deadline:
+                log(f"  {key} unreadable: {e}")
+                return None
+            time.sleep(1)
+
+
+def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, stops: str) -> None:
+    """Fill row from the records, the sandbox, S3, the receiver and the worker logs."""
+    present = [rec for rec in records.values() if rec is not None]
+    row.completed = sum(rec.status is JobStatus.COMPLETED for rec in present)
+    row.failed = sum(rec.status is JobStatus.FAILED for rec in present)
+    row.cancelled = sum(rec.status is JobStatus.CANCELLED for rec in present)
+    row.lost = len(ids) - row.completed - row.failed - row.cancelled
+    if missing := sum(rec is None for rec in records.values()):
+        row.notes.append(f"{missing} job records gone")
+    failures: dict[str, int] = {}
+    for rec in present:
+        if rec.status is JobStatus.FAILED and rec.error:
+            failures[rec.error.code] = failures.get(rec.error.code, 0) + 1
+    if failures:
+        row.notes.append("failed: " + ", ".join(f"{c} x{n}" for c, n in failures.items()))
+
+    # Billing: every provider task must belong to a job; a second create of a job with
+    # the same Idempotency-Key is answered with the same task (a replay, not a duplicate).
+    tasks = r.sandbox.stats()["tasks"]
+    owned = {rec.provider_task_id for rec in present if rec.provider_task_id}
+    row.duplicate_creates = len(set(tasks) - owned)
+    row.replayed_creates = sum(max(0, t["creates"] - 1) for t in tasks.values())
+
+    s3 = r.s3.value.client()
+    try:
+        with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            for rec in present:
+                if rec.status is not JobStatus.COMPLETED or rec.output is None:
+                    continue
+                stored = _read_object(s3, rec.output.key)
+                served = http.get(
+                    f"{r.sandbox_url}/v1/videos/{rec.provider_task_id}/content"
+                ).content
+                if stored != served or hashlib.sha256(stored).hexdigest() != rec.output.sha256:
+                    row.corrupt_objects += 1
+    finally:
+        s3.close()
+
+    landed = [d for d in r.receiver.deliveries if d.verified and 200 <= d.status < 300]
+    delivered_ids = {(d.json or {}).get("data", {}).get("id") for d in landed}
+    # The same event landing twice (a transition replayed): receivers dedupe on webhook-id.
+    row.webhooks_twice = len(landed) - len({d.headers.get("webhook-id") for d in landed})
+    for rec in present:
+        if rec.webhook is None:
+            continue
+        if rec.webhook.state is WebhookState.DELIVERED and rec.id in delivered_ids:
+            row.webhooks_delivered += 1
+        elif rec.webhook.state in (WebhookState.DEAD, WebhookState.GONE):
+            row.webhooks_dead += 1
+        else:
+            row.webhooks_unsettled += 1
+    row.webhooks_unsettled += len(ids) - len(present)
+
+    # Recovery: from the heal to the first job ending (or webhook landing) after it.
+    if stops == "webhooks":
+        moves = [d.received_at for d in r.receiver.deliveries
+                 if d.received_at >= healed_at and 200 <= d.status < 300]  # fmt: skip
+    else:
+        moves = [t for rec in present if (t := _epoch(rec.finished_at)) and t >= healed_at]
+    ends = [t for rec in present if (t := _epoch(rec.finished_at))]
+    if moves:
+        row.recovery_s = round(min(moves) - healed_at, 1)
+        row.drain_s = round(max(moves) - healed_at, 1)
+    elif ends and row.lost == 0:
+        row.recovery_s = 0.0  # nothing was left to move when the fault ended
+        row.notes.append("no backlog at the heal")
+
+    for worker in r.workers:
+        text = worker.log_text()
+        row.secrets_in_logs += text.count(API_KEY) + text.count(WEBHOOK_SECRET)
+
+
+def run_scenario(scenario: Scenario, jobs: int, fault_scale: float, workdir: Path) -> Row:
+    """Run one scenario end to end and return its figures."""
+    fault_s = scenario.fault_s * fault_scale
+    row = Row(scenario.name, scenario.fault, fault_s, jobs, scenario.comparison)
+    log(f"{scenario.name}: starting the rig")
+    with rig(workdir, scenario.appendfsync) as r:
+        request = {"model": "sora", "prompt": "a lighthouse in a storm", "size": "64x48",
+                   "duration": 2, "webhook_url": r.hook_url}  # fmt: skip
+        ids = [enqueue(request, settings=r.settings) for _ in range(jobs)]
+        # Inject once the first generations finish: jobs are then at every step at once.
+        deadline = time.monotonic() + 60
+        while len(r.receiver.deliveries) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log(f"{scenario.name}: fault for {fault_s:g} s ({scenario.fault})")
+        scenario.inject(r)
+        injected = time.monotonic()
+        row.fault_confirmed = scenario.broken(r)
+        if not row.fault_confirmed:
+            row.notes.append("the fault did not take")
+        time.sleep(max(0.0, fault_s - (time.monotonic() - injected)))
+        scenario.heal(r)
+        # How long the part was really out: a restart may take longer than the fault.
+        row.outage_s = round(time.monotonic() - injected, 1)
+        healed_at = time.time()
+        log(f"{scenario.name}: healed; waiting for every job and webhook")
+        records = _wait_settled(ids, r.settings, time.monotonic() + SETTLE_S)
+        _measure(r, row, ids, healed_at, records, scenario.stops)
+    log(f"{scenario.name}: {'met' if row.met else 'NOT MET'} {asdict(row)}")
+    return row
+
+
+# --- the report ----------------------------------------------------------------------------
+
+HEADER = (
+    "| scenario | fault | out for s | jobs | completed / failed | lost | duplicate creates "
+    "| corrupt objects | webhooks delivered / dead | recovery s | met? |"
+)
+
+
+def _verdict(row: Row) -> str:
+    if row.comparison:
+        return "(comparison)" if not row.met else "yes (comparison)"
+    return "yes" if row.met else "**no**"
+
+
+def render(rows: list[Row], *, smoke: bool, elapsed_s: float) -> str:
+    """RESULTS.md: the table, then the notes of each scenario."""
+    lines = [
+        "# Chaos results" + (" (smoke)" if smoke else ""),
+        "",
+        f"`python -m bench.chaos{' --smoke' if smoke else ''}`, {len(rows)} scenarios in "
+        f"{elapsed_s / 60:.1f} min on this machine. Each scenario: its own redis-server "
+        f"(AOF unless named otherwise), SeaweedFS, sandbox (behind a TCP proxy), webhook "
+        f"receiver and {WORKERS} `celery worker` processes (concurrency 2). Out for: from the "
+        f"fault's injection until the part answered again (a restart included). Recovery: from the "
+        f"heal to the first job ending or webhook landing after it (goal < "
+        f"{RECOVERY_GOAL_S:.0f} s). Duplicate creates: provider tasks that no job owns; "
+        f"corrupt objects: stored bytes that differ from the sandbox's.",
+        "",
+        HEADER,
+        "|" + "---|" * HEADER.count(" | ") + "---|",
+    ]
+    for row in rows:
+        recovery = "—" if row.recovery_s is None else f"{row.recovery_s:.1f}"
+        lines.append(
+            f"| {row.scenario} | {row.fault} | {row.outage_s:g} | {row.jobs} "
+            f"| {row.completed} / {row.failed} | {row.lost} | {row.duplicate_creates} "
+            f"| {row.corrupt_objects} | {row.webhooks_delivered} / {row.webhooks_dead} "
+            f"| {recovery} | {_verdict(row)} |"
+        )
+    lines += ["", "## Notes", ""]
+    for row in rows:
+        extra = [f"idempotent create replays {row.replayed_creates}",
+                 f"drain {row.drain_s} s after the heal",
+                 f"secrets in worker logs {row.secrets_in_logs}",
+                 f"webhooks unsettled {row.webhooks_unsettled}",
+                 f"webhook events that landed twice (same webhook-id) {row.webhooks_twice}",
+                 *row.notes]  # fmt: skip
+        lines.append(f"- **{row.scenario}**: " + "; ".join(extra) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios, write RESULTS.md and results.json; exit 1 when one is not met."""
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="fewer jobs, shorter faults")
+    parser.add_argument("--out", type=Path, help="where RESULTS.md goes")
+    parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument("--jobs", type=int, help="jobs per scenario")
+    args = parser.parse_args(argv)
+    out = args.out or (RESULTS_DIR / "smoke" if args.smoke else RESULTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [s for s in SCENARIOS if (not args.smoke or s.smoke)
+              and (not args.only or s.name in args.only)]  # fmt: skip
+    jobs = args.jobs or (12 if args.smoke else 40)
+    started = time.monotonic()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vqchaos-") as tmp:
+        for scenario in chosen:
+            rows.append(
+                run_scenario(scenario, jobs, 0.5 if args.smoke else 1.0, Path(tmp) / scenario.name)
+            )
+    text = render(rows, smoke=args.smoke, elapsed_s=time.monotonic() - started)
+    (out / "RESULTS.md").write_text(text)
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    print(text)
+    return 0 if all(r.met or r.comparison for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A chaos scenario's deployment, every part of which can be stopped, killed or cut off:
+a private redis-server with AOF, a private SeaweedFS, the sandbox behind a TCP proxy, the
+webhook receiver and two ``celery worker`` processes (bench/chaos.py runs the scenarios)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.faults import Restartable, TcpProxy
+from ops.receiver import HOOK_PATH, WebhookReceiver
+from ops.sandbox import Sandbox, SandboxConfig
+from ops.serve import free_port
+from ops.stack import WorkerProcess, celery_worker, redis_server, seaweedfs
+from producer.settings import Settings
+
+API_KEY = "sk-vqchaos-4c0ffee"
+WEBHOOK_SECRET = "whsec_dnFjaGFvcy13ZWJob29rLXNlY3JldC1rZXkhISE="
+BUCKET = "vqchaos"
+WORKERS = 2
+
+# Production's code paths at a quicker pace: polls, retries and webhook attempts every few
+# seconds instead of minutes, so that a 10 s fault is many attempts long; the webhook
+# schedule (31 s) outlasts every fault, so a delivery that fails during one is retried after.
+ENV = {
+    "VIDEOQUEUE_POLL_FIRST_S": "0.5",
+    "VIDEOQUEUE_POLL_CAP_S": "2",
+    "VIDEOQUEUE_RETRY_BASE_S": "0.5",
+    "VIDEOQUEUE_RETRY_CAP_S": "4",
+    "VIDEOQUEUE_WEBHOOK_SCHEDULE_S": "[0, 1, 2, 4, 8, 16]",
+    "VIDEOQUEUE_API_TIMEOUT_S": "3",
+    "VIDEOQUEUE_DOWNLOAD_TIMEOUT_S": "5",
+    "VIDEOQUEUE_LEASE_S": "10",
+    "VIDEOQUEUE_VISIBILITY_TIMEOUT_S": "120",
+    "VIDEOQUEUE_URL_ALLOWLIST": "127.0.0.0/8",
+}
+# A 2 s sora clip takes ~3.6 s (+-20 %): long enough that jobs are at every step at once.
+SANDBOX = {"flavor": "router", "api_key": API_KEY, "seed": 7, "time_scale": 0.4}
+
+
+@dataclass
+class Rig:
+    """One scenario's deployment; every part of it can be broken and healed."""
+
+    workdir: Path
+    redis: Restartable
+    s3: Restartable
+    receiver: WebhookReceiver
+    hooks: Restartable
+    hook_url: str
+    sandbox: Sandbox
+    sandbox_url: str
+    proxy: TcpProxy
+    env: dict[str, str]
+    settings: Settings
+    stack: ExitStack
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_worker(self) -> WorkerProcess:
+        """One more ``celery worker`` (concurrency 2), stopped with the rig."""
+        worker = self.stack.enter_context(
+            celery_worker(
+                self.env,
+                concurrency=2,
+                logfile=self.workdir / f"worker-{len(self.workers)}.log",
+                startup_timeout_s=60,
+            )
+        )
+        self.workers.append(worker)
+        return worker
+
+
+@contextmanager
+def rig(workdir: Path, appendfsync: str | None) -> Iterator[Rig]:
+    """Start every part of a scenario's deployment; stop all of it at the end."""
+    redis_port = free_port()
+    redis = Restartable(
+        lambda: redis_server(redis_port, workdir / "redis", appendfsync=appendfsync)
+    )
+    s3 = Restartable(lambda: seaweedfs(workdir / "seaweedfs"))
+    receiver = WebhookReceiver(WEBHOOK_SECRET)
+    hook_port = free_port()
+    hooks = Restartable(lambda: receiver.serve(port=hook_port))
+    sandbox = Sandbox(SandboxConfig(**SANDBOX))
+    with ExitStack() as stack:
+        broker_url = redis.start()
+        stack.callback(redis.stop)
+        service = s3.start()
+        stack.callback(s3.stop)
+        service.ensure_bucket(BUCKET)
+        hooks.start()
+        stack.callback(hooks.stop)
+        sandbox_url = stack.enter_context(sandbox.serve(port=0))
+        stack.callback(sandbox.close)
+        host, port = sandbox_url.removeprefix("http://").split(":")
+        proxy = TcpProxy((host, int(port)))
+        stack.callback(proxy.close)
+        env = {
+            "VIDEOQUEUE_BROKER_URL": broker_url,
+            "VIDEOQUEUE_KEY_PREFIX": "vqchaos",
+            "VIDEOQUEUE_QUEUE": "vqchaos",
+            # Workers reach the provider (and its file URLs, built from the Host they asked)
+            # through the proxy: a partition cuts both.
+            "VIDEOQUEUE_API_BASE_URL": proxy.url,
+            "VIDEOQUEUE_API_KEY": API_KEY,
+            "VIDEOQUEUE_S3_BUCKET": BUCKET,
+            "VIDEOQUEUE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            **service.env(),
+            **ENV,
+        }
+        settings = Settings(**{
+            k.removeprefix("VIDEOQUEUE_").lower(): v
+            for k, v in env.items() if k.startswith("VIDEOQUEUE_")
+        })  # fmt: skip
+        the_rig = Rig(
+            workdir, redis, s3, receiver, hooks, f"http://127.0.0.1:{hook_port}{HOOK_PATH}",
+            sandbox, sandbox_url, proxy, env, settings, stack,
+        )  # fmt: skip
+        for _ in range(WORKERS):
+            the_rig.start_worker()
+        yield the_rig
