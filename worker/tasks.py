@@ -396,9 +396,12 @@ def finalize(job: Job) -> None:
     for _ in range(s.download_max_attempts):
         try:
             url = url or _fresh_file_url(record)
-            headers = rt.provider(record.provider).download_headers(url)
+            provider = rt.provider(record.provider)
+            headers = provider.download_headers(url)
             metadata = object_metadata(record.id, record.metadata)
-            upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
+            upload = copy_url_to_s3(
+                rt.http, url, headers, rt.s3, key, metadata, s, provider=provider.name
+            )
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             failure = None
             break
