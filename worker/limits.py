@@ -13,7 +13,9 @@ worker waits.
 - Rate: a token bucket per account refilled by Redis's clock at the provider's
   rate_limit_per_s up to its rate_burst.
 - Slots: a job takes one when its submit is claimed, under the claim's lease: a submit that
-  dies frees its slot when its lease runs out. Once the provider has the job, the slot is
+  dies frees its slot when its lease runs out. A job polled without one (an operator's
+  retry of a failed job whose task still runs) takes one at its poll's claim, held for its
+  generation. Once the provider has the job, the slot is
   held until its generation ends (or the job ends), given back in the same transaction as
   that change. A submit that will be retried gives its slot back meanwhile: it holds no
   generation, and it competes for a slot again, in order, when it is due.
@@ -97,13 +99,16 @@ class ProviderLimits:
         burst) for one lane."""
         submit = lane in SUBMIT_LANES
         rated = lane in RATE_LIMITED
+        # A poll takes a slot only for a job that holds none (one an operator retried into
+        # polling): every generation at the provider counts against its cap.
+        slotted = submit or lane is Lane.POLL
         keys: list[str] = [self.routes]
         args: list[Any] = []
         limited = False
         for p in self.providers:
             acc = self.accounts[p.name]
             lim = self.account_limits[acc]
-            capped = submit and lim.max_in_flight is not None
+            capped = slotted and lim.max_in_flight is not None
             slots = self.keys.in_flight(acc) if capped else ""
             bucket = self.keys.rate(acc) if rated and lim.rate_limit_per_s is not None else ""
             parks = [self.keys.parked(lane, acc, what) if slots or bucket else ""
@@ -111,8 +116,9 @@ class ProviderLimits:
             limited = limited or bool(slots or bucket)
             keys += [slots, bucket, *parks]
             args += [p.name, lim.max_in_flight or 0, lim.rate_limit_per_s or 0, lim.rate_burst]
-        # A submit's slot is held under its claim's lease until the provider has the job.
-        hold_s = self.settings.lease_s
+        # A submit's slot is held under its claim's lease until the provider has the job; a
+        # poll's, for the generation (as hold_for_generation holds it).
+        hold_s = self.settings.lease_s if submit else self.stale_after_s
         head = [int(limited), int(submit), self.default_route, len(self.providers),
                 PARKED_BAND_S, hold_s]  # fmt: skip
         return keys, head + args

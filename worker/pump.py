@@ -6,7 +6,8 @@ number of them safe together, on any number of hosts. The script, atomically:
    messages at most wait there: the rest of the due work waits in the schedule, where a lost
    message costs nothing and the order is by due time),
 2. spends the shared limits: a rate token per entry of a rate-limited lane, a provider slot
-   per submit (worker/limits.py), and parks the entries whose providers are all full,
+   per submit (and per poll of a job holding none: worker/limits.py), and parks the entries
+   whose providers are all full,
 3. leases each entry (its score moves lease_s ahead and the lease hash notes the claim's
    token; an entry already noted there is a recovery: its last claim never finished),
 4. pushes one message per claim: poll_batch_size entries for polls, one for the rest.
@@ -90,6 +91,7 @@ local function has_slot(i)
   if free[s] == nil then
     -- A slot taken for a submit is held under the claim's lease (extended while the submit
     -- runs, pushed far ahead once the provider has the job): a dead claim's slot frees itself.
+    -- One taken for a poll (a job retried into polling) is held for the generation.
     redis.call('ZREMRANGEBYSCORE', s, '-inf', now)
     free[s] = tonumber(ARGV[15 + 4 * i]) - redis.call('ZCARD', s)
   end
@@ -193,8 +195,11 @@ if want > 0 then
         end
         chosen[#chosen + 1] = m
         late[#late + 1] = now - at
-      elseif n == 1 and not from then
-        break  -- one provider, no slot or token: everything due after it waits, in order
+      elseif n == 1 and not from and (submit or waits[1] == for_token(1)) then
+        -- One provider and no token (or no slot for a submit): everything due after it
+        -- waits, in order. A poll waiting for a slot is parked: the polls behind it hold
+        -- theirs, and only their answers free one.
+        break
       else
         if not from then redis.call('ZADD', lane, 'XX', band + at, m) end
         local still = false

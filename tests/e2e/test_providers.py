@@ -19,7 +19,7 @@ import pytest
 
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.sandbox.state import key_fingerprint
-from producer import JobStatus, enqueue, enqueue_batch, get, get_batch, wait
+from producer import JobStatus, enqueue, enqueue_batch, get_batch, wait
 from producer.errors import InvalidRequest
 from producer.jobs import store
 from producer.records import AttemptOutcome
@@ -290,4 +290,3 @@ def test_jobs_waiting_for_a_full_provider_do_not_hold_back_another_providers_job
     assert time.monotonic() - started < 15
     assert sb_b.stats()["totals"]["tasks"] == 3
     assert p.sandbox.stats()["keys"][key_fingerprint(KEY_A)]["max_concurrent"] == 1
-    assert get(waiting[0], settings=p.settings).provider == "a"
