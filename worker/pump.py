@@ -149,6 +149,27 @@ local function take(i, m, until_)
 end
 local chosen, late, sets = {}, {}, {}
 local until_ = now + tonumber(ARGV[1])
+for i = 1, n do
+  for _, set in ipairs({for_token(i), for_slot(i)}) do
+    if limited and set ~= '' then sets[set] = i end
+  end
+end
+-- An entry parked in a set no claim reads any more (its provider's limits or key changed)
+-- would wait for ever: at each claim two parked entries, picked by the clock's
+-- microseconds, go back to the due range if no set of the lane notes them.
+for _, pick_at in ipairs({tonumber(t[2]), math.floor(tonumber(t[2]) / 7)}) do
+  local parked_n = redis.call('ZCOUNT', lane, band, '+inf')
+  if parked_n == 0 then break end
+  local rank = redis.call('ZCARD', lane) - parked_n + pick_at % parked_n
+  local got = redis.call('ZRANGE', lane, rank, rank, 'WITHSCORES')
+  if got[1] and tonumber(got[2]) >= band then
+    local noted = false
+    for set in pairs(sets) do
+      if redis.call('ZSCORE', set, got[1]) then noted = true end
+    end
+    if not noted then redis.call('ZADD', lane, 'XX', tonumber(got[2]) - band, got[1]) end
+  end
+end
 if want > 0 then
   -- What may be claimed, oldest first: the due entries (with several providers, looking
   -- past some that must wait, which are parked), and the parked ones of accounts with room.
@@ -158,16 +179,11 @@ if want > 0 then
   local due = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, window)
   for j = 1, #due, 2 do found[#found + 1] = {due[j], tonumber(due[j + 1]), nil} end
   local scanned = #found
-  for i = 1, n do
-    for _, set in ipairs({for_token(i), for_slot(i)}) do
-      if limited and set ~= '' and not sets[set] then
-        sets[set] = true
-        if has_token(i) and (set == for_token(i) or has_slot(i)) then
-          local parked = redis.call('ZRANGE', set, 0, want - 1, 'WITHSCORES')
-          for j = 1, #parked, 2 do
-            found[#found + 1] = {parked[j], tonumber(parked[j + 1]), set}
-          end
-        end
+  for set, i in pairs(sets) do
+    if has_token(i) and (set == for_token(i) or has_slot(i)) then
+      local parked = redis.call('ZRANGE', set, 0, want - 1, 'WITHSCORES')
+      for j = 1, #parked, 2 do
+        found[#found + 1] = {parked[j], tonumber(parked[j + 1]), set}
       end
     end
   end

@@ -264,3 +264,35 @@ def test_jobs_for_a_full_provider_do_not_hold_back_another_providers_jobs(
     limits.release(waiting[0])
     pump.claim_due()
     assert [m for msg in _messages(st, settings.queue) for m in msg[0]] == [waiting[1]]
+
+
+def test_jobs_parked_under_limits_since_removed_are_claimed_again(
+    deployment, tmp_path, monkeypatch
+):
+    """Jobs parked for a provider's cap, then the cap removed from the providers file: the
+    new claims, which no longer read that cap's parked set, still find them."""
+    settings, st = deployment
+    monkeypatch.setenv("VQTEST_KEY_FULL", "sk-full")
+    monkeypatch.setenv("VQTEST_KEY_FREE", "sk-free")
+    b = 'name = "b"\nbase_url = "http://b.test"\napi_key_env = "VQTEST_KEY_FREE"'
+    a = 'name = "a"\nbase_url = "http://a.test"\napi_key_env = "VQTEST_KEY_FULL"'
+    capped = _two_entries(tmp_path, monkeypatch, settings, f"{a}\nmax_in_flight = 1", b)
+    limits = ProviderLimits(st.redis, capped)
+    waiting = _jobs(capped, st, 6, Lane.SUBMIT)
+    for job_id in waiting:
+        limits.set_route(job_id, ["a"])
+    pump = Pump(st.redis, capped)
+    pump.claim_due()
+    st.redis.delete(settings.queue)
+    assert all(st.schedule.entry(m)[1] < time.time() for m in waiting[1:])  # parked: due
+    assert st.redis.zcount(st.keys.schedule(Lane.SUBMIT), "-inf", time.time()) < 5
+
+    (tmp_path / "uncapped").mkdir()
+    uncapped = _two_entries(tmp_path / "uncapped", monkeypatch, settings, a, b)
+    pump = Pump(st.redis, uncapped)
+    claimed: set[str] = set()
+    for _ in range(40):
+        pump.claim_due()
+        claimed |= {m for msg in _messages(st, settings.queue) for m in msg[0]}
+        st.redis.delete(settings.queue)
+    assert claimed == set(waiting) - {waiting[0]}  # the first holds its slot, leased
