@@ -111,8 +111,8 @@ class ProviderLimits:
             capped = slotted and lim.max_in_flight is not None
             slots = self.keys.in_flight(acc) if capped else ""
             bucket = self.keys.rate(acc) if rated and lim.rate_limit_per_s is not None else ""
-            parks = [self.keys.parked(lane, acc, what) if slots or bucket else ""
-                     for what in ("token", "slot")]  # fmt: skip
+            parks = [self.keys.parked(lane, acc, "token") if bucket else "",
+                     self.keys.parked(lane, acc, "slot") if slots else ""]  # fmt: skip
             limited = limited or bool(slots or bucket)
             keys += [slots, bucket, *parks]
             args += [p.name, lim.max_in_flight or 0, lim.rate_limit_per_s or 0, lim.rate_burst]

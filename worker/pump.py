@@ -34,7 +34,7 @@ log = structlog.get_logger("videoqueue.pump")
 
 # KEYS: lane, leases, queue, claim counter, routes, then per provider: its account's slots
 # ('' none in this lane), rate bucket ('' none), and the lane's two parked sets of the account
-# (entries waiting for a token, for a slot; '' when the provider is unlimited in this lane).
+# (entries waiting for a token, '' without a bucket; for a slot, '' without slots).
 # ARGV: lease_s, dispatch_ahead, entries per message, token prefix, the lane's name, the six
 # pieces of the message envelope, then limited (1: spend limits), submit (1: a submit lane,
 # whose jobs may go to any provider of their route), the default route ('' none), the number
