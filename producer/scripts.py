@@ -103,8 +103,8 @@ return 1
 # whose every item was deduplicated ends here. A job cancelled while staged (rare: `ended` is
 # above 0) keeps its expiry, and so does its idempotency claim: only then are records read.
 # KEYS: batch, its job list, its counts, its staged idempotency keys, the submit lane, the
-# batch-webhook lane. ARGV: job-key prefix, now (ISO), the batch id, the record TTL (ms),
-# idempotency-key prefix.
+# batch-webhook lane. ARGV: job-key prefix, now (ISO), the batch's schedule member, the record
+# TTL (ms), idempotency-key prefix.
 RELEASE_BATCH = (
     REDIS_NOW
     + """
@@ -154,8 +154,8 @@ return #ids
 # and HSETNX guards the seal race), and only that caller schedules the batch.completed
 # webhook, inside the same transaction as the job's own transition: nothing in between to
 # crash in. The batch's keys then expire with that job's record. KEYS: the batch, the
-# batch-webhook lane, the batch's job list, its counts. ARGV: the batch id, now (ISO), when
-# the keys expire (Unix ms).
+# batch-webhook lane, the batch's job list, its counts. ARGV: the batch's schedule member,
+# now (ISO), when the keys expire (Unix ms).
 JOB_ENDED = (
     REDIS_NOW
     + """

@@ -13,7 +13,7 @@ import redis
 
 from producer import scripts
 from producer.errors import JobNotFound
-from producer.names import Keys, Lane
+from producer.names import Keys, Lane, batch_member
 from producer.records import (
     TERMINAL,
     BatchRecord,
@@ -211,7 +211,7 @@ class JobStore:
                     self.keys.batch_jobs(batch_id),
                     self.keys.batch_counts(batch_id),
                 ],
-                args=[batch_id, utcnow_iso(), self.expire_at_ms(record.finished_at)],
+                args=[batch_member(batch_id), utcnow_iso(), self.expire_at_ms(record.finished_at)],
                 client=pipe,
             )
 
@@ -258,7 +258,7 @@ class JobStore:
             args=[
                 self.keys.job(""),
                 utcnow_iso(),
-                batch_id,
+                batch_member(batch_id),
                 str(self._ttl_ms),
                 self.keys.idempotency(""),
             ],  # fmt: skip

@@ -487,7 +487,10 @@ def notify(job: Job) -> None:
     rt = runtime()
     hook = job.record.webhook
     assert hook is not None  # route() sends only jobs with a pending webhook here
-    msg_id, result = send_event(rt.store, rt.http, rt.settings, job.id, hook, job.record.public())
+    body_key = rt.store.keys.event_body(job.id)
+    msg_id, result = send_event(
+        rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public()
+    )
     schedule_s = rt.settings.webhook_schedule_s
 
     def count(r: JobRecord) -> None:
@@ -514,10 +517,11 @@ def notify_batch(entry: BatchEntry) -> None:
     if not url or (hook is not None and hook.state is not WebhookState.PENDING):
         return entry.done()
     if hook is None:
-        hook = WebhookDelivery(url=url, event_type="batch.completed")
+        hook = WebhookDelivery(url=url, event_type=names.BATCH_COMPLETED)
     data = batch.public()
     data.pop("job_ids", None)  # 10,000 ids are not news; get_batch() has them
-    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, hook, data)
+    body_key = st.keys.batch_event_body(entry.id)
+    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
     schedule_s = rt.settings.webhook_schedule_s
     record_attempt(hook, result, len(schedule_s))
     # One claim holds a batch's entry at a time: a plain write.
