@@ -396,9 +396,9 @@ def finalize(job: Job) -> None:
     for _ in range(s.download_max_attempts):
         try:
             url = url or _fresh_file_url(record)
-            headers = rt.provider(record.provider).download_headers(url)
+            credentials = rt.provider(record.provider).credentials()
             metadata = object_metadata(record.id, record.metadata)
-            upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
+            upload = copy_url_to_s3(rt.http, url, credentials, rt.s3, key, metadata, s)
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             failure = None
             break
