@@ -145,8 +145,14 @@ class Keys:
         """A list of the batch's job ids, in request order."""
         return f"{self.prefix}:batch:{batch_id}:jobs"
 
+    def batch_claims(self, batch_id: str) -> str:
+        """A hash of the idempotency keys a batch claimed while staged (released with it):
+        claim key -> "<request index> <job id>"."""
+        return f"{self.prefix}:batch:{batch_id}:claims"
+
     def batch_staged_claims(self, batch_id: str) -> str:
-        """A list of the idempotency keys a batch claimed while staged (released with it)."""
+        """A list of the idempotency keys a batch claimed while staged, as producers before
+        batch_claims() wrote them (still released)."""
         return f"{self.prefix}:batch:{batch_id}:staged_claims"
 
     def batch_counts(self, batch_id: str) -> str:

@@ -92,13 +92,15 @@ class JobStore:
 
     def create(self, record: JobRecord, idempotency_key: str | None) -> str:
         """Store a new job with its schedule entry, due now; returns the job id that holds
-        the idempotency key (the new one, or an earlier job's)."""
+        the idempotency key (the new one, or an earlier job's: never a staged one, which may
+        never run, see scripts.STAGED_HOLDER)."""
         idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
         lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         held = self._create(
             keys=[idem, self.keys.job(record.id), self.keys.schedule(lane),
                   self.keys.status_counts(), self.keys.job_index()],
-            args=[record.id, record.model_dump_json(), self.record_ttl_s],
+            args=[record.id, record.model_dump_json(), self.record_ttl_s, self.keys.job(""),
+                  self.keys.batch("")],
         )  # fmt: skip
         return _text(held)
 
@@ -229,7 +231,7 @@ class JobStore:
         a chunk written already is left alone."""
         args: list[str] = [
             self.keys.idempotency(""), self.keys.job(""), str(first_index), utcnow_iso(),
-            str(self._ttl_ms),
+            str(self._ttl_ms), self.keys.batch(""),
         ]  # fmt: skip
         for job in jobs:
             args += [job.id, job.idempotency_key or "", job.record_json]
@@ -252,8 +254,11 @@ class JobStore:
         self._release_batch(
             keys=[
                 *self._batch_keys(batch_id),
+                self.keys.batch_staged_claims(batch_id),
                 self.keys.schedule(Lane.SUBMIT_BULK),
                 self.keys.schedule(Lane.NOTIFY_BATCH),
+                self.keys.status_counts(),
+                self.keys.job_index(),
             ],
             args=[
                 self.keys.job(""),
@@ -279,7 +284,7 @@ class JobStore:
             self.keys.batch(batch_id),
             self.keys.batch_jobs(batch_id),
             self.keys.batch_counts(batch_id),
-            self.keys.batch_staged_claims(batch_id),
+            self.keys.batch_claims(batch_id),
         ]
 
     def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> BatchRecord:
