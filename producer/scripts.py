@@ -48,6 +48,13 @@ return ARGV[1]
 """
 )
 
+# An ended job's idempotency claim expires with its records (Unix ms), if it is still the
+# job's: a staged job's claim may have been taken over (STAGED_HOLDER) by a job that runs on.
+# KEYS: the claim. ARGV: the job id, when it expires.
+EXPIRE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+"""
+
 # A chunk of a batch in one atomic step, staged: records, idempotency claims and the batch's
 # bookkeeping, but no schedule entries, so nothing of it runs until RELEASE_BATCH releases
 # the whole batch. Staged keys expire after the record TTL unless released (a producer that

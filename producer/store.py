@@ -70,6 +70,7 @@ class JobStore:
         self._ttl_ms = max(1, int(record_ttl_s * 1000))
         self.schedule = Schedule(client, self.keys)
         self._create = client.register_script(scripts.CREATE)
+        self._expire_claim = client.register_script(scripts.EXPIRE_CLAIM)
         self._stage_batch = client.register_script(scripts.STAGE_BATCH)
         self._release_batch = client.register_script(scripts.RELEASE_BATCH)
         self._job_ended = client.register_script(scripts.JOB_ENDED)
@@ -198,7 +199,9 @@ class JobStore:
         pipe.set(key, record.model_dump_json(), pxat=at_ms)
         # (Its event body is written after this, with the same expiry: pin_event_body.)
         if before not in TERMINAL and (idem := record.request.get("idempotency_key")):
-            pipe.pexpireat(self.keys.idempotency(idem), at_ms)
+            self._expire_claim(
+                keys=[self.keys.idempotency(idem)], args=[record.id, at_ms], client=pipe
+            )
 
     def _count_move(self, pipe: Any, record: JobRecord, before: Any) -> None:
         batch_id = record.batch_id or ""

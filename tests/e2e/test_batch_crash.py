@@ -145,3 +145,24 @@ def test_a_key_claimed_by_a_killed_producers_staged_batch_goes_to_the_next_job_t
             get(dropped, settings=p.settings)
     assert p.sandbox.stats(include_tasks=False)["totals"]["creates"] == 3
     assert enqueue(p.request(idempotency_key=keys[0]), settings=p.settings) == single
+
+
+def test_a_staged_job_cancelled_after_its_key_was_taken_leaves_the_takers_claim_alone(
+    make_pipeline,
+):
+    p = make_pipeline(workers=0)
+    st = store(p.settings)
+    keys = [f"taken-{p.settings.key_prefix}-{i}" for i in range(2)]
+    requests = [p.request(prompt=f"item {i}", idempotency_key=k) for i, k in enumerate(keys)]
+    _kill_mid_batch(p.settings, requests, "cut-short", chunk=1, die_after=1)
+    (staged,) = get_batch("cut-short", settings=p.settings).job_ids
+    taker = enqueue(p.request(idempotency_key=keys[0]), settings=p.settings)
+    cancel(staged, settings=p.settings)  # it ends: its claim would expire, but it is not its
+    claim = st.keys.idempotency(keys[0])
+    assert st.redis.get(claim).decode() == taker and st.redis.pttl(claim) == -1
+
+    enqueue_batch(requests, batch_id="cut-short", settings=p.settings)
+    batch = get_batch("cut-short", settings=p.settings)
+    assert batch.deduplicated == {"0": taker} and batch.total == 1 and batch.ended == 0
+    assert batch.counts == {JobStatus.QUEUED.value: 1}
+    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT_BULK)) == 1
