@@ -2,10 +2,10 @@
 sorts errors into "try again later" and "give up".
 
 The API key is sent only to the API's own origin (on downloads too, through every redirect:
-`credentials()`). It never appears in a log line, an
-exception or a record: errors carry the provider's message and the HTTP status, nothing
-from our request headers. Answers are read by worker/answers.py: nothing but a ProviderTask,
-a RetryableError or a PermanentError comes out, so no answer can strand a job.
+`credentials()`). It never appears in a log line, an exception or a record: errors carry
+the provider's message and the HTTP status, nothing from our request headers. Answers are
+read by worker/answers.py: nothing but a ProviderTask, a RetryableError or a PermanentError
+comes out, so no answer can strand a job.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class ProviderClient:
         credentials = self.credentials()
         headers = {**self.dialect.headers, **credentials.headers, **kwargs.pop("headers", {})}
         if credentials.params:
-            kwargs["params"] = credentials.params
+            kwargs["params"] = {**kwargs.get("params", {}), **credentials.params}
         response = None
         try:
             with self.http.stream(
