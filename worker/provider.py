@@ -1,10 +1,11 @@
 """The video API's client: speaks the configured dialect (worker/dialect.py) over HTTP, and
 sorts errors into "try again later" and "give up".
 
-The API key is sent only to the API's own origin. It never appears in a log line, an
-exception or a record: errors carry the provider's message and the HTTP status, nothing
-from our request headers. Answers are read by worker/answers.py: nothing but a ProviderTask,
-a RetryableError or a PermanentError comes out, so no answer can strand a job.
+The API key is sent only to the API's own origin (on downloads too, through every redirect:
+`credentials()`). It never appears in a log line, an exception or a record: errors carry
+the provider's message and the HTTP status, nothing from our request headers. Answers are
+read by worker/answers.py: nothing but a ProviderTask, a RetryableError or a PermanentError
+comes out, so no answer can strand a job.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from worker.answers import (
     unwrapped_body,
 )
 from worker.dialect import Auth, Create, Dialect, Result, Route, TaskState, load_dialect
+from worker.egress import Credentials, origin_of
 
 log = structlog.get_logger(__name__)
 
@@ -76,16 +78,22 @@ class ProviderClient:
             follow_redirects=False,
         )
 
-    def _auth(self) -> dict[str, str]:
+    def credentials(self) -> Credentials:
+        """The dialect's key, as headers or query parameters, bound to the API's origin: on a
+        download (worker/storage.py) the transport sends them to that origin only, however
+        the file URL redirects (worker/egress.py)."""
         key = self.settings.api_key.get_secret_value()
         scheme = self.dialect.auth
+        origin = origin_of(httpx.URL(self.base_url))
+        if scheme is Auth.KEY_PARAM:
+            return Credentials(origin, params={"key": key})
         if scheme is Auth.KEY:
-            return {"Authorization": f"Key {key}"}
+            return Credentials(origin, {"Authorization": f"Key {key}"})
         if scheme is Auth.GOOG:
-            return {"x-goog-api-key": key}
+            return Credentials(origin, {"x-goog-api-key": key})
         if scheme is Auth.KLING_JWT:
-            return {"Authorization": f"Bearer {kling_jwt(key)}"}
-        return {"Authorization": f"Bearer {key}"}
+            return Credentials(origin, {"Authorization": f"Bearer {kling_jwt(key)}"})
+        return Credentials(origin, {"Authorization": f"Bearer {key}"})
 
     def _scrub(self, text: str) -> str:
         """text without the API key (or either half of a Kling key pair), should a provider
@@ -117,7 +125,11 @@ class ProviderClient:
             **kwargs: passed to httpx (json, params, headers, ...).
         """
         success_cap_bytes = 1 << 20
-        headers = {**self.dialect.headers, **self._auth(), **kwargs.pop("headers", {})}
+        # Every call goes to the API's origin and follows no redirect: the key goes as is.
+        credentials = self.credentials()
+        headers = {**self.dialect.headers, **credentials.headers, **kwargs.pop("headers", {})}
+        if credentials.params:
+            kwargs["params"] = {**kwargs.get("params", {}), **credentials.params}
         response = None
         try:
             with self.http.stream(
@@ -375,12 +387,6 @@ class ProviderClient:
         except (PermanentError, RetryableError):
             return False
         return True
-
-    # --- files ---
-
-    def download_headers(self, url: str) -> dict[str, str]:
-        """Headers for fetching a video URL: the API key only if the URL is the API's own."""
-        return self._auth() if same_origin(url, self.base_url) else {}
 
 
 def _request_values(request: VideoRequest, fmt: Create) -> dict[str, Any]:

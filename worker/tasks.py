@@ -396,9 +396,9 @@ def finalize(job: Job) -> None:
     for _ in range(s.download_max_attempts):
         try:
             url = url or _fresh_file_url(record)
-            headers = rt.provider(record.provider).download_headers(url)
+            credentials = rt.provider(record.provider).credentials()
             metadata = object_metadata(record.id, record.metadata)
-            upload = copy_url_to_s3(rt.http, url, headers, rt.s3, key, metadata, s)
+            upload = copy_url_to_s3(rt.http, url, credentials, rt.s3, key, metadata, s)
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             failure = None
             break
@@ -487,7 +487,10 @@ def notify(job: Job) -> None:
     rt = runtime()
     hook = job.record.webhook
     assert hook is not None  # route() sends only jobs with a pending webhook here
-    msg_id, result = send_event(rt.store, rt.http, rt.settings, job.id, hook, job.record.public())
+    body_key = rt.store.keys.event_body(job.id)
+    msg_id, result = send_event(
+        rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public()
+    )
     schedule_s = rt.settings.webhook_schedule_s
 
     def count(r: JobRecord) -> None:
@@ -514,10 +517,11 @@ def notify_batch(entry: BatchEntry) -> None:
     if not url or (hook is not None and hook.state is not WebhookState.PENDING):
         return entry.done()
     if hook is None:
-        hook = WebhookDelivery(url=url, event_type="batch.completed")
+        hook = WebhookDelivery(url=url, event_type=names.BATCH_COMPLETED)
     data = batch.public()
     data.pop("job_ids", None)  # 10,000 ids are not news; get_batch() has them
-    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, hook, data)
+    body_key = st.keys.batch_event_body(entry.id)
+    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
     schedule_s = rt.settings.webhook_schedule_s
     record_attempt(hook, result, len(schedule_s))
     # One claim holds a batch's entry at a time: a plain write.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -195,7 +196,9 @@ class Gate:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         key: str | None
         if speech.auth == "x-goog-api-key":
-            key = headers.get("x-goog-api-key", "").strip() or None
+            # The Gemini API takes its key as a header or as the `key` query parameter.
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            key = headers.get("x-goog-api-key", "").strip() or (query.get("key") or [None])[0]
         elif speech.auth == "kling-jwt":
             ok = scheme.lower() == "bearer"
             key = kling_key(token.strip(), keys, self.sandbox.clock()) if ok else None

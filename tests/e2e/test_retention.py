@@ -69,7 +69,7 @@ def test_a_batchs_keys_expire_with_its_last_job(make_pipeline):
     last_ms = max(st.redis.pttl(st.keys.job(j)) for j in batch.job_ids)
     for key in batch_keys:
         assert abs(st.redis.pttl(key) - last_ms) < 1000  # with the last job's record
-    assert 0 < st.redis.pttl(st.keys.event_body(batch_id)) <= TTL_S * 1000
+    assert 0 < st.redis.pttl(st.keys.batch_event_body(batch_id)) <= TTL_S * 1000
 
     time.sleep(max(st.redis.pttl(k) for k in batch_keys) / 1000 + 0.2)
     with pytest.raises(JobNotFound):
