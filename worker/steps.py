@@ -355,8 +355,14 @@ class BatchStep(Step):
 
     def give_up(self, member: str, lane: Lane, token: str, message: str) -> None:
         st = runtime().store
-        hook = st.get_batch(member, with_jobs=False).webhook
-        if hook is not None and _stop_delivering(hook, message):
-            st.set_batch_fields(member, {"webhook": hook.model_dump_json()})
+        try:
+            hook = st.get_batch(member, with_jobs=False).webhook
+        except JobNotFound:  # expired: nothing is left to mark
+            hook = None
+        if (
+            hook is not None
+            and _stop_delivering(hook, message)
+            and st.set_batch_fields(member, {"webhook": hook.model_dump_json()})
+        ):
             _dead_letter(member, hook)
         BatchEntry(member, lane, token).done()

@@ -27,6 +27,7 @@ from producer.errors import (
     BoundExceeded,
     InvalidRequest,
     InvalidVideo,
+    JobNotFound,
     PermanentError,
     RetryableError,
 )
@@ -526,7 +527,10 @@ def notify_batch(entry: BatchEntry) -> None:
     rt = runtime()
     st = rt.store
     url = st.batch_webhook_url(entry.id)
-    batch = st.get_batch(entry.id, with_jobs=False)
+    try:
+        batch = st.get_batch(entry.id, with_jobs=False)
+    except JobNotFound:
+        return _batch_expired(entry)
     hook = batch.webhook
     if not url or (hook is not None and hook.state is not WebhookState.PENDING):
         return entry.done()
@@ -538,9 +542,17 @@ def notify_batch(entry: BatchEntry) -> None:
     schedule_s = rt.settings.webhook_schedule_s
     record_attempt(hook, result, len(schedule_s))
     # One claim holds a batch's entry at a time: a plain write.
-    st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()})
+    if not st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()}):
+        return _batch_expired(entry)
     if hook.state is WebhookState.DEAD:
         st.record_dead_letter(msg_id, hook.model_dump(mode="json"), entry.id)
     if hook.state is WebhookState.PENDING:
         return entry.revisit(retry_delay(hook, result, schedule_s))
+    entry.done()
+
+
+def _batch_expired(entry: BatchEntry) -> None:
+    """The batch's keys expired (VIDEOQUEUE_RECORD_TTL_S) while its webhook was still retried:
+    nothing is left to send nor to record an attempt in, so its entry leaves the schedule."""
+    log.warning("batch webhook dropped: the batch's records have expired")
     entry.done()
