@@ -3,9 +3,18 @@ and faults spread over a long job's life."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from producer import JobStatus, enqueue, get, wait
+from producer.characters import create_character
+from producer.errors import ProviderError, RetryableError
 from producer.jobs import store
+from producer.requests import VideoRequest
+from producer.settings import ApiFormat
 from tests.e2e.conftest import eventually
+from worker.provider import ProviderClient
 
 
 def test_a_video_done_in_the_last_interval_before_the_deadline_completes(make_pipeline):
@@ -22,6 +31,50 @@ def test_a_video_done_in_the_last_interval_before_the_deadline_completes(make_pi
     record = wait(job_id, 60, settings=p.settings)
     assert record.status is JobStatus.COMPLETED, record.error
     assert record.polls == 2
+
+
+# Seed 246's first draw of the drip stream is under 0.05 and its next 39 are not: exactly the
+# first status answer drips, whichever job it is for.
+@pytest.mark.parametrize("head", [False, True], ids=["error-body", "head"])
+def test_a_dripping_status_answer_is_cut_at_the_api_timeout_and_the_other_jobs_complete(
+    make_pipeline, head
+):
+    # Dripped whole, the answer would take over a minute; API_TIMEOUT_S is 3 s. One worker
+    # process, so that a held poll holds every job.
+    p = make_pipeline(
+        sandbox={"seed": 246, "drip_error_rate": 0.05, "drip_routes": ["status"],
+                 "drip_head": head},
+        concurrency=1,
+    )  # fmt: skip
+    began = time.monotonic()
+    job_ids = [enqueue(p.request(), settings=p.settings) for _ in range(4)]
+    records = [wait(job_id, 40, settings=p.settings) for job_id in job_ids]
+    assert all(r.status is JobStatus.COMPLETED for r in records), [r.error for r in records]
+    assert time.monotonic() - began < 20
+    assert p.sandbox.stats(include_tasks=False)["totals"]["faults"] == {"drip_error": 1}
+
+
+@pytest.mark.parametrize("call", ["create", "cancel", "characters"])
+def test_every_provider_call_dripping_its_answers_head_ends_at_the_api_timeout(make_pipeline, call):
+    route = {"create": "create", "cancel": "status", "characters": "characters"}[call]
+    p = make_pipeline(
+        workers=0,
+        sandbox={"drip_error_rate": 1.0, "drip_routes": [route], "drip_head": True},
+        env={"VIDEOQUEUE_API_TIMEOUT_S": "1.5"},
+    )
+    client = ProviderClient(p.settings)
+    began = time.monotonic()
+    if call == "create":
+        request = VideoRequest.model_validate(p.request())
+        with pytest.raises(RetryableError, match="over 1.5 s in all"):
+            client.create(request, ApiFormat.OPENAI, idempotency_key="order-1")
+    elif call == "cancel":
+        assert client.cancel("sora_task_1") is False
+    else:
+        with pytest.raises(ProviderError, match="ReadTimeout"):
+            create_character({"name": "Ada"}, settings=p.settings)
+    assert time.monotonic() - began < 3
+    assert p.sandbox.stats(include_tasks=False)["totals"]["faults"] == {"drip_error": 1}
 
 
 def test_faults_spread_over_a_jobs_life_do_not_end_it(make_pipeline):
