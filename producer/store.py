@@ -326,8 +326,23 @@ class JobStore:
             usage={_text(k): float(v) for k, v in found[-1].items()},
         )
 
-    def set_batch_fields(self, batch_id: str, fields: dict[str, str]) -> None:
-        self.redis.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
+    def set_batch_fields(self, batch_id: str, fields: dict[str, str]) -> bool:
+        """Write fields of the batch's record; False (nothing written) once its keys have
+        expired: a write then would bring back a hash with neither its other fields nor an
+        expiry."""
+        key = self.keys.batch(batch_id)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    if not pipe.exists(key):
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping=cast(Any, fields))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     def batch_webhook_url(self, batch_id: str) -> str | None:
         return _text(self.redis.hget(self.keys.batch(batch_id), "webhook_url")) or None

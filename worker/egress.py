@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
+from producer.deadline import deadline_transport
 from producer.errors import BlockedUrl
 from producer.urls import UrlPolicy, literal_address
 
@@ -105,7 +106,8 @@ class GuardedTransport(httpx.BaseTransport):
         self.policy = policy
         self.trusted = {origin_of(httpx.URL(u)) for u in trusted}
         self.resolve = resolve
-        self._inner = httpx.HTTPTransport(**transport)
+        # The API's calls are bounded in all by producer/deadline.py's within().
+        self._inner = deadline_transport(**transport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         credentials = request.extensions.get(CREDENTIALS)

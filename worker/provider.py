@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import structlog
 
+from producer.deadline import deadline_transport, within
 from producer.errors import PermanentError, RetryableError
 from producer.requests import ASPECT_RATIOS, VideoRequest
 from producer.settings import ApiFormat, Settings
@@ -76,6 +77,7 @@ class ProviderClient:
         self.http = http or httpx.Client(
             timeout=httpx.Timeout(settings.api_timeout_s, connect=settings.api_connect_timeout_s),
             follow_redirects=False,
+            transport=deadline_transport(),
         )
 
     def credentials(self) -> Credentials:
@@ -112,10 +114,12 @@ class ProviderClient:
     ) -> httpx.Response:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
-        The one place every call to the API passes (metrics attach here). A success is read
-        up to 1 MiB and within api_timeout_s in all (a bigger one, an endless one, one that
-        drips, is a retryable "bad_response": no status answer is that big or that slow, and
-        reading on would hold the worker or exhaust its memory); of an error body only the
+        The one place every call to the API passes (metrics attach here). The whole exchange,
+        from the connect to the last byte of any answer (its head too, any status), takes at
+        most api_timeout_s (producer/deadline.py): one slow answer must not hold the other
+        status queries of a poll batch, nor the worker. A success is read up to 1 MiB (a
+        bigger one, an endless one, is a retryable "bad_response": no status answer is that
+        big, and reading on would exhaust the worker's memory); of an error body only the
         first 64 KiB are read.
 
         Args:
@@ -132,19 +136,20 @@ class ProviderClient:
             kwargs["params"] = {**kwargs.get("params", {}), **credentials.params}
         response = None
         try:
-            with self.http.stream(
-                method, self.base_url + path, headers=headers, **kwargs
-            ) as response:
+            with (
+                within(self.settings.api_timeout_s) as deadline,
+                self.http.stream(
+                    method, self.base_url + path, headers=headers, **kwargs
+                ) as response,
+            ):
                 metrics.provider_request(operation, response)
                 if response.is_success:
-                    read_by = time.monotonic() + self.settings.api_timeout_s
                     body_bytes = bytearray()
                     for chunk in response.iter_bytes():
                         body_bytes += chunk
-                        if len(body_bytes) > success_cap_bytes or time.monotonic() > read_by:
+                        if len(body_bytes) > success_cap_bytes:
                             raise RetryableError(
-                                f"{method} {path}: the answer is over {success_cap_bytes} "
-                                f"bytes or took over {self.settings.api_timeout_s:g} s",
+                                f"{method} {path}: the answer is over {success_cap_bytes} bytes",
                                 code="bad_response",
                                 status_code=response.status_code,
                             )
@@ -164,8 +169,9 @@ class ProviderClient:
         except httpx.TimeoutException as e:
             # Only a connect that timed out sent nothing; a read timeout may follow a create
             # the provider took.
+            total = f", over {deadline.timeout_s:g} s in all" if deadline.passed else ""
             raise RetryableError(
-                f"{method} {path}: timed out ({type(e).__name__})",
+                f"{method} {path}: timed out ({type(e).__name__}{total})",
                 not_taken=isinstance(e, httpx.ConnectTimeout),
             ) from None
         except httpx.RequestError as e:  # transport, protocol and content-decoding failures

@@ -8,10 +8,11 @@ while the step runs, loads each job's record and routes it: a job whose status c
 another lane is handed there, an ended job is cleaned up. Then, for each job, inside one
 boundary that binds its id into every log line:
 
-- an exception nobody anticipated is retried with backoff up to fault_max_attempts times,
-  then the job fails with code "internal_error" naming the exception type and the step
-  (never its message, which may quote a URL or a body), its slot given back and its webhook
-  scheduled in the same transaction;
+- an exception nobody anticipated is retried with backoff up to fault_max_attempts times in
+  a row (a step that completes for the job resets the count), then the job fails with code
+  "internal_error" naming the exception type and the step (never its message, which may
+  quote a URL or a body), its slot given back and its webhook scheduled in the same
+  transaction;
 - a claim found unfinished (its worker died, its message was lost) counts as a recovery, and
   too many of them end the job the same way.
 
@@ -256,7 +257,9 @@ class Step(Task):  # type: ignore[misc]
             faults = int(rt.store.redis.hincrby(rt.store.keys.faults(), member, 1))
             if faults < s.fault_max_attempts:
                 delay_s = retry_delay_s(faults, s.retry_base_s, s.retry_cap_s)
-                rt.store.schedule.place(member, lane, max(delay_s, 0.1), token=token)
+                rt.store.schedule.place(
+                    member, lane, max(delay_s, 0.1), token=token, keep_faults=True
+                )
                 return
             self.give_up(member, lane, token, f"unexpected {type(error).__name__} in the "
                          f"{self.name.rsplit('.', 1)[-1]} step ({faults} times)")  # fmt: skip
@@ -360,8 +363,14 @@ class BatchStep(Step):
     def give_up(self, member: str, lane: Lane, token: str, message: str) -> None:
         st = runtime().store
         entry = BatchEntry(member, lane, token)
-        hook = st.get_batch(entry.id, with_jobs=False).webhook
-        if hook is not None and _stop_delivering(hook, message):
-            st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()})
+        try:
+            hook = st.get_batch(entry.id, with_jobs=False).webhook
+        except JobNotFound:  # expired: nothing is left to mark
+            hook = None
+        if (
+            hook is not None
+            and _stop_delivering(hook, message)
+            and st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()})
+        ):
             _dead_letter(entry.id, hook)
         entry.done()
