@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers: the e2e tests mostly wait on services, so more than the cores.
+TEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint typecheck bench bench-smoke chaos chaos-smoke clean
@@ -20,7 +22,7 @@ demo: $(STAMP) ## Run the main job on an embedded local stack (Redis, S3, sandbo
 	$(BIN)/python -m ops.demo
 
 test: $(STAMP) ## Run the test suite against real Redis, SeaweedFS, sandbox and celery workers
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check producer worker ops tests bench

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import socket
 import sys
 import tempfile
@@ -347,6 +348,15 @@ def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, 
         row.secrets_in_logs += text.count(API_KEY) + text.count(WEBHOOK_SECRET)
 
 
+def _keep_logs(workdir: Path, into: Path) -> None:
+    """A scenario that failed keeps its services' logs (workers, Redis, SeaweedFS) beside
+    the results: the working directory goes with the run."""
+    for path in workdir.rglob("*.log"):
+        target = into / path.relative_to(workdir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
 def run_scenario(scenario: Scenario, jobs: int, fault_scale: float, workdir: Path) -> Row:
     """Run one scenario end to end and return its figures."""
     fault_s = scenario.fault_s * fault_scale
@@ -446,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="vqchaos-") as tmp:
         for scenario in chosen:
-            rows.append(
-                run_scenario(scenario, jobs, 0.5 if args.smoke else 1.0, Path(tmp) / scenario.name)
-            )
+            workdir = Path(tmp) / scenario.name
+            rows.append(run_scenario(scenario, jobs, 0.5 if args.smoke else 1.0, workdir))
+            if not (rows[-1].met or rows[-1].comparison):
+                _keep_logs(workdir, out / "logs" / scenario.name)
     text = render(rows, smoke=args.smoke, elapsed_s=time.monotonic() - started)
     (out / "RESULTS.md").write_text(text)
     (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

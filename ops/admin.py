@@ -12,7 +12,7 @@ from typing import Any
 
 from producer.errors import OperationRefused, PermanentError, RetryableError
 from producer.jobs import store
-from producer.names import Lane
+from producer.names import BATCH_COMPLETED, Lane
 from producer.records import (
     JobRecord,
     JobStatus,
@@ -213,7 +213,9 @@ def replay_webhooks(settings: Settings, ids: list[str] | None) -> list[dict[str,
         for msg_id in ids if ids is not None else list(letters):
             letter = letters[msg_id]
             owner = letter.get("owner_id")
-            body = _text(st.redis.get(st.keys.event_body(owner))) if owner else ""
+            batch = letter.get("event_type") == BATCH_COMPLETED
+            body_key = st.keys.batch_event_body if batch else st.keys.event_body
+            body = _text(st.redis.get(body_key(owner))) if owner else ""
             if not body:
                 results.append({"id": msg_id, "ok": False, "status_code": None,
                                 "error": "its original body is no longer kept"})  # fmt: skip
@@ -224,14 +226,16 @@ def replay_webhooks(settings: Settings, ids: list[str] | None) -> list[dict[str,
             results.append({"id": msg_id, "ok": result.ok, "status_code": result.status_code,
                             "error": result.error})  # fmt: skip
             if result.ok:
-                _mark_delivered(settings, str(owner), result.status_code)
+                _mark_delivered(settings, str(owner), batch, result.status_code)
                 st.redis.hdel(st.keys.dead_letters(), msg_id)
     finally:
         runtime.http.close()
     return results
 
 
-def _mark_delivered(settings: Settings, owner_id: str, status_code: int | None) -> None:
+def _mark_delivered(
+    settings: Settings, owner_id: str, batch: bool, status_code: int | None
+) -> None:
     st = store(settings)
 
     def delivered(hook: WebhookDelivery | None) -> bool:
@@ -242,12 +246,12 @@ def _mark_delivered(settings: Settings, owner_id: str, status_code: int | None) 
         hook.last_attempt_at = utcnow_iso()
         return True
 
-    if st.redis.exists(st.keys.job(owner_id)):
+    if not batch:
         st.update(owner_id, lambda r: delivered(r.webhook))
         return
-    batch = st.get_batch(owner_id, with_jobs=False)
-    if delivered(batch.webhook) and batch.webhook is not None:
-        st.set_batch_fields(owner_id, {"webhook": batch.webhook.model_dump_json()})
+    record = st.get_batch(owner_id, with_jobs=False)
+    if delivered(record.webhook) and record.webhook is not None:
+        st.set_batch_fields(owner_id, {"webhook": record.webhook.model_dump_json()})
 
 
 def _epoch_s(iso: str) -> float:

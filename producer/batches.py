@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from producer.errors import InvalidRequest
+from producer.errors import InvalidRequest, JobNotFound
 from producer.jobs import mark_cancelled, store
 from producer.metadata import metadata_problems
 from producer.providers import candidates
@@ -254,7 +254,8 @@ def cancel_batch(batch_id: str, *, settings: Settings | None = None) -> BatchRec
     """
     st = store(settings)
     batch = st.get_batch(batch_id, with_jobs=False)
-    st.set_batch_fields(batch_id, {"cancelled": "1"})
+    if not st.set_batch_fields(batch_id, {"cancelled": "1"}):
+        raise JobNotFound(batch_id)  # it expired since it was read
     if batch.state is BatchState.STAGING:
         # Nothing of it runs yet; once released, each job's submit sees the flag.
         return st.get_batch(batch_id)

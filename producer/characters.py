@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from producer.deadline import deadline_transport, within
 from producer.errors import ProviderError
 from producer.requests import CharacterRequest, parse_character
 from producer.settings import Settings, get_settings
@@ -30,12 +31,15 @@ def create_character(
     body = parse_character(request).model_dump(mode="json")
     url = s.api_base_url.rstrip("/") + "/sora/v1/characters"
     try:
-        response = httpx.post(
-            url,
-            json=body,
-            headers={"Authorization": f"Bearer {s.api_key.get_secret_value()}"},
-            timeout=s.api_timeout_s,
-        )
+        # The whole exchange within the timeout: a provider dripping its answer (or its head)
+        # would otherwise hold the caller as long as it likes.
+        with (
+            httpx.Client(transport=deadline_transport(), timeout=s.api_timeout_s) as http,
+            within(s.api_timeout_s),
+        ):
+            response = http.post(
+                url, json=body, headers={"Authorization": f"Bearer {s.api_key.get_secret_value()}"}
+            )
     except httpx.HTTPError as e:
         raise ProviderError(f"POST /sora/v1/characters: {type(e).__name__}: {e}") from None
     if not response.is_success:

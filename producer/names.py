@@ -69,6 +69,26 @@ RATE_LIMITED = frozenset({Lane.POLL, Lane.SUBMIT, Lane.SUBMIT_BULK})
 SUBMIT_LANES = frozenset({Lane.SUBMIT, Lane.SUBMIT_BULK})
 
 
+# The event type of a batch's webhook (a job's are video.completed, video.failed, ...).
+BATCH_COMPLETED = "batch.completed"
+# A batch's schedule entry (its member in the notify_batch lane, its lease, its fault count)
+# is "batch:<id>": a job's id never holds a colon, so whatever id a caller gives a batch
+# (`job_<hex>` included) it cannot name a job's entry. Entries placed before batches had
+# this prefix are the bare batch id: the notify_batch lane holds nothing else, so they are
+# still read as batches.
+_BATCH_MEMBER = "batch:"
+
+
+def batch_member(batch_id: str) -> str:
+    """The batch's member in the schedule, its lease and its fault count."""
+    return _BATCH_MEMBER + batch_id
+
+
+def batch_of_member(member: str) -> str:
+    """The batch id of a notify_batch entry's member."""
+    return member.removeprefix(_BATCH_MEMBER)
+
+
 def account_of(api_key: str) -> str:
     """The name limits are kept under for an API key: a fingerprint, never the key."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:12]
@@ -94,6 +114,10 @@ class Keys:
     def event_body(self, job_id: str) -> str:
         """The job's webhook body, fixed at its first delivery attempt."""
         return f"{self.prefix}:job:{job_id}:event"
+
+    def batch_event_body(self, batch_id: str) -> str:
+        """The batch's batch.completed body, fixed at its first delivery attempt."""
+        return f"{self.prefix}:batch:{batch_id}:event"
 
     def unknown_statuses(self) -> str:
         """A hash counting status words no vocabulary knew."""
@@ -121,8 +145,14 @@ class Keys:
         """A list of the batch's job ids, in request order."""
         return f"{self.prefix}:batch:{batch_id}:jobs"
 
+    def batch_claims(self, batch_id: str) -> str:
+        """A hash of the idempotency keys a batch claimed while staged (released with it):
+        claim key -> "<request index> <job id>"."""
+        return f"{self.prefix}:batch:{batch_id}:claims"
+
     def batch_staged_claims(self, batch_id: str) -> str:
-        """A list of the idempotency keys a batch claimed while staged (released with it)."""
+        """A list of the idempotency keys a batch claimed while staged, as producers before
+        batch_claims() wrote them (still released)."""
         return f"{self.prefix}:batch:{batch_id}:staged_claims"
 
     def batch_counts(self, batch_id: str) -> str:
@@ -151,7 +181,8 @@ class Keys:
         return f"{self.prefix}:batch:{batch_id}:usage"
 
     def schedule(self, lane: Lane) -> str:
-        """A sorted set: entry (job or batch id) -> when it is next due, by Redis's clock."""
+        """A sorted set: entry (a job's id, or batch_member()) -> when it is next due, by
+        Redis's clock."""
         return f"{self.prefix}:schedule:{lane.value}"
 
     def schedules(self) -> list[str]:

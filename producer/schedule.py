@@ -25,9 +25,11 @@ from producer.names import LANES, Keys, Lane
 PARKED_BAND_S = 1e10
 
 # KEYS: every lane (LANES order), leases, faults. ARGV: member, lane index (1-based; 0 when
-# the entry is done), delay_s, token. With a token, only the claim that holds the entry may
-# place it: a step that lost its lease (it ran past it and someone else claimed the entry)
-# leaves the schedule to the newer claim, which reads the record and routes by it.
+# the entry is done), delay_s, token, "1" to keep the member's fault count. With a token, only
+# the claim that holds the entry may place it: a step that lost its lease (it ran past it and
+# someone else claimed the entry) leaves the schedule to the newer claim, which reads the
+# record and routes by it. A placement is a step that completed, which ends a run of faults
+# (FAULT_MAX_ATTEMPTS counts them in a row), except the retry of a fault itself.
 _PLACE = """
 pcall(redis.replicate_commands)  -- Redis < 7 needs it for TIME before writes
 local n = #KEYS - 2
@@ -41,7 +43,8 @@ for i = 1, n do
 end
 if target > 0 then
   redis.call('ZADD', KEYS[target], due, member)
-else
+end
+if target == 0 or ARGV[5] ~= '1' then
   redis.call('HDEL', faults, member)
 end
 redis.call('HDEL', leases, member)
@@ -97,17 +100,20 @@ class Schedule:
         *,
         token: str = "",
         client: Any = None,
+        keep_faults: bool = False,
     ) -> Any:
         """Make the entry due in delay_s seconds in lane (None: remove it, the job is done).
 
         Args:
             token: the claim's token; the placement is dropped if another claim holds it.
             client: a pipeline to queue the call on (it then runs in that transaction).
+            keep_faults: the placement retries a fault: the member's fault count stands
+                (any other placement resets it).
         """
         index = LANES.index(lane) + 1 if lane is not None else 0
         return self._place(
             keys=self._place_keys,
-            args=[member, index, f"{max(0.0, delay_s):.3f}", token],
+            args=[member, index, f"{max(0.0, delay_s):.3f}", token, "1" if keep_faults else ""],
             client=client or self.redis,
         )
 

@@ -13,7 +13,7 @@ import redis
 
 from producer import scripts
 from producer.errors import JobNotFound
-from producer.names import Keys, Lane
+from producer.names import Keys, Lane, batch_member
 from producer.records import (
     TERMINAL,
     BatchRecord,
@@ -70,6 +70,7 @@ class JobStore:
         self._ttl_ms = max(1, int(record_ttl_s * 1000))
         self.schedule = Schedule(client, self.keys)
         self._create = client.register_script(scripts.CREATE)
+        self._expire_claim = client.register_script(scripts.EXPIRE_CLAIM)
         self._stage_batch = client.register_script(scripts.STAGE_BATCH)
         self._release_batch = client.register_script(scripts.RELEASE_BATCH)
         self._job_ended = client.register_script(scripts.JOB_ENDED)
@@ -92,13 +93,15 @@ class JobStore:
 
     def create(self, record: JobRecord, idempotency_key: str | None) -> str:
         """Store a new job with its schedule entry, due now; returns the job id that holds
-        the idempotency key (the new one, or an earlier job's)."""
+        the idempotency key (the new one, or an earlier job's: never a staged one, which may
+        never run, see scripts.STAGED_HOLDER)."""
         idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
         lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         held = self._create(
             keys=[idem, self.keys.job(record.id), self.keys.schedule(lane),
                   self.keys.status_counts(), self.keys.job_index()],
-            args=[record.id, record.model_dump_json(), self.record_ttl_s],
+            args=[record.id, record.model_dump_json(), self.record_ttl_s, self.keys.job(""),
+                  self.keys.batch("")],
         )  # fmt: skip
         return _text(held)
 
@@ -196,7 +199,9 @@ class JobStore:
         pipe.set(key, record.model_dump_json(), pxat=at_ms)
         # (Its event body is written after this, with the same expiry: pin_event_body.)
         if before not in TERMINAL and (idem := record.request.get("idempotency_key")):
-            pipe.pexpireat(self.keys.idempotency(idem), at_ms)
+            self._expire_claim(
+                keys=[self.keys.idempotency(idem)], args=[record.id, at_ms], client=pipe
+            )
 
     def _count_move(self, pipe: Any, record: JobRecord, before: Any) -> None:
         batch_id = record.batch_id or ""
@@ -211,7 +216,7 @@ class JobStore:
                     self.keys.batch_jobs(batch_id),
                     self.keys.batch_counts(batch_id),
                 ],
-                args=[batch_id, utcnow_iso(), self.expire_at_ms(record.finished_at)],
+                args=[batch_member(batch_id), utcnow_iso(), self.expire_at_ms(record.finished_at)],
                 client=pipe,
             )
 
@@ -229,7 +234,7 @@ class JobStore:
         a chunk written already is left alone."""
         args: list[str] = [
             self.keys.idempotency(""), self.keys.job(""), str(first_index), utcnow_iso(),
-            str(self._ttl_ms),
+            str(self._ttl_ms), self.keys.batch(""),
         ]  # fmt: skip
         for job in jobs:
             args += [job.id, job.idempotency_key or "", job.record_json]
@@ -252,13 +257,16 @@ class JobStore:
         self._release_batch(
             keys=[
                 *self._batch_keys(batch_id),
+                self.keys.batch_staged_claims(batch_id),
                 self.keys.schedule(Lane.SUBMIT_BULK),
                 self.keys.schedule(Lane.NOTIFY_BATCH),
+                self.keys.status_counts(),
+                self.keys.job_index(),
             ],
             args=[
                 self.keys.job(""),
                 utcnow_iso(),
-                batch_id,
+                batch_member(batch_id),
                 str(self._ttl_ms),
                 self.keys.idempotency(""),
             ],  # fmt: skip
@@ -279,7 +287,7 @@ class JobStore:
             self.keys.batch(batch_id),
             self.keys.batch_jobs(batch_id),
             self.keys.batch_counts(batch_id),
-            self.keys.batch_staged_claims(batch_id),
+            self.keys.batch_claims(batch_id),
         ]
 
     def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> BatchRecord:
@@ -318,8 +326,23 @@ class JobStore:
             usage={_text(k): float(v) for k, v in found[-1].items()},
         )
 
-    def set_batch_fields(self, batch_id: str, fields: dict[str, str]) -> None:
-        self.redis.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
+    def set_batch_fields(self, batch_id: str, fields: dict[str, str]) -> bool:
+        """Write fields of the batch's record; False (nothing written) once its keys have
+        expired: a write then would bring back a hash with neither its other fields nor an
+        expiry."""
+        key = self.keys.batch(batch_id)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    if not pipe.exists(key):
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping=cast(Any, fields))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     def batch_webhook_url(self, batch_id: str) -> str | None:
         return _text(self.redis.hget(self.keys.batch(batch_id), "webhook_url")) or None

@@ -4,11 +4,14 @@ Callers hand us webhook URLs and providers hand us file URLs (and redirects); a 
 followed them anywhere would be a way into the network it runs in (the cloud metadata
 address, Redis on localhost, the private network) and, reading back status codes, a port
 scanner. So every URL a worker connects to, other than the API's own origin, must resolve to
-a public address: loopback, private, CGNAT, link-local, unique-local, multicast, reserved and
-unspecified addresses are refused, in whatever spelling (`127.1`, `0x7f000001`, `2130706433`,
-`[::ffff:127.0.0.1]`, `localhost`). `VIDEOQUEUE_URL_ALLOWLIST` (CIDRs and host names) lets
-chosen ones through. Literal addresses are checked at enqueue (producer) and every resolved
-address at connect time (worker/egress.py), which then connects to the address it checked.
+a public address: loopback, private, CGNAT, link-local, unique-local, site-local, multicast,
+reserved and unspecified addresses are refused, in whatever spelling (`127.1`, `0x7f000001`,
+`2130706433`, `[::ffff:127.0.0.1]`, `[2002:7f00:1::]`, `localhost`). An IPv6 address that
+carries an IPv4 one for a translator or tunnel to reach (IPv4-mapped, NAT64's well-known
+prefix, 6to4) is judged by the IPv4 address it carries. `VIDEOQUEUE_URL_ALLOWLIST` (CIDRs and
+host names) lets chosen ones through. Literal addresses are checked at enqueue (producer) and
+every resolved address at connect time (worker/egress.py), which then connects to the address
+it checked.
 """
 
 from __future__ import annotations
@@ -27,9 +30,25 @@ _REFUSED = [
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
         "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
         "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "64:ff9b::/96", "100::/64", "fc00::/7", "fe80::/10", "ff00::/8",
+        "::/96", "100::/64", "2001::/32", "64:ff9b:1::/48", "fc00::/7", "fe80::/10",
+        "fec0::/10", "ff00::/8",
     )
 ]  # fmt: skip
+# Teredo (2001::/32) and local-use NAT64 (64:ff9b:1::/48) are refused whole: Teredo relays to
+# any IPv4 host, and a local-use prefix's translator is the operator's own, inside the network.
+# IPv4-compatible addresses (::/96, with :: and ::1) are deprecated and lead nowhere public.
+# The ones below reach the IPv4 address in them (bits 96-127, 6to4's 16-47), judged as such.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to through a translator or tunnel: IPv4-mapped
+    (::ffff:a.b.c.d), NAT64's well-known prefix (64:ff9b::a.b.c.d), 6to4 (2002:aabb:ccdd::)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -68,10 +87,10 @@ class UrlPolicy:
 
     def address_refusal(self, address: IPAddress) -> str | None:
         """Why a connection to address is refused; None if it is allowed."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
         if any(address in n for n in self.networks if n.version == address.version):
             return None
+        if isinstance(address, ipaddress.IPv6Address) and (v4 := embedded_ipv4(address)):
+            return self.address_refusal(v4)  # 2002:7f00:1:: is 127.0.0.1
         if (
             any(address in n for n in _REFUSED if n.version == address.version)
             or address.is_private

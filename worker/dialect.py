@@ -57,6 +57,7 @@ class Auth(StrEnum):
     KEY = "key"  # Authorization: Key KEY (fal)
     GOOG = "x-goog-api-key"  # x-goog-api-key: KEY (Gemini API)
     KLING_JWT = "kling-jwt"  # Authorization: Bearer JWT(HS256) from "ACCESS_KEY:SECRET_KEY"
+    KEY_PARAM = "key-param"  # ?key=KEY (the Gemini API's other way)
 
 
 # What a body field can be filled from: a field of VideoRequest. "size" and "aspect_ratio"

@@ -6,6 +6,12 @@ resolves to is checked, and the connection goes to the checked address (the Host
 TLS's server name keep the name): a DNS answer that changes between the check and the connect
 (DNS rebinding) cannot lead anywhere the check did not see. The API's own origin, which the
 operator configured, is not checked.
+
+The same transport puts a request's credentials on each hop (`Credentials`, passed in the
+request's extensions): on a hop to the origin they were made for, and on no other. httpx
+itself drops only `Authorization` when a redirect leaves an origin; a dialect's key may be
+another header (Veo's `x-goog-api-key`) or a query parameter that a redirect's Location
+copies along, and it must reach no CDN or other host a provider redirects to.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import contextlib
 import ipaddress
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 import httpx
 
+from producer.deadline import deadline_transport
 from producer.errors import BlockedUrl
 from producer.urls import UrlPolicy, literal_address
 
@@ -31,8 +40,54 @@ def origin_of(url: httpx.URL) -> Origin:
     return url.scheme, url.host.lower(), url.port or default
 
 
+# The request extension GuardedTransport finds a request's Credentials under.
+CREDENTIALS = "videoqueue.credentials"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a dialect adds to a request to say who we are, and the one origin it is for.
+
+    Args:
+        origin: scheme, host and port they may be sent to (the API's).
+        headers: header name -> value (Authorization, x-goog-api-key).
+        params: query parameter name -> value (the Gemini API's `key`).
+    """
+
+    origin: Origin
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def applies_to(self, url: httpx.URL) -> bool:
+        return origin_of(url) == self.origin
+
+    def bind(self, request: httpx.Request) -> None:
+        """Put them on a request to their origin; take them off a request to any other (a
+        redirect hop httpx built from the hop before, its Location's query included)."""
+        mine = self.applies_to(request.url)
+        for name, value in self.headers.items():
+            if mine:
+                request.headers[name] = value
+            else:
+                request.headers.pop(name, None)
+        if not self.params:
+            return
+        # The query is edited as text: a signed URL's other parameters keep their bytes.
+        given = [p for p in request.url.query.decode("ascii").split("&") if p]
+        parts = [p for p in given if not self._is_mine(p)]
+        if mine:
+            parts += [f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in self.params.items()]
+        if parts != given:
+            request.url = request.url.copy_with(query="&".join(parts).encode("ascii") or None)
+
+    def _is_mine(self, part: str) -> bool:
+        pairs = parse_qsl(part, keep_blank_values=True)
+        return bool(pairs) and self.params.get(pairs[0][0]) == pairs[0][1]
+
+
 class GuardedTransport(httpx.BaseTransport):
-    """An httpx transport that refuses addresses the policy refuses.
+    """An httpx transport that refuses addresses the policy refuses, and sends a request's
+    Credentials (its CREDENTIALS extension) to their origin only, on every redirect hop.
 
     Args:
         policy: the outbound URL policy.
@@ -51,9 +106,13 @@ class GuardedTransport(httpx.BaseTransport):
         self.policy = policy
         self.trusted = {origin_of(httpx.URL(u)) for u in trusted}
         self.resolve = resolve
-        self._inner = httpx.HTTPTransport(**transport)
+        # The API's calls are bounded in all by producer/deadline.py's within().
+        self._inner = deadline_transport(**transport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        credentials = request.extensions.get(CREDENTIALS)
+        if isinstance(credentials, Credentials):
+            credentials.bind(request)
         url = request.url
         if origin_of(url) not in self.trusted:
             address = self._checked_address(url)

@@ -1,10 +1,11 @@
 """The video API's client: speaks the configured dialect (worker/dialect.py) over HTTP, and
 sorts errors into "try again later" and "give up".
 
-The API key is sent only to the API's own origin. It never appears in a log line, an
-exception or a record: errors carry the provider's message and the HTTP status, nothing
-from our request headers. Answers are read by worker/answers.py: nothing but a ProviderTask,
-a RetryableError or a PermanentError comes out, so no answer can strand a job.
+The API key is sent only to the API's own origin (on downloads too, through every redirect:
+`credentials()`). It never appears in a log line, an exception or a record: errors carry
+the provider's message and the HTTP status, nothing from our request headers. Answers are
+read by worker/answers.py: nothing but a ProviderTask, a RetryableError or a PermanentError
+comes out, so no answer can strand a job.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import structlog
 
+from producer.deadline import deadline_transport, within
 from producer.errors import PermanentError, RetryableError
 from producer.providers import DEFAULT_PROVIDER
 from producer.requests import ASPECT_RATIOS, VideoRequest
@@ -45,6 +47,7 @@ from worker.answers import (
     unwrapped_body,
 )
 from worker.dialect import Auth, Create, Dialect, Result, Route, TaskState, load_dialect
+from worker.egress import Credentials, origin_of
 
 log = structlog.get_logger(__name__)
 
@@ -81,18 +84,25 @@ class ProviderClient:
         self.http = http or httpx.Client(
             timeout=httpx.Timeout(settings.api_timeout_s, connect=settings.api_connect_timeout_s),
             follow_redirects=False,
+            transport=deadline_transport(),
         )
 
-    def _auth(self) -> dict[str, str]:
+    def credentials(self) -> Credentials:
+        """The dialect's key, as headers or query parameters, bound to the API's origin: on a
+        download (worker/storage.py) the transport sends them to that origin only, however
+        the file URL redirects (worker/egress.py)."""
         key = self.settings.api_key.get_secret_value()
         scheme = self.dialect.auth
+        origin = origin_of(httpx.URL(self.base_url))
+        if scheme is Auth.KEY_PARAM:
+            return Credentials(origin, params={"key": key})
         if scheme is Auth.KEY:
-            return {"Authorization": f"Key {key}"}
+            return Credentials(origin, {"Authorization": f"Key {key}"})
         if scheme is Auth.GOOG:
-            return {"x-goog-api-key": key}
+            return Credentials(origin, {"x-goog-api-key": key})
         if scheme is Auth.KLING_JWT:
-            return {"Authorization": f"Bearer {kling_jwt(key)}"}
-        return {"Authorization": f"Bearer {key}"}
+            return Credentials(origin, {"Authorization": f"Bearer {kling_jwt(key)}"})
+        return Credentials(origin, {"Authorization": f"Bearer {key}"})
 
     def _scrub(self, text: str) -> str:
         """text without the API key (or either half of a Kling key pair), should a provider
@@ -111,10 +121,12 @@ class ProviderClient:
     ) -> httpx.Response:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
-        The one place every call to the API passes (metrics attach here). A success is read
-        up to 1 MiB and within api_timeout_s in all (a bigger one, an endless one, one that
-        drips, is a retryable "bad_response": no status answer is that big or that slow, and
-        reading on would hold the worker or exhaust its memory); of an error body only the
+        The one place every call to the API passes (metrics attach here). The whole exchange,
+        from the connect to the last byte of any answer (its head too, any status), takes at
+        most api_timeout_s (producer/deadline.py): one slow answer must not hold the other
+        status queries of a poll batch, nor the worker. A success is read up to 1 MiB (a
+        bigger one, an endless one, is a retryable "bad_response": no status answer is that
+        big, and reading on would exhaust the worker's memory); of an error body only the
         first 64 KiB are read.
 
         Args:
@@ -124,22 +136,27 @@ class ProviderClient:
             **kwargs: passed to httpx (json, params, headers, ...).
         """
         success_cap_bytes = 1 << 20
-        headers = {**self.dialect.headers, **self._auth(), **kwargs.pop("headers", {})}
+        # Every call goes to the API's origin and follows no redirect: the key goes as is.
+        credentials = self.credentials()
+        headers = {**self.dialect.headers, **credentials.headers, **kwargs.pop("headers", {})}
+        if credentials.params:
+            kwargs["params"] = {**kwargs.get("params", {}), **credentials.params}
         response = None
         try:
-            with self.http.stream(
-                method, self.base_url + path, headers=headers, **kwargs
-            ) as response:
+            with (
+                within(self.settings.api_timeout_s) as deadline,
+                self.http.stream(
+                    method, self.base_url + path, headers=headers, **kwargs
+                ) as response,
+            ):
                 metrics.provider_request(self.name, operation, response)
                 if response.is_success:
-                    read_by = time.monotonic() + self.settings.api_timeout_s
                     body_bytes = bytearray()
                     for chunk in response.iter_bytes():
                         body_bytes += chunk
-                        if len(body_bytes) > success_cap_bytes or time.monotonic() > read_by:
+                        if len(body_bytes) > success_cap_bytes:
                             raise RetryableError(
-                                f"{method} {path}: the answer is over {success_cap_bytes} "
-                                f"bytes or took over {self.settings.api_timeout_s:g} s",
+                                f"{method} {path}: the answer is over {success_cap_bytes} bytes",
                                 code="bad_response",
                                 status_code=response.status_code,
                             )
@@ -159,8 +176,9 @@ class ProviderClient:
         except httpx.TimeoutException as e:
             # Only a connect that timed out sent nothing; a read timeout may follow a create
             # the provider took.
+            total = f", over {deadline.timeout_s:g} s in all" if deadline.passed else ""
             raise RetryableError(
-                f"{method} {path}: timed out ({type(e).__name__})",
+                f"{method} {path}: timed out ({type(e).__name__}{total})",
                 not_taken=isinstance(e, httpx.ConnectTimeout),
             ) from None
         except httpx.RequestError as e:  # transport, protocol and content-decoding failures
@@ -382,12 +400,6 @@ class ProviderClient:
         except (PermanentError, RetryableError):
             return False
         return True
-
-    # --- files ---
-
-    def download_headers(self, url: str) -> dict[str, str]:
-        """Headers for fetching a video URL: the API key only if the URL is the API's own."""
-        return self._auth() if same_origin(url, self.base_url) else {}
 
 
 def _request_values(request: VideoRequest, fmt: Create) -> dict[str, Any]:

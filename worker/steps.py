@@ -8,10 +8,11 @@ while the step runs, loads each job's record and routes it: a job whose status c
 another lane is handed there, an ended job is cleaned up. Then, for each job, inside one
 boundary that binds its id into every log line:
 
-- an exception nobody anticipated is retried with backoff up to fault_max_attempts times,
-  then the job fails with code "internal_error" naming the exception type and the step
-  (never its message, which may quote a URL or a body), its slot given back and its webhook
-  scheduled in the same transaction;
+- an exception nobody anticipated is retried with backoff up to fault_max_attempts times in
+  a row (a step that completes for the job resets the count), then the job fails with code
+  "internal_error" naming the exception type and the step (never its message, which may
+  quote a URL or a body), its slot given back and its webhook scheduled in the same
+  transaction;
 - a claim found unfinished (its worker died, its message was lost) counts as a recovery, and
   too many of them end the job the same way.
 
@@ -31,7 +32,7 @@ from celery import Task
 from celery.signals import task_postrun, task_prerun
 
 from producer.errors import JobNotFound
-from producer.names import SUBMIT_LANES, Lane
+from producer.names import SUBMIT_LANES, Lane, batch_of_member
 from producer.records import (
     ErrorInfo,
     JobRecord,
@@ -256,7 +257,9 @@ class Step(Task):  # type: ignore[misc]
             faults = int(rt.store.redis.hincrby(rt.store.keys.faults(), member, 1))
             if faults < s.fault_max_attempts:
                 delay_s = retry_delay_s(faults, s.retry_base_s, s.retry_cap_s)
-                rt.store.schedule.place(member, lane, max(delay_s, 0.1), token=token)
+                rt.store.schedule.place(
+                    member, lane, max(delay_s, 0.1), token=token, keep_faults=True
+                )
                 return
             self.give_up(member, lane, token, f"unexpected {type(error).__name__} in the "
                          f"{self.name.rsplit('.', 1)[-1]} step ({faults} times)")  # fmt: skip
@@ -291,8 +294,10 @@ def _bind_task(sender: Any = None, args: Any = None, **_: Any) -> None:
     entry's id is in the log context: a job's, or a batch's for batch steps."""
     structlog.contextvars.clear_contextvars()
     if isinstance(sender, Step) and args and isinstance(args[0], list) and len(args[0]) == 1:
-        key = "batch_id" if isinstance(sender, BatchStep) else "job_id"
-        structlog.contextvars.bind_contextvars(**{key: args[0][0]})
+        if isinstance(sender, BatchStep):
+            structlog.contextvars.bind_contextvars(batch_id=batch_of_member(args[0][0]))
+        else:
+            structlog.contextvars.bind_contextvars(job_id=args[0][0])
 
 
 @task_postrun.connect
@@ -324,35 +329,47 @@ def _stop_delivering(hook: WebhookDelivery | None, message: str) -> bool:
 class BatchEntry:
     """A batch's schedule entry (its batch.completed webhook), as a step runs on it."""
 
-    id: str
+    member: str  # in the schedule, the leases and the faults (names.batch_member)
     lane: Lane
     token: str
 
+    @property
+    def id(self) -> str:
+        """The batch's id."""
+        return batch_of_member(self.member)
+
     def revisit(self, delay_s: float) -> None:
-        runtime().store.schedule.place(self.id, self.lane, delay_s, token=self.token)
+        runtime().store.schedule.place(self.member, self.lane, delay_s, token=self.token)
 
     def done(self) -> None:
-        runtime().store.schedule.place(self.id, None, token=self.token)
+        runtime().store.schedule.place(self.member, None, token=self.token)
 
 
 class BatchStep(Step):
     """The base of tasks whose entries are batches, not jobs."""
 
     def load(  # type: ignore[override]
-        self, batch_id: str, lane: Lane, token: str, recovered: bool
+        self, member: str, lane: Lane, token: str, recovered: bool
     ) -> BatchEntry | None:
         rt = runtime()
         if recovered:  # a batch has no record to count in: its entry's faults count it
-            lost = int(rt.store.redis.hincrby(rt.store.keys.faults(), batch_id, 1))
+            lost = int(rt.store.redis.hincrby(rt.store.keys.faults(), member, 1))
             if lost >= rt.settings.fault_max_attempts:
-                self.give_up(batch_id, lane, token, f"the {lane.value} step was lost {lost} times")
+                self.give_up(member, lane, token, f"the {lane.value} step was lost {lost} times")
                 return None
-        return BatchEntry(batch_id, lane, token)
+        return BatchEntry(member, lane, token)
 
     def give_up(self, member: str, lane: Lane, token: str, message: str) -> None:
         st = runtime().store
-        hook = st.get_batch(member, with_jobs=False).webhook
-        if hook is not None and _stop_delivering(hook, message):
-            st.set_batch_fields(member, {"webhook": hook.model_dump_json()})
-            _dead_letter(member, hook)
-        BatchEntry(member, lane, token).done()
+        entry = BatchEntry(member, lane, token)
+        try:
+            hook = st.get_batch(entry.id, with_jobs=False).webhook
+        except JobNotFound:  # expired: nothing is left to mark
+            hook = None
+        if (
+            hook is not None
+            and _stop_delivering(hook, message)
+            and st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()})
+        ):
+            _dead_letter(entry.id, hook)
+        entry.done()

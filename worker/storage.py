@@ -19,7 +19,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from producer.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
 from producer.settings import Settings
 from worker import metrics
-from worker.egress import ConnectionDeadline
+from worker.egress import CREDENTIALS, ConnectionDeadline, Credentials
 from worker.media import check_ftyp
 
 # What a failed copy may raise that another attempt may cure: the provider's CDN or S3
@@ -190,7 +190,7 @@ def stream_to_s3(
 def copy_url_to_s3(
     http: httpx.Client,
     url: str,
-    headers: dict[str, str],
+    credentials: Credentials,
     s3: Any,
     key: str,
     metadata: dict[str, str],
@@ -200,8 +200,9 @@ def copy_url_to_s3(
 ) -> Upload:
     """Stream the file at url (the named provider's video) into the bucket under key.
 
-    httpx drops the Authorization header on a redirect to another origin, so an API key in
-    headers never reaches a CDN.
+    The credentials go to their own origin only, on every hop of a redirect: http must be a
+    client over worker/egress.py's GuardedTransport, which binds them (a CDN never sees the
+    API key, whatever header or query parameter carries it).
 
     Raises:
         UrlExpired: the URL answered 403 or 410.
@@ -211,13 +212,13 @@ def copy_url_to_s3(
     # No read may wait past the deadline either (a stalled connection answers nothing).
     timeout_s = min(s.download_timeout_s, s.download_deadline_s)
     # Its own connection (and each redirect's), so that the deadline can shut it down.
-    headers = {**headers, "connection": "close"}
+    headers = {"connection": "close"}
     hard = ConnectionDeadline(s.download_deadline_s)
     response = None
     try:
         with hard, http.stream(
             "GET", url, headers=headers, follow_redirects=True, timeout=timeout_s,
-            extensions={"trace": hard.trace},
+            extensions={"trace": hard.trace, CREDENTIALS: credentials},
         ) as response:  # fmt: skip
             metrics.provider_request(provider, "download", response)
             if response.status_code in (403, 410):

@@ -27,6 +27,7 @@ from producer.errors import (
     BoundExceeded,
     InvalidRequest,
     InvalidVideo,
+    JobNotFound,
     PermanentError,
     RetryableError,
 )
@@ -256,24 +257,24 @@ def poll(self: Step, jobs: list[Job]) -> None:
     s = rt.settings
     seconds, micros = rt.store.redis.time()  # one clock for every host's deadlines
     now = seconds + micros / 1e6
-    asking: list[Job] = []
-    for job in jobs:
+    # Asked even past the deadline: a video done since the last poll is paid for.
+    answers = list(rt.pool.map(_ask, jobs))
+    observed: dict[str, _Observed] = {}
+    expired: list[Job] = []
+    for job, answer in zip(jobs, answers, strict=True):
         with self.boundary(job.id, job.lane, job.token):
             elapsed_s = _seconds_between(job.record.submitted_at, now)
-            if elapsed_s > s.deadline_s:
+            seen = _observe(job, answer, elapsed_s)
+            if seen is not None and elapsed_s > s.deadline_s and not _done(answer):
                 job.fail("timeout", f"not finished {s.deadline_s:g} s after submission")
-            else:
-                asking.append(job)
-    answers = list(rt.pool.map(_ask, asking))
-    observed: dict[str, _Observed] = {}
-    for job, answer in zip(asking, answers, strict=True):
-        with self.boundary(job.id, job.lane, job.token):
-            seen = _observe(job, answer, _seconds_between(job.record.submitted_at, now))
-            if seen is not None:
+                expired.append(job)
+            elif seen is not None:
                 observed[job.id] = seen
+    # After the failures are written: a slow or failing cancel must not hold them back.
+    list(rt.pool.map(_cancel_upstream, expired))
     if not observed:
         return
-    tokens = {job.id: job.token for job in asking}
+    tokens = {job.id: job.token for job in jobs}
 
     def after(record: JobRecord, pipe: Any) -> None:
         seen = observed[record.id]
@@ -289,7 +290,7 @@ def poll(self: Step, jobs: list[Job]) -> None:
         records = rt.store.update_many(
             {job_id: seen.apply for job_id, seen in observed.items()}, after=after
         )
-    for job in asking:
+    for job in jobs:
         if job.id in observed and (record := records.get(job.id)) and record.terminal:
             with self.boundary(job.id, job.lane, job.token):
                 job.record = record
@@ -319,6 +320,23 @@ def _ask(job: Job) -> ProviderTask | Exception:
         return provider.get(job.record.provider_task_id or "", _format(job.record, provider))
     except Exception as e:  # noqa: BLE001  (handed to the job's own failure boundary)
         return e
+
+
+def _done(answer: ProviderTask | Exception) -> bool:
+    return isinstance(answer, ProviderTask) and answer.state is TaskState.DONE
+
+
+def _cancel_upstream(job: Job) -> None:
+    """Ask the provider to drop a timed-out job's task, where its dialect can (best effort:
+    the job has failed already)."""
+    record = job.record
+    try:
+        cancelled = runtime().provider(record.provider).cancel(record.provider_task_id or "")
+    except Exception as e:  # noqa: BLE001  (nothing is left to fail: the job has ended)
+        log.warning("timed-out task not cancelled", job_id=job.id, error_type=type(e).__name__)
+        return
+    log.info("timed-out task cancelled" if cancelled else "timed-out task not cancelled",
+             job_id=job.id, provider=record.provider)  # fmt: skip
 
 
 def _observe(job: Job, answer: ProviderTask | Exception, elapsed_s: float) -> _Observed | None:
@@ -397,11 +415,9 @@ def finalize(job: Job) -> None:
         try:
             url = url or _fresh_file_url(record)
             provider = rt.provider(record.provider)
-            headers = provider.download_headers(url)
             metadata = object_metadata(record.id, record.metadata)
-            upload = copy_url_to_s3(
-                rt.http, url, headers, rt.s3, key, metadata, s, provider=provider.name
-            )
+            upload = copy_url_to_s3(rt.http, url, provider.credentials(), rt.s3, key, metadata,
+                                    s, provider=provider.name)  # fmt: skip
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             failure = None
             break
@@ -490,7 +506,10 @@ def notify(job: Job) -> None:
     rt = runtime()
     hook = job.record.webhook
     assert hook is not None  # route() sends only jobs with a pending webhook here
-    msg_id, result = send_event(rt.store, rt.http, rt.settings, job.id, hook, job.record.public())
+    body_key = rt.store.keys.event_body(job.id)
+    msg_id, result = send_event(
+        rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public()
+    )
     schedule_s = rt.settings.webhook_schedule_s
 
     def count(r: JobRecord) -> None:
@@ -512,21 +531,33 @@ def notify_batch(entry: BatchEntry) -> None:
     rt = runtime()
     st = rt.store
     url = st.batch_webhook_url(entry.id)
-    batch = st.get_batch(entry.id, with_jobs=False)
+    try:
+        batch = st.get_batch(entry.id, with_jobs=False)
+    except JobNotFound:
+        return _batch_expired(entry)
     hook = batch.webhook
     if not url or (hook is not None and hook.state is not WebhookState.PENDING):
         return entry.done()
     if hook is None:
-        hook = WebhookDelivery(url=url, event_type="batch.completed")
+        hook = WebhookDelivery(url=url, event_type=names.BATCH_COMPLETED)
     data = batch.public()
     data.pop("job_ids", None)  # 10,000 ids are not news; get_batch() has them
-    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, hook, data)
+    body_key = st.keys.batch_event_body(entry.id)
+    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
     schedule_s = rt.settings.webhook_schedule_s
     record_attempt(hook, result, len(schedule_s))
     # One claim holds a batch's entry at a time: a plain write.
-    st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()})
+    if not st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()}):
+        return _batch_expired(entry)
     if hook.state is WebhookState.DEAD:
         st.record_dead_letter(msg_id, hook.model_dump(mode="json"), entry.id)
     if hook.state is WebhookState.PENDING:
         return entry.revisit(retry_delay(hook, result, schedule_s))
+    entry.done()
+
+
+def _batch_expired(entry: BatchEntry) -> None:
+    """The batch's keys expired (VIDEOQUEUE_RECORD_TTL_S) while its webhook was still retried:
+    nothing is left to send nor to record an attempt in, so its entry leaves the schedule."""
+    log.warning("batch webhook dropped: the batch's records have expired")
     entry.done()

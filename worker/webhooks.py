@@ -122,15 +122,17 @@ def send_event(
     http: httpx.Client,
     settings: Settings,
     owner_id: str,
+    body_key: str,
     hook: WebhookDelivery,
     data: dict[str, Any],
 ) -> tuple[str, DeliveryResult]:
     """Deliver one event once; returns its webhook-id and how it went. The body is pinned at
-    the first attempt, so every retry carries the same bytes under the same webhook-id; only
-    the signature's time is new."""
+    the first attempt under body_key (the job's or the batch's: their ids may be equal), so
+    every retry carries the same bytes under the same webhook-id; only the signature's time
+    is new."""
     data.pop("webhook", None)  # delivery bookkeeping changes per attempt; the event does not
     body = store.pin_event_body(
-        store.keys.event_body(owner_id),
+        body_key,
         json.dumps({"type": hook.event_type, "timestamp": utcnow_iso(), "data": data}),
         store.expire_at_ms(data.get("finished_at")),
     )

@@ -82,6 +82,13 @@ def build_app(sandbox: Sandbox) -> Gate:
     return Gate(dispatch, sandbox)
 
 
+def _carries_key(request: Request, keys: frozenset[str]) -> bool:
+    """Whether a request carries an API key in any header or query parameter, in whatever
+    scheme (Authorization, x-goog-api-key, ?key=): what another origin must never see."""
+    values = [*request.headers.values(), *(v for _, v in request.query_params.multi_items())]
+    return "authorization" in request.headers or any(k in v for v in values for k in keys)
+
+
 async def _api_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return exc.response()
@@ -301,7 +308,10 @@ class _Handlers:
 
     async def cdn_file(self, request: Request) -> Response:
         """The CDN origin's copy of a file."""
-        return await self._serve_file(request, self._signed_task(request))
+        task = self._signed_task(request)
+        if _carries_key(request, self.sb.config.api_keys):
+            self.sb.state.count("cdn_downloads_with_key")
+        return await self._serve_file(request, task)
 
     def _signed_task(self, request: Request) -> Task:
         name = request.path_params["name"]

@@ -120,6 +120,11 @@ class SandboxConfig(BaseModel):
     hang_s: float = Field(default=300.0, ge=0)
     # A create that makes the task but answers 502: the lost-response case Idempotency-Key is for.
     lost_create_rate: float = Field(default=0.0, ge=0, le=1)
+    # Requests on drip_routes refused with a 503 whose body (with drip_head: whose status line
+    # and headers, then body) leaves a byte every half second, before they take effect.
+    drip_error_rate: float = Field(default=0.0, ge=0, le=1)
+    drip_head: bool = False
+    drip_routes: list[RouteClass] = Field(default_factory=lambda: list(ALL_ROUTE_CLASSES))
 
     # --- task faults ---
     fail_rate: float = Field(default=0.0, ge=0, le=1)

@@ -1,8 +1,8 @@
 """The one place every request passes: counting, bearer auth, the per-minute and per-second
-limits, and the transport faults (5xx before the request takes effect; slow answers and hangs
-after), plus the two things only the outermost layer can do: overriding Retry-After on
-whatever answer it goes out with (retry_after), and writing bytes past the HTTP layer
-(RAW_BODY).
+limits, and the transport faults (5xx, plain or dripped, before the request takes effect; slow
+answers and hangs after), plus the two things only the outermost layer can do: overriding
+Retry-After on whatever answer it goes out with (retry_after), and writing bytes past the
+HTTP layer (RAW_BODY).
 
 Written as plain ASGI middleware rather than per-route code, so that route handlers read as
 the happy path and a fault knob applies the same way to every route it names.
@@ -14,10 +14,13 @@ import asyncio
 import math
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
+from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
+from .oddities import drip_bytes
 from .speech import SPEECHES, Speech, kling_key, route_class
 from .state import RPM_WINDOW_S, RPS_WINDOW_S
 
@@ -103,6 +106,10 @@ class Gate:
             return
 
         cfg = sb.config
+        if route in cfg.drip_routes and state.roll("drip_error", cfg.drip_error_rate):
+            state.count_in("faults", "drip_error")
+            await self._drip_error(scope, receive, counting_send, transport)
+            return
         # Slow answers and hangs come after the request took effect (a create has made its
         # task): the nasty case, where a client that gives up does not know what happened.
         slow = route in cfg.slow_routes and state.roll("slow", cfg.slow_rate)
@@ -170,6 +177,35 @@ class Gate:
                 headers={"Retry-After": "1"} if status == 503 else None,
             )
 
+    async def _drip_error(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        transport: asyncio.WriteTransport | None,
+    ) -> None:
+        """A 503 that drips (drip_error_rate): its body, or (drip_head) its head as well,
+        written past the HTTP layer, which sends a head whole."""
+        err = ApiError(
+            503, "the sandbox drips this answer (drip_error_rate)", code="injected_drip",
+            type_="server_error",
+        )  # fmt: skip
+        body = bytes(err.response().body)
+        if not self.sandbox.config.drip_head or transport is None:
+            await StreamingResponse(
+                drip_bytes(body), status_code=503, media_type="application/json"
+            )(scope, receive, send)
+            return
+        head = (
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        )
+        async for byte in drip_bytes(head + body):
+            if transport.is_closing() or self.sandbox.closing.is_set():
+                return  # the client gave up
+            await _write_raw(transport, byte)
+        transport.close()
+
     def _authorize(self, scope: Scope, route: str | None) -> str | None:
         if route not in _NEEDS_KEY:
             return None
@@ -202,7 +238,9 @@ class Gate:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         key: str | None
         if speech.auth == "x-goog-api-key":
-            key = headers.get("x-goog-api-key", "").strip() or None
+            # The Gemini API takes its key as a header or as the `key` query parameter.
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            key = headers.get("x-goog-api-key", "").strip() or (query.get("key") or [None])[0]
         elif speech.auth == "kling-jwt":
             ok = scheme.lower() == "bearer"
             key = kling_key(token.strip(), keys, self.sandbox.clock()) if ok else None

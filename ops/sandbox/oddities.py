@@ -51,7 +51,7 @@ def status_response(sb: Sandbox, body: dict[str, Any], headers: dict[str, str]) 
     drip = state.roll("drip", cfg.drip_rate)
     if endless or drip:
         state.count_in("faults", "endless" if endless else "drip")
-        stream = _endless(body) if endless else _drip(_dumps(body).encode())
+        stream = _endless(body) if endless else drip_bytes(_dumps(body).encode())
         return StreamingResponse(stream, media_type="application/json", headers=headers)
     if html:
         state.count_in("faults", "html")
@@ -78,7 +78,8 @@ async def _endless(body: dict[str, Any]) -> AsyncIterator[bytes]:
         await asyncio.sleep(0)
 
 
-async def _drip(data: bytes) -> AsyncIterator[bytes]:
+async def drip_bytes(data: bytes) -> AsyncIterator[bytes]:
+    """data a byte every half second: within any per-read timeout, long in all."""
     for i in range(len(data)):
         yield data[i : i + 1]
         await asyncio.sleep(0.5)

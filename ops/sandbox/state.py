@@ -140,6 +140,7 @@ def _zero_totals() -> dict[str, Any]:
         "status_queries": 0,
         "downloads": 0,
         "file_downloads_with_auth": 0,
+        "cdn_downloads_with_key": 0,
         "redirects": 0,
         "characters": 0,
         "deleted": 0,

@@ -23,14 +23,17 @@ from ops.sandbox import Sandbox, SandboxConfig
 from ops.stack import S3Service, WorkerProcess, celery_worker, ensure_redis, seaweedfs
 from producer.settings import Settings
 
-# Fixed, not random: test modules import these, and pytest may load this file twice.
+# Fixed, not random: test modules import these.
 API_KEY = "sk-test-4c0ffee5ecret"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"videoqueue-test-webhook-secret!!").decode()
 BUCKET = "videoqueue-tests"
-# Every key prefix of this test run starts with this, so that the end-of-run sweep removes
-# this run's leftovers only: another run against the same Redis (a second checkout, CI) keeps
-# its keys. An environment variable, so that a second import of this file agrees.
-RUN_PREFIX = "vqtest-" + os.environ.setdefault("VQTEST_RUN", uuid.uuid4().hex[:6]) + "-"
+# Every key prefix of this test process starts with this, so that its end-of-session sweep
+# removes its own leftovers only: another run against the same Redis (a second checkout, CI)
+# and the other pytest-xdist workers of this run keep their keys.
+RUN_PREFIX = (
+    f"vqtest-{os.environ.setdefault('VQTEST_RUN', uuid.uuid4().hex[:6])}"
+    f"-{os.environ.get('PYTEST_XDIST_WORKER', 'gw')}-"
+)
 
 
 def fresh_prefix() -> str:

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
-from producer import JobStatus, cancel, enqueue_batch, get_batch
+from producer import JobNotFound, JobStatus, cancel, enqueue, enqueue_batch, get, get_batch, wait
 from producer.jobs import store
 from producer.names import Lane
 from producer.records import BatchState
@@ -111,3 +112,57 @@ def test_after_a_mid_batch_crash_and_a_retry_the_provider_sees_each_request_once
     batch = eventually(lambda: (b := get_batch("small-batch", settings=p.settings)).done and b, 60)
     assert batch.counts == {JobStatus.COMPLETED.value: 3}
     assert p.sandbox.stats(include_tasks=False)["totals"]["creates"] == 3
+
+
+def test_a_key_claimed_by_a_killed_producers_staged_batch_goes_to_the_next_job_that_runs(
+    make_pipeline,
+):
+    """A staged job may never run (its producer died): its idempotency claim does not hold
+    against a later enqueue or another batch's item, and a resumed batch then lists the items
+    whose keys were taken under `deduplicated` instead of running them twice."""
+    p = make_pipeline()
+    keys = [f"staged-{p.settings.key_prefix}-{i}" for i in range(3)]
+    requests = [p.request(prompt=f"item {i}", idempotency_key=k) for i, k in enumerate(keys)]
+    _kill_mid_batch(p.settings, requests, "abandoned", chunk=1, die_after=2)
+    staged = get_batch("abandoned", settings=p.settings).job_ids
+    assert len(staged) == 2
+
+    single = enqueue(p.request(idempotency_key=keys[0]), settings=p.settings)
+    assert single not in staged
+    assert wait(single, 30, settings=p.settings).status is JobStatus.COMPLETED
+    enqueue_batch([p.request(idempotency_key=keys[1])], batch_id="other", settings=p.settings)
+    (other,) = get_batch("other", settings=p.settings).job_ids
+    assert other not in staged
+    assert wait(other, 30, settings=p.settings).status is JobStatus.COMPLETED
+
+    # The killed producer's caller retries: what was taken is deduplicated, the rest runs.
+    enqueue_batch(requests, batch_id="abandoned", settings=p.settings)
+    batch = eventually(lambda: (b := get_batch("abandoned", settings=p.settings)).done and b, 30)
+    assert batch.deduplicated == {"0": single, "1": other}
+    assert batch.total == 1 and batch.counts == {JobStatus.COMPLETED.value: 1}
+    for dropped in staged[:2]:
+        with pytest.raises(JobNotFound):
+            get(dropped, settings=p.settings)
+    assert p.sandbox.stats(include_tasks=False)["totals"]["creates"] == 3
+    assert enqueue(p.request(idempotency_key=keys[0]), settings=p.settings) == single
+
+
+def test_a_staged_job_cancelled_after_its_key_was_taken_leaves_the_takers_claim_alone(
+    make_pipeline,
+):
+    p = make_pipeline(workers=0)
+    st = store(p.settings)
+    keys = [f"taken-{p.settings.key_prefix}-{i}" for i in range(2)]
+    requests = [p.request(prompt=f"item {i}", idempotency_key=k) for i, k in enumerate(keys)]
+    _kill_mid_batch(p.settings, requests, "cut-short", chunk=1, die_after=1)
+    (staged,) = get_batch("cut-short", settings=p.settings).job_ids
+    taker = enqueue(p.request(idempotency_key=keys[0]), settings=p.settings)
+    cancel(staged, settings=p.settings)  # it ends: its claim would expire, but it is not its
+    claim = st.keys.idempotency(keys[0])
+    assert st.redis.get(claim).decode() == taker and st.redis.pttl(claim) == -1
+
+    enqueue_batch(requests, batch_id="cut-short", settings=p.settings)
+    batch = get_batch("cut-short", settings=p.settings)
+    assert batch.deduplicated == {"0": taker} and batch.total == 1 and batch.ended == 0
+    assert batch.counts == {JobStatus.QUEUED.value: 1}
+    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT_BULK)) == 1

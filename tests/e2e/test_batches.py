@@ -163,3 +163,36 @@ def test_batch_command_shows_progress_and_a_summary(make_pipeline, tmp_path):
     path.write_text(json.dumps(p.request()) + "\n" + json.dumps(p.request(size="x")) + "\n")
     bad = run(p.env, "batch", str(path))
     assert bad.returncode == 2 and "item 1: size" in bad.stderr
+
+
+def test_a_batch_whose_id_is_a_jobs_id_and_that_job_both_complete_with_their_own_webhooks(
+    make_pipeline,
+):
+    """Batch ids are the caller's and job ids predictable: a batch named like a running job
+    shares none of its schedule entry, lease, faults or event body."""
+    timings = {"sora": {"base_s": 0.5, "per_video_second_s": 0.5}}
+    p = make_pipeline(sandbox={"fast": False, "jitter": 0, "timings": timings})
+    job_id = enqueue(p.request(duration=10), settings=p.settings)  # about 5.5 s
+    eventually(lambda: get(job_id, settings=p.settings).provider_task_id, 20)
+    # Its one job ends (about 1.5 s) while the other job is still at the provider.
+    batch_id = enqueue_batch([p.request(duration=2)], batch_id=job_id,
+                             batch_webhook_url=p.receiver.url, settings=p.settings)  # fmt: skip
+    assert batch_id == job_id
+    record = wait(job_id, 30, settings=p.settings)
+    assert record.status is JobStatus.COMPLETED, record.error
+    eventually(lambda: get_batch(batch_id, settings=p.settings).finished_at, 30)
+    p.receiver.wait_for(lambda d: d.json and d.json["type"] == "batch.completed", timeout_s=20)
+    p.receiver.wait_for(
+        lambda d: d.json and d.json["type"] == "video.completed" and d.json["data"]["id"] == job_id,
+        timeout_s=20,
+    )
+    by_type: dict[str, list] = {}
+    for d in p.receiver.deliveries:
+        by_type.setdefault(d.json["type"], []).append(d.json["data"])
+    (batch_event,) = by_type["batch.completed"]
+    assert batch_event["id"] == batch_id and batch_event["total"] == 1
+    assert "status" not in batch_event  # a batch's record, not the job's
+    (batch_job,) = get_batch(batch_id, settings=p.settings).job_ids
+    assert {e["id"] for e in by_type["video.completed"]} == {job_id, batch_job}
+    own = next(e for e in by_type["video.completed"] if e["id"] == job_id)
+    assert own["batch_id"] is None and own["status"] == "completed"

@@ -5,6 +5,7 @@ with the provider's reason, and a cancel that reaches the provider (where the AP
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -54,8 +55,9 @@ CASES = {
 }
 
 
-def _pipeline(make_pipeline, case: Case, **knobs):
-    env = {"VIDEOQUEUE_API_DIALECT": case.dialect, "VIDEOQUEUE_API_FORMAT": case.api_format}
+def _pipeline(make_pipeline, case: Case, env: dict[str, str] | None = None, **knobs):
+    env = {"VIDEOQUEUE_API_DIALECT": case.dialect, "VIDEOQUEUE_API_FORMAT": case.api_format,
+           **(env or {})}  # fmt: skip
     sandbox = {"dialect": case.dialect, **knobs}
     sandbox["flavor"] = case.dialect if case.dialect in ("router", "openai") else "router"
     if case.api_key:
@@ -112,3 +114,32 @@ def test_a_cancel_reaches_the_provider(make_pipeline, name):
     eventually(lambda: p.sandbox.stats()["totals"]["deleted"] == 1, 30)
     assert _sandbox_id(task_id) not in p.sandbox.stats()["tasks"]
     assert get(job_id, settings=p.settings).status is JobStatus.CANCELLED
+
+
+def _key_in_query(tmp_path, name: str) -> str:
+    """A dialects dir whose `name` dialect sends its key as the `key` query parameter (the
+    Gemini API's other way), for the sandbox speaking the shipped one."""
+    shipped = (resources.files("worker") / "dialects" / f"{name}.toml").read_text()
+    assert 'auth = "x-goog-api-key"' in shipped
+    (tmp_path / f"{name}.toml").write_text(shipped.replace(
+        'auth = "x-goog-api-key"', 'auth = "key-param"'))  # fmt: skip
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("key_in", ["header", "query"])
+def test_a_dialects_key_never_reaches_the_origin_a_file_url_redirects_to(
+    make_pipeline, tmp_path, key_in
+):
+    """Veo's file URL is on the API's origin and fetched with the key; its 302 to a CDN
+    origin must not take the key along, neither as a header nor as a query parameter."""
+    case = CASES["veo"]
+    env = {}
+    if key_in == "query":
+        env["VIDEOQUEUE_DIALECTS_DIR"] = _key_in_query(tmp_path, case.dialect)
+    p = _pipeline(make_pipeline, case, env=env)
+    p.sandbox.configure(cdn_base_url=p.settings.api_base_url.replace("127.0.0.1", "localhost"))
+    record = wait(enqueue(_request(p, case), settings=p.settings), 60, settings=p.settings)
+    assert record.status is JobStatus.COMPLETED, record.error
+    totals = p.sandbox.stats()["totals"]
+    assert totals["redirects"] >= 1 and totals["downloads"] >= 1
+    assert totals["cdn_downloads_with_key"] == 0

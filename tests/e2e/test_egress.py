@@ -25,6 +25,7 @@ from worker.egress import GuardedTransport
 SPELLINGS = [
     "http://127.1:9/h", "http://0x7f000001/h", "http://2130706433/h",
     "http://[::ffff:127.0.0.1]/h", "http://localhost:6379/", "http://169.254.169.254/",
+    "http://[2002:7f00:1::]:6379/", "http://[fec0::1]/h",
 ]  # fmt: skip
 
 
@@ -77,6 +78,8 @@ def test_a_redirect_to_a_refused_address_fails_the_job_as_blocked_url(make_pipel
 
 def _rebinding(address: str):
     def resolve(host, port, **_):
+        if ":" in address:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0))]
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
 
     return resolve
@@ -95,3 +98,15 @@ def test_a_name_is_connected_to_at_the_address_that_was_checked():
             client.post(f"http://rebind.test:{port}/hook", content=b"{}")
         (delivery,) = receiver.deliveries
         assert delivery.headers["host"] == f"rebind.test:{port}"
+
+
+@pytest.mark.parametrize("address", ["2002:7f00:1::", "fec0::1", "64:ff9b::7f00:1"])
+def test_a_name_that_resolves_to_a_6to4_nat64_or_site_local_address_is_refused(address):
+    receiver = WebhookReceiver(WEBHOOK_SECRET)
+    with receiver.serve() as url:
+        port = httpx.URL(url).port
+        transport = GuardedTransport(UrlPolicy(), resolve=_rebinding(address))
+        with httpx.Client(transport=transport) as client, pytest.raises(BlockedUrl) as e:
+            client.post(f"http://rebind.test:{port}/hook", content=b"{}")
+        assert address in str(e.value) or "127.0.0.1" in str(e.value)
+        assert receiver.deliveries == []

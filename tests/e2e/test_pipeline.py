@@ -138,13 +138,17 @@ def test_a_4xx_from_the_provider_fails_at_once_with_the_providers_message(make_p
     assert API_KEY not in record.model_dump_json()
 
 
-def test_a_job_unfinished_at_the_deadline_fails_with_timeout(make_pipeline):
+def test_a_job_unfinished_at_the_deadline_fails_with_timeout_and_is_cancelled_upstream(
+    make_pipeline,
+):
     p = make_pipeline(sandbox={"stuck_rate": 1.0}, env={"VIDEOQUEUE_DEADLINE_S": "2"})
     job_id = enqueue(p.request(), settings=p.settings)
     record = wait(job_id, 30, settings=p.settings)
     assert record.status is JobStatus.FAILED
     assert record.error.code == "timeout"
     assert record.polls >= 2
+    # The provider's task would hold its slot (and, at some providers, be billed) forever.
+    eventually(lambda: p.sandbox.stats(include_tasks=False)["totals"]["deleted"] == 1, 10)
 
 
 def test_5xx_and_429_on_submit_are_retried_with_backoff(make_pipeline):

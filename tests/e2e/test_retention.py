@@ -69,12 +69,37 @@ def test_a_batchs_keys_expire_with_its_last_job(make_pipeline):
     last_ms = max(st.redis.pttl(st.keys.job(j)) for j in batch.job_ids)
     for key in batch_keys:
         assert abs(st.redis.pttl(key) - last_ms) < 1000  # with the last job's record
-    assert 0 < st.redis.pttl(st.keys.event_body(batch_id)) <= TTL_S * 1000
+    assert 0 < st.redis.pttl(st.keys.batch_event_body(batch_id)) <= TTL_S * 1000
 
     time.sleep(max(st.redis.pttl(k) for k in batch_keys) / 1000 + 0.2)
     with pytest.raises(JobNotFound):
         get_batch(batch_id, settings=p.settings)
     assert _names(st.redis, p.settings.key_prefix, batch_id, *batch.job_ids) == []
+
+
+def test_a_batch_webhook_still_retrying_when_the_batch_expires_leaves_the_schedule(
+    make_pipeline,
+):
+    # Records kept 1 s; the receiver refuses every delivery, retried 3 s apart: the batch's
+    # keys are gone by the second attempt.
+    p = make_pipeline(
+        env={"VIDEOQUEUE_RECORD_TTL_S": "1", "VIDEOQUEUE_WEBHOOK_SCHEDULE_S": "[0, 3, 3, 3, 3]",
+             "VIDEOQUEUE_LEASE_S": "2"},
+    )  # fmt: skip
+    p.receiver.fail_first = 1000
+    st = store(p.settings)
+    batch_id = enqueue_batch(
+        [p.request(webhook_url=None) for _ in range(2)],
+        batch_webhook_url=p.receiver.url,
+        settings=p.settings,
+    )
+    p.receiver.wait_for(timeout_s=60)  # its first attempt, refused
+    eventually(lambda: not st.redis.exists(st.keys.batch(batch_id)), 10)
+    eventually(lambda: st.schedule.entry(batch_id) is None, 15)
+    attempts = len(p.receiver.deliveries)
+    time.sleep(4)  # past the lease and the next retry
+    assert len(p.receiver.deliveries) == attempts
+    assert st.schedule.entry(batch_id) is None and not st.redis.exists(st.keys.batch(batch_id))
 
 
 @pytest.fixture

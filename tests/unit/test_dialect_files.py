@@ -151,7 +151,8 @@ def test_openais_finished_video_is_fetched_from_its_content_route_with_the_key()
     client = ProviderClient(settings, httpx.Client(transport=httpx.MockTransport(answer)))
     task = client.get("video_1", ApiFormat.OPENAI)
     assert task.video_url == "http://api.test/v1/videos/video_1/content"
-    assert client.download_headers(task.video_url) == {"Authorization": "Bearer sk-1"}
+    assert client.credentials().applies_to(httpx.URL(task.video_url))
+    assert client.credentials().headers == {"Authorization": "Bearer sk-1"}
 
 
 def test_a_task_id_cannot_leave_its_path_segment():

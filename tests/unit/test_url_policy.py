@@ -13,12 +13,42 @@ REFUSED = [
     "http://[fe80::1]/", "http://224.0.0.1/", "http://0.0.0.0/", "http://[::]/",
     "http://LOCALHOST./",
 ]  # fmt: skip
-ALLOWED = ["https://hooks.example.com/x", "http://93.184.216.34/", "https://[2606:4700::1111]/"]
+# IPv6 addresses that lead to an IPv4 one (through a tunnel, a translator) or to a site.
+REFUSED_IPV6 = [
+    "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+    "http://[2002:a9fe:a9fe::1]/",  # 6to4 of the metadata address
+    "http://[2002:c0a8:101::]/",  # 6to4 of 192.168.1.1
+    "http://[fec0::1]/",  # site-local
+    "http://[feff::1]/",
+    "http://[64:ff9b::127.0.0.1]/",  # NAT64 of loopback
+    "http://[64:ff9b::a00:5]/",  # NAT64 of 10.0.0.5
+    "http://[64:ff9b:1::808:808]/",  # local-use NAT64: the operator's own translator
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",  # Teredo
+    "http://[::127.0.0.1]/",  # IPv4-compatible (deprecated)
+    "http://[::808:808]/",
+    "http://[::ffff:a9fe:a9fe]/",
+]
+ALLOWED = [
+    "https://hooks.example.com/x", "http://93.184.216.34/", "https://[2606:4700::1111]/",
+    "http://[2002:808:808::1]/", "http://[64:ff9b::808:808]/", "http://[::ffff:8.8.8.8]/",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("url", REFUSED)
 def test_every_spelling_of_a_non_public_address_is_refused(url):
     assert UrlPolicy().url_refusal(url) is not None
+
+
+@pytest.mark.parametrize("url", REFUSED_IPV6)
+def test_ipv6_forms_of_refused_ipv4_addresses_and_site_local_ones_are_refused(url):
+    assert UrlPolicy().url_refusal(url) is not None
+
+
+def test_an_embedded_ipv4_address_is_judged_with_the_allowlist():
+    policy = UrlPolicy(["127.0.0.0/8"])
+    assert policy.url_refusal("http://[2002:7f00:1::]/") is None
+    assert policy.url_refusal("http://[64:ff9b::127.0.0.1]/") is None
+    assert policy.url_refusal("http://[2002:a00:1::]/") is not None  # 10.0.0.1
 
 
 @pytest.mark.parametrize("url", ALLOWED)
