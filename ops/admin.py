@@ -12,8 +12,15 @@ from typing import Any
 
 from producer.errors import OperationRefused, PermanentError, RetryableError
 from producer.jobs import store
-from producer.names import BATCH_COMPLETED
-from producer.records import JobRecord, JobStatus, WebhookDelivery, WebhookState, utcnow_iso
+from producer.names import BATCH_COMPLETED, Lane
+from producer.records import (
+    JobRecord,
+    JobStatus,
+    ReplacedTask,
+    WebhookDelivery,
+    WebhookState,
+    utcnow_iso,
+)
 from producer.settings import ApiFormat, Settings
 
 # Index entries read per round trip while filtering a listing.
@@ -69,14 +76,17 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
     """Run a failed job again from its last good step.
 
     Without resubmit the job never gets a second provider task: one the provider finished is
-    copied into S3 again, one still running is polled again, and one that never reached the
-    provider is submitted (its first task). With resubmit the provider is asked for a new
-    task (under a new Idempotency-Key). The job's webhook is sent again when it ends.
+    copied into S3 again, one still running is polled again (its polls take a slot and rate
+    tokens like every other job's), and one that never reached the provider is submitted
+    (its first task). With resubmit the old task is cancelled at the provider (where its
+    dialect can; else abandoned, and the record says which) and a new one is asked for
+    (under a new Idempotency-Key). The job's webhook is sent again when it ends.
 
     Raises:
         JobNotFound: no such job.
         OperationRefused: the job has not failed, or only a new provider task can help.
     """
+    from worker.limits import ProviderLimits
     from worker.steps import route
 
     st = store(settings)
@@ -86,8 +96,11 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
             f"job {job_id} is {record.status.value}: only a failed job can be retried"
         )
     target = JobStatus.QUEUED
+    replaced: ReplacedTask | None = None
     if record.provider_task_id is not None and not resubmit:
         target = _provider_side_status(settings, record)
+    elif record.provider_task_id is not None:
+        replaced = _cancel_old_task(settings, record)
 
     def reopen(r: JobRecord) -> bool:
         if r.status is not JobStatus.FAILED:
@@ -96,6 +109,8 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         r.copy_attempts = r.recoveries = 0
         if target is JobStatus.QUEUED:
             r.resubmits += 1 if r.provider_task_id else 0
+            if replaced is not None:
+                r.replaced_tasks.append(replaced)
             if r.provider_task_id:  # a new Idempotency-Key: any provider may take it
                 r.provider = None
             r.provider_task_id = r.submitted_at = r.provider_status = None
@@ -107,13 +122,35 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         return True
 
     def after(r: JobRecord, pipe: Any) -> None:
-        st.schedule.place(r.id, route(r), 0.0, client=pipe)
+        lane = route(r)
+        st.schedule.place(r.id, lane, 0.0, client=pipe)
+        if lane is Lane.POLL:  # its polls spend its provider's tokens and take a slot there
+            limits = ProviderLimits(st.redis, settings)
+            limits.set_route(r.id, [r.provider or limits.providers[0].name], pipe)
         pipe.hdel(st.keys.faults(), r.id)
         pipe.delete(st.keys.event_body(r.id))  # the next webhook is a new event's body
         if r.batch_id:
             pipe.hincrby(st.keys.batch(r.batch_id), "ended", -1)
 
     return st.update(job_id, reopen, after=after)
+
+
+def _cancel_old_task(settings: Settings, record: JobRecord) -> ReplacedTask:
+    """Cancel the task a resubmission replaces, running or done (a done one may still be
+    billed for what it keeps); best effort: one the provider cannot cancel is abandoned."""
+    from worker.runtime import Runtime
+
+    rt = Runtime(settings)
+    try:
+        provider = rt.provider(record.provider)
+        task_id = record.provider_task_id or ""
+        return ReplacedTask(provider=provider.name, task_id=task_id,
+                            cancelled=provider.cancel(task_id))  # fmt: skip
+    except PermanentError:  # its provider is no longer configured: nobody to ask
+        return ReplacedTask(provider=record.provider or "", task_id=record.provider_task_id or "",
+                            cancelled=False)  # fmt: skip
+    finally:
+        rt.http.close()
 
 
 def _provider_side_status(settings: Settings, record: JobRecord) -> JobStatus:

@@ -124,3 +124,14 @@ class RetryableError(ProviderError):
 
 class PermanentError(ProviderError):
     """Raised when retrying cannot help: a 4xx other than 429, or a task the provider failed."""
+
+
+# The codes a failed job's error carries that videoqueue chooses itself (README, "The job
+# record"); any other is the provider's own, for a refused request or a failed generation.
+# Metrics label failures by these only (worker/metrics.py): a provider's codes are unbounded.
+ERROR_CODES = frozenset({
+    "timeout", "rate_limited", "provider_unavailable", "provider_error", "bad_response",
+    "task_not_found", "unsupported_request", "unknown_provider", "no_provider",
+    "download_failed", "download_timeout", "too_large", "bound_exceeded", "blocked_url",
+    "not_mp4", "invalid_video", "storage_unavailable", "internal_error",
+})  # fmt: skip

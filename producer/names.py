@@ -167,6 +167,11 @@ class Keys:
         """The token bucket of the shared request rate."""
         return f"{self.prefix}:limits:{account}:rate"
 
+    def parked(self, lane: Lane, account: str, waiting_for: str) -> str:
+        """A sorted set: the lane's parked entries waiting for the account's "token" or
+        "slot" -> when they were due (worker/pump.py)."""
+        return f"{self.prefix}:schedule:{lane.value}:parked:{account}:{waiting_for}"
+
     def routes(self) -> str:
         """A hash: job -> the providers its submit or polls may go to (worker/limits.py)."""
         return f"{self.prefix}:limits:routes"

@@ -91,6 +91,16 @@ class ProviderAttempt(BaseModel):
     at: str = Field(default_factory=utcnow_iso)
 
 
+class ReplacedTask(BaseModel):
+    """A provider task an operator's `retry --resubmit` replaced with a new one."""
+
+    provider: str
+    task_id: str
+    # Cancelled upstream; False: abandoned (its dialect cannot cancel, or the cancel failed).
+    cancelled: bool
+    at: str = Field(default_factory=utcnow_iso)
+
+
 class JobRecord(BaseModel):
     """A job, as `videoqueue status --json` prints it and webhooks carry it."""
 
@@ -124,8 +134,10 @@ class JobRecord(BaseModel):
     polled_s: float | None = None
     # Attempts to copy the finished video into S3.
     copy_attempts: int = 0
-    # Times an operator asked for a new provider task (`videoqueue retry --resubmit`).
+    # Times an operator asked for a new provider task (`videoqueue retry --resubmit`), and
+    # the tasks those replaced.
     resubmits: int = 0
+    replaced_tasks: list[ReplacedTask] = Field(default_factory=list)
     # What the provider reported it charged or counted, where its dialect says (usage.cost,
     # billed seconds, tokens, ...): the latest report.
     usage: dict[str, float] | None = None

@@ -20,6 +20,10 @@ import redis
 
 from producer.names import LANES, Keys, Lane
 
+# A parked entry's score is its due time plus this: due, but out of every claim's due range
+# until its provider has room (worker/pump.py). Any placement or nudge takes it out.
+PARKED_BAND_S = 1e10
+
 # KEYS: every lane (LANES order), leases, faults. ARGV: member, lane index (1-based; 0 when
 # the entry is done), delay_s, token, "1" to keep the member's fault count. With a token, only
 # the claim that holds the entry may place it: a step that lost its lease (it ran past it and
@@ -122,14 +126,16 @@ class Schedule:
         )
 
     def entry(self, member: str) -> tuple[Lane, float] | None:
-        """(lane, due time) of the member's entry, or None if it has none."""
+        """(lane, due time) of the member's entry (a parked one's, unparked), or None if it
+        has none."""
         with self.redis.pipeline(transaction=False) as pipe:
             for lane in LANES:
                 pipe.zscore(self.keys.schedule(lane), member)
             scores = pipe.execute()
         for lane, score in zip(LANES, scores, strict=True):
             if score is not None:
-                return lane, float(score)
+                due = float(score)
+                return lane, due - PARKED_BAND_S if due >= PARKED_BAND_S else due
         return None
 
     def total(self) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from producer.names import LANES, SUBMIT_LANES, Keys, Lane
 from producer.providers import account, providers
 from producer.records import TERMINAL, JobStatus
+from producer.schedule import PARKED_BAND_S
 from producer.settings import Settings
 from producer.store import JobStore
 
@@ -57,6 +58,9 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
             pipe.zcount(keys.schedule(lane), "-inf", now)
             pipe.zcard(keys.schedule(lane))
             pipe.zrange(keys.schedule(lane), 0, 0, withscores=True)
+            # Parked entries are due, waiting for a provider's room (worker/pump.py).
+            pipe.zrangebyscore(keys.schedule(lane), PARKED_BAND_S, "+inf", 0, 1, withscores=True)
+            pipe.zcount(keys.schedule(lane), PARKED_BAND_S, "+inf")
         pipe.hkeys(keys.leases())
         pipe.zcount(keys.in_flight(fingerprint), now, "+inf")
         pipe.hlen(keys.dead_letters())
@@ -67,13 +71,16 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
     jobs = {s.value: max(0, counts.get(s.value, 0)) for s in JobStatus}
     ended = {_text(k): int(v) for k, v in found[1].items()}
     finished = {s.value: ended.get(s.value, 0) for s in TERMINAL}
-    leases, in_flight, dead, unknown = found[2 + 3 * len(LANES) :]
+    leases, in_flight, dead, unknown = found[2 + 5 * len(LANES) :]
     schedule: dict[str, LaneDepth] = {}
     leased = _leased_by_lane(store, [_text(m) for m in leases], now)
     for i, lane in enumerate(LANES):
-        due, total, first = found[2 + 3 * i : 5 + 3 * i]
+        due, total, first, first_parked, parked = found[2 + 5 * i : 7 + 5 * i]
         held = leased.get(lane, 0)
         oldest = now - float(first[0][1]) if first and due else 0.0
+        if first_parked:
+            oldest = max(oldest, now - (float(first_parked[0][1]) - PARKED_BAND_S))
+        due += parked
         schedule[lane.value] = LaneDepth(
             due=int(due), waiting=max(0, int(total) - int(due) - held), leased=held,
             oldest_due_s=max(0.0, oldest),

@@ -5,33 +5,61 @@ rate. Here one token bucket and one set of in-flight slots per account (API key 
 live in Redis, and both are spent where work is handed out: the schedule's claim script
 (worker/pump.py) claims a rate-limited step only with a token in hand, and a submit only with
 a free slot, taken in the same script at the first provider of the job's route that has both.
-A job that finds none simply stays due in its submit lane; single jobs' lane is served before
-the batch lane, so a freed slot goes to a single job first. Nothing is parked, nothing is
-handed over, and no worker waits.
+A job that finds none stays due in its submit lane (parked, with several providers, so that
+it does not hold back jobs for others: worker/pump.py); single jobs' lane is served before
+the batch lane, so a freed slot goes to a single job first. Nothing is handed over, and no
+worker waits.
 
 - Rate: a token bucket per account refilled by Redis's clock at the provider's
   rate_limit_per_s up to its rate_burst.
 - Slots: a job takes one when its submit is claimed, under the claim's lease: a submit that
-  dies frees its slot when its lease runs out. Once the provider has the job, the slot is
+  dies frees its slot when its lease runs out. A job polled without one (an operator's
+  retry of a failed job whose task still runs) takes one at its poll's claim, held for its
+  generation. Once the provider has the job, the slot is
   held until its generation ends (or the job ends), given back in the same transaction as
   that change. A submit that will be retried gives its slot back meanwhile: it holds no
   generation, and it competes for a slot again, in order, when it is due.
 - Routes: job -> the providers its work may go to, in order of preference (producer/
   providers.py decides them, the submit step writes them, the claim script cuts them).
+- Accounts: providers-file entries that share a key share one cap and one bucket; where
+  their limits differ, the strictest of them holds for all.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from producer.names import RATE_LIMITED, SUBMIT_LANES, Keys, Lane, account_of
-from producer.providers import DEFAULT_PROVIDER, account, providers
+from producer.providers import DEFAULT_PROVIDER, Provider, account, providers
+from producer.schedule import PARKED_BAND_S
 from producer.settings import Settings
 
 __all__ = ["ProviderLimits", "account_of"]
+
+
+@dataclass(frozen=True)
+class AccountLimits:
+    """The limits of one account (API key), whichever of its entries a job goes through."""
+
+    max_in_flight: int | None
+    rate_limit_per_s: float | None
+    rate_burst: int
+
+
+def account_limits(entries: list[Provider]) -> AccountLimits:
+    """The limits of the entries that share one key: the strictest each of them sets."""
+    caps = [p.max_in_flight for p in entries if p.max_in_flight is not None]
+    rated = [p for p in entries if p.rate_limit_per_s is not None] or entries
+    rates = [p.rate_limit_per_s for p in rated if p.rate_limit_per_s is not None]
+    return AccountLimits(
+        max_in_flight=min(caps) if caps else None,
+        rate_limit_per_s=min(rates) if rates else None,
+        rate_burst=min(p.rate_burst for p in rated),
+    )
 
 
 class ProviderLimits:
@@ -48,6 +76,10 @@ class ProviderLimits:
         self.keys = Keys(settings.key_prefix)
         self.providers = providers(settings)
         self.accounts = {p.name: account(p, settings) for p in self.providers}
+        self.account_limits = {
+            acc: account_limits([p for p in self.providers if self.accounts[p.name] == acc])
+            for acc in set(self.accounts.values())
+        }
         # Every account's slots: a job's slot is given back wherever it is held.
         self.slot_keys = sorted({self.keys.in_flight(a) for a in self.accounts.values()})
         # The first provider's (the single provider's, without a providers file).
@@ -61,22 +93,34 @@ class ProviderLimits:
         self.stale_after_s = 2 * settings.deadline_s + settings.step_timeout_s
 
     def claim_terms(self, lane: Lane) -> tuple[list[str], list[Any]]:
-        """The claim script's keys (routes, then each provider's slots and bucket, '' for
-        none) and arguments (limited, submit, default route, providers, then each one's
-        name, cap, rate, burst) for one lane."""
+        """The claim script's keys (routes, then each provider's account's slots, bucket and
+        two parked sets, '' for none) and arguments (limited, submit, default route,
+        providers, parked band, slot hold, then each one's name and its account's cap, rate,
+        burst) for one lane."""
         submit = lane in SUBMIT_LANES
         rated = lane in RATE_LIMITED
+        # A poll takes a slot only for a job that holds none (one an operator retried into
+        # polling): every generation at the provider counts against its cap.
+        slotted = submit or lane is Lane.POLL
         keys: list[str] = [self.routes]
         args: list[Any] = []
         limited = False
         for p in self.providers:
             acc = self.accounts[p.name]
-            slots = self.keys.in_flight(acc) if submit and p.max_in_flight is not None else ""
-            bucket = self.keys.rate(acc) if rated and p.rate_limit_per_s is not None else ""
+            lim = self.account_limits[acc]
+            capped = slotted and lim.max_in_flight is not None
+            slots = self.keys.in_flight(acc) if capped else ""
+            bucket = self.keys.rate(acc) if rated and lim.rate_limit_per_s is not None else ""
+            parks = [self.keys.parked(lane, acc, "token") if bucket else "",
+                     self.keys.parked(lane, acc, "slot") if slots else ""]  # fmt: skip
             limited = limited or bool(slots or bucket)
-            keys += [slots, bucket]
-            args += [p.name, p.max_in_flight or 0, p.rate_limit_per_s or 0, p.rate_burst]
-        head = [int(limited), int(submit), self.default_route, len(self.providers)]
+            keys += [slots, bucket, *parks]
+            args += [p.name, lim.max_in_flight or 0, lim.rate_limit_per_s or 0, lim.rate_burst]
+        # A submit's slot is held under its claim's lease until the provider has the job; a
+        # poll's, for the generation (as hold_for_generation holds it).
+        hold_s = self.settings.lease_s if submit else self.stale_after_s
+        head = [int(limited), int(submit), self.default_route, len(self.providers),
+                PARKED_BAND_S, hold_s]  # fmt: skip
         return keys, head + args
 
     def hold_for_generation(self, job_id: str, client: Any = None) -> None:

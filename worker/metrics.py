@@ -14,15 +14,19 @@ Where each is counted (one place each):
   job's terminal transition (producer/store.py), so each job counts once however often its
   steps run, whoever ended it (a producer's cancel too); videoqueue_jobs{status} likewise;
 - videoqueue_provider_requests_total{provider,operation,code}: ProviderClient._call (create,
-  status, cancel) and the download (worker/storage.py); code is the answer's HTTP status
-  class (2xx, 3xx, 4xx, 5xx) or "error" when no answer came (timeout, connection refused);
+  status, cancel) and the download (worker/storage.py); provider is the provider's name in
+  the configuration (never the host that answered), code the answer's HTTP status class
+  (2xx, 3xx, 4xx, 5xx) or "error" when no answer came (timeout, connection refused);
 - videoqueue_step_duration_seconds{step}: the base task class (worker/steps.py);
 - videoqueue_schedule_lateness_seconds{lane} and videoqueue_schedule_claimed_total{lane}:
   the pump, from what each claim reports;
 - videoqueue_job_failures_total{code}: Job.fail (worker/steps.py), once the failure is
-  committed;
+  committed; code is one of ours (producer/errors.py ERROR_CODES) or "other";
 - videoqueue_webhook_deliveries_total{result}: worker/webhooks.py send_event;
 - videoqueue_s3_copied_bytes_total: worker/storage.py, once an upload completed.
+
+Every label value comes from a bounded set (our names, the configuration's): a value a
+provider, a redirect or a caller could choose would add series without end, in every worker.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
+from producer.errors import ERROR_CODES
+from producer.providers import providers
 from producer.settings import Settings, get_settings
 
 
@@ -63,8 +69,6 @@ from prometheus_client import (  # noqa: E402
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
-
-PROVIDER = urlsplit(get_settings().api_base_url).hostname or "unknown"
 
 PROVIDER_REQUESTS = Counter(
     "videoqueue_provider_requests",
@@ -109,14 +113,36 @@ _IN_PROCESS = (
 # --- the attach points' helpers ---
 
 
-def provider_request(operation: str, response: Any) -> None:
-    """Count one provider request: response is the httpx.Response, or None if none came."""
+# The label value of anything outside a label's bounded set.
+OTHER = "other"
+
+
+@lru_cache(maxsize=1)
+def _provider_names() -> frozenset[str]:
+    return frozenset(p.name for p in providers(get_settings()))
+
+
+def provider_label(name: str | None) -> str:
+    """A provider's label: its name if the configuration has it, else "other"."""
+    return name if name in _provider_names() else OTHER
+
+
+def failure_label(code: str) -> str:
+    """A failure's label: the code if it is one of ours, else "other" (the provider's)."""
+    return code if code in ERROR_CODES else OTHER
+
+
+def provider_request(provider: str, operation: str, response: Any) -> None:
+    """Count one request to the named provider: response is the httpx.Response, or None if
+    none came."""
     status = getattr(response, "status_code", None)
     code = f"{status // 100}xx" if isinstance(status, int) else "error"
-    # With several providers, an answer names its own host (redirects are not followed).
-    request = getattr(response, "request", None)
-    host = getattr(getattr(request, "url", None), "host", None) or PROVIDER
-    PROVIDER_REQUESTS.labels(host, operation, code).inc()
+    PROVIDER_REQUESTS.labels(provider_label(provider), operation, code).inc()
+
+
+def job_failed(code: str) -> None:
+    """Count one job failed with code."""
+    JOB_FAILURES.labels(failure_label(code)).inc()
 
 
 def webhook_delivery(ok: bool, status_code: int | None, blocked: bool) -> None:

@@ -23,6 +23,7 @@ import structlog
 
 from producer.deadline import deadline_transport, within
 from producer.errors import PermanentError, RetryableError
+from producer.providers import DEFAULT_PROVIDER
 from producer.requests import ASPECT_RATIOS, VideoRequest
 from producer.settings import ApiFormat, Settings
 from worker import metrics
@@ -64,12 +65,18 @@ class ProviderClient:
         settings: API base URL, key, dialect, format and timeouts.
         http: an httpx.Client to use (one per worker process); made if not given.
         dialect: the dialect to speak; the one settings name if not given.
+        name: the provider's name in the configuration (what metrics count it under).
     """
 
     def __init__(
-        self, settings: Settings, http: httpx.Client | None = None, dialect: Dialect | None = None
+        self,
+        settings: Settings,
+        http: httpx.Client | None = None,
+        dialect: Dialect | None = None,
+        name: str = DEFAULT_PROVIDER,
     ) -> None:
         self.settings = settings
+        self.name = name
         self.dialect = dialect or load_dialect(
             settings.api_dialect, str(settings.dialects_dir) if settings.dialects_dir else None
         )
@@ -142,7 +149,7 @@ class ProviderClient:
                     method, self.base_url + path, headers=headers, **kwargs
                 ) as response,
             ):
-                metrics.provider_request(operation, response)
+                metrics.provider_request(self.name, operation, response)
                 if response.is_success:
                     body_bytes = bytearray()
                     for chunk in response.iter_bytes():
@@ -184,7 +191,7 @@ class ProviderClient:
             ) from None
         finally:
             if response is None:  # no answer came
-                metrics.provider_request(operation, None)
+                metrics.provider_request(self.name, operation, None)
         status = response.status_code
         body: Any = None
         if len(head) <= ERROR_BODY_BYTES:

@@ -55,7 +55,7 @@ class Runtime:
     def providers(self) -> dict[str, ProviderClient]:
         """A client per provider (producer/providers.py), by name, in order of preference."""
         return {
-            p.name: ProviderClient(provider_settings(p, self.settings), self.http)
+            p.name: ProviderClient(provider_settings(p, self.settings), self.http, name=p.name)
             for p in providers(self.settings)
         }
 

@@ -142,7 +142,7 @@ class Job:
             record.error = ErrorInfo(code=str(code), message=message)
 
         if self.end(failed, "video.failed"):
-            metrics.JOB_FAILURES.labels(str(code)[:64]).inc()
+            metrics.job_failed(str(code))
             log.warning("job failed", code=code, message=message)
 
 
@@ -283,10 +283,9 @@ _JOB_CONTEXT = ("batch_id", "provider", "provider_task_id")
 
 def bind_job(record: JobRecord) -> None:
     """Bind the job's batch and provider task into every log line until its boundary ends."""
-    known = {"batch_id": record.batch_id, "provider_task_id": record.provider_task_id}
-    structlog.contextvars.bind_contextvars(
-        provider=metrics.PROVIDER, **{k: v for k, v in known.items() if v}
-    )
+    known = {"batch_id": record.batch_id, "provider": record.provider,
+             "provider_task_id": record.provider_task_id}  # fmt: skip
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in known.items() if v})
 
 
 @task_prerun.connect

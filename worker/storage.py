@@ -195,8 +195,10 @@ def copy_url_to_s3(
     key: str,
     metadata: dict[str, str],
     settings: Settings,
+    *,
+    provider: str,
 ) -> Upload:
-    """Stream the file at url into the bucket under key.
+    """Stream the file at url (the named provider's video) into the bucket under key.
 
     The credentials go to their own origin only, on every hop of a redirect: http must be a
     client over worker/egress.py's GuardedTransport, which binds them (a CDN never sees the
@@ -218,7 +220,7 @@ def copy_url_to_s3(
             "GET", url, headers=headers, follow_redirects=True, timeout=timeout_s,
             extensions={"trace": hard.trace, CREDENTIALS: credentials},
         ) as response:  # fmt: skip
-            metrics.provider_request("download", response)
+            metrics.provider_request(provider, "download", response)
             if response.status_code in (403, 410):
                 raise UrlExpired(f"HTTP {response.status_code}")
             if not response.is_success:
@@ -247,7 +249,7 @@ def copy_url_to_s3(
         raise
     finally:
         if response is None:  # no answer came: counted once, as "error"
-            metrics.provider_request("download", None)
+            metrics.provider_request(provider, "download", None)
 
 
 def _bounded(

@@ -414,9 +414,10 @@ def finalize(job: Job) -> None:
     for _ in range(s.download_max_attempts):
         try:
             url = url or _fresh_file_url(record)
-            credentials = rt.provider(record.provider).credentials()
+            provider = rt.provider(record.provider)
             metadata = object_metadata(record.id, record.metadata)
-            upload = copy_url_to_s3(rt.http, url, credentials, rt.s3, key, metadata, s)
+            upload = copy_url_to_s3(rt.http, url, provider.credentials(), rt.s3, key, metadata,
+                                    s, provider=provider.name)  # fmt: skip
             info = probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
             failure = None
             break

@@ -106,6 +106,7 @@ class SandboxConfig(BaseModel):
 
     # --- limits (429 with Retry-After) ---
     rpm_limit: int | None = Field(default=None, ge=1)
+    rps_limit: int | None = Field(default=None, ge=1)
     max_concurrent: int | None = Field(default=None, ge=1)
 
     # --- transport faults ---

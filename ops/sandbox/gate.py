@@ -1,8 +1,8 @@
-"""The one place every request passes: counting, bearer auth, the per-minute limit, and the
-transport faults (5xx, plain or dripped, before the request takes effect; slow answers and
-hangs after), plus the two things only the outermost layer can do: overriding Retry-After on
-whatever answer it goes out with (retry_after), and writing bytes past the HTTP layer
-(RAW_BODY).
+"""The one place every request passes: counting, bearer auth, the per-minute and per-second
+limits, and the transport faults (5xx, plain or dripped, before the request takes effect; slow
+answers and hangs after), plus the two things only the outermost layer can do: overriding
+Retry-After on whatever answer it goes out with (retry_after), and writing bytes past the
+HTTP layer (RAW_BODY).
 
 Written as plain ASGI middleware rather than per-route code, so that route handlers read as
 the happy path and a fault knob applies the same way to every route it names.
@@ -11,6 +11,7 @@ the happy path and a fault knob applies the same way to every route it names.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import ApiError
 from .oddities import drip_bytes
 from .speech import SPEECHES, Speech, kling_key, route_class
+from .state import RPM_WINDOW_S, RPS_WINDOW_S
 
 if TYPE_CHECKING:
     from .service import Sandbox
@@ -96,7 +98,7 @@ class Gate:
             finally:
                 state.note_request(scope.get(KEY_SCOPE))
             if key is not None:
-                self._check_rpm(key)
+                self._check_rate(key)
             if route is not None:
                 self._maybe_inject_error(route)
         except ApiError as err:
@@ -143,19 +145,23 @@ class Gate:
             return route
         return classify(method, path)
 
-    def _check_rpm(self, key: str) -> None:
+    def _check_rate(self, key: str) -> None:
         sb = self.sandbox
-        retry = sb.state.take_rpm_slot(key, sb.config.rpm_limit, sb.clock())
-        if retry is not None:
-            sb.state.count_in("rate_limited", "rpm")
-            raise ApiError(
-                429,
-                f"rate limit of {sb.config.rpm_limit} requests per minute reached; "
-                f"retry after {retry} s",
-                code="rate_limit_exceeded",
-                type_="rate_limit_error",
-                headers={"Retry-After": str(retry)},
-            )
+        for limit, window_s, per, name in (
+            (sb.config.rpm_limit, RPM_WINDOW_S, "minute", "rpm"),
+            (sb.config.rps_limit, RPS_WINDOW_S, "second", "rps"),
+        ):
+            wait_s = sb.state.take_rate_slot(key, limit, window_s, sb.clock())
+            if wait_s is not None:
+                sb.state.count_in("rate_limited", name)
+                retry = max(1, math.ceil(wait_s))
+                raise ApiError(
+                    429,
+                    f"rate limit of {limit} requests per {per} reached; retry after {retry} s",
+                    code="rate_limit_exceeded",
+                    type_="rate_limit_error",
+                    headers={"Retry-After": str(retry)},
+                )
 
     def _maybe_inject_error(self, route: str) -> None:
         """Refuse the request with a 5xx before it does anything (error_rate)."""

@@ -20,7 +20,9 @@ from .config import SandboxConfig
 from .errors import ApiError, invalid, not_found
 from .validation import VideoSpec
 
+# The windows rpm_limit and rps_limit count requests over.
 RPM_WINDOW_S = 60.0
+RPS_WINDOW_S = 1.0
 # When every slot is held by a stuck task nothing will free one soon; tell the client so.
 STUCK_RETRY_AFTER_S = 30
 
@@ -124,7 +126,8 @@ class KeyState:
     requests: int = 0
     tasks: int = 0
     max_concurrent: int = 0
-    window: deque[float] = field(default_factory=deque)
+    # The times of its recent requests, per rate window (RPM_WINDOW_S, RPS_WINDOW_S).
+    windows: dict[float, deque[float]] = field(default_factory=dict)
     active: list[Task] = field(default_factory=list)
 
 
@@ -217,20 +220,22 @@ class SandboxState:
 
     # --- limits ---
 
-    def take_rpm_slot(self, key: str, limit: int | None, now: float) -> int | None:
-        """Record a request against key's per-minute limit.
+    def take_rate_slot(
+        self, key: str, limit: int | None, window_s: float, now: float
+    ) -> float | None:
+        """Record a request against key's limit of requests per window_s seconds.
 
         Returns:
-            None when the request may go ahead, else the Retry-After in seconds.
+            None when the request may go ahead, else how long until it may (s).
         """
         if limit is None:
             return None
         with self._lock:
-            window = self._key(key).window
-            while window and window[0] <= now - RPM_WINDOW_S:
+            window = self._key(key).windows.setdefault(window_s, deque())
+            while window and window[0] <= now - window_s:
                 window.popleft()
             if len(window) >= limit:
-                return max(1, math.ceil(window[0] + RPM_WINDOW_S - now))
+                return window[0] + window_s - now
             window.append(now)
             return None
 

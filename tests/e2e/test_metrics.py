@@ -11,6 +11,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer import cancel, enqueue, get
+from producer.errors import ERROR_CODES
 from producer.records import TERMINAL, JobStatus
 from tests.e2e.conftest import eventually
 from worker.metrics import exported_names
@@ -106,3 +107,31 @@ def test_scraped_counters_match_the_records_and_the_sandbox(make_pipeline):
     from tests.unit.test_dashboard import dashboard_metric_names
 
     assert dashboard_metric_names(json.loads(DASHBOARD.read_text())) <= set(samples)
+
+
+def test_labels_come_from_bounded_sets_whatever_hosts_and_codes_providers_choose(
+    make_pipeline,
+):
+    """Downloads answered by another host (a CDN the file URL redirects to) and failures
+    with the provider's own codes: every provider label is a configured provider's name and
+    every failure code one of ours or "other", so the series stay as many as the config."""
+    port = free_port()
+    p = make_pipeline(sandbox={"seed": 5}, env={"VIDEOQUEUE_METRICS_PORT": str(port)})
+    p.sandbox.configure(cdn_base_url=p.settings.api_base_url.replace("127.0.0.1", "localhost"))
+    completed = [enqueue(p.request(), settings=p.settings) for _ in range(2)]
+    eventually(lambda: all(get(j, settings=p.settings).status in TERMINAL for j in completed))
+    p.sandbox.configure(fail_rate=1.0)
+    failed = [enqueue(p.request(), settings=p.settings) for _ in range(3)]
+    eventually(lambda: all(get(j, settings=p.settings).status in TERMINAL for j in failed))
+    codes = [get(j, settings=p.settings).error.code for j in failed]
+    theirs = [c for c in codes if c not in ERROR_CODES]
+    assert theirs  # the provider's own codes (content_policy_violation, ...)
+
+    samples = eventually(lambda: (s := scrape(port)).get("videoqueue_job_failures_total") and s)
+    assert p.sandbox.stats()["totals"]["redirects"] >= 2
+    requests = samples["videoqueue_provider_requests_total"]
+    assert set(by(requests, "provider")) == {"default"}
+    assert by(requests, "operation")["download"] >= 2
+    failures = by(samples["videoqueue_job_failures_total"], "code")
+    assert set(failures) <= ERROR_CODES | {"other"} and sum(failures.values()) == len(failed)
+    assert failures["other"] == len(theirs)

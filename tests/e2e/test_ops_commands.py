@@ -7,11 +7,21 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from ops.stack import free_port, redis_server
 from producer import enqueue, enqueue_batch, get
-from producer.records import TERMINAL, JobStatus, WebhookState
+from producer.jobs import store
+from producer.names import account_of
+from producer.records import (
+    TERMINAL,
+    ErrorInfo,
+    JobRecord,
+    JobStatus,
+    WebhookState,
+    utcnow_iso,
+)
 from tests.e2e.conftest import WEBHOOK_SECRET, eventually
 from tests.e2e.test_cli import run
 
@@ -89,6 +99,78 @@ def test_retry_refuses_a_new_provider_task_unless_resubmit(make_pipeline):
 
     not_failed = run(p.env, "retry", job_id)
     assert not_failed.returncode == 1 and "only a failed job" in not_failed.stderr
+
+
+@pytest.mark.parametrize("routes", ["all", "documented"])
+def test_retry_resubmit_cancels_the_old_provider_task(make_pipeline, routes):
+    """The old task (here done and billed, its download failed) is cancelled upstream before
+    a new one is made, and the record says so; a provider with no cancel route (the
+    documented router has no DELETE) leaves it abandoned, and the record says that."""
+    cancellable = routes == "all"
+    p = make_pipeline(sandbox={"truncate_rate": 1.0, "routes": routes},
+                      env={"VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "1"})  # fmt: skip
+    job_id = enqueue(p.request(), settings=p.settings)
+    failed = ended(p, job_id)
+    assert failed.status is JobStatus.FAILED and failed.error.code == "download_failed"
+    p.sandbox.configure(truncate_rate=0.0)
+
+    resubmitted = run(p.env, "retry", job_id, "--resubmit", "--json")
+    assert resubmitted.returncode == 0, resubmitted.stderr
+    assert p.sandbox.stats()["totals"]["deleted"] == int(cancellable)
+    assert (failed.provider_task_id in p.sandbox.stats()["tasks"]) is not cancellable
+    done = ended(p, job_id)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.provider_task_id != failed.provider_task_id
+    assert [(t.provider, t.task_id, t.cancelled) for t in done.replaced_tasks] == [
+        ("default", failed.provider_task_id, cancellable)
+    ]
+
+
+@pytest.mark.parametrize("providers_file", [False, True])
+def test_a_job_retried_into_polling_counts_against_max_in_flight(
+    make_pipeline, tmp_path, providers_file
+):
+    """A failed job whose task still runs, retried while another job holds the only slot:
+    it is not polled until it has a slot of its own (with a providers file too, where a
+    failed job's route is forgotten)."""
+    p = make_pipeline(sandbox={"fast": False, "time_scale": 1.0, "jitter": 0},
+                      env={"VIDEOQUEUE_MAX_IN_FLIGHT": "1"}, workers=0)  # fmt: skip
+    if providers_file:
+        path = tmp_path / "providers.toml"
+        path.write_text(f'[[providers]]\nname = "a"\nbase_url = "{p.settings.api_base_url}"\n'
+                        'api_key_env = "VIDEOQUEUE_API_KEY"\nmax_in_flight = 1\n')  # fmt: skip
+        p.env["VIDEOQUEUE_PROVIDERS_FILE"] = str(path)
+        p.settings = p.settings.model_copy(update={"providers_file": path})
+    p.start_worker()
+    st = store(p.settings)
+    slots = st.keys.in_flight(account_of(p.env["VIDEOQUEUE_API_KEY"]))
+    first = enqueue(p.request(webhook_url=None), settings=p.settings)
+    eventually(lambda: get(first, settings=p.settings).provider_task_id)
+
+    def fail(r: JobRecord) -> bool:  # as any failure while the task runs would
+        r.status, r.finished_at = JobStatus.FAILED, utcnow_iso()
+        r.error = ErrorInfo(code="internal_error", message="failed by the test")
+        return True
+
+    st.update(first, fail, after=lambda r, pipe: st.schedule.nudge(r.id, pipe))
+    eventually(lambda: st.redis.zcard(slots) == 0)  # its slot given back
+    second = enqueue(p.request(webhook_url=None), settings=p.settings)
+    eventually(lambda: st.redis.zscore(slots, second) is not None)
+
+    retried = run(p.env, "retry", first, "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["status"] in ("submitted", "processing")
+    polls = get(first, settings=p.settings).polls
+    while True:
+        seen = get(first, settings=p.settings).polls, st.redis.zscore(slots, first)
+        if st.redis.zscore(slots, second) is None:
+            break  # its generation ended: the slot is free for the first
+        assert seen == (polls, None), "polled without a slot"
+        assert st.redis.zcard(slots) <= 1
+        time.sleep(0.1)
+    done = ended(p, first)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert p.sandbox.stats()["totals"]["creates"] == 2
 
 
 def test_replay_of_a_dead_lettered_webhook_keeps_its_id_and_body(make_pipeline):

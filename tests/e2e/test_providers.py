@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +21,7 @@ from ops.sandbox import Sandbox, SandboxConfig
 from ops.sandbox.state import key_fingerprint
 from producer import JobStatus, enqueue, enqueue_batch, get_batch, wait
 from producer.errors import InvalidRequest
+from producer.jobs import store
 from producer.records import AttemptOutcome
 from tests.e2e.conftest import eventually
 
@@ -236,3 +238,56 @@ def test_a_worker_does_not_start_with_a_bad_providers_file(tmp_path):
     started = subprocess.run([sys.executable, "-c", "import worker.app"], env=env,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert started.returncode != 0 and "no-such-dialect" in started.stderr
+
+
+def test_two_entries_sharing_a_key_keep_its_cap_and_rate_together(make_pipeline, tmp_path):
+    """Two entries with one key (two variables, one value), jobs alternating between them:
+    the sandbox, which answers 429 to a create over the key's cap and to any request over its
+    rate (with room for a second of dispatch delay: the bucket's bound is burst + rate x
+    the window), never has to."""
+    cap, rate_per_s, burst = 2, 3, 2
+    knobs = {"api_key": KEY_A, "fast": False, "time_scale": 0.1, "jitter": 0,
+             "max_concurrent": cap, "rps_limit": burst + 3 * rate_per_s}  # fmt: skip
+    p = make_pipeline(workers=0, sandbox=knobs)
+    url = p.env["VIDEOQUEUE_API_BASE_URL"]
+    limits = {"base_url": url, "max_in_flight": cap, "rate_limit_per_s": rate_per_s,
+              "rate_burst": burst}  # fmt: skip
+    path = _providers(tmp_path, {"name": "a", "api_key_env": "VQTEST_KEY_1", **limits},
+                      {"name": "b", "api_key_env": "VQTEST_KEY_2", **limits})  # fmt: skip
+    p.env.update({"VIDEOQUEUE_PROVIDERS_FILE": str(path), "VQTEST_KEY_1": KEY_A,
+                  "VQTEST_KEY_2": KEY_A, "VIDEOQUEUE_DISPATCH_AHEAD": "8"})  # fmt: skip
+    p.settings = p.settings.model_copy(update={"providers_file": path})
+    p.start_worker(concurrency=4)
+    ids = [enqueue(p.request(webhook_url=None, provider="ab"[i % 2]), settings=p.settings)
+           for i in range(8)]  # fmt: skip
+    records = [wait(job_id, 90, settings=p.settings) for job_id in ids]
+    assert all(r.status is JobStatus.COMPLETED for r in records), [r.error for r in records]
+    stats = p.sandbox.stats()
+    assert stats["totals"]["rate_limited"] == {}
+    key = stats["keys"][key_fingerprint(KEY_A)]
+    assert key["tasks"] == 8 and key["max_concurrent"] <= cap
+    assert {r.provider for r in records} == {"a", "b"}
+    assert all(len(r.provider_attempts) == 1 for r in records)
+
+
+def test_jobs_waiting_for_a_full_provider_do_not_hold_back_another_providers_jobs(
+    make_pipeline, tmp_path, second_sandbox
+):
+    """A hundred jobs due for a provider taking one slow generation at a time (more than any
+    claim looks past), then a few for a free provider: those complete within seconds."""
+    sb_b, url_b = second_sandbox()
+    p = _deploy(make_pipeline, tmp_path, None, url_b, a={"max_in_flight": 1},
+                sandbox={"fast": False, "jitter": 0})  # fmt: skip
+    st = store(p.settings)
+    waiting = [enqueue(p.request(webhook_url=None, provider="a"), settings=p.settings)
+               for _ in range(100)]  # fmt: skip
+    # Every one routed to a and due again, ahead of what comes next.
+    eventually(lambda: st.redis.hlen(st.keys.routes()) >= len(waiting), 30)
+    behind = [enqueue(p.request(webhook_url=None, provider="b"), settings=p.settings)
+              for _ in range(3)]  # fmt: skip
+    started = time.monotonic()
+    records = [wait(job_id, 20, settings=p.settings) for job_id in behind]
+    assert all(r.status is JobStatus.COMPLETED for r in records), [r.error for r in records]
+    assert time.monotonic() - started < 15
+    assert sb_b.stats()["totals"]["tasks"] == 3
+    assert p.sandbox.stats()["keys"][key_fingerprint(KEY_A)]["max_concurrent"] == 1

@@ -190,3 +190,109 @@ def test_a_submit_takes_a_slot_at_the_first_provider_of_its_route_with_one_free(
     limits.release(first)
     assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
     assert st.redis.zscore(slots_a, pinned) is not None
+
+
+def _two_entries(tmp_path, monkeypatch, settings: Settings, a: str, b: str) -> Settings:
+    """Settings whose providers file lists a and b (TOML tables' bodies); both read their key
+    from variables the test sets."""
+    path = tmp_path / "providers.toml"
+    path.write_text(f"[[providers]]\n{a}\n[[providers]]\n{b}\n")
+    return settings.model_copy(update={"providers_file": path})
+
+
+def test_two_entries_sharing_a_key_share_its_slots_and_tokens(deployment, tmp_path, monkeypatch):
+    """Entries sharing one API key (two variables, one value) spend one account's cap and
+    bucket, whichever entry each job goes through."""
+    settings, st = deployment
+    monkeypatch.setenv("VQTEST_SHARED_1", "sk-shared-key")
+    monkeypatch.setenv("VQTEST_SHARED_2", "sk-shared-key")
+    common = 'base_url = "http://shared.test"\nmax_in_flight = 2\nrate_limit_per_s = 0.01'
+    settings = _two_entries(
+        tmp_path, monkeypatch, settings.model_copy(update={"dispatch_ahead": 10}),
+        f'name = "a"\napi_key_env = "VQTEST_SHARED_1"\n{common}\nrate_burst = 3',
+        f'name = "b"\napi_key_env = "VQTEST_SHARED_2"\n{common}\nrate_burst = 3',
+    )  # fmt: skip
+    limits = ProviderLimits(st.redis, settings)
+    assert len(limits.slot_keys) == 1
+    submits = _jobs(settings, st, 6, Lane.SUBMIT)
+    for i, job_id in enumerate(submits):
+        limits.set_route(job_id, ["a" if i % 2 else "b"])
+    pump = Pump(st.redis, settings)
+    claimed = pump.claim_due()[Lane.SUBMIT].entries
+    assert claimed == 2 and st.redis.zcard(limits.slot_keys[0]) == 2
+    # One token per claim in all: the third of the burst is left for one of their polls.
+    submitted = [m for m in submits if st.redis.zscore(limits.slot_keys[0], m) is not None]
+    assert {limits.route(m)[0] for m in submitted} == {"a", "b"}
+    for job_id in submitted:
+        st.schedule.place(job_id, Lane.POLL)
+    assert pump.claim_due()[Lane.POLL].entries == 1
+    assert pump.claim_due()[Lane.POLL].entries == 0
+
+
+def test_jobs_for_a_full_provider_do_not_hold_back_another_providers_jobs(
+    deployment, tmp_path, monkeypatch
+):
+    """More due jobs for a saturated provider than any claim looks at ahead of jobs for a
+    free one: the free one's jobs are claimed within a few claims, the full one takes no
+    more than its cap."""
+    settings, st = deployment
+    monkeypatch.setenv("VQTEST_KEY_FULL", "sk-full")
+    monkeypatch.setenv("VQTEST_KEY_FREE", "sk-free")
+    settings = _two_entries(
+        tmp_path, monkeypatch, settings.model_copy(update={"dispatch_ahead": 10}),
+        'name = "a"\nbase_url = "http://a.test"\napi_key_env = "VQTEST_KEY_FULL"\n'
+        "max_in_flight = 1",
+        'name = "b"\nbase_url = "http://b.test"\napi_key_env = "VQTEST_KEY_FREE"\n'
+        "max_in_flight = 5",
+    )  # fmt: skip
+    limits = ProviderLimits(st.redis, settings)
+    waiting = _jobs(settings, st, 300, Lane.SUBMIT)
+    for job_id in waiting:
+        limits.set_route(job_id, ["a"])
+    behind = _jobs(settings, st, 3, Lane.SUBMIT)
+    for job_id in behind:
+        limits.set_route(job_id, ["b"])
+    pump = Pump(st.redis, settings)
+    claimed: set[str] = set()
+    for _ in range(5):
+        pump.claim_due()
+        claimed |= {m for msg in _messages(st, settings.queue) for m in msg[0]}
+        st.redis.delete(settings.queue)  # the workers took the messages
+    assert set(behind) <= claimed
+    assert len(claimed & set(waiting)) == 1 and waiting[0] in claimed
+    # A slot given back goes to the next of the full provider's jobs, in order.
+    limits.release(waiting[0])
+    pump.claim_due()
+    assert [m for msg in _messages(st, settings.queue) for m in msg[0]] == [waiting[1]]
+
+
+def test_jobs_parked_under_limits_since_removed_are_claimed_again(
+    deployment, tmp_path, monkeypatch
+):
+    """Jobs parked for a provider's cap, then the cap removed from the providers file: the
+    new claims, which no longer read that cap's parked set, still find them."""
+    settings, st = deployment
+    monkeypatch.setenv("VQTEST_KEY_FULL", "sk-full")
+    monkeypatch.setenv("VQTEST_KEY_FREE", "sk-free")
+    b = 'name = "b"\nbase_url = "http://b.test"\napi_key_env = "VQTEST_KEY_FREE"'
+    a = 'name = "a"\nbase_url = "http://a.test"\napi_key_env = "VQTEST_KEY_FULL"'
+    capped = _two_entries(tmp_path, monkeypatch, settings, f"{a}\nmax_in_flight = 1", b)
+    limits = ProviderLimits(st.redis, capped)
+    waiting = _jobs(capped, st, 6, Lane.SUBMIT)
+    for job_id in waiting:
+        limits.set_route(job_id, ["a"])
+    pump = Pump(st.redis, capped)
+    pump.claim_due()
+    st.redis.delete(settings.queue)
+    assert all(st.schedule.entry(m)[1] < time.time() for m in waiting[1:])  # parked: due
+    assert st.redis.zcount(st.keys.schedule(Lane.SUBMIT), "-inf", time.time()) < 5
+
+    (tmp_path / "uncapped").mkdir()
+    uncapped = _two_entries(tmp_path / "uncapped", monkeypatch, settings, a, b)
+    pump = Pump(st.redis, uncapped)
+    claimed: set[str] = set()
+    for _ in range(40):
+        pump.claim_due()
+        claimed |= {m for msg in _messages(st, settings.queue) for m in msg[0]}
+        st.redis.delete(settings.queue)
+    assert claimed == set(waiting) - {waiting[0]}  # the first holds its slot, leased

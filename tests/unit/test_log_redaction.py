@@ -47,10 +47,10 @@ def test_json_format_renders_foreign_lines_as_redacted_json(tmp_path) -> None:
 
 def test_provider_answers_are_counted_by_status_class_or_error() -> None:
     def count(operation: str, code: str) -> float:
-        value = metrics.PROVIDER_REQUESTS.labels(metrics.PROVIDER, operation, code)
+        value = metrics.PROVIDER_REQUESTS.labels("default", operation, code)
         return value._value.get()
 
     before = count("status", "4xx"), count("status", "error")
-    metrics.provider_request("status", SimpleNamespace(status_code=404))
-    metrics.provider_request("status", None)
+    metrics.provider_request("default", "status", SimpleNamespace(status_code=404))
+    metrics.provider_request("default", "status", None)
     assert (count("status", "4xx"), count("status", "error")) == (before[0] + 1, before[1] + 1)

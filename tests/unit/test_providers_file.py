@@ -124,13 +124,22 @@ def test_doctor_names_a_provider_whose_key_variable_is_empty(tmp_path, monkeypat
     assert "2 providers" in _provider_key(s)
 
 
-def test_provider_requests_are_counted_under_the_host_that_answered():
+def test_metric_labels_map_hostile_hosts_and_codes_into_bounded_sets():
+    """A request is counted under the provider's configured name whatever host answered, a
+    name the configuration lacks under "other", and a failure code only if it is ours."""
     from worker import metrics
 
-    def count() -> float:
-        return metrics.PROVIDER_REQUESTS.labels("other.test", "create", "2xx")._value.get()
+    def count(provider: str) -> float:
+        return metrics.PROVIDER_REQUESTS.labels(provider, "download", "2xx")._value.get()
 
-    before = count()
-    answer = httpx.Response(200, request=httpx.Request("POST", "https://other.test/v1/videos"))
-    metrics.provider_request("create", answer)
-    assert count() == before + 1
+    before = count("default"), count("other")
+    for host in ("other.test", "203.0.113.9", "x" * 200):
+        answer = httpx.Response(200, request=httpx.Request("GET", f"https://{host}/v.mp4"))
+        metrics.provider_request("default", "download", answer)
+    metrics.provider_request("not-configured", "download", httpx.Response(200))
+    assert (count("default"), count("other")) == (before[0] + 3, before[1] + 1)
+    assert metrics.provider_label("203.0.113.9") == "other"
+    for theirs in ("content_policy_violation", "40001", "x" * 500, "http_418\n", ""):
+        assert metrics.failure_label(theirs) == "other"
+    for ours in ("timeout", "download_failed", "internal_error", "storage_unavailable"):
+        assert metrics.failure_label(ours) == ours
