@@ -268,6 +268,26 @@ class ProviderClient:
             )
         return task
 
+    def find(self, key: str) -> ProviderTask | None:
+        """The task a create sent with this key made, asked of the dialect's lookup route;
+        None when the provider has none (404, or its "no such task").
+
+        Raises:
+            RetryableError: the provider could not answer now.
+            PermanentError: the lookup was refused for another reason.
+        """
+        route = self.dialect.lookup
+        assert route is not None  # asked only of dialects that have one
+        path = route.path.replace("{key}", quote(key, safe=""))
+        try:
+            response = self._call(route.method, path, operation="status")
+        except PermanentError as e:
+            if e.code == "task_not_found" or e.status_code == 404:
+                return None
+            raise
+        task = self.parse_task(response)
+        return task if task.id else None
+
     # --- status ---
 
     def get(self, task_id: str, api_format: ApiFormat) -> ProviderTask:
