@@ -224,13 +224,14 @@ def _retry(job: Job, name: str, error: RetryableError) -> None:
     rt = runtime()
     s = rt.settings
     record = job.record
+    outcome = AttemptOutcome.REFUSED if error.not_taken else AttemptOutcome.UNCERTAIN
     if record.attempts >= s.submit_max_attempts:
-        job.update(_attempted(name, AttemptOutcome.FAILED, error.code))
+        # Recorded as it was: an operator reading the record sees where a task may exist.
+        job.update(_attempted(name, outcome, error.code))
         return job.fail(error.code, f"gave up after {record.attempts} attempts: {error}")
     delay_s = bounded_hint_s(error.delay_s, s.retry_cap_s)
     if delay_s is None:
         delay_s = retry_delay_s(record.attempts - 1, s.retry_base_s, s.retry_cap_s)
-    outcome = AttemptOutcome.REFUSED if error.not_taken else AttemptOutcome.UNCERTAIN
     names = candidates(VideoRequest.model_validate(record.request), s)
     later = names[names.index(name) + 1 :] if name in names else []
     # The next provider at once; after the last, the first again after a wait.
