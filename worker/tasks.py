@@ -4,9 +4,10 @@ Each task runs entries claimed from the durable schedule (producer/schedule.py),
 base class in worker/steps.py, which checks the claim, keeps its lease, routes each job by its
 record and catches what nobody anticipated. Every step may run more than once (a lease that
 ran out, a redelivered message), so each does only what its record says is still to do:
-- submit: a job that already has a provider task id is never submitted again, and the
-  provider sees the job id as the Idempotency-Key should a crash fall between its answer
-  and our record of it;
+- submit: a job that already has a provider task id is never submitted again, and a create
+  that may have taken effect (no answer, a 5xx, a crash between its answer and our record of
+  it) is never sent blindly again: resent with the same Idempotency-Key, looked up by the key
+  it sent, or the job ends "uncertain_create", as its dialect allows;
 - poll: a job has one schedule entry, so one poll at a time, by construction;
 - finalize: one deterministic S3 key per job, so a re-run overwrites, never duplicates;
 - notify: one webhook-id per event, so a receiver can drop a repeat.
@@ -171,16 +172,14 @@ def _look_up(job: Job, name: str, provider: ProviderClient) -> ProviderTask | _N
         task = provider.find(record.submit_key)
     except RetryableError as e:
         if record.attempts >= s.submit_max_attempts:
-            _uncertain(job, name, f"; looking it up failed {record.attempts} times: {e}")
+            _uncertain(job, name, f"looking it up failed {record.attempts} times: {e}")
             return None
-        delay_s = bounded_hint_s(e.delay_s, s.retry_cap_s)
-        if delay_s is None:
-            delay_s = retry_delay_s(record.attempts - 1, s.retry_base_s, s.retry_cap_s)
+        delay_s = _retry_delay_s(e, record.attempts)
         log.info("lookup deferred", provider=name, delay_s=round(delay_s, 2), reason=str(e))
         job.revisit(delay_s)
         return None
     except PermanentError as e:
-        _uncertain(job, name, f"; looking it up was refused: {e}")
+        _uncertain(job, name, f"looking it up was refused: {e}")
         return None
     if task is not None:
         log.info("found by its key", provider=name, provider_task_id=task.id)
@@ -188,17 +187,25 @@ def _look_up(job: Job, name: str, provider: ProviderClient) -> ProviderTask | _N
     return _NotThere()
 
 
-def _uncertain(job: Job, name: str, detail: str = "") -> None:
+def _uncertain(job: Job, name: str, why: str = "") -> None:
     """End a job whose create may have made a task that we cannot find: never sent blindly
     again, which could bill a second one. An operator reconciles with the provider."""
-    dialect = runtime().provider(name).dialect
-    how = "no idempotency key" + ("" if dialect.lookup else " and no lookup")
+    dialect = runtime().provider(name).dialect.name
+    why = why or f"the {dialect} dialect has no idempotency key and no lookup"
     job.fail(
         "uncertain_create",
-        f"a create sent to provider {name!r} may have made a task whose id never reached us "
-        f"(its {dialect.name} dialect has {how}, so it is not sent again): look for the task "
-        f"of job {job.id} at {name!r}{detail}",
+        f"a create sent to provider {name!r} may have made a task whose id never reached us, "
+        f"and it is not sent again ({why}): look for the task of job {job.id} at {name!r}",
     )
+
+
+def _retry_delay_s(error: RetryableError, attempts: int) -> float:
+    """How long before the next submit call: the provider's hint (capped), else a backoff."""
+    s = runtime().settings
+    delay_s = bounded_hint_s(error.delay_s, s.retry_cap_s)
+    if delay_s is None:
+        delay_s = retry_delay_s(attempts - 1, s.retry_base_s, s.retry_cap_s)
+    return delay_s
 
 
 def _route(job: Job) -> None:
@@ -229,9 +236,7 @@ def _retry(job: Job, name: str, error: RetryableError) -> None:
         # Recorded as it was: an operator reading the record sees where a task may exist.
         job.update(_attempted(name, outcome, error.code))
         return job.fail(error.code, f"gave up after {record.attempts} attempts: {error}")
-    delay_s = bounded_hint_s(error.delay_s, s.retry_cap_s)
-    if delay_s is None:
-        delay_s = retry_delay_s(record.attempts - 1, s.retry_base_s, s.retry_cap_s)
+    delay_s = _retry_delay_s(error, record.attempts)
     names = candidates(VideoRequest.model_validate(record.request), s)
     later = names[names.index(name) + 1 :] if name in names else []
     # The next provider at once; after the last, the first again after a wait.
@@ -251,7 +256,9 @@ def _retry(job: Job, name: str, error: RetryableError) -> None:
         provider = rt.provider(name)
         policy = provider.dialect.after_uncertain_create(_format(job.record, provider).value)
         if policy is UncertainCreate.END:
-            return _uncertain(job, name, f" ({error})")
+            dialect = provider.dialect.name
+            return _uncertain(job, name, f"the {dialect} dialect has no idempotency key and "
+                              f"no lookup; {error}")  # fmt: skip
     log.info("submit deferred", provider=name, outcome=outcome.value,
              next_provider=route(job.record)[0], delay_s=round(delay_s, 2),
              reason=str(error))  # fmt: skip
