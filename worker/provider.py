@@ -262,6 +262,9 @@ class ProviderClient:
                 raise RetryableError(
                     f"POST {path}: refused for now{reason}", code="rate_limited", not_taken=True
                 )
+            if task.error_code is None and task.error_message is None:
+                # A success that says neither "refused" nor which task: it may have made one.
+                raise RetryableError(f"POST {path}: the answer has no task id", code="bad_response")
             raise PermanentError(
                 f"POST {path}: the answer has no task id{reason}",
                 code=task.error_code or "bad_response",
