@@ -22,7 +22,8 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(300)
+# About 4 minutes on an idle 2-core host; the margin is for a host busy with other tests.
+@pytest.mark.timeout(330)
 def test_every_smoke_fault_loses_no_job_bills_nothing_twice_and_recovers_within_a_minute(
     tmp_path: Path,
 ) -> None:
@@ -36,7 +37,7 @@ def test_every_smoke_fault_loses_no_job_bills_nothing_twice_and_recovers_within_
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=290,
+        timeout=320,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
 
