@@ -113,6 +113,10 @@ def submit(job: Job) -> None:
             job.id, attempt, after=lambda r, pipe: rt.limits.set_route(r.id, [name], pipe)
         )
         job.record = record
+        if attempt.sends and record.batch_id and rt.store.batch_cancelled(record.batch_id):
+            # Its batch was cancelled since its step began (the flag is set before the jobs
+            # are marked): pinned first, so a cancel that comes later finds it at the provider.
+            record = job.update(_unsent(name))
         if record.terminal:  # cancelled before its create was sent
             return job.revisit()
         if attempt.sends:
@@ -304,6 +308,16 @@ class _Attempt:
         )
         self.sends = True
         return True
+
+
+def _unsent(name: str) -> Any:
+    """Cancel a job whose create was pinned and will not be sent after all."""
+
+    def change(record: JobRecord) -> None:
+        _settle(record, name, AttemptOutcome.REFUSED, "cancelled")
+        mark_cancelled(record)
+
+    return change
 
 
 def _resending(name: str) -> Any:

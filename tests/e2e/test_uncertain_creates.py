@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from producer import JobStatus, cancel, enqueue, get, wait
+from producer import JobStatus, cancel, enqueue, enqueue_batch, get, wait
 from producer.jobs import store
 from producer.records import AttemptOutcome
 from tests.e2e.conftest import eventually
@@ -115,3 +115,25 @@ def test_a_job_cancelled_just_before_its_create_sends_nothing(make_pipeline, tmp
     assert p.sandbox.stats()["totals"]["creates"] == 0
     record = get(job_id, settings=p.settings)
     assert record.status is JobStatus.CANCELLED and record.attempts == 0
+
+
+def test_a_job_whose_batch_is_cancelled_just_before_its_create_sends_nothing(
+    make_pipeline, tmp_path
+):
+    """The worker is held between loading the job and sending its create; its batch's cancel
+    has set the batch's flag there but not yet reached the job's own record (cancel_batch sets
+    the flag first, then marks each job)."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    p = make_pipeline(workers=0, env={"VQTEST_HOLD_DIR": str(hold)})
+    p.start_worker(app="tests.e2e.held_worker")
+    batch_id = enqueue_batch([p.request(webhook_url=None)], settings=p.settings)
+    st = store(p.settings)
+    (job_id,) = st.batch_job_ids(batch_id)
+    eventually((hold / f"{job_id}.held").exists, 30, every_s=0.02)
+    st.set_batch_fields(batch_id, {"cancelled": "1"})
+    (hold / f"{job_id}.go").touch()
+    eventually(lambda: st.schedule.total() == 0, 15)
+    time.sleep(0.5)  # a create sent late would land by now
+    assert p.sandbox.stats()["totals"]["creates"] == 0
+    assert get(job_id, settings=p.settings).status is JobStatus.CANCELLED
