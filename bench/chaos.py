@@ -72,6 +72,11 @@ class Scenario:
     comparison: bool = False
     # What the fault stops, so what moving again means: jobs ending, or webhooks landing.
     stops: str = "jobs"
+    # A second provider ("b", after the proxied "a"), for faults that could move jobs there.
+    second_provider: bool = False
+    # Injected before the jobs are enqueued (a fault of their creates), and checked at its
+    # end rather than at once: it shows only in what the jobs met.
+    before_jobs: bool = False
 
 
 def _kill_redis(r: Rig) -> None:
@@ -139,6 +144,21 @@ def _pass(r: Rig) -> None:
     r.proxy.set_mode(Mode.PASS)
 
 
+# The first creates at a make their task and time out (the worker gives up after
+# VIDEOQUEUE_API_TIMEOUT_S); every later one is refused with 429 until the heal. A job whose
+# create timed out must stay at a (which holds its task); the others go to b.
+TIMED_OUT_CREATES = 4
+
+
+def _timeouts_then_429(r: Rig) -> None:
+    r.sandbox.configure(fault_sequence={"create": ["hang"] * TIMED_OUT_CREATES + ["429"] * 100_000})
+
+
+def _timed_out_and_refused(r: Rig) -> bool:
+    faults = r.sandbox.stats()["totals"]["faults"]
+    return faults.get("sequence_hang", 0) >= 1 and faults.get("sequence_429", 0) >= 1
+
+
 SCENARIOS = [
     Scenario("redis-restart", "redis-server SIGKILLed, restarted on its AOF (everysec)",
              _kill_redis, _restart_redis, 5, _redis_down),
@@ -168,6 +188,11 @@ SCENARIOS = [
     Scenario("worker-sigkill", "a worker host SIGKILLed mid-run, replaced later",
              _kill_worker, lambda r: r.start_worker(), 5,
              lambda r: r.workers[0].popen.poll() is not None),
+    Scenario("provider-timeout-then-429",
+             f"provider a: its first {TIMED_OUT_CREATES} creates make their task and time out, "
+             "every later create is refused with 429; provider b free",
+             _timeouts_then_429, lambda r: r.sandbox.configure(fault_sequence={}), 8,
+             _timed_out_and_refused, second_provider=True, before_jobs=True),
 ]  # fmt: skip
 
 
@@ -292,25 +317,29 @@ def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, 
     if failures:
         row.notes.append("failed: " + ", ".join(f"{c} x{n}" for c, n in failures.items()))
 
-    # Billing: every provider task must belong to a job; a second create of a job with
-    # the same Idempotency-Key is answered with the same task (a replay, not a duplicate).
-    tasks = r.sandbox.stats()["tasks"]
-    owned = {rec.provider_task_id for rec in present if rec.provider_task_id}
-    row.duplicate_creates = len(set(tasks) - owned)
-    row.replayed_creates = sum(max(0, t["creates"] - 1) for t in tasks.values())
+    # Billing: every provider task must belong to a job (at that provider); a second create
+    # of a job with the same Idempotency-Key is answered with the same task (a replay, not a
+    # duplicate).
+    for name, (sandbox, _, _) in r.providers.items():
+        tasks = sandbox.stats()["tasks"]
+        owned = {rec.provider_task_id for rec in present
+                 if rec.provider_task_id and (rec.provider or "default") == name}  # fmt: skip
+        row.duplicate_creates += len(set(tasks) - owned)
+        row.replayed_creates += sum(max(0, t["creates"] - 1) for t in tasks.values())
+        if len(r.providers) > 1:
+            row.notes.append(f"provider {name}: {len(tasks)} tasks")
 
     s3 = r.s3.value.client()
     try:
-        with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
-            for rec in present:
-                if rec.status is not JobStatus.COMPLETED or rec.output is None:
-                    continue
-                stored = _read_object(s3, rec.output.key)
-                served = http.get(
-                    f"{r.sandbox_url}/v1/videos/{rec.provider_task_id}/content"
-                ).content
-                if stored != served or hashlib.sha256(stored).hexdigest() != rec.output.sha256:
-                    row.corrupt_objects += 1
+        for rec in present:
+            if rec.status is not JobStatus.COMPLETED or rec.output is None:
+                continue
+            _, url, key = r.providers[rec.provider or "default"]
+            stored = _read_object(s3, rec.output.key)
+            served = httpx.get(f"{url}/v1/videos/{rec.provider_task_id}/content",
+                               headers={"Authorization": f"Bearer {key}"}).content  # fmt: skip
+            if stored != served or hashlib.sha256(stored).hexdigest() != rec.output.sha256:
+                row.corrupt_objects += 1
     finally:
         s3.close()
 
@@ -343,9 +372,10 @@ def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, 
         row.recovery_s = 0.0  # nothing was left to move when the fault ended
         row.notes.append("no backlog at the heal")
 
+    secrets = [WEBHOOK_SECRET, *(key for _, _, key in r.providers.values())]
     for worker in r.workers:
         text = worker.log_text()
-        row.secrets_in_logs += text.count(API_KEY) + text.count(WEBHOOK_SECRET)
+        row.secrets_in_logs += sum(text.count(secret) for secret in secrets)
 
 
 def _keep_logs(workdir: Path, into: Path) -> None:
@@ -362,21 +392,28 @@ def run_scenario(scenario: Scenario, jobs: int, fault_scale: float, workdir: Pat
     fault_s = scenario.fault_s * fault_scale
     row = Row(scenario.name, scenario.fault, fault_s, jobs, scenario.comparison)
     log(f"{scenario.name}: starting the rig")
-    with rig(workdir, scenario.appendfsync) as r:
+    with rig(workdir, scenario.appendfsync, scenario.second_provider) as r:
         request = {"model": "sora", "prompt": "a lighthouse in a storm", "size": "64x48",
                    "duration": 2, "webhook_url": r.hook_url}  # fmt: skip
+        if scenario.before_jobs:
+            log(f"{scenario.name}: fault for {fault_s:g} s ({scenario.fault})")
+            scenario.inject(r)
+            injected = time.monotonic()
         ids = [enqueue(request, settings=r.settings) for _ in range(jobs)]
-        # Inject once the first generations finish: jobs are then at every step at once.
-        deadline = time.monotonic() + 60
-        while len(r.receiver.deliveries) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        log(f"{scenario.name}: fault for {fault_s:g} s ({scenario.fault})")
-        scenario.inject(r)
-        injected = time.monotonic()
-        row.fault_confirmed = scenario.broken(r)
+        if not scenario.before_jobs:
+            # Inject once the first generations finish: jobs are then at every step at once.
+            deadline = time.monotonic() + 60
+            while len(r.receiver.deliveries) < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            log(f"{scenario.name}: fault for {fault_s:g} s ({scenario.fault})")
+            scenario.inject(r)
+            injected = time.monotonic()
+            row.fault_confirmed = scenario.broken(r)
+        time.sleep(max(0.0, fault_s - (time.monotonic() - injected)))
+        if scenario.before_jobs:
+            row.fault_confirmed = scenario.broken(r)
         if not row.fault_confirmed:
             row.notes.append("the fault did not take")
-        time.sleep(max(0.0, fault_s - (time.monotonic() - injected)))
         scenario.heal(r)
         # How long the part was really out: a restart may take longer than the fault.
         row.outage_s = round(time.monotonic() - injected, 1)

@@ -17,6 +17,7 @@ from ops.stack import WorkerProcess, celery_worker, redis_server, seaweedfs
 from producer.settings import Settings
 
 API_KEY = "sk-vqchaos-4c0ffee"
+API_KEY_B = "sk-vqchaos-b-5eed"  # the second provider's, in scenarios that have one
 WEBHOOK_SECRET = "whsec_dnFjaGFvcy13ZWJob29rLXNlY3JldC1rZXkhISE="
 BUCKET = "vqchaos"
 WORKERS = 2
@@ -56,6 +57,8 @@ class Rig:
     env: dict[str, str]
     settings: Settings
     stack: ExitStack
+    # Every provider by the name records give it: its sandbox, its own URL and its key.
+    providers: dict[str, tuple[Sandbox, str, str]] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def start_worker(self) -> WorkerProcess:
@@ -72,9 +75,23 @@ class Rig:
         return worker
 
 
+def _providers_file(path: Path, url_a: str, url_b: str) -> Path:
+    """Two providers for every model: "a" (the proxied sandbox) first, then "b"."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '[[providers]]\nname = "a"\ndialect = "router"\n'
+        f'base_url = "{url_a}"\napi_key_env = "VQCHAOS_KEY_A"\n'
+        '[[providers]]\nname = "b"\ndialect = "router"\n'
+        f'base_url = "{url_b}"\napi_key_env = "VQCHAOS_KEY_B"\n'
+    )
+    return path
+
+
 @contextmanager
-def rig(workdir: Path, appendfsync: str | None) -> Iterator[Rig]:
-    """Start every part of a scenario's deployment; stop all of it at the end."""
+def rig(workdir: Path, appendfsync: str | None, second_provider: bool = False) -> Iterator[Rig]:
+    """Start every part of a scenario's deployment; stop all of it at the end. With
+    second_provider, a providers file lists the proxied sandbox as "a" and a second sandbox
+    (reached directly) as "b"."""
     redis_port = free_port()
     redis = Restartable(
         lambda: redis_server(redis_port, workdir / "redis", appendfsync=appendfsync)
@@ -110,13 +127,22 @@ def rig(workdir: Path, appendfsync: str | None) -> Iterator[Rig]:
             **service.env(),
             **ENV,
         }
+        providers = {"default": (sandbox, sandbox_url, API_KEY)}
+        if second_provider:
+            sandbox_b = Sandbox(SandboxConfig(**{**SANDBOX, "api_key": API_KEY_B, "seed": 8}))
+            url_b = stack.enter_context(sandbox_b.serve(port=0))
+            stack.callback(sandbox_b.close)
+            path = _providers_file(workdir / "providers.toml", proxy.url, url_b)
+            env.update({"VIDEOQUEUE_PROVIDERS_FILE": str(path),
+                        "VQCHAOS_KEY_A": API_KEY, "VQCHAOS_KEY_B": API_KEY_B})  # fmt: skip
+            providers = {"a": providers["default"], "b": (sandbox_b, url_b, API_KEY_B)}
         settings = Settings(**{
             k.removeprefix("VIDEOQUEUE_").lower(): v
             for k, v in env.items() if k.startswith("VIDEOQUEUE_")
         })  # fmt: skip
         the_rig = Rig(
             workdir, redis, s3, receiver, hooks, f"http://127.0.0.1:{hook_port}{HOOK_PATH}",
-            sandbox, sandbox_url, proxy, env, settings, stack,
+            sandbox, sandbox_url, proxy, env, settings, stack, providers,
         )  # fmt: skip
         for _ in range(WORKERS):
             the_rig.start_worker()

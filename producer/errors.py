@@ -133,5 +133,5 @@ ERROR_CODES = frozenset({
     "timeout", "rate_limited", "provider_unavailable", "provider_error", "bad_response",
     "task_not_found", "unsupported_request", "unknown_provider", "no_provider",
     "download_failed", "download_timeout", "too_large", "bound_exceeded", "blocked_url",
-    "not_mp4", "invalid_video", "storage_unavailable", "internal_error",
+    "not_mp4", "invalid_video", "storage_unavailable", "internal_error", "uncertain_create",
 })  # fmt: skip

@@ -80,6 +80,9 @@ class AttemptOutcome(StrEnum):
     REFUSED = "refused"  # certainly not taken (unreachable, 429, a refusal): the next provider
     UNCERTAIN = "uncertain"  # may have been taken (timeout, 5xx): the same provider again
     FAILED = "failed"  # refused for good
+    # On its way: written just before the create is sent, replaced by its outcome. One found
+    # by a later submit is a create whose worker died before its answer was recorded.
+    SENT = "sent"
 
 
 class ProviderAttempt(BaseModel):
@@ -150,6 +153,17 @@ class JobRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def uncertain_provider(self) -> str | None:
+        """The provider a create of this submission may have made a task at that we have no id
+        of (an answer that never came or said nothing for sure), if any: the job may go to no
+        other provider, or it could be billed twice. A task created since settles it."""
+        for attempt in reversed(self.provider_attempts):
+            if attempt.outcome is AttemptOutcome.CREATED:
+                return None
+            if attempt.outcome in (AttemptOutcome.UNCERTAIN, AttemptOutcome.SENT):
+                return attempt.provider
+        return None
 
     @property
     def submit_key(self) -> str:

@@ -50,6 +50,15 @@ class TaskState(StrEnum):
     UNKNOWN = "unknown"
 
 
+class UncertainCreate(StrEnum):
+    """What becomes of a create that may have taken effect (a timeout, a 5xx, a dropped or
+    unreadable answer, a worker that died before recording it): never a blind resend."""
+
+    RESEND = "resend"  # sent again with the same idempotency key: the provider's same task
+    LOOK_UP = "look_up"  # found by the key it sent (lookup); sent again only if not there
+    END = "end"  # the job ends failed with "uncertain_create", for an operator to reconcile
+
+
 class Auth(StrEnum):
     """How the API key is sent."""
 
@@ -236,6 +245,10 @@ class Dialect(_Strict):
     answer: Answer = Field(default_factory=Answer)
     states: States
     cancel: Route | None = None
+    # Where a task is found by the key we sent with its create ({key}: the job's submit key,
+    # Kling's external_task_id), for a create that may have taken effect without its answer
+    # reaching us. None where the API has no such lookup.
+    lookup: Route | None = None
     # Where the bytes are when a finished task's answer gives no URL (OpenAI's /content).
     content: Route | None = None
     result: Result | None = None
@@ -264,7 +277,26 @@ class Dialect(_Strict):
                 raise ValueError(f"{path!r}: a route path starts with /")
             if bad := set(_PLACEHOLDER.findall(path)) - {"id", "model"}:
                 raise ValueError(f"{path!r}: unknown placeholder {sorted(bad)}")
+        if self.lookup is not None:
+            if not self.lookup.path.startswith("/"):
+                raise ValueError(f"{self.lookup.path!r}: a route path starts with /")
+            if set(_PLACEHOLDER.findall(self.lookup.path)) != {"key"}:
+                raise ValueError("lookup.path must contain {key} and no other placeholder")
+            keyless = [n for n, c in self.create.items()
+                       if "job_id" not in {f.source for f in c.body.values()}]  # fmt: skip
+            if keyless:
+                raise ValueError(f"create.{keyless[0]}: a lookup finds a task by the key its "
+                                 'create sent: map a body field from "job_id"')  # fmt: skip
         return self
+
+    def after_uncertain_create(self, api_format: str | None) -> UncertainCreate:
+        """What a create in this format that may have taken effect becomes (README,
+        "Guarantees": after an uncertain create)."""
+        if self.format_for(api_format).idempotency_header:
+            return UncertainCreate.RESEND
+        if self.lookup is not None:
+            return UncertainCreate.LOOK_UP
+        return UncertainCreate.END
 
     def format_for(self, api_format: str | None) -> Create:
         """The create format named api_format, else the dialect's first."""

@@ -287,11 +287,34 @@ class ProviderClient:
                 raise RetryableError(
                     f"POST {path}: refused for now{reason}", code="rate_limited", not_taken=True
                 )
+            if task.error_code is None and task.error_message is None:
+                # A success that says neither "refused" nor which task: it may have made one.
+                raise RetryableError(f"POST {path}: the answer has no task id", code="bad_response")
             raise PermanentError(
                 f"POST {path}: the answer has no task id{reason}",
                 code=task.error_code or "bad_response",
             )
         return task
+
+    def find(self, key: str) -> ProviderTask | None:
+        """The task a create sent with this key made, asked of the dialect's lookup route;
+        None when the provider has none (404, or its "no such task").
+
+        Raises:
+            RetryableError: the provider could not answer now.
+            PermanentError: the lookup was refused for another reason.
+        """
+        route = self.dialect.lookup
+        assert route is not None  # asked only of dialects that have one
+        path = route.path.replace("{key}", quote(key, safe=""))
+        try:
+            response = self._call(route.method, path, operation="status")
+        except PermanentError as e:
+            if e.code == "task_not_found" or e.status_code == 404:
+                return None
+            raise
+        task = self.parse_task(response)
+        return task if task.id else None
 
     # --- status ---
 

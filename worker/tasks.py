@@ -4,9 +4,10 @@ Each task runs entries claimed from the durable schedule (producer/schedule.py),
 base class in worker/steps.py, which checks the claim, keeps its lease, routes each job by its
 record and catches what nobody anticipated. Every step may run more than once (a lease that
 ran out, a redelivered message), so each does only what its record says is still to do:
-- submit: a job that already has a provider task id is never submitted again, and the
-  provider sees the job id as the Idempotency-Key should a crash fall between its answer
-  and our record of it;
+- submit: a job that already has a provider task id is never submitted again, and a create
+  that may have taken effect (no answer, a 5xx, a crash between its answer and our record of
+  it) is never sent blindly again: resent with the same Idempotency-Key, looked up by the key
+  it sent, or the job ends "uncertain_create", as its dialect allows;
 - poll: a job has one schedule entry, so one poll at a time, by construction;
 - finalize: one deterministic S3 key per job, so a re-run overwrites, never duplicates;
 - notify: one webhook-id per event, so a receiver can drop a repeat.
@@ -48,6 +49,7 @@ from producer.records import (
 from producer.requests import VideoRequest
 from producer.settings import ApiFormat
 from worker.app import app
+from worker.dialect import UncertainCreate
 from worker.media import S3RangeReader, probe
 from worker.provider import ProviderClient, ProviderTask, TaskState
 from worker.runtime import runtime
@@ -101,28 +103,114 @@ def submit(job: Job) -> None:
             if record.provider is not None:
                 return job.fail("unknown_provider", f"provider {name!r} is no longer configured")
             return _route(job)
-        # Pinned before the call: should we crash before its answer is recorded, the job
-        # may only go back to this provider, with the same Idempotency-Key.
+        provider = rt.provider(name)
+        api_format = _format(record, provider)
+        policy = provider.dialect.after_uncertain_create(api_format.value)
+        # Pinned before the call, in the read that would see a cancel: should we crash before
+        # its answer is recorded, the job may only go back to this provider; a job cancelled
+        # since its step began sends nothing.
+        attempt = _Attempt(name, resends_safely=policy is UncertainCreate.RESEND)
         record = rt.store.update(
-            job.id, _attempting(name), after=lambda r, pipe: rt.limits.set_route(r.id, [name], pipe)
+            job.id, attempt, after=lambda r, pipe: rt.limits.set_route(r.id, [name], pipe)
         )
         job.record = record
-        provider = rt.provider(name)
-        request = VideoRequest.model_validate(record.request)
-        try:
-            task = provider.create(request, _format(record, provider),
-                                   idempotency_key=record.submit_key)  # fmt: skip
-        except RetryableError as e:
-            return _retry(job, name, e)
-        except PermanentError as e:
-            job.update(_attempted(name, AttemptOutcome.FAILED, e.code))
-            return job.fail(e.code, str(e))
+        if attempt.sends and record.batch_id and rt.store.batch_cancelled(record.batch_id):
+            # Its batch was cancelled since its step began (the flag is set before the jobs
+            # are marked): pinned first, so a cancel that comes later finds it at the provider.
+            record = job.update(_unsent(name))
+        if record.terminal:  # cancelled before its create was sent
+            return job.revisit()
+        if attempt.sends:
+            task = _create(job, name, provider, api_format, attempt.resending)
+        elif policy is UncertainCreate.END:
+            return _uncertain(job, name)
+        else:
+            found = _look_up(job, name, provider)
+            if isinstance(found, _NotThere):  # it never took effect: sent now, same key
+                record = job.update(_resending(name))
+                if record.terminal:  # cancelled while we looked
+                    return job.revisit()
+                found = _create(job, name, provider, api_format, resending=True)
+            task = found
+        if task is None:
+            return  # the job has moved on (retried later, or ended)
         record = job.update(_submitted(task, name))
         log.info("submitted", provider=name, provider_task_id=task.id)
         if record.terminal:  # cancelled while the provider answered
             provider.cancel(task.id)
     job.revisit(next_poll_s(_timing(), polls=0, elapsed_s=0.0,
                             usual_s=rt.history.usual_s(record.request)))  # fmt: skip
+
+
+class _NotThere:
+    """A lookup's answer: the provider has no task under the key."""
+
+
+def _create(
+    job: Job, name: str, provider: ProviderClient, api_format: ApiFormat, resending: bool
+) -> ProviderTask | None:
+    """The task the create made; None when it did not (the job retried later, or ended)."""
+    request = VideoRequest.model_validate(job.record.request)
+    try:
+        return provider.create(request, api_format, idempotency_key=job.record.submit_key)
+    except RetryableError as e:
+        _retry(job, name, e)
+    except PermanentError as e:
+        job.update(_attempted(name, AttemptOutcome.FAILED, e.code))
+        if resending and provider.dialect.lookup is not None:
+            # Kling refuses a repeated external_task_id: its first create took effect after all.
+            found = _look_up(job, name, provider)
+            if not isinstance(found, _NotThere):
+                return found  # the task, or None: the lookup failed and the job moved on
+        job.fail(e.code, str(e))
+    return None
+
+
+def _look_up(job: Job, name: str, provider: ProviderClient) -> ProviderTask | _NotThere | None:
+    """The task a create that may have taken effect made, found by the key it sent;
+    _NotThere when the provider has none; None when the lookup failed (the job is retried
+    later, or ended)."""
+    rt = runtime()
+    s = rt.settings
+    record = job.record
+    try:
+        task = provider.find(record.submit_key)
+    except RetryableError as e:
+        if record.attempts >= s.submit_max_attempts:
+            _uncertain(job, name, f"looking it up failed {record.attempts} times: {e}")
+            return None
+        delay_s = _retry_delay_s(e, record.attempts)
+        log.info("lookup deferred", provider=name, delay_s=round(delay_s, 2), reason=str(e))
+        job.revisit(delay_s)
+        return None
+    except PermanentError as e:
+        _uncertain(job, name, f"looking it up was refused: {e}")
+        return None
+    if task is not None:
+        log.info("found by its key", provider=name, provider_task_id=task.id)
+        return task
+    return _NotThere()
+
+
+def _uncertain(job: Job, name: str, why: str = "") -> None:
+    """End a job whose create may have made a task that we cannot find: never sent blindly
+    again, which could bill a second one. An operator reconciles with the provider."""
+    dialect = runtime().provider(name).dialect.name
+    why = why or f"the {dialect} dialect has no idempotency key and no lookup"
+    job.fail(
+        "uncertain_create",
+        f"a create sent to provider {name!r} may have made a task whose id never reached us, "
+        f"and it is not sent again ({why}): look for the task of job {job.id} at {name!r}",
+    )
+
+
+def _retry_delay_s(error: RetryableError, attempts: int) -> float:
+    """How long before the next submit call: the provider's hint (capped), else a backoff."""
+    s = runtime().settings
+    delay_s = bounded_hint_s(error.delay_s, s.retry_cap_s)
+    if delay_s is None:
+        delay_s = retry_delay_s(attempts - 1, s.retry_base_s, s.retry_cap_s)
+    return delay_s
 
 
 def _route(job: Job) -> None:
@@ -143,32 +231,42 @@ def _route(job: Job) -> None:
 
 def _retry(job: Job, name: str, error: RetryableError) -> None:
     """A create that may succeed later: at the next provider at once when it certainly did not
-    take effect, else at the same provider (same Idempotency-Key) after a backoff."""
+    take effect and no earlier create at this provider may have; else at the same provider
+    after a backoff (same Idempotency-Key; where the dialect has none, looked up or ended)."""
     rt = runtime()
     s = rt.settings
     record = job.record
+    outcome = AttemptOutcome.REFUSED if error.not_taken else AttemptOutcome.UNCERTAIN
     if record.attempts >= s.submit_max_attempts:
-        job.update(_attempted(name, AttemptOutcome.FAILED, error.code))
+        # Recorded as it was: an operator reading the record sees where a task may exist.
+        job.update(_attempted(name, outcome, error.code))
         return job.fail(error.code, f"gave up after {record.attempts} attempts: {error}")
-    delay_s = bounded_hint_s(error.delay_s, s.retry_cap_s)
-    if delay_s is None:
-        delay_s = retry_delay_s(record.attempts - 1, s.retry_base_s, s.retry_cap_s)
-    route = [name]
-    if error.not_taken:
-        outcome = AttemptOutcome.REFUSED
-        names = candidates(VideoRequest.model_validate(record.request), s)
-        later = names[names.index(name) + 1 :] if name in names else []
-        # The next provider at once; after the last, the first again after a wait.
-        route, delay_s = (later, 0.0) if later else (names, delay_s)
-    else:
-        outcome = AttemptOutcome.UNCERTAIN
+    delay_s = _retry_delay_s(error, record.attempts)
+    names = candidates(VideoRequest.model_validate(record.request), s)
+    later = names[names.index(name) + 1 :] if name in names else []
+    # The next provider at once; after the last, the first again after a wait.
+    fallback, fallback_delay_s = (later, 0.0) if later else (names, delay_s)
+
+    def route(r: JobRecord) -> list[str]:
+        return fallback if r.provider is None else [name]
+
     job.record = rt.store.update(
         job.id,
         _attempted(name, outcome, error.code),
-        after=lambda r, pipe: rt.limits.set_route(r.id, route, pipe),
+        after=lambda r, pipe: rt.limits.set_route(r.id, route(r), pipe),
     )
+    if job.record.provider is None:
+        delay_s = fallback_delay_s
+    elif outcome is AttemptOutcome.UNCERTAIN:
+        provider = rt.provider(name)
+        policy = provider.dialect.after_uncertain_create(_format(job.record, provider).value)
+        if policy is UncertainCreate.END:
+            dialect = provider.dialect.name
+            return _uncertain(job, name, f"the {dialect} dialect has no idempotency key and "
+                              f"no lookup; {error}")  # fmt: skip
     log.info("submit deferred", provider=name, outcome=outcome.value,
-             next_provider=route[0], delay_s=round(delay_s, 2), reason=str(error))  # fmt: skip
+             next_provider=route(job.record)[0], delay_s=round(delay_s, 2),
+             reason=str(error))  # fmt: skip
     job.revisit(delay_s)
 
 
@@ -181,18 +279,71 @@ def _format(record: JobRecord, provider: ProviderClient) -> ApiFormat:
     return ApiFormat(asked or provider.settings.api_format)
 
 
-def _attempting(name: str) -> Any:
-    def change(record: JobRecord) -> None:
+@dataclass
+class _Attempt:
+    """The change that pins the job to a provider just before its create is sent (a store
+    update: its read is fresh). A cancelled job is left alone; a create an earlier worker sent
+    and never recorded an answer to becomes uncertain; and where that provider may have a task
+    of this job already, the create is sent again only if the dialect resends safely (with
+    the same idempotency key)."""
+
+    name: str
+    resends_safely: bool
+    sends: bool = False  # the create is to be sent (else: looked up or ended)
+    resending: bool = False  # an earlier create at this provider may have taken effect
+
+    def __call__(self, record: JobRecord) -> bool:
+        self.sends = self.resending = False  # an update retried on a conflict calls again
+        if record.terminal:
+            return False
+        for attempt in record.provider_attempts:
+            if attempt.outcome is AttemptOutcome.SENT:  # its worker died waiting for the answer
+                attempt.outcome, attempt.code = AttemptOutcome.UNCERTAIN, "unanswered"
+        self.resending = record.uncertain_provider() == self.name
         record.attempts += 1
-        record.provider = name
+        record.provider = self.name
+        if self.resending and not self.resends_safely:
+            return True
+        record.provider_attempts.append(
+            ProviderAttempt(provider=self.name, outcome=AttemptOutcome.SENT)
+        )
+        self.sends = True
+        return True
+
+
+def _unsent(name: str) -> Any:
+    """Cancel a job whose create was pinned and will not be sent after all."""
+
+    def change(record: JobRecord) -> None:
+        _settle(record, name, AttemptOutcome.REFUSED, "cancelled")
+        mark_cancelled(record)
 
     return change
 
 
+def _resending(name: str) -> Any:
+    def change(record: JobRecord) -> bool:
+        if record.terminal:
+            return False
+        record.provider_attempts.append(ProviderAttempt(provider=name, outcome=AttemptOutcome.SENT))
+        return True
+
+    return change
+
+
+def _settle(record: JobRecord, name: str, outcome: AttemptOutcome, code: str | None) -> None:
+    """Record a create's outcome in its "sent" entry (a new entry if a crash lost that)."""
+    for attempt in reversed(record.provider_attempts):
+        if attempt.provider == name and attempt.outcome is AttemptOutcome.SENT:
+            attempt.outcome, attempt.code, attempt.at = outcome, code, utcnow_iso()
+            return
+    record.provider_attempts.append(ProviderAttempt(provider=name, outcome=outcome, code=code))
+
+
 def _attempted(name: str, outcome: AttemptOutcome, code: str | None) -> Any:
     def change(record: JobRecord) -> None:
-        record.provider_attempts.append(ProviderAttempt(provider=name, outcome=outcome, code=code))
-        if outcome is AttemptOutcome.REFUSED:
+        _settle(record, name, outcome, code)
+        if outcome is AttemptOutcome.REFUSED and record.uncertain_provider() is None:
             record.provider = None  # it never reached this provider: free to go elsewhere
 
     return change
@@ -202,9 +353,7 @@ def _submitted(task: ProviderTask, name: str) -> Any:
     def change(record: JobRecord) -> None:
         record.provider_task_id = task.id
         record.provider = name
-        record.provider_attempts.append(
-            ProviderAttempt(provider=name, outcome=AttemptOutcome.CREATED)
-        )
+        _settle(record, name, AttemptOutcome.CREATED, None)
         record.provider_status = task.raw_status
         record.submitted_at = record.submitted_at or utcnow_iso()
         if record.status is JobStatus.QUEUED:

@@ -24,7 +24,7 @@ from .files import Mp4Body, parse_range, send_file
 from .gate import KEY_SCOPE, RAW_SCOPE, Gate
 from .media import break_moov
 from .oddities import status_response
-from .speech import SHARED_PREFIXES, SPEECHES, Speech
+from .speech import SHARED_PREFIXES, SPEECHES, Speech, refused_external_id
 from .state import TERMINAL, Phase, Task
 from .validation import (
     OPENAI_MODELS,
@@ -229,6 +229,17 @@ class _Handlers:
             url = self._file_url(request, task, now) if phase is Phase.COMPLETED else None
             body = speech.render(task, phase, task.progress(now), url)
             return JSONResponse({**body, **self._links(request, speech, match, task)})
+        if method == "GET" and speech.lookup and (match := speech.lookup.match(path)):
+            assert speech.external_id is not None
+            found = sb.state.task_by_external_id(
+                key, request.query_params.get(speech.external_id, "")
+            )
+            if found is None:
+                raise not_found("no task with that id", code="task_not_exist")
+            sb.state.note_status_query(found)
+            phase = found.phase(now)
+            url = self._file_url(request, found, now) if phase is Phase.COMPLETED else None
+            return JSONResponse(speech.render(found, phase, found.progress(now), url))
         if method == "GET" and speech.result and (match := speech.result.match(path)):
             assert speech.result_answer is not None
             file_id = request.query_params.get("file_id", "").removeprefix("file-")
@@ -241,6 +252,12 @@ class _Handlers:
             body = await self._json_body(request)
             spec_body = speech.parse(body, match.groupdict().get("model"))
             spec = parse_videos_create(spec_body, models=set(cfg.timings), default_model="sora")
+            field = speech.external_id
+            external_id = body.get(field) if field else None
+            if not (isinstance(external_id, str) and external_id):
+                external_id = None
+            elif field and sb.state.task_by_external_id(key, external_id) is not None:
+                return JSONResponse(refused_external_id(field, external_id), status_code=400)
             task, _ = sb.state.create_task(
                 key=key,
                 kind=cfg.dialect,
@@ -250,7 +267,12 @@ class _Handlers:
                 now=now,
                 task_id=sb.state.new_id(speech.id_prefix),
             )
+            if external_id is not None:
+                sb.state.note_external_id(key, external_id, task)
             sb.media.prefetch((spec.width, spec.height, spec.duration_s, cfg.fps))
+            if sb.state.roll("lost_create", cfg.lost_create_rate):
+                sb.state.count_in("faults", "lost_create")  # the task exists; its answer is lost
+                raise ApiError(502, "bad gateway", code="bad_gateway", type_="server_error")
             return JSONResponse(
                 {**speech.created(task), **self._links(request, speech, match, task)}
             )

@@ -43,6 +43,11 @@ Routes = Literal["all", "documented"]
 Vocabulary = Literal["standard", "alt", "upper", "novel"]
 RouteClass = Literal["create", "status", "content", "file", "characters"]
 
+# One request's fate in a fault_sequence: answered as usual ("pass"); refused before it takes
+# effect ("429" with Retry-After: 1, "503", "404" as if its task were not there yet); or
+# taken, its answer then held until the client gives up ("hang") or replaced by a 502 ("lost").
+SequencedFault = Literal["pass", "429", "503", "404", "hang", "lost"]
+
 ALL_ROUTE_CLASSES: list[RouteClass] = ["create", "status", "content", "file", "characters"]
 
 # Speed-up applied to every generation time in fast mode: a 4 s sora clip then takes ~0.05 s
@@ -125,6 +130,10 @@ class SandboxConfig(BaseModel):
     drip_error_rate: float = Field(default=0.0, ge=0, le=1)
     drip_head: bool = False
     drip_routes: list[RouteClass] = Field(default_factory=lambda: list(ALL_ROUTE_CLASSES))
+    # The fates of a route class's next requests, in order (then the knobs above decide):
+    # {"create": ["hang", "429"]} is a create that times out after making its task, then one
+    # refused with 429. Setting it starts every sequence from its beginning.
+    fault_sequence: dict[RouteClass, list[SequencedFault]] = Field(default_factory=dict)
 
     # --- task faults ---
     fail_rate: float = Field(default=0.0, ge=0, le=1)

@@ -99,6 +99,7 @@ class Gate:
                 state.note_request(scope.get(KEY_SCOPE))
             if key is not None:
                 self._check_rate(key)
+            fault = self._next_in_sequence(route)
             if route is not None:
                 self._maybe_inject_error(route)
         except ApiError as err:
@@ -110,10 +111,20 @@ class Gate:
             state.count_in("faults", "drip_error")
             await self._drip_error(scope, receive, counting_send, transport)
             return
+        if fault == "lost":
+            # The request takes effect (a create makes its task); only its answer is lost.
+            async def drop(_message: Message) -> None:
+                pass
+
+            await self.app(scope, receive, drop)
+            lost = ApiError(502, "bad gateway", code="bad_gateway", type_="server_error")
+            await lost.response()(scope, receive, counting_send)
+            return
         # Slow answers and hangs come after the request took effect (a create has made its
         # task): the nasty case, where a client that gives up does not know what happened.
         slow = route in cfg.slow_routes and state.roll("slow", cfg.slow_rate)
-        hang = route is not None and state.roll("hang", cfg.hang_rate)
+        rolled_hang = route is not None and state.roll("hang", cfg.hang_rate)
+        hang = rolled_hang or fault == "hang"
         if not (slow or hang):
             await self.app(scope, receive, counting_send)
             return
@@ -125,7 +136,8 @@ class Gate:
                 return
             if message["type"] == "http.response.start":
                 if hang:
-                    state.count_in("faults", "hang")
+                    if rolled_hang:
+                        state.count_in("faults", "hang")
                     swallow = True
                     if not await self._hold(cfg.hang_s, receive):
                         err = ApiError(
@@ -162,6 +174,27 @@ class Gate:
                     type_="rate_limit_error",
                     headers={"Retry-After": str(retry)},
                 )
+
+    def _next_in_sequence(self, route: str | None) -> str:
+        """The request's fate from its route class's fault_sequence; raised here when it is
+        refused before taking effect (429, 503, 404)."""
+        state, cfg = self.sandbox.state, self.sandbox.config
+        sequence = next((seq for name, seq in cfg.fault_sequence.items() if name == route), [])
+        if route is None or not sequence:
+            return "pass"
+        fault = state.next_fault(route, sequence)
+        if fault != "pass":
+            state.count_in("faults", f"sequence_{fault}")
+        if fault == "429":
+            raise ApiError(429, "rate limit reached (fault_sequence); retry after 1 s",
+                           code="rate_limit_exceeded", type_="rate_limit_error",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        if fault == "404":
+            raise ApiError(404, "no such task (fault_sequence)", code="task_not_exist")
+        if fault == "503":
+            raise ApiError(503, "the sandbox injected a 503 (fault_sequence)",
+                           code="injected_error", type_="server_error")  # fmt: skip
+        return fault
 
     def _maybe_inject_error(self, route: str) -> None:
         """Refuse the request with a 5xx before it does anything (error_rate)."""

@@ -60,6 +60,8 @@ class Sandbox:
         new = self.config.patched(patch)
         if new.seed != self.config.seed:
             self.state.reseed(new.seed)
+        if "fault_sequence" in patch:
+            self.state.restart_sequences()
         self.config = new
         return new
 

@@ -49,6 +49,11 @@ class Speech:
     headers: dict[str, str] = field(default_factory=dict)  # required on every call
     # URLs an answer carries, from the request's "app" group (fal): (root URL, task) -> fields
     links: Callable[[str, Task], dict[str, Any]] | None = None
+    # The create body's field with the caller's own task id, unique per account (Kling's
+    # external_task_id): a create repeating one is refused, and the task is found by it with a
+    # GET of the lookup route and the same-named query parameter.
+    external_id: str | None = None
+    lookup: re.Pattern[str] | None = None
 
 
 def _words(waiting: str, running: str, done: str, failed: str) -> dict[Phase, str]:
@@ -288,6 +293,8 @@ SPEECHES: dict[str, Speech] = {
         render=_kling,
         created=lambda t: _kling(t, Phase.QUEUED, 0, None),
         id_prefix="8672",
+        external_id="external_task_id",
+        lookup=re.compile(r"^/v1/videos/text2video$"),  # ?external_task_id=
     ),
     "luma": Speech(
         auth="bearer",
@@ -406,6 +413,12 @@ SPEECHES: dict[str, Speech] = {
 }
 
 
+def refused_external_id(field: str, value: str) -> dict[str, Any]:
+    """Kling's answer (HTTP 400) to a create repeating an external task id: a parameter error
+    (service code 1201) that names the field."""
+    return {"code": 1201, "message": f"{field} {value!r} already exists", "request_id": "req"}
+
+
 def kling_key(token: str, keys: frozenset[str], now: float) -> str | None:
     """The configured "ACCESS:SECRET" key whose secret signed this JWT (HS256) for its access
     key (iss), if it is in its time window (nbf..exp); else None."""
@@ -435,7 +448,9 @@ def route_class(speech: Speech, method: str, path: str) -> str | None:
     if method == "POST" and speech.create.match(path):
         return "create"
     if method == "GET" and (
-        speech.query.match(path) or (speech.result and speech.result.match(path))
+        speech.query.match(path)
+        or (speech.result and speech.result.match(path))
+        or (speech.lookup and speech.lookup.match(path))
     ):
         return "status"
     if speech.cancel and method == speech.cancel[0] and speech.cancel[1].match(path):

@@ -12,6 +12,7 @@ import math
 import random
 import threading
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -158,9 +159,13 @@ class SandboxState:
         self.tasks: dict[str, Task] = {}
         self.characters: dict[str, Character] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
+        # (key, the caller's own task id) -> task id (Kling's external_task_id).
+        self._external: dict[tuple[str, str], str] = {}
         self._keys: dict[str, KeyState] = {}
         self._totals = _zero_totals()
         self._rngs: dict[str, random.Random] = {}
+        # How far each route class has got through config.fault_sequence.
+        self._sequence_pos: Counter[str] = Counter()
         self.reseed(config.seed)
 
     # --- randomness ---
@@ -193,6 +198,19 @@ class SandboxState:
         """One of options, drawn from the named stream."""
         with self._lock:
             return self.rng(stream).choice(options)
+
+    def next_fault(self, route: str, sequence: Sequence[str]) -> str:
+        """The fate of the route class's next request in its fault sequence ("pass" past its
+        end)."""
+        with self._lock:
+            at = self._sequence_pos[route]
+            self._sequence_pos[route] += 1
+        return sequence[at] if at < len(sequence) else "pass"
+
+    def restart_sequences(self) -> None:
+        """Start every fault sequence from its beginning."""
+        with self._lock:
+            self._sequence_pos.clear()
 
     def new_id(self, prefix: str) -> str:
         """A fresh id, reproducible from the seed."""
@@ -333,6 +351,16 @@ class SandboxState:
             failure=failure,
         )
 
+    def note_external_id(self, key: str, external_id: str, task: Task) -> None:
+        """Remember the caller's own id of a task."""
+        with self._lock:
+            self._external[(key, external_id)] = task.id
+
+    def task_by_external_id(self, key: str, external_id: str) -> Task | None:
+        """The task key created under this id of its own, if any."""
+        task = self.tasks.get(self._external.get((key, external_id), ""))
+        return task if task is not None and task.key == key else None
+
     def get_task(self, key: str, task_id: str) -> Task:
         """The task, if key may see it.
 
@@ -433,6 +461,7 @@ class SandboxState:
                 self.tasks.clear()
                 self.characters.clear()
                 self._idempotency.clear()
+                self._external.clear()
                 self._keys.clear()
                 return
             for task in self.tasks.values():

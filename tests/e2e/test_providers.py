@@ -174,6 +174,30 @@ def test_a_create_that_timed_out_is_retried_at_the_same_provider_only(
     assert sb_b.stats()["totals"]["creates"] == 0
 
 
+def test_a_create_that_timed_out_then_was_refused_with_429_stays_at_its_provider(
+    make_pipeline, tmp_path, second_sandbox
+):
+    """a made the task of the first create and its answer never came; the retry there is
+    refused with 429. a may hold the task, so the job stays at a: never a task at b."""
+    sb_b, url_b = second_sandbox()
+    p = _deploy(make_pipeline, tmp_path, None, url_b,
+                sandbox={"fault_sequence": {"create": ["hang", "429"]}},
+                env={"VIDEOQUEUE_API_TIMEOUT_S": "0.5"})  # fmt: skip
+    job_id = enqueue(p.request(webhook_url=None), settings=p.settings)
+    record = wait(job_id, 30, settings=p.settings)
+    assert record.status is JobStatus.COMPLETED, record.error
+    assert record.provider == "a"
+    assert [(a.provider, a.outcome) for a in record.provider_attempts] == [
+        ("a", AttemptOutcome.UNCERTAIN),
+        ("a", AttemptOutcome.REFUSED),
+        ("a", AttemptOutcome.CREATED),
+    ]
+    assert sb_b.stats()["totals"]["creates"] == 0
+    # One task at a: the third create was answered from the Idempotency-Key.
+    assert list(_creates(p.sandbox)) == [record.provider_task_id]
+    assert p.sandbox.stats()["totals"]["idempotent_replays"] == 1
+
+
 def test_a_job_naming_a_provider_goes_there(make_pipeline, tmp_path, second_sandbox):
     sb_b, url_b = second_sandbox()
     p = _deploy(make_pipeline, tmp_path, None, url_b)

@@ -24,6 +24,7 @@ from tests.e2e.sandbox_helpers import (
     running,
     wait_terminal,
 )
+from worker.provider import kling_jwt
 
 
 def test_rpm_limit_answers_429_with_retry_after_per_key():
@@ -132,6 +133,46 @@ def test_a_lost_create_answer_is_a_502_but_the_task_exists_and_a_retry_finds_it(
         retry = client.post("/v1/videos", json={"prompt": "x"}, headers=headers)
         assert retry.status_code == 200
         assert list(sb.stats()["tasks"]) == [retry.json()["id"]]
+
+
+def test_a_fault_sequence_gives_each_request_of_its_route_its_fate_in_order():
+    sequence = {"create": ["429", "lost", "hang", "pass"], "status": ["404"]}
+    with running(fault_sequence=sequence, hang_s=60) as (sb, client):
+        body = {"prompt": "x", "model": "sora", "size": "64x48", "duration": 2}
+        refused = client.post("/v1/videos", json=body)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert sb.stats()["totals"]["tasks"] == 0  # refused before it took effect
+        assert client.post("/v1/videos", json=body).status_code == 502
+        with pytest.raises(httpx.ReadTimeout):  # taken, and its answer held
+            client.post("/v1/videos", json=body, timeout=0.5)
+        made = create(client)
+        assert sb.stats()["totals"]["tasks"] == 3
+        assert client.get(f"/v1/videos/{made['id']}").status_code == 404  # "not there yet"
+        assert client.get(f"/v1/videos/{made['id']}").status_code == 200
+        faults = sb.stats()["totals"]["faults"]
+        assert {k: faults[k] for k in faults if k.startswith("sequence_")} == {
+            "sequence_429": 1, "sequence_lost": 1, "sequence_hang": 1, "sequence_404": 1
+        }  # fmt: skip
+        sb.configure(fault_sequence={"create": ["429"]})  # setting it starts it again
+        assert client.post("/v1/videos", json=body).status_code == 429
+
+
+def test_kling_refuses_a_repeated_external_task_id_and_finds_the_task_by_it():
+    key = "ak-sandbox:sk-sandbox-kling-secret"
+    with running(dialect="kling", api_key=key) as (sb, client):
+        headers = {"Authorization": f"Bearer {kling_jwt(key)}"}
+        body = {"model_name": "sora", "prompt": "x", "duration": "2", "external_task_id": "j1"}
+        first = client.post("/v1/videos/text2video", json=body, headers=headers)
+        assert first.status_code == 200
+        again = client.post("/v1/videos/text2video", json=body, headers=headers)
+        assert again.status_code == 400 and again.json()["code"] == 1201
+        found = client.get("/v1/videos/text2video", params={"external_task_id": "j1"},
+                           headers=headers)  # fmt: skip
+        assert found.json()["data"]["task_id"] == first.json()["data"]["task_id"]
+        missing = client.get("/v1/videos/text2video", params={"external_task_id": "j2"},
+                             headers=headers)  # fmt: skip
+        assert missing.status_code == 404
+        assert sb.stats()["totals"]["tasks"] == 1
 
 
 @pytest.mark.parametrize("flavor", ["router", "openai"])

@@ -205,6 +205,16 @@ def test_kling_refusing_a_create_with_http_200_fails_it_with_klings_reason():
     assert e.value.code == "1301" and "content safety" in str(e.value)
 
 
+@pytest.mark.parametrize("dialect", ["luma", "kling", "router"])
+def test_a_successful_create_without_a_task_id_or_a_refusal_may_have_made_a_task(dialect):
+    """Neither refused nor named: handled as a create that may have taken effect (resent
+    with the same key, looked up, or ended uncertain_create), never as a refusal."""
+    client, _ = _client(dialect, lambda r: httpx.Response(200, json={"status": "queued"}))
+    with pytest.raises(RetryableError) as e:
+        client.create(VideoRequest(prompt="a cat"), ApiFormat.OPENAI, "job-1")
+    assert e.value.code == "bad_response" and not e.value.not_taken
+
+
 @pytest.mark.parametrize(
     ("dialect", "refusal"),
     [

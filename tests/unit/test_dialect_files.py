@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +14,14 @@ import pytest
 from producer.errors import PermanentError
 from producer.requests import VideoRequest
 from producer.settings import ApiFormat, Settings
-from worker.dialect import DialectError, TaskState, available, load_dialect
+from worker.dialect import (
+    SHIPPED,
+    DialectError,
+    TaskState,
+    UncertainCreate,
+    available,
+    load_dialect,
+)
 from worker.provider import ProviderClient, kling_jwt
 
 MINIMAL = """
@@ -89,6 +97,8 @@ def test_a_request_field_the_dialect_has_no_place_for_fails_naming_it(tmp_path):
         ('[answer]\nstatuss = ["x"]\n', "answer.statuss"),
         ('auth = "basic"\n', "auth"),
         ("[create]\n", "create"),
+        ('[lookup]\npath = "/v2/jobs"\n', "lookup.path must contain {key}"),
+        ('[lookup]\npath = "/v2/jobs?ref={key}"\n', 'map a body field from "job_id"'),
     ],
 )
 def test_a_bad_dialect_file_is_refused_naming_the_field(tmp_path, change, named):
@@ -192,3 +202,18 @@ def test_neither_half_of_a_kling_key_pair_appears_in_an_error():
         client.get("t1", ApiFormat.OPENAI)
     assert "AK-123456789" not in str(e.value) and "SK-abcdefghij" not in str(e.value)
     assert "[redacted]" in str(e.value)
+
+
+def test_the_readme_says_what_each_dialect_does_after_an_uncertain_create():
+    """The Guarantees table is the dialect files' data, row by row."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### After an uncertain create", 1)[1].split("\n### ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| `")]
+    rows = {line.split("|")[1].split()[0].strip("`"): line.split("|")[3] for line in table}
+    assert sorted(rows) == sorted(SHIPPED)
+    words = {UncertainCreate.RESEND: "resent", UncertainCreate.LOOK_UP: "looked up",
+             UncertainCreate.END: "ends `uncertain_create`"}  # fmt: skip
+    for name in SHIPPED:
+        dialect = load_dialect(name)
+        for api_format in dialect.create:
+            assert words[dialect.after_uncertain_create(api_format)] in rows[name], name
