@@ -34,8 +34,8 @@ import httpx
 from bench.chaos_rig import API_KEY, BUCKET, WEBHOOK_SECRET, WORKERS, Rig, rig
 from bench.faults import AofTail, Mode, kill_redis
 from producer import JobNotFound, JobRecord, enqueue, get
-from producer.records import TERMINAL, JobStatus, WebhookState
-from producer.settings import Settings
+from producer.core.records import TERMINAL, JobStatus, WebhookState
+from producer.core.settings import Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "chaos"
 # Within this long after the heal the first job must move again (the bound).

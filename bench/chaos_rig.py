@@ -14,7 +14,7 @@ from ops.receiver import HOOK_PATH, WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.serve import free_port
 from ops.stack import WorkerProcess, celery_worker, redis_server, seaweedfs
-from producer.settings import Settings
+from producer.core.settings import Settings
 
 API_KEY = "sk-vqchaos-4c0ffee"
 API_KEY_B = "sk-vqchaos-b-5eed"  # the second provider's, in scenarios that have one

@@ -33,7 +33,7 @@ from bench.harness import (
 )
 from bench.model import Row, ScenarioResult
 from producer import enqueue, get
-from producer.records import TERMINAL, JobStatus
+from producer.core.records import TERMINAL, JobStatus
 
 NAME = "copy"
 MIB = 1024 * 1024

@@ -35,10 +35,10 @@ from typing import Any
 import producer
 from bench.harness import Services, log, purge
 from bench.model import Row, ScenarioResult
-from producer import names
-from producer.jobs import store
-from producer.messages import task_message
-from producer.settings import Settings
+from producer.core import names
+from producer.core.settings import Settings
+from producer.core.store import store
+from worker.messages import task_message
 
 NAME = "enqueue"
 MB = 1e6

@@ -35,7 +35,7 @@ import redis
 
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.stack import S3Service, WorkerProcess, celery_worker, ensure_redis, seaweedfs
-from producer.settings import Settings
+from producer.core.settings import Settings
 
 # A database of its own on the usual Redis: kombu keeps every app's unacknowledged messages in
 # keys shared per database (``unacked``), where another app's restore sweep, with a shorter
@@ -48,7 +48,7 @@ BASELINE_KEY = "sk-vqbench-baseline"
 BUCKET = "vqbench"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"videoqueue-benchmark-webhook-key!").decode()
 
-# The poll schedule the benchmark runs with: the product's defaults (producer/settings.py),
+# The poll schedule the benchmark runs with: the product's defaults (producer/core/settings.py),
 # written out so that a change of default shows here. Seconds at real time; scenarios that
 # compress time scale them.
 POLL_FIRST_S = 2.0

@@ -58,8 +58,8 @@ from bench.harness import (
 from bench.model import Row, ScenarioResult
 from ops.sandbox.state import key_fingerprint
 from producer import enqueue_batch
-from producer.names import Keys
-from producer.settings import Settings
+from producer.core.names import Keys
+from producer.core.settings import Settings
 
 NAME = "in-flight"
 MODEL = "bench-inflight"

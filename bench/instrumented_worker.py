@@ -34,7 +34,7 @@ from typing import Any
 
 from celery.signals import task_postrun, task_prerun
 
-from producer.names import LANES, Lane
+from producer.core.names import LANES, Lane
 from worker import app
 from worker.pump import Claimed, Pump
 

@@ -54,8 +54,8 @@ from bench.harness import (
 from bench.model import Row, ScenarioResult
 from ops.sandbox.state import key_fingerprint
 from producer import enqueue_batch, get
-from producer.names import Keys
-from producer.records import TERMINAL
+from producer.core.names import Keys
+from producer.core.records import TERMINAL
 from worker.history import CACHE_S
 
 NAME = "polling"

@@ -10,10 +10,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from producer.errors import OperationRefused, PermanentError, RetryableError
-from producer.jobs import store
-from producer.names import BATCH_COMPLETED, Lane
-from producer.records import (
+from producer.core.errors import OperationRefused, PermanentError, RetryableError
+from producer.core.names import BATCH_COMPLETED, Lane
+from producer.core.records import (
     JobRecord,
     JobStatus,
     ReplacedTask,
@@ -21,7 +20,8 @@ from producer.records import (
     WebhookState,
     utcnow_iso,
 )
-from producer.settings import ApiFormat, Settings
+from producer.core.settings import ApiFormat, Settings
+from producer.core.store import store
 
 # Index entries read per round trip while filtering a listing.
 _PAGE = 500

@@ -22,10 +22,10 @@ from ops import admin
 from ops.doctor import run_checks
 from ops.sandbox.cli import sandbox
 from producer.cli import app
-from producer.errors import JobNotFound, OperationRefused
-from producer.jobs import store
-from producer.records import JobRecord, JobStatus
-from producer.settings import get_settings
+from producer.core.errors import JobNotFound, OperationRefused
+from producer.core.records import JobRecord, JobStatus
+from producer.core.settings import get_settings
+from producer.core.store import store
 
 app.command("sandbox", help="Serve the sandbox provider API (a stand-in for the video API).")(
     sandbox
@@ -96,7 +96,7 @@ def stats(as_json: AsJson = False) -> None:
     """Jobs by status, schedule depth and lateness, in flight and parked, dead letters."""
     from dataclasses import asdict
 
-    from producer.stats import read_stats
+    from producer.core.stats import read_stats
 
     settings = get_settings()
     snapshot = read_stats(store(settings), settings)

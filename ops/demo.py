@@ -28,9 +28,9 @@ from ops.receiver import WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.stack import celery_worker, local_stack
 from producer.characters import create_character
+from producer.core.records import TERMINAL, JobRecord, JobStatus
+from producer.core.settings import Settings
 from producer.jobs import enqueue, get
-from producer.records import TERMINAL, JobRecord, JobStatus
-from producer.settings import Settings
 
 # Wide enough for the tables when the output is a file or a CI log, not a terminal.
 console = Console() if sys.stdout.isatty() else Console(width=140)

@@ -13,9 +13,9 @@ from typing import Any
 
 import redis
 
-from producer.errors import InvalidConfiguration
-from producer.providers import api_key, providers
-from producer.settings import Settings
+from producer.core.errors import InvalidConfiguration
+from producer.core.providers import api_key, providers
+from producer.core.settings import Settings
 
 # The largest clock difference between this host and Redis that is harmless: Redis's clock
 # drives the schedule, this host's stamps the records' times.

@@ -8,16 +8,16 @@ It loads no Celery task code and no boto3: jobs reach the workers through Redis 
 """
 
 from producer.batches import cancel_batch, enqueue_batch, get_batch
-from producer.errors import (
+from producer.core.errors import (
     InvalidRequest,
     JobNotFound,
     VideoqueueError,
     WaitTimeout,
     WebhookVerificationError,
 )
+from producer.core.records import BatchRecord, JobRecord, JobStatus
+from producer.core.requests import CharacterRequest, Scene, VideoRequest
 from producer.jobs import cancel, enqueue, get, wait
-from producer.records import BatchRecord, JobRecord, JobStatus
-from producer.requests import CharacterRequest, Scene, VideoRequest
 from producer.webhooks import verify_webhook
 
 __all__ = [

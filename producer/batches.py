@@ -19,15 +19,14 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from producer.errors import InvalidRequest, JobNotFound
-from producer.jobs import mark_cancelled, store
-from producer.metadata import metadata_problems
-from producer.providers import candidates
-from producer.records import BatchRecord, BatchState, JobRecord, utcnow_iso
-from producer.requests import VideoRequest, http_url, parse_request, unencodable_fields
-from producer.settings import Settings, get_settings
-from producer.store import NewJob
-from producer.urls import UrlPolicy, check_outbound
+from producer.core.errors import InvalidRequest, JobNotFound
+from producer.core.metadata import metadata_problems
+from producer.core.providers import candidates
+from producer.core.records import BatchRecord, BatchState, JobRecord, mark_cancelled, utcnow_iso
+from producer.core.requests import VideoRequest, http_url, parse_request, unencodable_fields
+from producer.core.settings import Settings, get_settings
+from producer.core.store import NewJob, store
+from producer.core.urls import UrlPolicy, check_outbound
 
 # Jobs per Lua call: large enough that round trips vanish, small enough that one call
 # blocks Redis for milliseconds, not seconds.

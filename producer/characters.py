@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 
-from producer.deadline import deadline_transport, within
-from producer.errors import ProviderError
-from producer.requests import CharacterRequest, parse_character
-from producer.settings import Settings, get_settings
+from producer.core.deadline import deadline_transport, within
+from producer.core.errors import ProviderError
+from producer.core.requests import CharacterRequest, parse_character
+from producer.core.settings import Settings, get_settings
 
 
 def create_character(

@@ -17,10 +17,10 @@ from typer.core import TyperGroup
 
 from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.characters import create_character
-from producer.errors import InvalidRequest, JobNotFound, VideoqueueError, WaitTimeout
+from producer.core.errors import InvalidRequest, JobNotFound, VideoqueueError, WaitTimeout
+from producer.core.records import ACTIVE, BatchRecord, JobStatus
+from producer.core.settings import get_settings
 from producer.jobs import cancel, enqueue, get, wait
-from producer.records import ACTIVE, BatchRecord, JobStatus
-from producer.settings import get_settings
 
 
 class _Commands(TyperGroup):

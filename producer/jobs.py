@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from functools import lru_cache
 from typing import Any
 
-from producer.errors import WaitTimeout
-from producer.providers import candidates
-from producer.records import TERMINAL, JobRecord, JobStatus, utcnow_iso
-from producer.requests import VideoRequest, parse_request
-from producer.settings import Settings, get_settings
-from producer.store import JobStore
-from producer.urls import check_outbound
-
-
-@lru_cache(maxsize=8)
-def _store_for(url: str, prefix: str, record_ttl_s: float) -> JobStore:
-    return JobStore.from_url(url, prefix, record_ttl_s)
-
-
-def store(settings: Settings | None = None) -> JobStore:
-    """The job store for these settings (one connection pool per URL and prefix)."""
-    s = settings or get_settings()
-    return _store_for(s.records_url, s.key_prefix, s.record_ttl_s)
+from producer.core.errors import WaitTimeout
+from producer.core.providers import candidates
+from producer.core.records import TERMINAL, JobRecord, mark_cancelled
+from producer.core.requests import VideoRequest, parse_request
+from producer.core.settings import Settings, get_settings
+from producer.core.store import store
+from producer.core.urls import check_outbound
 
 
 def new_job_id() -> str:
@@ -112,12 +100,3 @@ def cancel(job_id: str, *, settings: Settings | None = None) -> JobRecord:
     """
     st = store(settings)
     return st.update(job_id, mark_cancelled, after=lambda r, pipe: st.schedule.nudge(r.id, pipe))
-
-
-def mark_cancelled(record: JobRecord) -> bool:
-    """A store.update change: cancel the job unless it has ended."""
-    if record.status in TERMINAL:
-        return False
-    record.status = JobStatus.CANCELLED
-    record.finished_at = utcnow_iso()
-    return True

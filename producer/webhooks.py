@@ -9,7 +9,7 @@ from typing import Any
 from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as _LibError
 
-from producer.errors import WebhookVerificationError
+from producer.core.errors import WebhookVerificationError
 
 
 def verify_webhook(body: bytes | str, headers: Mapping[str, str], secret: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from producer.errors import PermanentError, RetryableError
+from producer.core.errors import PermanentError, RetryableError
 from worker.dialect import Dialect, TaskState
 
 

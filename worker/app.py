@@ -7,8 +7,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init, setup_logging
 
-from producer.providers import providers
-from producer.settings import get_settings
+from producer.core.providers import providers
+from producer.core.settings import get_settings
 from worker import logs, redaction
 from worker.config import celery_config
 from worker.dialect import load_dialect

@@ -6,14 +6,14 @@ from typing import Any
 
 from kombu import Queue
 
-from producer.names import queues
-from producer.settings import Settings
+from producer.core.names import queues
+from producer.core.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for these settings."""
     # The broker carries hints, not state: what each job waits for is its entry in the durable
-    # schedule (producer/schedule.py), claimed under a lease that brings a step back within
+    # schedule (producer/core/schedule.py), claimed under a lease that brings a step back within
     # lease_s whatever was lost. So no Celery countdown is ever used (an ETA task is held,
     # unacknowledged, in one worker's memory until due), and the visibility timeout no
     # longer sets the recovery time: a message kombu restores after it finds its claim

@@ -1,4 +1,4 @@
-"""Every connection a worker makes, through the outbound URL policy (producer/urls.py).
+"""Every connection a worker makes, through the outbound URL policy (producer/core/urls.py).
 
 The check sits in the HTTP transport, under httpx's redirect handling, so it applies to each
 hop of a redirect chain as well as to the first URL. A name is resolved once, every address it
@@ -27,9 +27,9 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
-from producer.deadline import deadline_transport
-from producer.errors import BlockedUrl
-from producer.urls import UrlPolicy, literal_address
+from producer.core.deadline import deadline_transport
+from producer.core.errors import BlockedUrl
+from producer.core.urls import UrlPolicy, literal_address
 
 Resolver = Callable[..., list[tuple[Any, ...]]]
 Origin = tuple[str, str, int]
@@ -106,7 +106,7 @@ class GuardedTransport(httpx.BaseTransport):
         self.policy = policy
         self.trusted = {origin_of(httpx.URL(u)) for u in trusted}
         self.resolve = resolve
-        # The API's calls are bounded in all by producer/deadline.py's within().
+        # The API's calls are bounded in all by producer/core/deadline.py's within().
         self._inner = deadline_transport(**transport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

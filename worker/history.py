@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from producer.names import Keys
+from producer.core.names import Keys
 from worker.timing import usual_generation_s
 
 # Generation times kept per model and shape: enough for a 5th percentile, small in Redis.

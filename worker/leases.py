@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import redis
 import structlog
 
-from producer.names import Keys, Lane
+from producer.core.names import Keys, Lane
 
 log = structlog.get_logger("videoqueue.leases")
 

@@ -33,10 +33,10 @@ from typing import Any
 
 import redis
 
-from producer.names import RATE_LIMITED, SUBMIT_LANES, Keys, Lane, account_of
-from producer.providers import DEFAULT_PROVIDER, Provider, account, providers
-from producer.schedule import PARKED_BAND_S
-from producer.settings import Settings
+from producer.core.names import RATE_LIMITED, SUBMIT_LANES, Keys, Lane, account_of
+from producer.core.providers import DEFAULT_PROVIDER, Provider, account, providers
+from producer.core.schedule import PARKED_BAND_S
+from producer.core.settings import Settings
 
 __all__ = ["ProviderLimits", "account_of"]
 
@@ -67,7 +67,7 @@ class ProviderLimits:
 
     Args:
         client: the Redis holding job records.
-        settings: the providers (producer/providers.py), deadline_s, key prefix.
+        settings: the providers (producer/core/providers.py), deadline_s, key prefix.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:

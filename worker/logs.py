@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 from structlog.types import EventDict, Processor
 
-from producer.settings import LogFormat, Settings
+from producer.core.settings import LogFormat, Settings
 from worker import redaction
 
 # Loggers that print whole request URLs at INFO.

@@ -9,7 +9,7 @@ from typing import Any
 
 import av
 
-from producer.errors import InvalidVideo, PermanentError
+from producer.core.errors import InvalidVideo, PermanentError
 
 
 def check_ftyp(head: bytes) -> None:

@@ -5,13 +5,13 @@ With VIDEOQUEUE_METRICS_PORT set, the worker's main process serves /metrics on t
   prometheus-client's multiprocess mode: each process writes its own files under
   PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory unless set; emptied when the worker
   starts), and the endpoint sums them; a pool process that exits is marked dead;
-- deployment-wide figures read from Redis at scrape time (producer/stats.py): jobs by status
+- deployment-wide figures read from Redis at scrape time (producer/core/stats.py): jobs by status
   and jobs finished by status, schedule depth per lane, provider slots per account, dead
   letters. Every host reports the same value for these: aggregate them with max(), not sum().
 
 Where each is counted (one place each):
 - videoqueue_jobs_finished_total{status}: counted in Redis in the same transaction as the
-  job's terminal transition (producer/store.py), so each job counts once however often its
+  job's terminal transition (producer/core/store.py), so each job counts once however often its
   steps run, whoever ended it (a producer's cancel too); videoqueue_jobs{status} likewise;
 - videoqueue_provider_requests_total{provider,operation,code}: ProviderClient._call (create,
   status, cancel) and the download (worker/storage.py); provider is the provider's name in
@@ -21,7 +21,7 @@ Where each is counted (one place each):
 - videoqueue_schedule_lateness_seconds{lane} and videoqueue_schedule_claimed_total{lane}:
   the pump, from what each claim reports;
 - videoqueue_job_failures_total{code}: Job.fail (worker/steps.py), once the failure is
-  committed; code is one of ours (producer/errors.py ERROR_CODES) or "other";
+  committed; code is one of ours (producer/core/errors.py ERROR_CODES) or "other";
 - videoqueue_webhook_deliveries_total{result}: worker/webhooks.py send_event;
 - videoqueue_s3_copied_bytes_total: worker/storage.py, once an upload completed.
 
@@ -38,9 +38,9 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from producer.errors import ERROR_CODES
-from producer.providers import providers
-from producer.settings import Settings, get_settings
+from producer.core.errors import ERROR_CODES
+from producer.core.providers import providers
+from producer.core.settings import Settings, get_settings
 
 
 def _multiprocess_dir(settings: Settings) -> tuple[str | None, bool]:
@@ -170,14 +170,14 @@ def claims(claimed: dict[Any, Any]) -> None:
 
 
 class RedisCollector(Collector):
-    """Reads producer/stats.py's snapshot at every scrape."""
+    """Reads producer/core/stats.py's snapshot at every scrape."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def collect(self) -> Iterator[Any]:
-        from producer.jobs import store
-        from producer.stats import read_stats
+        from producer.core.stats import read_stats
+        from producer.core.store import store
 
         up = GaugeMetricFamily("videoqueue_redis_up", "1 if the records' Redis answered.")
         try:

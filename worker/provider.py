@@ -21,11 +21,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 import structlog
 
-from producer.deadline import deadline_transport, within
-from producer.errors import PermanentError, RetryableError
-from producer.providers import DEFAULT_PROVIDER
-from producer.requests import ASPECT_RATIOS, VideoRequest
-from producer.settings import ApiFormat, Settings
+from producer.core.deadline import deadline_transport, within
+from producer.core.errors import PermanentError, RetryableError
+from producer.core.providers import DEFAULT_PROVIDER
+from producer.core.requests import ASPECT_RATIOS, VideoRequest
+from producer.core.settings import ApiFormat, Settings
 from worker import metrics
 from worker.answers import (
     ERROR_BODY_BYTES,
@@ -123,7 +123,7 @@ class ProviderClient:
 
         The one place every call to the API passes (metrics attach here). The whole exchange,
         from the connect to the last byte of any answer (its head too, any status), takes at
-        most api_timeout_s (producer/deadline.py): one slow answer must not hold the other
+        most api_timeout_s (producer/core/deadline.py): one slow answer must not hold the other
         status queries of a poll batch, nor the worker. A success is read up to 1 MiB (a
         bigger one, an endless one, is a retryable "bad_response": no status answer is that
         big, and reading on would exhaust the worker's memory); of an error body only the

@@ -25,10 +25,10 @@ import redis
 import structlog
 from celery import bootsteps
 
-from producer.messages import claim_envelope
-from producer.names import LANES, Keys, Lane
-from producer.settings import Settings
+from producer.core.names import LANES, Keys, Lane
+from producer.core.settings import Settings
 from worker.limits import ProviderLimits
+from worker.messages import claim_envelope
 
 log = structlog.get_logger("videoqueue.pump")
 
@@ -38,7 +38,7 @@ log = structlog.get_logger("videoqueue.pump")
 # ARGV: lease_s, dispatch_ahead, entries per message, token prefix, the lane's name, the six
 # pieces of the message envelope, then limited (1: spend limits), submit (1: a submit lane,
 # whose jobs may go to any provider of their route), the default route ('' none), the number
-# of providers, the parked band (producer/schedule.py), how long a slot taken now is held (s),
+# of providers, the parked band (producer/core/schedule.py), how long a slot taken now is held (s),
 # and per provider: name, slot cap, rate, burst (the account's: entries sharing a key share
 # them). Returns the entries claimed, their total and their worst lateness in milliseconds.
 #

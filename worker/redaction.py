@@ -16,8 +16,8 @@ import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-from producer.providers import api_key, providers
-from producer.settings import Settings
+from producer.core.providers import api_key, providers
+from producer.core.settings import Settings
 
 REDACTED = "[redacted]"
 # A URL's user info (`//user:pass@`) and its query or fragment, up to whitespace or a quote.

@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 
-from producer.errors import PermanentError
-from producer.jobs import store
-from producer.providers import Provider, api_key, providers
-from producer.settings import Settings, get_settings
-from producer.store import JobStore
+from producer.core.errors import PermanentError
+from producer.core.providers import Provider, api_key, providers
+from producer.core.settings import Settings, get_settings
+from producer.core.store import JobStore, store
 from worker.egress import GuardedTransport
 from worker.history import GenerationTimes
 from worker.limits import ProviderLimits
@@ -53,7 +52,7 @@ class Runtime:
 
     @cached_property
     def providers(self) -> dict[str, ProviderClient]:
-        """A client per provider (producer/providers.py), by name, in order of preference."""
+        """A client per provider (producer/core/providers.py), by name, in order of preference."""
         return {
             p.name: ProviderClient(provider_settings(p, self.settings), self.http, name=p.name)
             for p in providers(self.settings)

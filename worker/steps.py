@@ -31,9 +31,9 @@ import structlog
 from celery import Task
 from celery.signals import task_postrun, task_prerun
 
-from producer.errors import JobNotFound
-from producer.names import SUBMIT_LANES, Lane, batch_of_member
-from producer.records import (
+from producer.core.errors import JobNotFound
+from producer.core.names import SUBMIT_LANES, Lane, batch_of_member
+from producer.core.records import (
     ErrorInfo,
     JobRecord,
     JobStatus,

@@ -16,8 +16,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from producer.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
-from producer.settings import Settings
+from producer.core.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
+from producer.core.settings import Settings
 from worker import metrics
 from worker.egress import CREDENTIALS, ConnectionDeadline, Credentials
 from worker.media import check_ftyp

@@ -1,6 +1,6 @@
 """The pipeline's steps: submit -> poll (in batches) -> finalize -> notify.
 
-Each task runs entries claimed from the durable schedule (producer/schedule.py), under the
+Each task runs entries claimed from the durable schedule (producer/core/schedule.py), under the
 base class in worker/steps.py, which checks the claim, keeps its lease, routes each job by its
 record and catches what nobody anticipated. Every step may run more than once (a lease that
 ran out, a redelivered message), so each does only what its record says is still to do:
@@ -22,8 +22,8 @@ from typing import Any
 
 import structlog
 
-from producer import names
-from producer.errors import (
+from producer.core import names
+from producer.core.errors import (
     BlockedUrl,
     BoundExceeded,
     InvalidRequest,
@@ -32,11 +32,10 @@ from producer.errors import (
     PermanentError,
     RetryableError,
 )
-from producer.jobs import mark_cancelled
-from producer.metadata import object_metadata
-from producer.names import SUBMIT_LANES, Lane
-from producer.providers import candidates
-from producer.records import (
+from producer.core.metadata import object_metadata
+from producer.core.names import SUBMIT_LANES, Lane
+from producer.core.providers import candidates
+from producer.core.records import (
     AttemptOutcome,
     JobRecord,
     JobStatus,
@@ -44,10 +43,11 @@ from producer.records import (
     ProviderAttempt,
     WebhookDelivery,
     WebhookState,
+    mark_cancelled,
     utcnow_iso,
 )
-from producer.requests import VideoRequest
-from producer.settings import ApiFormat
+from producer.core.requests import VideoRequest
+from producer.core.settings import ApiFormat
 from worker.app import app
 from worker.dialect import UncertainCreate
 from worker.media import S3RangeReader, probe

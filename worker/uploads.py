@@ -21,7 +21,7 @@ import redis
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from producer.settings import Settings
+from producer.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from producer.errors import BlockedUrl
-from producer.records import WebhookDelivery, WebhookState, utcnow_iso
-from producer.settings import Settings
-from producer.store import JobStore
+from producer.core.errors import BlockedUrl
+from producer.core.records import WebhookDelivery, WebhookState, utcnow_iso
+from producer.core.settings import Settings
+from producer.core.store import JobStore
 from worker import metrics
 from worker.answers import retry_after_s
 from worker.egress import ConnectionDeadline

@@ -21,7 +21,7 @@ import redis
 from ops.receiver import WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.stack import S3Service, WorkerProcess, celery_worker, ensure_redis, seaweedfs
-from producer.settings import Settings
+from producer.core.settings import Settings
 
 # Fixed, not random: test modules import these.
 API_KEY = "sk-test-4c0ffee5ecret"

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from producer import JobNotFound, JobStatus, cancel, enqueue, enqueue_batch, get, get_batch, wait
-from producer.jobs import store
-from producer.names import Lane
-from producer.records import BatchState
+from producer.core.names import Lane
+from producer.core.records import BatchState
+from producer.core.store import store
 from tests.e2e.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,8 +26,8 @@ PRODUCER = """
 import json, os, signal, sys
 import producer.batches
 from producer import enqueue_batch
-from producer.settings import Settings
-from producer.store import JobStore
+from producer.core.settings import Settings
+from producer.core.store import JobStore
 
 args = json.loads(sys.stdin.read())
 producer.batches.CHUNK_JOBS = args["chunk"]

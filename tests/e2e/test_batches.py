@@ -20,7 +20,7 @@ from producer import (
     get_batch,
     wait,
 )
-from producer.jobs import store
+from producer.core.store import store
 from tests.e2e.conftest import eventually
 from tests.e2e.test_cli import run
 

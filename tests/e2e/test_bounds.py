@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from producer import InvalidRequest, JobStatus, enqueue, get, wait
-from producer.metadata import decode_value
-from producer.records import WebhookState
-from producer.urls import UrlPolicy
+from producer.core.metadata import decode_value
+from producer.core.records import WebhookState
+from producer.core.urls import UrlPolicy
 from tests.e2e.conftest import BUCKET, eventually
 from worker.egress import GuardedTransport
 from worker.webhooks import deliver

@@ -11,7 +11,7 @@ import sys
 import redis
 
 from producer import JobStatus, get
-from producer.jobs import store
+from producer.core.store import store
 
 VIDEOQUEUE = shutil.which("videoqueue", path=os.path.dirname(sys.executable))
 

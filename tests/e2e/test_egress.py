@@ -15,10 +15,10 @@ import pytest
 from ops.receiver import WebhookReceiver
 from ops.stack import PROJECT_ROOT
 from producer import InvalidRequest, JobStatus, enqueue, enqueue_batch, get, wait
-from producer.errors import BlockedUrl
-from producer.jobs import store
-from producer.records import WebhookState
-from producer.urls import UrlPolicy
+from producer.core.errors import BlockedUrl
+from producer.core.records import WebhookState
+from producer.core.store import store
+from producer.core.urls import UrlPolicy
 from tests.e2e.conftest import WEBHOOK_SECRET, eventually
 from worker.egress import GuardedTransport
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from producer import InvalidRequest, enqueue, enqueue_batch, get, get_batch
-from producer.settings import Settings
+from producer.core.settings import Settings
 from tests.e2e.conftest import fresh_prefix
 
 # Bytes a framing might split on or a template might expand, and text Redis, JSON or HTTP

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from producer import enqueue, get
-from producer.records import TERMINAL
+from producer.core.records import TERMINAL
 from tests.e2e.conftest import API_KEY, WEBHOOK_SECRET, eventually
 
 

@@ -11,8 +11,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer import cancel, enqueue, get
-from producer.errors import ERROR_CODES
-from producer.records import TERMINAL, JobStatus
+from producer.core.errors import ERROR_CODES
+from producer.core.records import TERMINAL, JobStatus
 from tests.e2e.conftest import eventually
 from worker.metrics import exported_names
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from producer import JobStatus, enqueue, wait
-from producer.jobs import store
-from producer.records import JobRecord
+from producer.core.records import JobRecord
+from producer.core.store import store
 from tests.e2e.conftest import API_KEY, BUCKET, Pipeline, eventually
 from worker.limits import account_of
 

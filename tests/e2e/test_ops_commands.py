@@ -12,9 +12,8 @@ from standardwebhooks.webhooks import Webhook
 
 from ops.stack import free_port, redis_server
 from producer import enqueue, enqueue_batch, get
-from producer.jobs import store
-from producer.names import account_of
-from producer.records import (
+from producer.core.names import account_of
+from producer.core.records import (
     TERMINAL,
     ErrorInfo,
     JobRecord,
@@ -22,6 +21,7 @@ from producer.records import (
     WebhookState,
     utcnow_iso,
 )
+from producer.core.store import store
 from tests.e2e.conftest import WEBHOOK_SECRET, eventually
 from tests.e2e.test_cli import run
 
@@ -262,7 +262,7 @@ def test_commands_answer_an_outage_with_one_line_and_exit_1(make_pipeline):
 
 def test_a_webhook_given_up_after_faults_is_listed_as_dead(make_pipeline):
     """A notify step that keeps failing gives the webhook up into the dead letters too."""
-    from producer.jobs import store
+    from producer.core.store import store
 
     p = make_pipeline(workers=0, env={"VIDEOQUEUE_FAULT_MAX_ATTEMPTS": "2"})
     job_id = enqueue(p.request(), settings=p.settings)
@@ -284,7 +284,7 @@ def test_a_webhook_given_up_after_faults_is_listed_as_dead(make_pipeline):
 
 
 def test_the_job_index_forgets_jobs_older_than_the_retention(make_pipeline):
-    from producer.jobs import store
+    from producer.core.store import store
 
     p = make_pipeline(workers=0, env={"VIDEOQUEUE_RECORD_TTL_S": "0.5"})
     first = enqueue(p.request(), settings=p.settings)

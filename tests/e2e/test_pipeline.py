@@ -13,11 +13,11 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from producer import JobStatus, cancel, enqueue, get, names, wait
-from producer.jobs import store
-from producer.messages import task_message
-from producer.names import Lane
-from producer.records import WebhookState
+from producer.core.names import Lane
+from producer.core.records import WebhookState
+from producer.core.store import store
 from tests.e2e.conftest import API_KEY, BUCKET, WEBHOOK_SECRET, eventually
+from worker.messages import task_message
 from worker.webhooks import message_id
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from producer import JobStatus, enqueue, get, wait
 from producer.characters import create_character
-from producer.errors import ProviderError, RetryableError
-from producer.jobs import store
-from producer.requests import VideoRequest
-from producer.settings import ApiFormat
+from producer.core.errors import ProviderError, RetryableError
+from producer.core.requests import VideoRequest
+from producer.core.settings import ApiFormat
+from producer.core.store import store
 from tests.e2e.conftest import eventually
 from worker.provider import ProviderClient
 

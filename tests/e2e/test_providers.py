@@ -20,9 +20,9 @@ import pytest
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.sandbox.state import key_fingerprint
 from producer import JobStatus, enqueue, enqueue_batch, get_batch, wait
-from producer.errors import InvalidRequest
-from producer.jobs import store
-from producer.records import AttemptOutcome
+from producer.core.errors import InvalidRequest
+from producer.core.records import AttemptOutcome
+from producer.core.store import store
 from tests.e2e.conftest import eventually
 
 KEY_A = "sk-provider-a-0123456789"

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from producer import JobStatus, enqueue, enqueue_batch, get, get_batch, wait
-from producer.jobs import store
-from producer.names import queues
-from producer.records import JobRecord
+from producer.core.names import queues
+from producer.core.records import JobRecord
+from producer.core.store import store
 from tests.e2e.conftest import API_KEY, BUCKET, Pipeline, eventually
 from worker.limits import account_of
 

@@ -10,11 +10,10 @@ import uuid
 import pytest
 import redis
 
-import producer.store
+import producer.core.store
 from producer import JobNotFound, JobStatus, enqueue, enqueue_batch, get, get_batch, wait
-from producer.jobs import store
-from producer.records import WebhookState
-from producer.store import JobStore
+from producer.core.records import WebhookState
+from producer.core.store import JobStore, store
 from tests.e2e.conftest import eventually, fresh_prefix
 
 TTL_S = 4.0

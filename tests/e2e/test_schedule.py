@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from producer.core.names import Lane
+from producer.core.requests import parse_request
+from producer.core.settings import Settings
+from producer.core.store import JobStore
 from producer.jobs import new_record
-from producer.names import Lane
-from producer.requests import parse_request
-from producer.settings import Settings
-from producer.store import JobStore
 from tests.e2e.conftest import fresh_prefix
 from worker.leases import Lease
 from worker.limits import ProviderLimits

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from producer import JobStatus, enqueue, wait
-from producer.jobs import store
+from producer.core.store import store
 from tests.e2e.conftest import API_KEY, BUCKET, WEBHOOK_SECRET, eventually
 
 HOOK_TOKEN = "hook-token-5ecret"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from producer import JobStatus, cancel, enqueue, enqueue_batch, get, wait
-from producer.jobs import store
-from producer.records import AttemptOutcome
+from producer.core.records import AttemptOutcome
+from producer.core.store import store
 from tests.e2e.conftest import eventually
 
 # The worker gives up on an answer after half a second; a hung create holds its answer longer.

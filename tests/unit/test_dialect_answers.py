@@ -8,9 +8,9 @@ import json
 import httpx
 import pytest
 
-from producer.errors import PermanentError, RetryableError
-from producer.requests import VideoRequest
-from producer.settings import ApiFormat, Settings
+from producer.core.errors import PermanentError, RetryableError
+from producer.core.requests import VideoRequest
+from producer.core.settings import ApiFormat, Settings
 from worker.provider import ProviderClient, TaskState
 
 URL = "https://cdn.example/v.mp4"

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from producer.errors import PermanentError
-from producer.requests import VideoRequest
-from producer.settings import ApiFormat, Settings
+from producer.core.errors import PermanentError
+from producer.core.requests import VideoRequest
+from producer.core.settings import ApiFormat, Settings
 from worker.dialect import (
     SHIPPED,
     DialectError,

@@ -6,7 +6,7 @@ import json
 import logging
 from types import SimpleNamespace
 
-from producer.settings import Settings
+from producer.core.settings import Settings
 from worker import logs, metrics, redaction
 
 SECRET = "whsec_dmlkZW9xdWV1ZS10ZXN0LXdlYmhvb2stc2VjcmV0ISE="

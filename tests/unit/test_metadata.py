@@ -6,7 +6,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.metadata import (
+from producer.core.metadata import (
     MAX_KEYS,
     decode_value,
     encode_value,

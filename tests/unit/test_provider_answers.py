@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from ops.sandbox.media import encode_mp4
-from producer.errors import InvalidVideo, PermanentError, RetryableError
-from producer.settings import Settings
+from producer.core.errors import InvalidVideo, PermanentError, RetryableError
+from producer.core.settings import Settings
 from worker.answers import ProviderTask, error_message, poll_after_s, retry_after_s
 from worker.media import probe
 from worker.provider import ProviderClient, TaskState

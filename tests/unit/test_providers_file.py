@@ -6,10 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from producer.errors import InvalidConfiguration, InvalidRequest, RetryableError
-from producer.providers import DEFAULT_PROVIDER, api_key, candidates, providers
-from producer.requests import parse_request
-from producer.settings import Settings
+from producer.core.errors import InvalidConfiguration, InvalidRequest, RetryableError
+from producer.core.providers import DEFAULT_PROVIDER, api_key, candidates, providers
+from producer.core.requests import parse_request
+from producer.core.settings import Settings
 from worker.provider import ProviderClient
 
 GOOD = """

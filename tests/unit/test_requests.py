@@ -2,8 +2,8 @@
 
 import pytest
 
-from producer.errors import InvalidRequest
-from producer.requests import parse_character, parse_request
+from producer.core.errors import InvalidRequest
+from producer.core.requests import parse_character, parse_request
 
 
 def _fields(error: InvalidRequest) -> set[str]:

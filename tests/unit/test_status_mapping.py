@@ -3,8 +3,8 @@
 import httpx
 import pytest
 
-from producer.errors import PermanentError
-from producer.settings import ApiFormat, Settings
+from producer.core.errors import PermanentError
+from producer.core.settings import ApiFormat, Settings
 from worker.answers import error_message, same_origin
 from worker.dialect import load_dialect
 from worker.egress import Credentials, origin_of

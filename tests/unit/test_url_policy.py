@@ -2,8 +2,8 @@
 
 import pytest
 
-from producer.errors import InvalidRequest
-from producer.urls import UrlPolicy, check_outbound, literal_address
+from producer.core.errors import InvalidRequest
+from producer.core.urls import UrlPolicy, check_outbound, literal_address
 
 REFUSED = [
     "http://127.0.0.1/", "http://127.1/", "http://0x7f000001/", "http://2130706433/",

@@ -176,6 +176,15 @@ class JobRecord(BaseModel):
         return self.model_dump(mode="json")
 
 
+def mark_cancelled(record: JobRecord) -> bool:
+    """A store.update change: cancel the job unless it has ended."""
+    if record.status in TERMINAL:
+        return False
+    record.status = JobStatus.CANCELLED
+    record.finished_at = utcnow_iso()
+    return True
+
+
 class BatchState(StrEnum):
     """Where a batch's writing stands (see producer/batches.py)."""
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from producer.names import LANES, SUBMIT_LANES, Keys, Lane
-from producer.providers import account, providers
-from producer.records import TERMINAL, JobStatus
-from producer.schedule import PARKED_BAND_S
-from producer.settings import Settings
-from producer.store import JobStore
+from producer.core.names import LANES, SUBMIT_LANES, Keys, Lane
+from producer.core.providers import account, providers
+from producer.core.records import TERMINAL, JobStatus
+from producer.core.schedule import PARKED_BAND_S
+from producer.core.settings import Settings
+from producer.core.store import JobStore
 
 
 @dataclass

@@ -32,7 +32,7 @@ def queues(queue: str) -> list[str]:
 
 
 class Lane(StrEnum):
-    """Which part of the durable schedule an entry waits in (see producer/schedule.py).
+    """Which part of the durable schedule an entry waits in (see producer/core/schedule.py).
 
     Every unfinished job has exactly one entry, in the lane its status calls for; a lane
     says which task the entry's step runs as and which Celery queue carries it.

@@ -1,9 +1,9 @@
-"""The Lua scripts the record store runs: each one atomic step on Redis (producer/store.py
+"""The Lua scripts the record store runs: each one atomic step on Redis (producer/core/store.py
 calls them; their KEYS and ARGV are described above each)."""
 
 from __future__ import annotations
 
-from producer.schedule import REDIS_NOW
+from producer.core.schedule import REDIS_NOW
 
 # A Lua function for the scripts that claim idempotency keys: whether the job holding a claim
 # is staged, queued in a batch other than `except_batch` (a key) that its producer has not

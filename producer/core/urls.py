@@ -135,7 +135,7 @@ def check_outbound(url: str | None, field: str, policy: UrlPolicy) -> None:
     Raises:
         InvalidRequest: naming field; nothing was written.
     """
-    from producer.errors import InvalidRequest
+    from producer.core.errors import InvalidRequest
 
     if url is None or (reason := policy.url_refusal(url)) is None:
         return

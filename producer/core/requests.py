@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from producer.errors import InvalidRequest
-from producer.metadata import metadata_problems
-from producer.settings import ApiFormat
+from producer.core.errors import InvalidRequest
+from producer.core.metadata import metadata_problems
+from producer.core.settings import ApiFormat
 
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+", re.IGNORECASE)
 # Whitespace and control characters (C0, DEL, C1) anywhere in a URL.

@@ -1,5 +1,5 @@
 """Job and batch records in Redis: the one place that knows keys and transitions (its Lua
-scripts are in producer/scripts.py)."""
+scripts are in producer/core/scripts.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, cast
 
 import redis
 
-from producer import scripts
-from producer.errors import JobNotFound
-from producer.names import Keys, Lane, batch_member
-from producer.records import (
+from producer.core import scripts
+from producer.core.errors import JobNotFound
+from producer.core.names import Keys, Lane, batch_member
+from producer.core.records import (
     TERMINAL,
     BatchRecord,
     BatchState,
@@ -22,7 +23,8 @@ from producer.records import (
     WebhookDelivery,
     utcnow_iso,
 )
-from producer.schedule import Schedule
+from producer.core.schedule import Schedule
+from producer.core.settings import Settings, get_settings
 
 # A change to one record: mutate it in place; return False to leave Redis untouched.
 Change = Callable[[JobRecord], bool | None]
@@ -395,3 +397,14 @@ def _text(raw: bytes | str | None) -> str:
     if raw is None:
         return ""
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+@lru_cache(maxsize=8)
+def _store_for(url: str, prefix: str, record_ttl_s: float) -> JobStore:
+    return JobStore.from_url(url, prefix, record_ttl_s)
+
+
+def store(settings: Settings | None = None) -> JobStore:
+    """The job store for these settings (one connection pool per URL and prefix)."""
+    s = settings or get_settings()
+    return _store_for(s.records_url, s.key_prefix, s.record_ttl_s)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from producer.urls import UrlPolicy
+from producer.core.urls import UrlPolicy
 
 
 class LogFormat(StrEnum):
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # A folder of the user's dialect files; one named like a shipped dialect replaces it.
     dialects_dir: Path | None = None
 
-    # --- several providers (producer/providers.py; README "Several providers") ---
+    # --- several providers (producer/core/providers.py; README "Several providers") ---
     # A TOML file of providers in order of preference; when set, it replaces the single
     # provider above (api_base_url, api_key, api_dialect, api_format and its limits).
     providers_file: Path | None = None
@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # Jobs one poll task queries at once (one message, one read, one write for all).
     poll_batch_size: int = Field(50, ge=1, le=500)
 
-    # --- the schedule (producer/schedule.py) ---
+    # --- the schedule (producer/core/schedule.py) ---
     # A claimed step not finished (nor extended) within this long comes due again: the
     # recovery time after a worker dies. A running step extends its lease every third of it.
     lease_s: float = Field(20.0, ge=2)
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     download_max_attempts: int = Field(4, ge=1)
     download_timeout_s: float = 60.0
 
-    # --- outbound URLs (producer/urls.py) ---
+    # --- outbound URLs (producer/core/urls.py) ---
     # CIDRs and host names a worker may connect to although they are not public (the demo and
     # the tests allow loopback). Comma-separated from the environment.
     url_allowlist: Annotated[list[str], NoDecode] = []

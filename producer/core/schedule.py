@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from producer.names import LANES, Keys, Lane
+from producer.core.names import LANES, Keys, Lane
 
 # A parked entry's score is its due time plus this: due, but out of every claim's due range
 # until its provider has room (worker/pump.py). Any placement or nudge takes it out.

@@ -68,7 +68,7 @@ class InvalidVideo(VideoqueueError):
 
 class BlockedUrl(VideoqueueError):
     """Raised when a worker is asked to connect to an address the outbound URL policy refuses
-    (producer/urls.py); the message names the host, never the whole (maybe signed) URL."""
+    (producer/core/urls.py); the message names the host, never the whole (maybe signed) URL."""
 
     code = "blocked_url"
 

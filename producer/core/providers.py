@@ -16,10 +16,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from producer.errors import InvalidConfiguration, InvalidRequest
-from producer.names import account_of
-from producer.requests import VideoRequest
-from producer.settings import ApiFormat, Settings
+from producer.core.errors import InvalidConfiguration, InvalidRequest
+from producer.core.names import account_of
+from producer.core.requests import VideoRequest
+from producer.core.settings import ApiFormat, Settings
 
 # The name of the provider the single-provider settings make.
 DEFAULT_PROVIDER = "default"
