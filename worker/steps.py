@@ -46,7 +46,7 @@ from worker.leases import Lease
 from worker.redaction import redact
 from worker.runtime import runtime
 from worker.timing import retry_delay_s
-from worker.webhooks import message_id
+from worker.webhooks import record_dead_letter
 
 log = structlog.get_logger("videoqueue.worker")
 
@@ -271,7 +271,7 @@ class Step(Task):  # type: ignore[misc]
         job = Job(member, runtime().store.get(member), lane, token)
         if job.record.terminal:  # it is its webhook that keeps failing: stop delivering it
             record = job.update(lambda r: _stop_delivering(r.webhook, message))
-            _dead_letter(member, record.webhook)
+            _dead_letter(member, record.webhook, record.reruns)
             job.revisit()
             return
         job.fail("internal_error", message)
@@ -309,11 +309,10 @@ def _count_recovery(record: JobRecord) -> None:
     record.recoveries += 1
 
 
-def _dead_letter(owner_id: str, hook: WebhookDelivery | None) -> None:
+def _dead_letter(owner_id: str, hook: WebhookDelivery | None, rerun: int = 0) -> None:
     """Keep a webhook given up on in the dead letters, where `videoqueue webhooks` finds it."""
     if hook is not None and hook.state is WebhookState.DEAD:
-        msg_id = message_id(owner_id, hook.event_type)
-        runtime().store.record_dead_letter(msg_id, hook.model_dump(mode="json"), owner_id)
+        record_dead_letter(runtime().store, owner_id, hook, rerun)
 
 
 def _stop_delivering(hook: WebhookDelivery | None, message: str) -> bool:

@@ -62,7 +62,7 @@ from worker.timing import (
     next_poll_s,
     retry_delay_s,
 )
-from worker.webhooks import record_attempt, retry_delay, send_event
+from worker.webhooks import record_attempt, record_dead_letter, retry_delay, send_event
 
 log = structlog.get_logger("videoqueue.worker")
 
@@ -655,9 +655,10 @@ def notify(job: Job) -> None:
     rt = runtime()
     hook = job.record.webhook
     assert hook is not None  # route() sends only jobs with a pending webhook here
-    body_key = rt.store.keys.event_body(job.id)
+    rerun = job.record.reruns
+    body_key = rt.store.keys.event_body(job.id, rerun)
     msg_id, result = send_event(
-        rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public()
+        rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public(), rerun
     )
     schedule_s = rt.settings.webhook_schedule_s
 
@@ -668,7 +669,7 @@ def notify(job: Job) -> None:
     record = job.update(count)
     assert record.webhook is not None
     if record.webhook.state is WebhookState.DEAD:
-        rt.store.record_dead_letter(msg_id, record.webhook.model_dump(mode="json"), job.id)
+        record_dead_letter(rt.store, job.id, record.webhook, rerun)
         log.warning("webhook dead-lettered", msg_id=msg_id, attempts=record.webhook.attempts)
     pending = record.webhook.state is WebhookState.PENDING
     job.revisit(retry_delay(record.webhook, result, schedule_s) if pending else 0.0)
@@ -692,14 +693,14 @@ def notify_batch(entry: BatchEntry) -> None:
     data = batch.public()
     data.pop("job_ids", None)  # 10,000 ids are not news; get_batch() has them
     body_key = st.keys.batch_event_body(entry.id)
-    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
+    _, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
     schedule_s = rt.settings.webhook_schedule_s
     record_attempt(hook, result, len(schedule_s))
     # One claim holds a batch's entry at a time: a plain write.
     if not st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()}):
         return _batch_expired(entry)
     if hook.state is WebhookState.DEAD:
-        st.record_dead_letter(msg_id, hook.model_dump(mode="json"), entry.id)
+        record_dead_letter(st, entry.id, hook)
     if hook.state is WebhookState.PENDING:
         return entry.revisit(retry_delay(hook, result, schedule_s))
     entry.done()

@@ -141,6 +141,9 @@ class JobRecord(BaseModel):
     # the tasks those replaced.
     resubmits: int = 0
     replaced_tasks: list[ReplacedTask] = Field(default_factory=list)
+    # Times an operator ran the failed job again (`videoqueue retry`, with or without
+    # --resubmit): each run ends in a new event, with a webhook-id of its own.
+    reruns: int = 0
     # What the provider reported it charged or counted, where its dialect says (usage.cost,
     # billed seconds, tokens, ...): the latest report.
     usage: dict[str, float] | None = None
