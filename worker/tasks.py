@@ -407,7 +407,7 @@ def poll(self: Step, jobs: list[Job]) -> None:
     seconds, micros = rt.store.redis.time()  # one clock for every host's deadlines
     now = seconds + micros / 1e6
     # Asked even past the deadline: a video done since the last poll is paid for.
-    answers = list(rt.pool.map(_ask, jobs))
+    answers = self.each_in_threads(_ask, jobs)
     observed: dict[str, _Observed] = {}
     expired: list[Job] = []
     for job, answer in zip(jobs, answers, strict=True):
@@ -420,7 +420,7 @@ def poll(self: Step, jobs: list[Job]) -> None:
             elif seen is not None:
                 observed[job.id] = seen
     # After the failures are written: a slow or failing cancel must not hold them back.
-    list(rt.pool.map(_cancel_upstream, expired))
+    self.each_in_threads(_cancel_upstream, expired)
     if not observed:
         return
     tokens = {job.id: job.token for job in jobs}
@@ -482,10 +482,9 @@ def _cancel_upstream(job: Job) -> None:
     try:
         cancelled = runtime().provider(record.provider).cancel(record.provider_task_id or "")
     except Exception as e:  # noqa: BLE001  (nothing is left to fail: the job has ended)
-        log.warning("timed-out task not cancelled", job_id=job.id, error_type=type(e).__name__)
+        log.warning("timed-out task not cancelled", error_type=type(e).__name__)
         return
-    log.info("timed-out task cancelled" if cancelled else "timed-out task not cancelled",
-             job_id=job.id, provider=record.provider)  # fmt: skip
+    log.info("timed-out task cancelled" if cancelled else "timed-out task not cancelled")
 
 
 def _observe(job: Job, answer: ProviderTask | Exception, elapsed_s: float) -> _Observed | None:
