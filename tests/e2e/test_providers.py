@@ -253,14 +253,15 @@ def test_a_worker_does_not_start_with_a_bad_providers_file(tmp_path):
     path = _providers(tmp_path, {"name": "a", "base_url": "http://a.test", "api_key_env": "K",
                                  "dialect": "no-such-dialect"},
                       {"name": "b", "base_url": "not a url", "api_key_env": "K"})  # fmt: skip
-    env = {**os.environ, "VIDEOQUEUE_PROVIDERS_FILE": str(path)}
-    started = subprocess.run([sys.executable, "-c", "import worker.app"], env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    # No broker answers there: a worker that started anyway would wait, and time out here.
+    env = {**os.environ, "VIDEOQUEUE_PROVIDERS_FILE": str(path),
+           "VIDEOQUEUE_BROKER_URL": _closed_port_url().replace("http", "redis")}  # fmt: skip
+    worker = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", "1"]
+    started = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=60)
     assert started.returncode != 0
     assert str(path) in started.stderr and "providers[1].base_url" in started.stderr
     path.write_text(path.read_text().replace('"not a url"', '"http://b.test"'))
-    started = subprocess.run([sys.executable, "-c", "import worker.app"], env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    started = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=60)
     assert started.returncode != 0 and "no-such-dialect" in started.stderr
 
 
