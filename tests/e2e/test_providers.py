@@ -24,6 +24,7 @@ from producer.core.errors import InvalidRequest
 from producer.core.records import AttemptOutcome
 from producer.core.store import store
 from tests.e2e.conftest import eventually
+from tests.e2e.test_metrics import by, free_port, scrape
 
 KEY_A = "sk-provider-a-0123456789"
 KEY_B = "sk-provider-b-9876543210"
@@ -216,6 +217,43 @@ def test_a_job_naming_a_provider_goes_there(make_pipeline, tmp_path, second_sand
     with pytest.raises(InvalidRequest) as e:
         enqueue_batch([p.request(provider="c")], settings=p.settings)
     assert e.value.errors[0]["field"] == "provider"
+
+
+def test_a_jobs_log_lines_and_request_metrics_name_its_provider(
+    make_pipeline, tmp_path, second_sandbox
+):
+    """With two providers, every line about a job that names a provider names the one its
+    task is at (by its name in the file: never the other's, nor the single-provider
+    settings'), and the request counter counts each provider's creates, status queries and
+    downloads under its own name."""
+    _, url_b = second_sandbox()
+    port = free_port()
+    env = {"VIDEOQUEUE_LOG_FORMAT": "json", "VIDEOQUEUE_METRICS_PORT": str(port)}
+    p = _deploy(make_pipeline, tmp_path, None, url_b, {"name": "alpha"}, {"name": "beta"}, env=env)
+    jobs = {
+        enqueue(p.request(webhook_url=None, provider=name), settings=p.settings): name
+        for name in ("alpha", "beta")
+    }
+    for job_id, name in jobs.items():
+        record = wait(job_id, 30, settings=p.settings)
+        assert record.status is JobStatus.COMPLETED and record.provider == name, record.error
+
+    requests = eventually(lambda: scrape(port).get("videoqueue_provider_requests_total"))
+    assert set(by(requests, "provider")) == {"alpha", "beta"}
+    for name in ("alpha", "beta"):
+        counted = {
+            dict(k)["operation"] for k, n in requests.items() if dict(k)["provider"] == name and n
+        }
+        assert {"create", "status", "download"} <= counted, name
+    p.workers[0].stop()
+    lines = [json.loads(line) for line in p.workers[0].log_path.read_text().splitlines() if line]
+    for job_id, name in jobs.items():
+        named = [
+            line["provider"]
+            for line in lines
+            if line.get("job_id") == job_id and "provider" in line
+        ]
+        assert named and set(named) == {name}, (job_id, name, set(named))
 
 
 def test_a_batchs_usage_is_summed_over_its_jobs(make_pipeline):
