@@ -162,7 +162,7 @@ def _provider_side_status(settings: Settings, record: JobRecord) -> JobStatus:
     try:
         provider = rt.provider(record.provider)
         asked = record.request.get("api_format") or record.api_format
-        api_format = ApiFormat(asked or provider.settings.api_format)
+        api_format = ApiFormat(asked or provider.api_format)
         task = provider.get(record.provider_task_id or "", api_format)
     except PermanentError as e:
         raise OperationRefused(

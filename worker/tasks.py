@@ -276,7 +276,7 @@ def _format(record: JobRecord, provider: ProviderClient) -> ApiFormat:
     asked = record.request.get("api_format")
     if asked is None and runtime().settings.providers_file is None:
         asked = record.api_format
-    return ApiFormat(asked or provider.settings.api_format)
+    return ApiFormat(asked or provider.api_format)
 
 
 @dataclass
