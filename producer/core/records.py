@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobStatus(StrEnum):
@@ -104,8 +105,25 @@ class ReplacedTask(BaseModel):
     at: str = Field(default_factory=utcnow_iso)
 
 
-class JobRecord(BaseModel):
-    """A job, as `videoqueue status --json` prints it and webhooks carry it."""
+def _schema_leaves_optional(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """For a public model's JSON Schema: every field is in every dump (so required) but
+    `fields`, which webhooks' `data` leaves out (worker/webhooks.py, worker/tasks.py)."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        schema["required"] = [f for f in schema["required"] if f not in fields]
+
+    return edit
+
+
+class PublicJob(BaseModel):
+    """A job as users see it: `videoqueue status --json`, `producer.get(...).public()`,
+    webhooks' `data`. Its JSON Schema is published in producer/core/schema/job.schema.json;
+    these fields keep their names and meanings (the README's "The job record")."""
+
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_schema_leaves_optional("webhook"),
+    )
 
     id: str
     status: JobStatus = JobStatus.QUEUED
@@ -123,20 +141,8 @@ class JobRecord(BaseModel):
     provider_status: str | None = None
     submitted_at: str | None = None
     finished_at: str | None = None
-    polls: int = 0
     batch_id: str | None = None
     webhook: WebhookDelivery | None = None
-    # Times a step of this job was claimed again because its last claim never finished
-    # (its worker died, its message was lost).
-    recoveries: int = 0
-    # When (seconds after submission) the provider is expected to finish, and the seconds
-    # after submission at which `progress` was reported: the poll schedule aims by them.
-    estimate_s: float | None = None
-    progress_s: float | None = None
-    # Seconds after submission of the latest status query.
-    polled_s: float | None = None
-    # Attempts to copy the finished video into S3.
-    copy_attempts: int = 0
     # Times an operator asked for a new provider task (`videoqueue retry --resubmit`), and
     # the tasks those replaced.
     resubmits: int = 0
@@ -149,6 +155,30 @@ class JobRecord(BaseModel):
     # there. Every create sent, wherever it went, in order.
     provider: str | None = None
     provider_attempts: list[ProviderAttempt] = Field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        """The public job as JSON-ready data (webhook `data`, status --json): none of the
+        scheduler's fields a JobRecord adds."""
+        return self.model_dump(mode="json", include=set(PublicJob.model_fields))
+
+
+class JobRecord(PublicJob):
+    """A job as the store keeps it: the public job and what the scheduler counts for it
+    (`videoqueue status --debug` shows these; they may change in any release)."""
+
+    # Status queries sent to the provider.
+    polls: int = 0
+    # Times a step of this job was claimed again because its last claim never finished
+    # (its worker died, its message was lost).
+    recoveries: int = 0
+    # When (seconds after submission) the provider is expected to finish, and the seconds
+    # after submission at which `progress` was reported: the poll schedule aims by them.
+    estimate_s: float | None = None
+    progress_s: float | None = None
+    # Seconds after submission of the latest status query.
+    polled_s: float | None = None
+    # Attempts to copy the finished video into S3.
+    copy_attempts: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -171,10 +201,6 @@ class JobRecord(BaseModel):
         provider would answer a repeated key with the task it already made)."""
         return self.id if not self.resubmits else f"{self.id}.r{self.resubmits}"
 
-    def public(self) -> dict[str, Any]:
-        """The record as JSON-ready data (webhook `data`, status --json)."""
-        return self.model_dump(mode="json")
-
 
 def mark_cancelled(record: JobRecord) -> bool:
     """A store.update change: cancel the job unless it has ended."""
@@ -193,7 +219,13 @@ class BatchState(StrEnum):
 
 
 class BatchRecord(BaseModel):
-    """A batch of jobs enqueued together, as `videoqueue batch-status --json` prints it."""
+    """A batch of jobs enqueued together, as `videoqueue batch-status --json` prints it and
+    its webhook carries it (schema: producer/core/schema/batch.schema.json)."""
+
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_schema_leaves_optional("webhook", "job_ids"),
+    )
 
     id: str
     total: int
