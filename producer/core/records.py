@@ -125,36 +125,63 @@ class PublicJob(BaseModel):
         json_schema_extra=_schema_leaves_optional("webhook"),
     )
 
-    id: str
-    status: JobStatus = JobStatus.QUEUED
-    request: dict[str, Any]
-    metadata: dict[str, str] = Field(default_factory=dict)
-    provider_task_id: str | None = None
-    output: Output | None = None
-    error: ErrorInfo | None = None
-    # Calls made to the provider to submit this job (1 when all went well).
-    attempts: int = 0
-    created_at: str = Field(default_factory=utcnow_iso)
-    updated_at: str = Field(default_factory=utcnow_iso)
-    api_format: str | None = None
-    progress: int | None = None
-    provider_status: str | None = None
-    submitted_at: str | None = None
-    finished_at: str | None = None
-    batch_id: str | None = None
-    webhook: WebhookDelivery | None = None
-    # Times an operator asked for a new provider task (`videoqueue retry --resubmit`), and
-    # the tasks those replaced.
-    resubmits: int = 0
-    replaced_tasks: list[ReplacedTask] = Field(default_factory=list)
-    # What the provider reported it charged or counted, where its dialect says (usage.cost,
-    # billed seconds, tokens, ...): the latest report.
-    usage: dict[str, float] | None = None
-    # The provider (by its name in the providers file; "default" without one) the job's task
-    # was created at, or its create may have reached: every poll, cancel and download goes
-    # there. Every create sent, wherever it went, in order.
-    provider: str | None = None
-    provider_attempts: list[ProviderAttempt] = Field(default_factory=list)
+    # The descriptions are the published schema's documentation of each field.
+    id: str = Field(description="The job id.")
+    status: JobStatus = Field(default=JobStatus.QUEUED, description="Where the job is.")
+    request: dict[str, Any] = Field(description="The validated request, as enqueued.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="The caller's metadata, exactly as given."
+    )
+    provider_task_id: str | None = Field(
+        default=None, description="The provider's task id, once it accepted the job."
+    )
+    output: Output | None = Field(
+        default=None, description="Where the finished MP4 landed, once completed."
+    )
+    error: ErrorInfo | None = Field(default=None, description="Why the job failed.")
+    attempts: int = Field(
+        default=0,
+        description="Calls made to the provider to submit this job (1 when all went well).",
+    )
+    created_at: str = Field(default_factory=utcnow_iso, description="ISO 8601 UTC, with a Z.")
+    updated_at: str = Field(default_factory=utcnow_iso, description="ISO 8601 UTC, with a Z.")
+    api_format: str | None = Field(
+        default=None, description="openai (POST /v1/videos) or unified (POST /v1/video/create)."
+    )
+    progress: int | None = Field(default=None, description="The provider's latest, 0-100.")
+    provider_status: str | None = Field(
+        default=None, description="The provider's latest status word."
+    )
+    submitted_at: str | None = Field(default=None, description="ISO 8601 UTC, with a Z.")
+    finished_at: str | None = Field(default=None, description="ISO 8601 UTC, with a Z.")
+    batch_id: str | None = Field(default=None, description="The job's batch, if any.")
+    webhook: WebhookDelivery | None = Field(
+        default=None,
+        description="How the job's webhook is doing; left out of webhook bodies (it changes "
+        "per attempt, the event does not).",
+    )
+    resubmits: int = Field(
+        default=0,
+        description="Times an operator asked for a new provider task "
+        "(`videoqueue retry --resubmit`).",
+    )
+    replaced_tasks: list[ReplacedTask] = Field(
+        default_factory=list, description="The provider tasks those resubmissions replaced."
+    )
+    usage: dict[str, float] | None = Field(
+        default=None,
+        description="What the provider last reported it charged or counted, where its dialect "
+        "says (usage.cost, billed seconds, tokens, ...).",
+    )
+    provider: str | None = Field(
+        default=None,
+        description='The provider (its name in the providers file; "default" without one) the '
+        "job's task was created at, or its create may have reached: every poll, cancel and "
+        "download goes there.",
+    )
+    provider_attempts: list[ProviderAttempt] = Field(
+        default_factory=list, description="Every create sent, wherever it went, in order."
+    )
 
     def public(self) -> dict[str, Any]:
         """The public job as JSON-ready data (webhook `data`, status --json): none of the
