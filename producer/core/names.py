@@ -173,7 +173,7 @@ class Keys:
         return f"{self.prefix}:schedule:{lane.value}:parked:{account}:{waiting_for}"
 
     def routes(self) -> str:
-        """A hash: job -> the providers its submit or polls may go to (worker/limits.py)."""
+        """A hash: job -> the providers its submit or polls may go to (producer/core/limits.py)."""
         return f"{self.prefix}:limits:routes"
 
     def batch_usage(self, batch_id: str) -> str:
