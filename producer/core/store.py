@@ -19,6 +19,7 @@ from producer.core.records import (
     BatchRecord,
     BatchState,
     JobRecord,
+    JobStatus,
     WebhookDelivery,
     utcnow_iso,
 )
@@ -78,6 +79,7 @@ class JobStore:
         self._job_ended = Script(client, "job_ended")
         self._dead_letter = Script(client, "dead_letter")
         self._count_word = Script(client, "count_word")
+        self._count_status = Script(client, "count_status")
 
     @classmethod
     def from_url(
@@ -183,8 +185,7 @@ class JobStore:
                         if record.status is not before:
                             # Counted in the transaction of the move itself: a step that
                             # runs twice finds the job moved already and counts nothing.
-                            pipe.hincrby(self.keys.status_counts(), before.value, -1)
-                            pipe.hincrby(self.keys.status_counts(), record.status.value, 1)
+                            self._move_status_count(pipe, record, before)
                             if record.status in TERMINAL and before not in TERMINAL:
                                 pipe.hincrby(self.keys.finished_counts(), record.status.value, 1)
                         if record.batch_id and record.status is not before:
@@ -210,6 +211,22 @@ class JobStore:
             self._expire_claim(
                 claim=self.keys.idempotency(idem), job_id=record.id, expire_at_ms=at_ms, client=pipe
             )
+
+    def _move_status_count(self, pipe: Any, record: JobRecord, before: Any) -> None:
+        """Move the job's count from before to its status (an ended job's counts while its
+        record exists: lua/count_status.lua)."""
+        ended = record.status in TERMINAL
+        self._count_status(
+            status_counts=self.keys.status_counts(),
+            expiring_before=self.keys.expiring_status(before.value),
+            expiring_after=self.keys.expiring_status(record.status.value),
+            job_id=record.id,
+            before=before.value,
+            before_ended="1" if before in TERMINAL else "",
+            expire_at_ms=self.expire_at_ms(record.finished_at) if ended else "",
+            after=record.status.value,
+            client=pipe,
+        )
 
     def _count_move(self, pipe: Any, record: JobRecord, before: Any) -> None:
         batch_id = record.batch_id or ""
@@ -245,7 +262,7 @@ class JobStore:
                 pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
             self._stage_batch(
                 **self._batch_keys(batch_id),
-                status_counts=self.keys.status_counts(),
+                expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),
                 job_index=self.keys.job_index(),
                 idem_prefix=self.keys.idempotency(""),
                 job_prefix=self.keys.job(""),
@@ -273,12 +290,14 @@ class JobStore:
             lane=self.keys.schedule(Lane.SUBMIT_BULK),
             batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
             status_counts=self.keys.status_counts(),
+            expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),
             job_index=self.keys.job_index(),
             job_prefix=self.keys.job(""),
             now_iso=utcnow_iso(),
             batch_member=batch_member(batch_id),
             ttl_ms=self._ttl_ms,
             idem_prefix=self.keys.idempotency(""),
+            expiring_prefix=self.keys.expiring_status(""),
         )
 
     def batch_progress(self, batch_id: str) -> tuple[BatchState | None, int]:

@@ -1,5 +1,5 @@
---- KEYS: batch batch_jobs batch_counts batch_claims legacy_claims lane batch_lane status_counts job_index
---- ARGV: job_prefix now_iso batch_member ttl_ms idem_prefix
+--- KEYS: batch batch_jobs batch_counts batch_claims legacy_claims lane batch_lane status_counts expiring_queued job_index
+--- ARGV: job_prefix now_iso batch_member ttl_ms idem_prefix expiring_prefix
 --- uses: redis_now
 -- Release a staged batch, all of it at once: every job's schedule entry (in `lane`), its keys
 -- made permanent (until they end), the batch sealed. Done once; a retry finds it released. A
@@ -9,7 +9,8 @@
 -- meanwhile (staged_holder: the first job of a key that runs owns it) is dropped, its record
 -- and its counts with it, and its item listed under `dedup:<index>`, as if the key had been
 -- held when it was written. batch_claims is the hash stage_batch writes; legacy_claims, the
--- list of claim keys an older producer wrote.
+-- list of claim keys an older producer wrote. A released job's record no longer expires: its
+-- count moves from expiring_queued (stage_batch) to the status counts.
 local batch, jobs, counts = KEY.batch, KEY.batch_jobs, KEY.batch_counts
 if redis.call('HGET', batch, 'state') ~= 'staging' then return 0 end
 local kept, staged = {}, redis.call('HGETALL', KEY.batch_claims)
@@ -30,7 +31,9 @@ for i = 1, #staged, 2 do
     redis.call('HINCRBY', batch, 'total', -1)
     if status ~= 'queued' then redis.call('HINCRBY', batch, 'ended', -1) end
     redis.call('HINCRBY', counts, status, -1)
-    redis.call('HINCRBY', KEY.status_counts, status, -1)
+    if redis.call('ZREM', ARG.expiring_prefix .. status, id) == 0 and status == 'queued' then
+      redis.call('HINCRBY', KEY.status_counts, status, -1)  -- staged before expiring sets
+    end
     redis.call('HSET', batch, 'dedup:' .. index, holder)
   else
     kept[#kept + 1] = claim
@@ -41,7 +44,7 @@ for _, claim in ipairs(redis.call('LRANGE', KEY.legacy_claims, 0, -1)) do
 end
 local ids = redis.call('LRANGE', jobs, 0, -1)
 local some_ended = tonumber(redis.call('HGET', batch, 'ended') or '0') > 0
-local entries, ended_claims = {}, {}
+local entries, ended_claims, persisted = {}, {}, 0
 for _, id in ipairs(ids) do
   local key, running = ARG.job_prefix .. id, true
   if some_ended then
@@ -53,7 +56,10 @@ for _, id in ipairs(ids) do
       if type(idem) == 'string' then ended_claims[ARG.idem_prefix .. idem] = true end
     end
   end
-  if running then redis.call('PERSIST', key) end
+  if running then
+    redis.call('PERSIST', key)
+    persisted = persisted + redis.call('ZREM', KEY.expiring_queued, id)
+  end
   entries[#entries + 1] = now
   entries[#entries + 1] = id
 end
@@ -63,6 +69,7 @@ end
 for _, key in ipairs(kept) do
   if not ended_claims[key] then redis.call('PERSIST', key) end
 end
+redis.call('HINCRBY', KEY.status_counts, 'queued', persisted)
 redis.call('DEL', KEY.batch_claims, KEY.legacy_claims)
 for _, key in ipairs({batch, jobs, counts}) do redis.call('PERSIST', key) end
 redis.call('HSET', batch, 'state', 'released', 'sealed', '1')
