@@ -26,7 +26,7 @@ from producer.core.names import LANES, Keys, Lane
 from producer.core.scripts import Script
 
 # A parked entry's score is its due time plus this: due, but out of every claim's due range
-# until its provider has room (worker/pump.py). Any placement or nudge takes it out.
+# until its provider has room (lua/claim.lua). Any placement or nudge takes it out.
 PARKED_BAND_S = 1e10
 
 

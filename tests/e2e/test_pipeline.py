@@ -12,7 +12,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from producer import JobStatus, cancel, enqueue, get, names, wait
+from producer import JobStatus, cancel, enqueue, get, wait
+from producer.core import names
 from producer.core.names import Lane
 from producer.core.records import WebhookState
 from producer.core.store import store

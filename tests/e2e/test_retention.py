@@ -115,7 +115,7 @@ def test_dead_letters_are_dropped_past_the_ttl_and_past_the_cap(bare_store, monk
     st = bare_store
     st.record_dead_letter("msg_old", {"state": "dead"}, "job_old")
     time.sleep(0.6)
-    monkeypatch.setattr(producer.store, "MAX_DEAD_LETTERS", 3)
+    monkeypatch.setattr(producer.core.store, "MAX_DEAD_LETTERS", 3)
     for i in range(5):
         st.record_dead_letter(f"msg_{i}", {"state": "dead", "n": i}, f"job_{i}")
     kept = {k.decode() for k in st.redis.hkeys(st.keys.dead_letters())}
@@ -125,9 +125,9 @@ def test_dead_letters_are_dropped_past_the_ttl_and_past_the_cap(bare_store, monk
 
 def test_the_unknown_status_counter_keeps_a_bounded_number_of_words(bare_store):
     st = bare_store
-    for i in range(producer.store.MAX_STATUS_WORDS + 5):
+    for i in range(producer.core.store.MAX_STATUS_WORDS + 5):
         st.count_unknown_status(f"word-{i}")
     st.count_unknown_status("word-0")
     counts = {k.decode(): int(v) for k, v in st.redis.hgetall(st.keys.unknown_statuses()).items()}
-    assert len(counts) == producer.store.MAX_STATUS_WORDS + 1
+    assert len(counts) == producer.core.store.MAX_STATUS_WORDS + 1
     assert counts["(other)"] == 5 and counts["word-0"] == 2
