@@ -17,11 +17,11 @@ from bench.faults import kill_redis
 from ops.serve import free_port
 from ops.stack import redis_server
 from producer import JobStatus, enqueue, enqueue_batch, get, get_batch, wait
+from producer.core.limits import account_of
 from producer.core.names import queues
 from producer.core.records import JobRecord
 from producer.core.store import store
 from tests.e2e.conftest import API_KEY, BUCKET, Pipeline, eventually
-from worker.limits import account_of
 
 # Leases this short keep the matrix quick; the contract's default is tested on its own.
 SHORT_LEASE = {"VIDEOQUEUE_LEASE_S": "4", "VIDEOQUEUE_MAX_IN_FLIGHT": "4"}
