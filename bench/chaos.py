@@ -222,6 +222,8 @@ class Row:
     webhooks_unsettled: int = 0
     webhooks_twice: int = 0
     secrets_in_logs: int = 0
+    # Workers that gave up on their own ("Unrecoverable error"): no fault may end a worker.
+    workers_exited: int = 0
     recovery_s: float | None = None
     drain_s: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -236,6 +238,7 @@ class Row:
             and self.corrupt_objects == 0
             and self.webhooks_unsettled == 0
             and self.secrets_in_logs == 0
+            and self.workers_exited == 0
             and self.recovery_s is not None
             and self.recovery_s < RECOVERY_GOAL_S
         )
@@ -376,6 +379,7 @@ def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, 
     for worker in r.workers:
         text = worker.log_text()
         row.secrets_in_logs += sum(text.count(secret) for secret in secrets)
+        row.workers_exited += "Unrecoverable error" in text
 
 
 def _keep_logs(workdir: Path, into: Path) -> None:
@@ -469,6 +473,7 @@ def render(rows: list[Row], *, smoke: bool, elapsed_s: float) -> str:
         extra = [f"idempotent create replays {row.replayed_creates}",
                  f"drain {row.drain_s} s after the heal",
                  f"secrets in worker logs {row.secrets_in_logs}",
+                 f"workers that exited {row.workers_exited}",
                  f"webhooks unsettled {row.webhooks_unsettled}",
                  f"webhook events that landed twice (same webhook-id) {row.webhooks_twice}",
                  *row.notes]  # fmt: skip

@@ -86,7 +86,7 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         JobNotFound: no such job.
         OperationRefused: the job has not failed, or only a new provider task can help.
     """
-    from worker.limits import ProviderLimits
+    from producer.core.limits import ProviderLimits
     from worker.steps import route
 
     st = store(settings)
@@ -128,9 +128,9 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         if lane is Lane.POLL:  # its polls spend its provider's tokens and take a slot there
             limits = ProviderLimits(st.redis, settings)
             limits.set_route(r.id, [r.provider or limits.providers[0].name], pipe)
-        pipe.hdel(st.keys.faults(), r.id)
+        st.schedule.forget_faults(r.id, pipe)
         if r.batch_id:
-            pipe.hincrby(st.keys.batch(r.batch_id), "ended", -1)
+            st.reopen_in_batch(r.batch_id, pipe)
 
     return st.update(job_id, reopen, after=after)
 
@@ -230,7 +230,7 @@ def replay_webhooks(settings: Settings, ids: list[str] | None) -> list[dict[str,
                             "error": result.error})  # fmt: skip
             if result.ok:
                 _mark_delivered(settings, owner, batch, rerun, result.status_code)
-                st.redis.hdel(st.keys.dead_letters(), msg_id)
+                st.forget_dead_letter(msg_id)
     finally:
         runtime.http.close()
     return results

@@ -168,14 +168,20 @@ def _wait_and_report(job_id: str, timeout: float, as_json: bool) -> None:
 @app.command()
 def status(
     job_id: str,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole record.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the public job object.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(help="Print the whole stored record as JSON, the scheduler's fields too."),
+    ] = False,
 ) -> None:
     """Show a job's record."""
     try:
         record = get(job_id)
     except JobNotFound as e:
         _die(str(e), 1)
-    if as_json:
+    if debug:
+        _print_json(record.model_dump(mode="json"))
+    elif as_json:
         _print_json(record.public())
     else:
         typer.echo(f"{record.id} {record.status.value} progress={record.progress}")
@@ -185,7 +191,7 @@ def status(
 def wait_command(
     job_id: str,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole record.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the public job object.")] = False,
 ) -> None:
     """Block until a job ends; exit 0 only if it completed."""
     try:

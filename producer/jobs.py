@@ -53,7 +53,8 @@ def enqueue(request: VideoRequest | dict[str, Any], *, settings: Settings | None
 
 
 def get(job_id: str, *, settings: Settings | None = None) -> JobRecord:
-    """The job's current record.
+    """The job's current record. Its `public()` is the public job object (the README's
+    "The job record"); the fields only a JobRecord has are the scheduler's, not a contract.
 
     Raises:
         JobNotFound: when no job has that id.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from kombu import Queue
 
 from producer.core.names import queues
 from producer.core.settings import Settings
+from worker import transport as redis_transport
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -23,7 +25,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
         "unacked_restore_throttle": 1,
     }
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
@@ -54,3 +56,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }
+    if urlsplit(settings.broker_url).scheme in redis_transport.SCHEMES:
+        # Reconnects after Redis went away instead of exiting (see worker/transport.py).
+        config["broker_transport"] = f"{redis_transport.__name__}:Transport"
+    return config

@@ -2,8 +2,9 @@
 
 The schedule's claim script (worker/pump.py) writes the message for each claim inside Redis,
 atomically with the claim, which Celery's own apply_async cannot do. The envelope is what
-kombu's Redis transport stores for a Celery protocol-2 message (kombu 5.x; tests/e2e run it
-through real workers).
+kombu's Redis transport stores for a Celery protocol-2 message (Celery and kombu 5.x, bounded
+in pyproject.toml): tests/e2e/test_celery_envelope.py compares it, field by field, with the
+one Celery's own send_task writes, and the other e2e tests run it through real workers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _ENVELOPE = (
     '"headers":{"lang":"py","task":%(task)s,"id":"%(id)s","shadow":null,"eta":null,'
     '"expires":null,"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
     '"root_id":"%(id)s","parent_id":null,"argsrepr":"(claimed from the schedule)",'
-    '"kwargsrepr":"{}","origin":%(origin)s,"ignore_result":true},'
+    '"kwargsrepr":"{}","origin":%(origin)s,"ignore_result":true,"replaced_task_nesting":0,'
+    '"stamped_headers":null,"stamps":{}},'
     '"properties":{"correlation_id":"%(id)s","reply_to":"","delivery_mode":2,'
     '"delivery_info":{"exchange":"","routing_key":%(queue)s},"priority":0,'
     '"delivery_tag":"%(tag)s"}}'

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 
 from producer.core.errors import PermanentError
+from producer.core.limits import ProviderLimits
 from producer.core.providers import providers
 from producer.core.settings import Settings, get_settings
 from producer.core.store import JobStore, store
 from worker.egress import GuardedTransport
 from worker.history import GenerationTimes
-from worker.limits import ProviderLimits
 from worker.provider import ProviderClient, client_for
 from worker.pump import Pump
 from worker.storage import ensure_bucket, s3_client

@@ -126,9 +126,7 @@ class Job:
             if record.batch_id and record.usage:
                 # Summed in the transaction of the end itself: an end that runs twice finds
                 # the job ended and adds nothing.
-                usage = runtime().store.keys.batch_usage(record.batch_id)
-                for field, amount in record.usage.items():
-                    pipe.hincrbyfloat(usage, field, amount)
+                runtime().store.add_batch_usage(record.batch_id, record.usage, pipe)
 
         self.record = runtime().store.update(self.id, apply, after=after)
         if not ended:
@@ -164,7 +162,7 @@ class Step(Task):  # type: ignore[misc]
     ) -> None:
         rt = runtime()
         s = rt.settings
-        claim = Lease(rt.store.redis, rt.store.keys, Lane(lane), token, rt.limits.slot_keys)
+        claim = Lease(rt.store.schedule, Lane(lane), token, rt.limits.slot_keys)
         held = claim.held(members)
         self._loaded = {}
         if not held:
@@ -274,7 +272,7 @@ class Step(Task):  # type: ignore[misc]
             at=f"{where.filename.rsplit('/', 2)[-1]}:{where.lineno}" if where else None,
         )
         try:
-            faults = int(rt.store.redis.hincrby(rt.store.keys.faults(), member, 1))
+            faults = rt.store.schedule.count_fault(member)
             if faults < s.fault_max_attempts:
                 delay_s = retry_delay_s(faults, s.retry_base_s, s.retry_cap_s)
                 rt.store.schedule.place(
@@ -372,7 +370,7 @@ class BatchStep(Step):
     ) -> BatchEntry | None:
         rt = runtime()
         if recovered:  # a batch has no record to count in: its entry's faults count it
-            lost = int(rt.store.redis.hincrby(rt.store.keys.faults(), member, 1))
+            lost = rt.store.schedule.count_fault(member)
             if lost >= rt.settings.fault_max_attempts:
                 self.give_up(member, lane, token, f"the {lane.value} step was lost {lost} times")
                 return None

@@ -88,7 +88,8 @@ def _timing() -> PollTiming:
 @app.task(name=names.SUBMIT, base=Step, lanes=SUBMIT_LANES)
 def submit(job: Job) -> None:
     """Send the job to its provider once, then start polling it. Its rate token and provider
-    slot were taken when its entry was claimed, at the head of its route (worker/limits.py)."""
+    slot were taken when its entry was claimed, at the head of its route
+    (producer/core/limits.py)."""
     rt = runtime()
     record = job.record
     if record.batch_id and rt.store.batch_cancelled(record.batch_id):

@@ -125,8 +125,15 @@ class Keys:
         return f"{self.prefix}:stats:unknown_status"
 
     def status_counts(self) -> str:
-        """A hash: job status -> jobs in it now (moved in the transaction of every change)."""
+        """A hash: job status -> jobs in it now whose records do not expire (moved in the
+        transaction of every change)."""
         return f"{self.prefix}:stats:jobs"
+
+    def expiring_status(self, status: str) -> str:
+        """A sorted set: job id -> when its record expires (Unix ms), for the jobs in status
+        whose records will expire (ended, or staged): they count while it is in the future,
+        so the counts forget a job when its record goes."""
+        return f"{self.prefix}:stats:jobs:expiring:{status}"
 
     def finished_counts(self) -> str:
         """A hash: terminal status -> jobs that ever ended so (only ever incremented, in the
@@ -174,7 +181,7 @@ class Keys:
         return f"{self.prefix}:schedule:{lane.value}:parked:{account}:{waiting_for}"
 
     def routes(self) -> str:
-        """A hash: job -> the providers its submit or polls may go to (worker/limits.py)."""
+        """A hash: job -> the providers its submit or polls may go to (producer/core/limits.py)."""
         return f"{self.prefix}:limits:routes"
 
     def batch_usage(self, batch_id: str) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobStatus(StrEnum):
@@ -104,28 +105,96 @@ class ReplacedTask(BaseModel):
     at: str = Field(default_factory=utcnow_iso)
 
 
-class JobRecord(BaseModel):
-    """A job, as `videoqueue status --json` prints it and webhooks carry it."""
+def _schema_leaves_optional(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """For a public model's JSON Schema: every field is in every dump (so required) but
+    `fields`, which webhooks' `data` leaves out (worker/webhooks.py, worker/tasks.py)."""
 
-    id: str
-    status: JobStatus = JobStatus.QUEUED
-    request: dict[str, Any]
-    metadata: dict[str, str] = Field(default_factory=dict)
-    provider_task_id: str | None = None
-    output: Output | None = None
-    error: ErrorInfo | None = None
-    # Calls made to the provider to submit this job (1 when all went well).
-    attempts: int = 0
-    created_at: str = Field(default_factory=utcnow_iso)
-    updated_at: str = Field(default_factory=utcnow_iso)
-    api_format: str | None = None
-    progress: int | None = None
-    provider_status: str | None = None
-    submitted_at: str | None = None
-    finished_at: str | None = None
+    def edit(schema: dict[str, Any]) -> None:
+        schema["required"] = [f for f in schema["required"] if f not in fields]
+
+    return edit
+
+
+class PublicJob(BaseModel):
+    """A job as users see it: `videoqueue status --json`, `producer.get(...).public()`,
+    webhooks' `data`. Its JSON Schema is published in producer/core/schema/job.schema.json;
+    these fields keep their names and meanings (the README's "The job record")."""
+
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_schema_leaves_optional("webhook"),
+    )
+
+    # The descriptions are the published schema's documentation of each field.
+    id: str = Field(description="The job id.")
+    status: JobStatus = Field(default=JobStatus.QUEUED, description="Where the job is.")
+    request: dict[str, Any] = Field(description="The validated request, as enqueued.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="The caller's metadata, exactly as given."
+    )
+    provider_task_id: str | None = Field(
+        default=None, description="The provider's task id, once it accepted the job."
+    )
+    output: Output | None = Field(
+        default=None, description="Where the finished MP4 landed, once completed."
+    )
+    error: ErrorInfo | None = Field(default=None, description="Why the job failed.")
+    attempts: int = Field(
+        default=0,
+        description="Calls made to the provider to submit this job (1 when all went well).",
+    )
+    created_at: str = Field(default_factory=utcnow_iso, description="ISO 8601 UTC, with a Z.")
+    updated_at: str = Field(default_factory=utcnow_iso, description="ISO 8601 UTC, with a Z.")
+    api_format: str | None = Field(
+        default=None, description="openai (POST /v1/videos) or unified (POST /v1/video/create)."
+    )
+    progress: int | None = Field(default=None, description="The provider's latest, 0-100.")
+    provider_status: str | None = Field(
+        default=None, description="The provider's latest status word."
+    )
+    submitted_at: str | None = Field(default=None, description="ISO 8601 UTC, with a Z.")
+    finished_at: str | None = Field(default=None, description="ISO 8601 UTC, with a Z.")
+    batch_id: str | None = Field(default=None, description="The job's batch, if any.")
+    webhook: WebhookDelivery | None = Field(
+        default=None,
+        description="How the job's webhook is doing; left out of webhook bodies (it changes "
+        "per attempt, the event does not).",
+    )
+    resubmits: int = Field(
+        default=0,
+        description="Times an operator asked for a new provider task "
+        "(`videoqueue retry --resubmit`).",
+    )
+    replaced_tasks: list[ReplacedTask] = Field(
+        default_factory=list, description="The provider tasks those resubmissions replaced."
+    )
+    usage: dict[str, float] | None = Field(
+        default=None,
+        description="What the provider last reported it charged or counted, where its dialect "
+        "says (usage.cost, billed seconds, tokens, ...).",
+    )
+    provider: str | None = Field(
+        default=None,
+        description='The provider (its name in the providers file; "default" without one) the '
+        "job's task was created at, or its create may have reached: every poll, cancel and "
+        "download goes there.",
+    )
+    provider_attempts: list[ProviderAttempt] = Field(
+        default_factory=list, description="Every create sent, wherever it went, in order."
+    )
+
+    def public(self) -> dict[str, Any]:
+        """The public job as JSON-ready data (webhook `data`, status --json): none of the
+        scheduler's fields a JobRecord adds."""
+        return self.model_dump(mode="json", include=set(PublicJob.model_fields))
+
+
+class JobRecord(PublicJob):
+    """A job as the store keeps it: the public job and what the scheduler counts for it
+    (`videoqueue status --debug` shows these; they may change in any release)."""
+
+    # Status queries sent to the provider.
     polls: int = 0
-    batch_id: str | None = None
-    webhook: WebhookDelivery | None = None
     # Times a step of this job was claimed again because its last claim never finished
     # (its worker died, its message was lost).
     recoveries: int = 0
@@ -137,21 +206,9 @@ class JobRecord(BaseModel):
     polled_s: float | None = None
     # Attempts to copy the finished video into S3.
     copy_attempts: int = 0
-    # Times an operator asked for a new provider task (`videoqueue retry --resubmit`), and
-    # the tasks those replaced.
-    resubmits: int = 0
-    replaced_tasks: list[ReplacedTask] = Field(default_factory=list)
     # Times an operator ran the failed job again (`videoqueue retry`, with or without
     # --resubmit): each run ends in a new event, with a webhook-id of its own.
     reruns: int = 0
-    # What the provider reported it charged or counted, where its dialect says (usage.cost,
-    # billed seconds, tokens, ...): the latest report.
-    usage: dict[str, float] | None = None
-    # The provider (by its name in the providers file; "default" without one) the job's task
-    # was created at, or its create may have reached: every poll, cancel and download goes
-    # there. Every create sent, wherever it went, in order.
-    provider: str | None = None
-    provider_attempts: list[ProviderAttempt] = Field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -174,10 +231,6 @@ class JobRecord(BaseModel):
         provider would answer a repeated key with the task it already made)."""
         return self.id if not self.resubmits else f"{self.id}.r{self.resubmits}"
 
-    def public(self) -> dict[str, Any]:
-        """The record as JSON-ready data (webhook `data`, status --json)."""
-        return self.model_dump(mode="json")
-
 
 def mark_cancelled(record: JobRecord) -> bool:
     """A store.update change: cancel the job unless it has ended."""
@@ -196,7 +249,13 @@ class BatchState(StrEnum):
 
 
 class BatchRecord(BaseModel):
-    """A batch of jobs enqueued together, as `videoqueue batch-status --json` prints it."""
+    """A batch of jobs enqueued together, as `videoqueue batch-status --json` prints it and
+    its webhook carries it (schema: producer/core/schema/batch.schema.json)."""
+
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_schema_leaves_optional("webhook", "job_ids"),
+    )
 
     id: str
     total: int

@@ -8,73 +8,26 @@ claims due entries (worker/pump.py), which pushes each entry's score forward by 
 finishing the step writes the next due time. A claim that never finishes comes due again when
 its lease runs out, whatever was lost: the worker, the message, the task's own exception.
 
-Scripts here are the only writers of the lanes, the leases and the faults, which is what keeps
-one entry per job: placing an entry in one lane removes it from every other.
+This module is the only writer of the lanes, the leases, the faults and the parked sets (its
+scripts are in producer/core/lua/: place, nudge, extend, claim), which is what keeps one entry
+per job: placing an entry in one lane removes it from every other. The claim also spends the
+providers' limits (producer/core/limits.py builds what it may spend).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from producer.core.limits import ClaimTerms
 from producer.core.names import LANES, Keys, Lane
+from producer.core.scripts import Script
 
 # A parked entry's score is its due time plus this: due, but out of every claim's due range
-# until its provider has room (worker/pump.py). Any placement or nudge takes it out.
+# until its provider has room (lua/claim.lua). Any placement or nudge takes it out.
 PARKED_BAND_S = 1e10
-
-# KEYS: every lane (LANES order), leases, faults. ARGV: member, lane index (1-based; 0 when
-# the entry is done), delay_s, token, "1" to keep the member's fault count. With a token, only
-# the claim that holds the entry may place it: a step that lost its lease (it ran past it and
-# someone else claimed the entry) leaves the schedule to the newer claim, which reads the
-# record and routes by it. A placement is a step that completed, which ends a run of faults
-# (FAULT_MAX_ATTEMPTS counts them in a row), except the retry of a fault itself.
-_PLACE = """
-pcall(redis.replicate_commands)  -- Redis < 7 needs it for TIME before writes
-local n = #KEYS - 2
-local leases, faults = KEYS[n + 1], KEYS[n + 2]
-local member, target, token = ARGV[1], tonumber(ARGV[2]), ARGV[4]
-if token ~= '' and redis.call('HGET', leases, member) ~= token then return 0 end
-local t = redis.call('TIME')
-local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[3])
-for i = 1, n do
-  if i ~= target then redis.call('ZREM', KEYS[i], member) end
-end
-if target > 0 then
-  redis.call('ZADD', KEYS[target], due, member)
-end
-if target == 0 or ARGV[5] ~= '1' then
-  redis.call('HDEL', faults, member)
-end
-redis.call('HDEL', leases, member)
-return 1
-"""
-
-# KEYS: every lane, leases. ARGV: member. Makes an unclaimed entry due now, wherever it is
-# (a cancel: the step notices sooner). A claimed one is left alone: its step is running and
-# will place it by the record, which already says cancelled.
-_NUDGE = """
-pcall(redis.replicate_commands)
-local n = #KEYS - 1
-if redis.call('HEXISTS', KEYS[n + 1], ARGV[1]) == 1 then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 1, n do
-  if redis.call('ZSCORE', KEYS[i], ARGV[1]) then
-    redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1])
-    return 1
-  end
-end
-return 0
-"""
-
-# A Lua fragment for the enqueue scripts: `local now` by Redis's clock.
-REDIS_NOW = """
-pcall(redis.replicate_commands)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
 
 
 class Schedule:
@@ -88,9 +41,10 @@ class Schedule:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._place = client.register_script(_PLACE)
-        self._nudge = client.register_script(_NUDGE)
-        self._place_keys = [*keys.schedules(), keys.leases(), keys.faults()]
+        self._place = Script(client, "place")
+        self._nudge = Script(client, "nudge")
+        self._extend = Script(client, "extend")
+        self._claim = Script(client, "claim")
 
     def place(
         self,
@@ -112,18 +66,103 @@ class Schedule:
         """
         index = LANES.index(lane) + 1 if lane is not None else 0
         return self._place(
-            keys=self._place_keys,
-            args=[member, index, f"{max(0.0, delay_s):.3f}", token, "1" if keep_faults else ""],
-            client=client or self.redis,
+            leases=self.keys.leases(),
+            faults=self.keys.faults(),
+            lanes=self.keys.schedules(),
+            member=member,
+            lane=index,
+            delay_s=f"{max(0.0, delay_s):.3f}",
+            token=token,
+            keep_faults="1" if keep_faults else "",
+            client=client,
         )
 
     def nudge(self, member: str, client: Any = None) -> Any:
         """Make an unclaimed entry due now (after a cancel)."""
         return self._nudge(
-            keys=[*self.keys.schedules(), self.keys.leases()],
-            args=[member],
-            client=client or self.redis,
+            leases=self.keys.leases(), lanes=self.keys.schedules(), member=member, client=client
         )
+
+    def claim(
+        self,
+        lane: Lane,
+        *,
+        queue: str,
+        lease_s: float,
+        dispatch_ahead: int,
+        per_message: int,
+        token_prefix: str,
+        envelope: Sequence[str],
+        limits: ClaimTerms,
+        client: Any = None,
+    ) -> Any:
+        """Claim the lane's due entries, spending their providers' limits, and push their
+        Celery messages onto queue (lua/claim.lua says how; worker/pump.py runs it).
+
+        Args:
+            queue: the Celery queue the lane's messages go to (at most dispatch_ahead wait).
+            lease_s: how long a claimed entry is held before it comes due again.
+            per_message: entries per message (a poll batch).
+            token_prefix: the claiming process's; each claim's token is it and a counter.
+            envelope: the message's six pieces around its body and ids (worker/messages.py).
+            limits: what the lane's claim spends at each provider.
+            client: a pipeline to queue the call on.
+
+        Returns:
+            [entries claimed, their total lateness, their worst lateness] (ms).
+        """
+        return self._claim(
+            lane=self.keys.schedule(lane),
+            leases=self.keys.leases(),
+            queue=queue,
+            claim_seq=self.keys.claim_seq(),
+            routes=limits.routes,
+            provider_keys=[vars(p) for p in limits.providers],
+            lease_s=lease_s,
+            dispatch_ahead=dispatch_ahead,
+            per_message=per_message,
+            token_prefix=token_prefix,
+            lane_name=lane.value,
+            envelope=envelope,
+            limited=int(limits.limited),
+            submit=int(limits.submit),
+            default_route=limits.default_route,
+            parked_band=PARKED_BAND_S,
+            hold_s=limits.hold_s,
+            providers=[
+                {"name": p.name, "cap": p.cap, "rate": p.rate_per_s, "burst": p.burst}
+                for p in limits.providers
+            ],
+            client=client,
+        )
+
+    def extend(
+        self, lane: Lane, token: str, members: Sequence[str], lease_s: float, slots: Sequence[str]
+    ) -> int:
+        """Push the entries still held by token lease_s ahead, and the provider slots they
+        hold under their lease (slots: every account's); returns how many are still held."""
+        return int(
+            self._extend(
+                lane=self.keys.schedule(lane),
+                leases=self.keys.leases(),
+                slots=list(slots),
+                lease_s=lease_s,
+                token=token,
+                members=list(members),
+            )
+        )
+
+    def holders(self, members: Sequence[str]) -> list[Any]:
+        """The token of the claim holding each member's entry (None: unclaimed)."""
+        return list(self.redis.hmget(self.keys.leases(), list(members)))
+
+    def count_fault(self, member: str) -> int:
+        """One more fault in a row for the member's entry; how many it has now."""
+        return int(self.redis.hincrby(self.keys.faults(), member, 1))
+
+    def forget_faults(self, member: str, client: Any = None) -> None:
+        """The member's fault count starts again (an operator retried its job)."""
+        (client or self.redis).hdel(self.keys.faults(), member)
 
     def entry(self, member: str) -> tuple[Lane, float] | None:
         """(lane, due time) of the member's entry (a parked one's, unparked), or None if it

@@ -65,10 +65,20 @@ def read_stats(store: JobStore, settings: Settings) -> Stats:
         pipe.zcount(keys.in_flight(fingerprint), now, "+inf")
         pipe.hlen(keys.dead_letters())
         pipe.hgetall(keys.unknown_statuses())
+        # Jobs whose records expire count while their records exist (store.py).
+        for status in JobStatus:
+            pipe.zcount(keys.expiring_status(status.value), int(now * 1000), "+inf")
         found = pipe.execute()
     counts = {_text(k): int(v) for k, v in found[0].items()}
-    # Jobs enqueued before the counts existed can move a count below zero: shown as 0.
-    jobs = {s.value: max(0, counts.get(s.value, 0)) for s in JobStatus}
+    expiring = dict(zip(JobStatus, found[-len(JobStatus) :], strict=True))
+    found = found[: -len(JobStatus)]
+    # Ended jobs are counted in the expiring sets alone (the hash's counts of jobs that ended
+    # before those existed never drop); jobs enqueued before the counts existed can move a
+    # count below zero: shown as 0.
+    jobs = {
+        s.value: int(expiring[s]) + (0 if s in TERMINAL else max(0, counts.get(s.value, 0)))
+        for s in JobStatus
+    }
     ended = {_text(k): int(v) for k, v in found[1].items()}
     finished = {s.value: ended.get(s.value, 0) for s in TERMINAL}
     leases, in_flight, dead, unknown = found[2 + 5 * len(LANES) :]

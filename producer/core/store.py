@@ -1,5 +1,5 @@
 """Job and batch records in Redis: the one place that knows keys and transitions (its Lua
-scripts are in producer/core/scripts.py)."""
+scripts are in producer/core/lua/)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import redis
 
-from producer.core import scripts
 from producer.core.errors import JobNotFound
 from producer.core.names import Keys, Lane, batch_member
 from producer.core.records import (
@@ -20,10 +19,12 @@ from producer.core.records import (
     BatchRecord,
     BatchState,
     JobRecord,
+    JobStatus,
     WebhookDelivery,
     utcnow_iso,
 )
 from producer.core.schedule import Schedule
+from producer.core.scripts import Script
 from producer.core.settings import Settings, get_settings
 
 # A change to one record: mutate it in place; return False to leave Redis untouched.
@@ -71,13 +72,14 @@ class JobStore:
         self.record_ttl_s = record_ttl_s
         self._ttl_ms = max(1, int(record_ttl_s * 1000))
         self.schedule = Schedule(client, self.keys)
-        self._create = client.register_script(scripts.CREATE)
-        self._expire_claim = client.register_script(scripts.EXPIRE_CLAIM)
-        self._stage_batch = client.register_script(scripts.STAGE_BATCH)
-        self._release_batch = client.register_script(scripts.RELEASE_BATCH)
-        self._job_ended = client.register_script(scripts.JOB_ENDED)
-        self._dead_letter = client.register_script(scripts.DEAD_LETTER)
-        self._count_word = client.register_script(scripts.COUNT_WORD)
+        self._create = Script(client, "create")
+        self._expire_claim = Script(client, "expire_claim")
+        self._stage_batch = Script(client, "stage_batch")
+        self._release_batch = Script(client, "release_batch")
+        self._job_ended = Script(client, "job_ended")
+        self._dead_letter = Script(client, "dead_letter")
+        self._count_word = Script(client, "count_word")
+        self._count_status = Script(client, "count_status")
 
     @classmethod
     def from_url(
@@ -96,15 +98,21 @@ class JobStore:
     def create(self, record: JobRecord, idempotency_key: str | None) -> str:
         """Store a new job with its schedule entry, due now; returns the job id that holds
         the idempotency key (the new one, or an earlier job's: never a staged one, which may
-        never run, see scripts.STAGED_HOLDER)."""
+        never run, see lua/staged_holder.lua)."""
         idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
         lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         held = self._create(
-            keys=[idem, self.keys.job(record.id), self.keys.schedule(lane),
-                  self.keys.status_counts(), self.keys.job_index()],
-            args=[record.id, record.model_dump_json(), self.record_ttl_s, self.keys.job(""),
-                  self.keys.batch("")],
-        )  # fmt: skip
+            claim=idem,
+            job=self.keys.job(record.id),
+            lane=self.keys.schedule(lane),
+            status_counts=self.keys.status_counts(),
+            job_index=self.keys.job_index(),
+            job_id=record.id,
+            record=record.model_dump_json(),
+            retention_s=self.record_ttl_s,
+            job_prefix=self.keys.job(""),
+            batch_prefix=self.keys.batch(""),
+        )
         return _text(held)
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord | None]:
@@ -177,8 +185,7 @@ class JobStore:
                         if record.status is not before:
                             # Counted in the transaction of the move itself: a step that
                             # runs twice finds the job moved already and counts nothing.
-                            pipe.hincrby(self.keys.status_counts(), before.value, -1)
-                            pipe.hincrby(self.keys.status_counts(), record.status.value, 1)
+                            self._move_status_count(pipe, record, before)
                             if record.status in TERMINAL and before not in TERMINAL:
                                 pipe.hincrby(self.keys.finished_counts(), record.status.value, 1)
                         if record.batch_id and record.status is not before:
@@ -202,8 +209,24 @@ class JobStore:
         # (Its event body is written after this, with the same expiry: pin_event_body.)
         if before not in TERMINAL and (idem := record.request.get("idempotency_key")):
             self._expire_claim(
-                keys=[self.keys.idempotency(idem)], args=[record.id, at_ms], client=pipe
+                claim=self.keys.idempotency(idem), job_id=record.id, expire_at_ms=at_ms, client=pipe
             )
+
+    def _move_status_count(self, pipe: Any, record: JobRecord, before: Any) -> None:
+        """Move the job's count from before to its status (an ended job's counts while its
+        record exists: lua/count_status.lua)."""
+        ended = record.status in TERMINAL
+        self._count_status(
+            status_counts=self.keys.status_counts(),
+            expiring_before=self.keys.expiring_status(before.value),
+            expiring_after=self.keys.expiring_status(record.status.value),
+            job_id=record.id,
+            before=before.value,
+            before_ended="1" if before in TERMINAL else "",
+            expire_at_ms=self.expire_at_ms(record.finished_at) if ended else "",
+            after=record.status.value,
+            client=pipe,
+        )
 
     def _count_move(self, pipe: Any, record: JobRecord, before: Any) -> None:
         batch_id = record.batch_id or ""
@@ -212,13 +235,13 @@ class JobStore:
         pipe.hincrby(counts, record.status.value, 1)
         if record.status in TERMINAL and before not in TERMINAL:
             self._job_ended(
-                keys=[
-                    self.keys.batch(batch_id),
-                    self.keys.schedule(Lane.NOTIFY_BATCH),
-                    self.keys.batch_jobs(batch_id),
-                    self.keys.batch_counts(batch_id),
-                ],
-                args=[batch_member(batch_id), utcnow_iso(), self.expire_at_ms(record.finished_at)],
+                batch=self.keys.batch(batch_id),
+                batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
+                batch_jobs=self.keys.batch_jobs(batch_id),
+                batch_counts=self.keys.batch_counts(batch_id),
+                batch_member=batch_member(batch_id),
+                now_iso=utcnow_iso(),
+                expire_at_ms=self.expire_at_ms(record.finished_at),
                 client=pipe,
             )
 
@@ -234,22 +257,27 @@ class JobStore:
     ) -> None:
         """Write one chunk of a batch atomically, staged (nothing runs until release_batch);
         a chunk written already is left alone."""
-        args: list[str] = [
-            self.keys.idempotency(""), self.keys.job(""), str(first_index), utcnow_iso(),
-            str(self._ttl_ms), self.keys.batch(""),
-        ]  # fmt: skip
-        for job in jobs:
-            args += [job.id, job.idempotency_key or "", job.record_json]
         with self.redis.pipeline() as pipe:
             if fields:
                 pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
             self._stage_batch(
-                keys=[
-                    *self._batch_keys(batch_id),
-                    self.keys.status_counts(),
-                    self.keys.job_index(),
+                **self._batch_keys(batch_id),
+                expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),
+                job_index=self.keys.job_index(),
+                idem_prefix=self.keys.idempotency(""),
+                job_prefix=self.keys.job(""),
+                first_index=first_index,
+                now_iso=utcnow_iso(),
+                ttl_ms=self._ttl_ms,
+                batch_prefix=self.keys.batch(""),
+                jobs=[
+                    {
+                        "id": j.id,
+                        "idempotency_key": j.idempotency_key or "",
+                        "record": j.record_json,
+                    }
+                    for j in jobs
                 ],
-                args=args,
                 client=pipe,
             )
             pipe.execute()
@@ -257,21 +285,19 @@ class JobStore:
     def release_batch(self, batch_id: str) -> None:
         """Schedule every staged job of the batch at once and seal it (once)."""
         self._release_batch(
-            keys=[
-                *self._batch_keys(batch_id),
-                self.keys.batch_staged_claims(batch_id),
-                self.keys.schedule(Lane.SUBMIT_BULK),
-                self.keys.schedule(Lane.NOTIFY_BATCH),
-                self.keys.status_counts(),
-                self.keys.job_index(),
-            ],
-            args=[
-                self.keys.job(""),
-                utcnow_iso(),
-                batch_member(batch_id),
-                str(self._ttl_ms),
-                self.keys.idempotency(""),
-            ],  # fmt: skip
+            **self._batch_keys(batch_id),
+            legacy_claims=self.keys.batch_staged_claims(batch_id),
+            lane=self.keys.schedule(Lane.SUBMIT_BULK),
+            batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
+            status_counts=self.keys.status_counts(),
+            expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),
+            job_index=self.keys.job_index(),
+            job_prefix=self.keys.job(""),
+            now_iso=utcnow_iso(),
+            batch_member=batch_member(batch_id),
+            ttl_ms=self._ttl_ms,
+            idem_prefix=self.keys.idempotency(""),
+            expiring_prefix=self.keys.expiring_status(""),
         )
 
     def batch_progress(self, batch_id: str) -> tuple[BatchState | None, int]:
@@ -284,13 +310,13 @@ class JobStore:
             ), 0
         return BatchState(_text(state)), int(staged or 0)
 
-    def _batch_keys(self, batch_id: str) -> list[str]:
-        return [
-            self.keys.batch(batch_id),
-            self.keys.batch_jobs(batch_id),
-            self.keys.batch_counts(batch_id),
-            self.keys.batch_claims(batch_id),
-        ]
+    def _batch_keys(self, batch_id: str) -> dict[str, str]:
+        return {
+            "batch": self.keys.batch(batch_id),
+            "batch_jobs": self.keys.batch_jobs(batch_id),
+            "batch_counts": self.keys.batch_counts(batch_id),
+            "batch_claims": self.keys.batch_claims(batch_id),
+        }
 
     def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> BatchRecord:
         """The batch's record.
@@ -346,6 +372,15 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
+    def add_batch_usage(self, batch_id: str, usage: dict[str, float], client: Any) -> None:
+        """Add an ended job's usage to its batch's, on client's transaction (the job's end)."""
+        for field, amount in usage.items():
+            client.hincrbyfloat(self.keys.batch_usage(batch_id), field, amount)
+
+    def reopen_in_batch(self, batch_id: str, client: Any) -> None:
+        """One of the batch's jobs runs again (an operator retried it): it has not ended."""
+        client.hincrby(self.keys.batch(batch_id), "ended", -1)
+
     def batch_webhook_url(self, batch_id: str) -> str | None:
         return _text(self.redis.hget(self.keys.batch(batch_id), "webhook_url")) or None
 
@@ -376,21 +411,30 @@ class JobStore:
 
     def count_unknown_status(self, word: str) -> None:
         self._count_word(
-            keys=[self.keys.unknown_statuses()], args=[word, OTHER_STATUS_WORDS, MAX_STATUS_WORDS]
+            words=self.keys.unknown_statuses(),
+            word=word,
+            other=OTHER_STATUS_WORDS,
+            cap=MAX_STATUS_WORDS,
         )
 
     def record_dead_letter(self, event_id: str, detail: dict[str, Any], owner_id: str) -> None:
         """Keep a given-up delivery under its webhook-id, with the job (or batch) it belongs
         to, for replay (the newest MAX_DEAD_LETTERS, for VIDEOQUEUE_RECORD_TTL_S)."""
         self._dead_letter(
-            keys=[self.keys.dead_letters(), self.keys.dead_letters_by_time()],
-            args=[
-                event_id,
-                json.dumps({**detail, "owner_id": owner_id}),
-                self._ttl_ms,
-                MAX_DEAD_LETTERS,
-            ],
+            letters=self.keys.dead_letters(),
+            letters_by_time=self.keys.dead_letters_by_time(),
+            webhook_id=event_id,
+            detail=json.dumps({**detail, "owner_id": owner_id}),
+            retention_ms=self._ttl_ms,
+            cap=MAX_DEAD_LETTERS,
         )
+
+    def forget_dead_letter(self, event_id: str) -> None:
+        """A dead letter was delivered after all (a replay)."""
+        with self.redis.pipeline() as pipe:
+            pipe.hdel(self.keys.dead_letters(), event_id)
+            pipe.zrem(self.keys.dead_letters_by_time(), event_id)
+            pipe.execute()
 
 
 def _text(raw: bytes | str | None) -> str:

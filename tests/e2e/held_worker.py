@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from producer.core.limits import ProviderLimits
 from worker import app
-from worker.limits import ProviderLimits
 
 celery = app
 

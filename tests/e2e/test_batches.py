@@ -23,6 +23,7 @@ from producer import (
 from producer.core.store import store
 from tests.e2e.conftest import eventually
 from tests.e2e.test_cli import run
+from tests.public_objects import assert_public
 
 # Generations that take about a second, so that several overlap at the provider.
 ONE_SECOND = {"fast": False, "timings": {"sora": {"base_s": 1.0, "per_video_second_s": 0}}}
@@ -92,6 +93,7 @@ def test_the_batch_webhook_is_sent_exactly_once_with_two_workers(make_pipeline):
     assert len(events) == 1 and events[0].verified
     data = events[0].json["data"]
     assert data["id"] == batch_id and data["counts"] == {"completed": 40}
+    assert_public(data, "batch")
     assert data["metadata"] == {"campaign": "spring"}
     # the jobs themselves carried the batch's metadata and sent no job webhooks
     job = get(batch.job_ids[0], settings=p.settings)

@@ -49,6 +49,7 @@ def test_every_smoke_fault_loses_no_job_bills_nothing_twice_and_recovers_within_
         assert row["corrupt_objects"] == 0, row
         assert row["webhooks_delivered"] + row["webhooks_dead"] == row["jobs"], row
         assert row["secrets_in_logs"] == 0, row
+        assert row["workers_exited"] == 0, row
         assert row["recovery_s"] is not None and row["recovery_s"] < RECOVERY_GOAL_S, row
     text = (tmp_path / "RESULTS.md").read_text()
     assert HEADER in text and all(f"| {name} |" in text for name in rows)

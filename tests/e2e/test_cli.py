@@ -12,6 +12,7 @@ import redis
 
 from producer import JobStatus, get
 from producer.core.store import store
+from tests.public_objects import SCHEDULER_FIELDS, assert_public
 
 VIDEOQUEUE = shutil.which("videoqueue", path=os.path.dirname(sys.executable))
 
@@ -39,6 +40,31 @@ def test_submit_wait_and_status_print_the_job_record(make_pipeline):
     assert set(record["output"]) >= {"bucket", "key", "size_bytes", "sha256", "content_type",
                                      "width", "height", "duration_s"}  # fmt: skip
     assert record["created_at"].endswith("Z") and record["updated_at"].endswith("Z")
+
+
+def test_webhook_data_and_status_json_are_the_public_job_and_debug_adds_the_schedulers_fields(
+    make_pipeline,
+):
+    p = make_pipeline()
+    submitted = run(p.env, "submit", "-", "--json", stdin=json.dumps(p.request()))
+    job_id = json.loads(submitted.stdout)["id"]
+    delivery = p.receiver.wait_for(lambda d: d.verified, timeout_s=30)
+    data = json.loads(delivery.body)["data"]
+    assert data["id"] == job_id and data["status"] == "completed"
+    assert_public(data, "job")
+
+    # the event is the same on every retry: the webhook's own delivery state is left out
+    assert "webhook" not in data
+
+    status = run(p.env, "status", job_id, "--json")
+    assert status.returncode == 0, status.stderr
+    public = json.loads(status.stdout)
+    assert_public(public, "job")
+    assert public.keys() == data.keys() | {"webhook"}
+
+    debug = json.loads(run(p.env, "status", job_id, "--debug").stdout)
+    assert debug.keys() == public.keys() | SCHEDULER_FIELDS
+    assert debug["polls"] >= 1 and debug["copy_attempts"] == 1
 
 
 def test_submit_flags_build_the_request_and_wait_blocks_until_done(make_pipeline):

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from producer import JobStatus, enqueue, wait
+from producer.core.limits import account_of
 from producer.core.records import JobRecord
 from producer.core.store import store
 from tests.e2e.conftest import API_KEY, BUCKET, Pipeline, eventually
-from worker.limits import account_of
 
 # A cap on provider slots, so that the tests can see every slot given back.
 CAPPED = {"VIDEOQUEUE_MAX_IN_FLIGHT": "3"}

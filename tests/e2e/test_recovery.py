@@ -13,12 +13,15 @@ from collections.abc import Callable
 
 import pytest
 
+from bench.faults import kill_redis
+from ops.serve import free_port
+from ops.stack import redis_server
 from producer import JobStatus, enqueue, enqueue_batch, get, get_batch, wait
+from producer.core.limits import account_of
 from producer.core.names import queues
 from producer.core.records import JobRecord
 from producer.core.store import store
 from tests.e2e.conftest import API_KEY, BUCKET, Pipeline, eventually
-from worker.limits import account_of
 
 # Leases this short keep the matrix quick; the contract's default is tested on its own.
 SHORT_LEASE = {"VIDEOQUEUE_LEASE_S": "4", "VIDEOQUEUE_MAX_IN_FLIGHT": "4"}
@@ -165,3 +168,28 @@ def test_deleting_the_broker_messages_while_a_killed_worker_was_copying_loses_no
     p.start_worker()
     records = _check_done(p, s3_client, ids, killed_at)
     assert sum(r.recoveries for r in records) >= 1
+
+
+def test_a_worker_whose_redis_restarts_mid_step_keeps_running_and_its_jobs_complete(
+    make_pipeline, s3_client, tmp_path
+):
+    """Redis goes away while steps run (their messages unacknowledged) and comes back on its
+    AOF: the worker reconnects rather than exiting, and every job completes once, from the
+    schedule. (kombu's restore of unacknowledged messages on close used to crash it.)"""
+    port = free_port()
+    workdir = tmp_path / "redis"
+    with redis_server(port, workdir) as url:
+        p = make_pipeline(sandbox={"file_stream_s": 4.0, "file_padding_bytes": 4 << 20},
+                          env={**SHORT_LEASE, "VIDEOQUEUE_BROKER_URL": url})  # fmt: skip
+        ids = [enqueue(p.request(), settings=p.settings) for _ in range(6)]
+        eventually(lambda: _copying(p), 30, every_s=0.02)
+        kill_redis(url)  # a crash: connections reset, not closed politely
+    time.sleep(1.0)  # down long enough for every connection to notice
+    with redis_server(port, workdir):
+        worker = p.workers[0]
+        killed_at = time.monotonic()
+        _check_done(p, s3_client, ids, killed_at)
+        assert worker.pid in worker.alive_pids(), worker.log_text()[-3000:]
+        assert "Unrecoverable error" not in worker.log_text()
+        for w in p.workers:
+            w.stop()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from producer.core.limits import ProviderLimits
 from producer.core.names import Lane
 from producer.core.requests import parse_request
 from producer.core.settings import Settings
@@ -17,7 +18,6 @@ from producer.core.store import JobStore
 from producer.jobs import new_record
 from tests.e2e.conftest import fresh_prefix
 from worker.leases import Lease
-from worker.limits import ProviderLimits
 from worker.pump import Pump
 
 
@@ -59,7 +59,7 @@ def test_a_claim_leases_due_entries_and_queues_one_message_per_batch(deployment)
     assert all(m[2] == "poll" and m[3] == [] for m in messages)
     lane, due = st.schedule.entry(ids[0])
     assert lane is Lane.POLL and due > time.time() + 4  # pushed a lease ahead
-    assert Lease(st.redis, st.keys, Lane.POLL, messages[0][1], "x").held(ids) == messages[0][0]
+    assert Lease(st.schedule, Lane.POLL, messages[0][1], "x").held(ids) == messages[0][0]
 
 
 def test_a_full_queue_gets_no_more_messages(deployment):
@@ -84,8 +84,8 @@ def test_an_expired_lease_is_claimed_again_as_a_recovery_and_the_old_claim_holds
     pump.claim_due()
     second = _messages(st, settings.queue)[0]
     assert second[3] == [job_id]  # flagged as a recovery
-    assert Lease(st.redis, st.keys, Lane.FINALIZE, first[1], "x").held([job_id]) == []
-    assert Lease(st.redis, st.keys, Lane.FINALIZE, second[1], "x").held([job_id]) == [job_id]
+    assert Lease(st.schedule, Lane.FINALIZE, first[1], "x").held([job_id]) == []
+    assert Lease(st.schedule, Lane.FINALIZE, second[1], "x").held([job_id]) == [job_id]
     # the superseded claim cannot move the entry any more
     assert st.schedule.place(job_id, None, token=first[1]) == 0
     assert st.schedule.entry(job_id)[0] is Lane.FINALIZE

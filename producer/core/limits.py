@@ -3,10 +3,11 @@
 Celery's own rate_limit counts per worker process, so ten workers would send ten times the
 rate. Here one token bucket and one set of in-flight slots per account (API key fingerprint)
 live in Redis, and both are spent where work is handed out: the schedule's claim script
-(worker/pump.py) claims a rate-limited step only with a token in hand, and a submit only with
-a free slot, taken in the same script at the first provider of the job's route that has both.
+(lua/claim.lua, run by Schedule.claim with the terms this module builds) claims a
+rate-limited step only with a token in hand, and a submit only with a free slot, taken in the
+same script at the first provider of the job's route that has both.
 A job that finds none stays due in its submit lane (parked, with several providers, so that
-it does not hold back jobs for others: worker/pump.py); single jobs' lane is served before
+it does not hold back jobs for others: lua/claim.lua); single jobs' lane is served before
 the batch lane, so a freed slot goes to a single job first. Nothing is handed over, and no
 worker waits.
 
@@ -19,10 +20,13 @@ worker waits.
   held until its generation ends (or the job ends), given back in the same transaction as
   that change. A submit that will be retried gives its slot back meanwhile: it holds no
   generation, and it competes for a slot again, in order, when it is due.
-- Routes: job -> the providers its work may go to, in order of preference (producer/
+- Routes: job -> the providers its work may go to, in order of preference (producer/core/
   providers.py decides them, the submit step writes them, the claim script cuts them).
 - Accounts: providers-file entries that share a key share one cap and one bucket; where
   their limits differ, the strictest of them holds for all.
+
+This module is the only writer of the slots and routes outside the claim script, which alone
+spends tokens and parks entries.
 """
 
 from __future__ import annotations
@@ -35,10 +39,36 @@ import redis
 
 from producer.core.names import RATE_LIMITED, SUBMIT_LANES, Keys, Lane, account_of
 from producer.core.providers import DEFAULT_PROVIDER, Provider, account, providers
-from producer.core.schedule import PARKED_BAND_S
 from producer.core.settings import Settings
 
-__all__ = ["ProviderLimits", "account_of"]
+__all__ = ["ClaimTerms", "ProviderLimits", "ProviderTerms", "account_of"]
+
+
+@dataclass(frozen=True)
+class ProviderTerms:
+    """What a lane's claim may spend at one provider: its account's keys ('' for none in the
+    lane) and limits."""
+
+    name: str
+    slots: str  # the account's in-flight slots, '' if the lane takes none there
+    bucket: str  # the account's rate bucket, '' if the lane spends no token there
+    parked_token: str  # the lane's entries waiting for a token there, '' without a bucket
+    parked_slot: str  # the lane's entries waiting for a slot there, '' without slots
+    cap: int
+    rate_per_s: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class ClaimTerms:
+    """The limits one lane's claim spends (lua/claim.lua)."""
+
+    routes: str
+    limited: bool  # some provider has slots or a bucket in this lane
+    submit: bool  # a submit lane: its jobs may go to any provider of their route
+    default_route: str  # '' none: an unrouted job is claimed as is
+    hold_s: float  # how long a slot taken at the claim is held
+    providers: list[ProviderTerms]
 
 
 @dataclass(frozen=True)
@@ -92,36 +122,42 @@ class ProviderLimits:
         # is reclaimed once it is older than any job at the provider can be.
         self.stale_after_s = 2 * settings.deadline_s + settings.step_timeout_s
 
-    def claim_terms(self, lane: Lane) -> tuple[list[str], list[Any]]:
-        """The claim script's keys (routes, then each provider's account's slots, bucket and
-        two parked sets, '' for none) and arguments (limited, submit, default route,
-        providers, parked band, slot hold, then each one's name and its account's cap, rate,
-        burst) for one lane."""
+    def claim_terms(self, lane: Lane) -> ClaimTerms:
+        """What one lane's claim spends, provider by provider."""
         submit = lane in SUBMIT_LANES
         rated = lane in RATE_LIMITED
         # A poll takes a slot only for a job that holds none (one an operator retried into
         # polling): every generation at the provider counts against its cap.
         slotted = submit or lane is Lane.POLL
-        keys: list[str] = [self.routes]
-        args: list[Any] = []
-        limited = False
+        terms = []
         for p in self.providers:
             acc = self.accounts[p.name]
             lim = self.account_limits[acc]
             capped = slotted and lim.max_in_flight is not None
             slots = self.keys.in_flight(acc) if capped else ""
             bucket = self.keys.rate(acc) if rated and lim.rate_limit_per_s is not None else ""
-            parks = [self.keys.parked(lane, acc, "token") if bucket else "",
-                     self.keys.parked(lane, acc, "slot") if slots else ""]  # fmt: skip
-            limited = limited or bool(slots or bucket)
-            keys += [slots, bucket, *parks]
-            args += [p.name, lim.max_in_flight or 0, lim.rate_limit_per_s or 0, lim.rate_burst]
-        # A submit's slot is held under its claim's lease until the provider has the job; a
-        # poll's, for the generation (as hold_for_generation holds it).
-        hold_s = self.settings.lease_s if submit else self.stale_after_s
-        head = [int(limited), int(submit), self.default_route, len(self.providers),
-                PARKED_BAND_S, hold_s]  # fmt: skip
-        return keys, head + args
+            terms.append(
+                ProviderTerms(
+                    name=p.name,
+                    slots=slots,
+                    bucket=bucket,
+                    parked_token=self.keys.parked(lane, acc, "token") if bucket else "",
+                    parked_slot=self.keys.parked(lane, acc, "slot") if slots else "",
+                    cap=lim.max_in_flight or 0,
+                    rate_per_s=lim.rate_limit_per_s or 0,
+                    burst=lim.rate_burst,
+                )
+            )
+        return ClaimTerms(
+            routes=self.routes,
+            limited=any(t.slots or t.bucket for t in terms),
+            submit=submit,
+            default_route=self.default_route,
+            # A submit's slot is held under its claim's lease until the provider has the
+            # job; a poll's, for the generation (as hold_for_generation holds it).
+            hold_s=self.settings.lease_s if submit else self.stale_after_s,
+            providers=terms,
+        )
 
     def hold_for_generation(self, job_id: str, client: Any = None) -> None:
         """Keep the job's slot (if it holds one) while the provider generates its video."""
