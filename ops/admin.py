@@ -107,6 +107,7 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
             return False  # someone else moved it meanwhile
         r.status, r.error, r.finished_at, r.webhook = target, None, None, None
         r.copy_attempts = r.recoveries = 0
+        r.reruns += 1  # its next end is a new event: a new webhook-id and body
         if target is JobStatus.QUEUED:
             r.resubmits += 1 if r.provider_task_id else 0
             if replaced is not None:
@@ -128,7 +129,6 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
             limits = ProviderLimits(st.redis, settings)
             limits.set_route(r.id, [r.provider or limits.providers[0].name], pipe)
         st.schedule.forget_faults(r.id, pipe)
-        st.forget_event_body(r.id, pipe)  # the next webhook is a new event's body
         if r.batch_id:
             st.reopen_in_batch(r.batch_id, pipe)
 
@@ -162,7 +162,7 @@ def _provider_side_status(settings: Settings, record: JobRecord) -> JobStatus:
     try:
         provider = rt.provider(record.provider)
         asked = record.request.get("api_format") or record.api_format
-        api_format = ApiFormat(asked or provider.settings.api_format)
+        api_format = ApiFormat(asked or provider.api_format)
         task = provider.get(record.provider_task_id or "", api_format)
     except PermanentError as e:
         raise OperationRefused(
@@ -212,10 +212,13 @@ def replay_webhooks(settings: Settings, ids: list[str] | None) -> list[dict[str,
     try:
         for msg_id in ids if ids is not None else list(letters):
             letter = letters[msg_id]
-            owner = letter.get("owner_id")
+            owner = str(letter.get("owner_id") or "")
             batch = letter.get("event_type") == BATCH_COMPLETED
-            body_key = st.keys.batch_event_body if batch else st.keys.event_body
-            body = _text(st.redis.get(body_key(owner))) if owner else ""
+            rerun = int(letter.get("rerun") or 0)  # which run of the job ended in it
+            body_key = (
+                st.keys.batch_event_body(owner) if batch else st.keys.event_body(owner, rerun)
+            )
+            body = _text(st.redis.get(body_key)) if owner else ""
             if not body:
                 results.append({"id": msg_id, "ok": False, "status_code": None,
                                 "error": "its original body is no longer kept"})  # fmt: skip
@@ -226,7 +229,7 @@ def replay_webhooks(settings: Settings, ids: list[str] | None) -> list[dict[str,
             results.append({"id": msg_id, "ok": result.ok, "status_code": result.status_code,
                             "error": result.error})  # fmt: skip
             if result.ok:
-                _mark_delivered(settings, str(owner), batch, result.status_code)
+                _mark_delivered(settings, owner, batch, rerun, result.status_code)
                 st.forget_dead_letter(msg_id)
     finally:
         runtime.http.close()
@@ -234,7 +237,7 @@ def replay_webhooks(settings: Settings, ids: list[str] | None) -> list[dict[str,
 
 
 def _mark_delivered(
-    settings: Settings, owner_id: str, batch: bool, status_code: int | None
+    settings: Settings, owner_id: str, batch: bool, rerun: int, status_code: int | None
 ) -> None:
     st = store(settings)
 
@@ -247,7 +250,8 @@ def _mark_delivered(
         return True
 
     if not batch:
-        st.update(owner_id, lambda r: delivered(r.webhook))
+        # The record's webhook is its latest run's: one run again since has a webhook of its own.
+        st.update(owner_id, lambda r: r.reruns == rerun and delivered(r.webhook))
         return
     record = st.get_batch(owner_id, with_jobs=False)
     if delivered(record.webhook) and record.webhook is not None:

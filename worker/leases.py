@@ -9,6 +9,7 @@ lanes are the schedule's (producer/core/schedule.py): this module only asks it.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -66,7 +67,10 @@ class Lease:
                 except redis.RedisError as e:
                     log.warning("could not extend a lease", error=str(e))
 
-        thread = threading.Thread(target=beat, name="videoqueue-lease", daemon=True)
+        # In the step's log context (its job's id): a thread starts with none.
+        beat_here = contextvars.copy_context().run
+        thread = threading.Thread(target=beat_here, args=(beat,), name="videoqueue-lease",
+                                  daemon=True)  # fmt: skip
         thread.start()
         try:
             yield

@@ -38,37 +38,16 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
+from celery import bootsteps
+from celery.signals import worker_process_shutdown
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
 from producer.core.errors import ERROR_CODES
 from producer.core.providers import providers
 from producer.core.settings import Settings, get_settings
-
-
-def _multiprocess_dir(settings: Settings) -> tuple[str | None, bool]:
-    """Choose the multiprocess directory before prometheus_client is imported: it reads
-    PROMETHEUS_MULTIPROC_DIR once, at import, to decide where every value lives. Returns the
-    directory (None: metrics off) and whether it is a temporary one made here."""
-    if settings.metrics_port is None:
-        return None, False
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return os.environ["PROMETHEUS_MULTIPROC_DIR"], False
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="videoqueue-metrics-")
-    return os.environ["PROMETHEUS_MULTIPROC_DIR"], True
-
-
-MULTIPROC_DIR, _OWN_DIR = _multiprocess_dir(get_settings())
-
-# These imports must follow the directory's choice above.
-from celery import bootsteps  # noqa: E402
-from celery.signals import worker_process_shutdown  # noqa: E402
-from prometheus_client import (  # noqa: E402
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    start_http_server,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
-from prometheus_client.registry import Collector  # noqa: E402
 
 PROVIDER_REQUESTS = Counter(
     "videoqueue_provider_requests",
@@ -108,6 +87,34 @@ _IN_PROCESS = (
     PROVIDER_REQUESTS, STEP_DURATION, SCHEDULE_LATENESS, SCHEDULE_CLAIMED, WEBHOOK_DELIVERIES,
     JOB_FAILURES, S3_COPIED_BYTES,
 )  # fmt: skip
+
+# Where every process of this worker writes its values (None: metrics off, or not a worker),
+# chosen at the worker's start (use_multiprocess_dir), and whether it is a temporary one made
+# then, removed at the worker's end.
+MULTIPROC_DIR: str | None = None
+_OWN_DIR = False
+
+
+def use_multiprocess_dir(settings: Settings) -> None:
+    """At a worker's start, before its pool forks and before any value is counted: with
+    metrics on, every process's values go to files in one directory (PROMETHEUS_MULTIPROC_DIR,
+    a fresh temporary directory unless set), which the endpoint sums."""
+    global MULTIPROC_DIR, _OWN_DIR
+    if settings.metrics_port is None:
+        return
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus-client reads it where each value is made, in this process and the pool's.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="videoqueue-metrics-")
+        _OWN_DIR = True
+    MULTIPROC_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        # prometheus-client chose in-process values when it was imported, where the variable
+        # was not set yet: values made from now on go to files, and the one made at import
+        # (a metric without labels makes its value then) is made again.
+        values.ValueClass = values.MultiProcessValue()
+        for metric in _IN_PROCESS:
+            if not metric._labelnames:
+                metric._metric_init()
 
 
 # --- the attach points' helpers ---

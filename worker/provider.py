@@ -20,10 +20,11 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
+from pydantic import SecretStr
 
 from producer.core.deadline import deadline_transport, within
 from producer.core.errors import PermanentError, RetryableError
-from producer.core.providers import DEFAULT_PROVIDER
+from producer.core.providers import Provider, api_key, providers
 from producer.core.requests import ASPECT_RATIOS, VideoRequest
 from producer.core.settings import ApiFormat, Settings
 from worker import metrics
@@ -51,7 +52,7 @@ from worker.egress import Credentials, origin_of
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Operation", "ProviderClient", "ProviderTask", "TaskState", "kling_jwt"]
+__all__ = ["Operation", "ProviderClient", "ProviderTask", "TaskState", "client_for", "kling_jwt"]
 
 
 # What an API call is for (the label metrics count calls by).
@@ -59,39 +60,39 @@ Operation = Literal["create", "status", "download", "cancel"]
 
 
 class ProviderClient:
-    """Talks to the video API in its dialect (worker/dialect.py).
+    """Talks to one provider's video API in its dialect (worker/dialect.py).
 
     Args:
-        settings: API base URL, key, dialect, format and timeouts.
-        http: an httpx.Client to use (one per worker process); made if not given.
-        dialect: the dialect to speak; the one settings name if not given.
-        name: the provider's name in the configuration (what metrics count it under).
+        provider: the provider (producer/core/providers.py): its name (what metrics count
+            it under), base URL and create format.
+        dialect: the dialect it speaks, loaded.
+        key: its API key.
+        http: the httpx.Client to send with (one per worker process).
+        timeout_s: the most one whole exchange with the API may take (api_timeout_s).
     """
 
     def __init__(
         self,
-        settings: Settings,
-        http: httpx.Client | None = None,
-        dialect: Dialect | None = None,
-        name: str = DEFAULT_PROVIDER,
+        provider: Provider,
+        dialect: Dialect,
+        key: SecretStr,
+        http: httpx.Client,
+        *,
+        timeout_s: float,
     ) -> None:
-        self.settings = settings
-        self.name = name
-        self.dialect = dialect or load_dialect(
-            settings.api_dialect, str(settings.dialects_dir) if settings.dialects_dir else None
-        )
-        self.base_url = settings.api_base_url.rstrip("/")
-        self.http = http or httpx.Client(
-            timeout=httpx.Timeout(settings.api_timeout_s, connect=settings.api_connect_timeout_s),
-            follow_redirects=False,
-            transport=deadline_transport(),
-        )
+        self.name = provider.name
+        self.api_format = provider.api_format
+        self.dialect = dialect
+        self.base_url = provider.base_url.rstrip("/")
+        self.http = http
+        self.timeout_s = timeout_s
+        self._key = key
 
     def credentials(self) -> Credentials:
         """The dialect's key, as headers or query parameters, bound to the API's origin: on a
         download (worker/storage.py) the transport sends them to that origin only, however
         the file URL redirects (worker/egress.py)."""
-        key = self.settings.api_key.get_secret_value()
+        key = self._key.get_secret_value()
         scheme = self.dialect.auth
         origin = origin_of(httpx.URL(self.base_url))
         if scheme is Auth.KEY_PARAM:
@@ -107,7 +108,7 @@ class ProviderClient:
     def _scrub(self, text: str) -> str:
         """text without the API key (or either half of a Kling key pair), should a provider
         echo it back."""
-        key = self.settings.api_key.get_secret_value()
+        key = self._key.get_secret_value()
         if not key:
             return text
         # The whole key always; a half only when long enough not to match by chance.
@@ -144,7 +145,7 @@ class ProviderClient:
         response = None
         try:
             with (
-                within(self.settings.api_timeout_s) as deadline,
+                within(self.timeout_s) as deadline,
                 self.http.stream(
                     method, self.base_url + path, headers=headers, **kwargs
                 ) as response,
@@ -423,6 +424,32 @@ class ProviderClient:
         except (PermanentError, RetryableError):
             return False
         return True
+
+
+def client_for(
+    settings: Settings, provider: Provider | None = None, http: httpx.Client | None = None
+) -> ProviderClient:
+    """A client for one of the deployment's providers (the first if not given), with what it
+    needs of the settings: its key, its dialect (a user's file first), the API timeout. With
+    no http, a client of its own, bounded by the same timeouts.
+
+    Raises:
+        DialectError: the provider's dialect is unknown or invalid.
+    """
+    provider = provider or providers(settings)[0]
+    user_dir = str(settings.dialects_dir) if settings.dialects_dir else None
+    http = http or httpx.Client(
+        timeout=httpx.Timeout(settings.api_timeout_s, connect=settings.api_connect_timeout_s),
+        follow_redirects=False,
+        transport=deadline_transport(),
+    )
+    return ProviderClient(
+        provider,
+        load_dialect(provider.dialect, user_dir),
+        api_key(provider, settings),
+        http,
+        timeout_s=settings.api_timeout_s,
+    )
 
 
 def _request_values(request: VideoRequest, fmt: Create) -> dict[str, Any]:

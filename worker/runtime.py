@@ -15,12 +15,12 @@ import httpx
 
 from producer.core.errors import PermanentError
 from producer.core.limits import ProviderLimits
-from producer.core.providers import Provider, api_key, providers
+from producer.core.providers import providers
 from producer.core.settings import Settings, get_settings
 from producer.core.store import JobStore, store
 from worker.egress import GuardedTransport
 from worker.history import GenerationTimes
-from worker.provider import ProviderClient
+from worker.provider import ProviderClient, client_for
 from worker.pump import Pump
 from worker.storage import ensure_bucket, s3_client
 from worker.uploads import ensure_abort_rule, key_prefix, sweep_if_due
@@ -53,10 +53,7 @@ class Runtime:
     @cached_property
     def providers(self) -> dict[str, ProviderClient]:
         """A client per provider (producer/core/providers.py), by name, in order of preference."""
-        return {
-            p.name: ProviderClient(provider_settings(p, self.settings), self.http, name=p.name)
-            for p in providers(self.settings)
-        }
+        return {p.name: client_for(self.settings, p, self.http) for p in providers(self.settings)}
 
     def provider(self, name: str | None) -> ProviderClient:
         """The named provider's client (None: the first, for records from before providers
@@ -104,18 +101,6 @@ class Runtime:
     def sweep_uploads(self) -> None:
         """Abort orphaned multipart uploads, if no worker did lately (worker/uploads.py)."""
         sweep_if_due(self.s3, self.store.redis, self.store.keys.upload_sweep(), self.settings)
-
-
-def provider_settings(provider: Provider, settings: Settings) -> Settings:
-    """The settings a ProviderClient reads, with this provider's URL, key, dialect, format."""
-    return settings.model_copy(
-        update={
-            "api_base_url": provider.base_url,
-            "api_key": api_key(provider, settings),
-            "api_dialect": provider.dialect,
-            "api_format": provider.api_format,
-        }
-    )
 
 
 _runtime: Runtime | None = None

@@ -21,11 +21,12 @@ Tasks then read as the happy path (worker/tasks.py).
 
 from __future__ import annotations
 
+import contextvars
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from celery import Task
@@ -46,9 +47,11 @@ from worker.leases import Lease
 from worker.redaction import redact
 from worker.runtime import runtime
 from worker.timing import retry_delay_s
-from worker.webhooks import message_id
+from worker.webhooks import record_dead_letter
 
 log = structlog.get_logger("videoqueue.worker")
+
+T = TypeVar("T")
 
 # Lanes whose jobs are at the provider (where a cancelled job is cancelled upstream).
 _AT_PROVIDER = SUBMIT_LANES | {Lane.POLL}
@@ -230,17 +233,34 @@ class Step(Task):  # type: ignore[misc]
         retry with backoff, then an "internal_error" failure, for each of them."""
         members = [member] if isinstance(member, str) else member
         tokens = [token] * len(members) if isinstance(token, str) else token
+        with self.log_context(members):
+            try:
+                yield
+            except Exception as e:  # the failure boundary: every task's, in one place
+                for m, t in zip(members, tokens, strict=True):
+                    self.on_fault(m, lane, t, e)
+
+    @contextmanager
+    def log_context(self, members: list[str]) -> Iterator[None]:
+        """Bind the step and the job (or how many jobs) into every line logged inside."""
         bound = {"job_id": members[0]} if len(members) == 1 else {"jobs": len(members)}
         with structlog.contextvars.bound_contextvars(**bound, step=self.name):
             if len(members) == 1 and (record := self._loaded.get(members[0])) is not None:
                 bind_job(record)
             try:
                 yield
-            except Exception as e:  # the failure boundary: every task's, in one place
-                for m, t in zip(members, tokens, strict=True):
-                    self.on_fault(m, lane, t, e)
             finally:
                 structlog.contextvars.unbind_contextvars(*_JOB_CONTEXT)
+
+    def each_in_threads(self, work: Callable[[Job], T], jobs: list[Job]) -> list[T]:
+        """work(job) for every job at once, on the runtime's threads, each in its job's log
+        context: a thread starts with an empty one, and its lines (the provider client's,
+        httpx's) would name no job."""
+        contexts = []
+        for job in jobs:
+            with self.log_context([job.id]):
+                contexts.append(contextvars.copy_context())
+        return list(runtime().pool.map(lambda c, job: c.run(work, job), contexts, jobs))
 
     def on_fault(self, member: str, lane: Lane, token: str, error: Exception) -> None:
         rt = runtime()
@@ -269,7 +289,7 @@ class Step(Task):  # type: ignore[misc]
         job = Job(member, runtime().store.get(member), lane, token)
         if job.record.terminal:  # it is its webhook that keeps failing: stop delivering it
             record = job.update(lambda r: _stop_delivering(r.webhook, message))
-            _dead_letter(member, record.webhook)
+            _dead_letter(member, record.webhook, record.reruns)
             job.revisit()
             return
         job.fail("internal_error", message)
@@ -307,11 +327,10 @@ def _count_recovery(record: JobRecord) -> None:
     record.recoveries += 1
 
 
-def _dead_letter(owner_id: str, hook: WebhookDelivery | None) -> None:
+def _dead_letter(owner_id: str, hook: WebhookDelivery | None, rerun: int = 0) -> None:
     """Keep a webhook given up on in the dead letters, where `videoqueue webhooks` finds it."""
     if hook is not None and hook.state is WebhookState.DEAD:
-        msg_id = message_id(owner_id, hook.event_type)
-        runtime().store.record_dead_letter(msg_id, hook.model_dump(mode="json"), owner_id)
+        record_dead_letter(runtime().store, owner_id, hook, rerun)
 
 
 def _stop_delivering(hook: WebhookDelivery | None, message: str) -> bool:

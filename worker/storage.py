@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import time
 from collections.abc import Iterable, Iterator
@@ -151,7 +152,10 @@ def stream_to_s3(
         with ThreadPoolExecutor(max_workers=parts_in_flight) as pool:
 
             def flush() -> None:
-                pending.append(pool.submit(send, len(pending) + 1, bytes(buffer)))
+                # In the step's log context: a thread starts with none, and S3's lines name
+                # no job.
+                work = contextvars.copy_context().run
+                pending.append(pool.submit(work, send, len(pending) + 1, bytes(buffer)))
                 buffer.clear()
                 # Backpressure: wait for the oldest part before reading more.
                 while sum(not f.done() for f in pending) >= parts_in_flight:

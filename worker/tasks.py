@@ -62,7 +62,7 @@ from worker.timing import (
     next_poll_s,
     retry_delay_s,
 )
-from worker.webhooks import record_attempt, retry_delay, send_event
+from worker.webhooks import record_attempt, record_dead_letter, retry_delay, send_event
 
 log = structlog.get_logger("videoqueue.worker")
 
@@ -277,7 +277,7 @@ def _format(record: JobRecord, provider: ProviderClient) -> ApiFormat:
     asked = record.request.get("api_format")
     if asked is None and runtime().settings.providers_file is None:
         asked = record.api_format
-    return ApiFormat(asked or provider.settings.api_format)
+    return ApiFormat(asked or provider.api_format)
 
 
 @dataclass
@@ -408,7 +408,7 @@ def poll(self: Step, jobs: list[Job]) -> None:
     seconds, micros = rt.store.redis.time()  # one clock for every host's deadlines
     now = seconds + micros / 1e6
     # Asked even past the deadline: a video done since the last poll is paid for.
-    answers = list(rt.pool.map(_ask, jobs))
+    answers = self.each_in_threads(_ask, jobs)
     observed: dict[str, _Observed] = {}
     expired: list[Job] = []
     for job, answer in zip(jobs, answers, strict=True):
@@ -421,7 +421,7 @@ def poll(self: Step, jobs: list[Job]) -> None:
             elif seen is not None:
                 observed[job.id] = seen
     # After the failures are written: a slow or failing cancel must not hold them back.
-    list(rt.pool.map(_cancel_upstream, expired))
+    self.each_in_threads(_cancel_upstream, expired)
     if not observed:
         return
     tokens = {job.id: job.token for job in jobs}
@@ -483,10 +483,9 @@ def _cancel_upstream(job: Job) -> None:
     try:
         cancelled = runtime().provider(record.provider).cancel(record.provider_task_id or "")
     except Exception as e:  # noqa: BLE001  (nothing is left to fail: the job has ended)
-        log.warning("timed-out task not cancelled", job_id=job.id, error_type=type(e).__name__)
+        log.warning("timed-out task not cancelled", error_type=type(e).__name__)
         return
-    log.info("timed-out task cancelled" if cancelled else "timed-out task not cancelled",
-             job_id=job.id, provider=record.provider)  # fmt: skip
+    log.info("timed-out task cancelled" if cancelled else "timed-out task not cancelled")
 
 
 def _observe(job: Job, answer: ProviderTask | Exception, elapsed_s: float) -> _Observed | None:
@@ -656,9 +655,10 @@ def notify(job: Job) -> None:
     rt = runtime()
     hook = job.record.webhook
     assert hook is not None  # route() sends only jobs with a pending webhook here
-    body_key = rt.store.keys.event_body(job.id)
+    rerun = job.record.reruns
+    body_key = rt.store.keys.event_body(job.id, rerun)
     msg_id, result = send_event(
-        rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public()
+        rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public(), rerun
     )
     schedule_s = rt.settings.webhook_schedule_s
 
@@ -669,7 +669,7 @@ def notify(job: Job) -> None:
     record = job.update(count)
     assert record.webhook is not None
     if record.webhook.state is WebhookState.DEAD:
-        rt.store.record_dead_letter(msg_id, record.webhook.model_dump(mode="json"), job.id)
+        record_dead_letter(rt.store, job.id, record.webhook, rerun)
         log.warning("webhook dead-lettered", msg_id=msg_id, attempts=record.webhook.attempts)
     pending = record.webhook.state is WebhookState.PENDING
     job.revisit(retry_delay(record.webhook, result, schedule_s) if pending else 0.0)
@@ -693,14 +693,14 @@ def notify_batch(entry: BatchEntry) -> None:
     data = batch.public()
     data.pop("job_ids", None)  # 10,000 ids are not news; get_batch() has them
     body_key = st.keys.batch_event_body(entry.id)
-    msg_id, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
+    _, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
     schedule_s = rt.settings.webhook_schedule_s
     record_attempt(hook, result, len(schedule_s))
     # One claim holds a batch's entry at a time: a plain write.
     if not st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()}):
         return _batch_expired(entry)
     if hook.state is WebhookState.DEAD:
-        st.record_dead_letter(msg_id, hook.model_dump(mode="json"), entry.id)
+        record_dead_letter(st, entry.id, hook)
     if hook.state is WebhookState.PENDING:
         return entry.revisit(retry_delay(hook, result, schedule_s))
     entry.done()

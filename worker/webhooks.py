@@ -23,9 +23,12 @@ from worker.redaction import redact
 from worker.timing import bounded_hint_s
 
 
-def message_id(job_id: str, event_type: str) -> str:
-    """The webhook-id of one event: the same on every retry, so receivers can dedupe."""
-    return "msg_" + hashlib.sha256(f"{job_id}:{event_type}".encode()).hexdigest()[:32]
+def message_id(owner_id: str, event_type: str, rerun: int = 0) -> str:
+    """The webhook-id of one event: the same on every retry and replay, so receivers can
+    dedupe. A job run again (`videoqueue retry`) ends in a new event: rerun (the record's
+    `reruns`) makes its id new; the first run's id is the one it always had."""
+    event = f"{owner_id}:{event_type}" + (f":{rerun}" if rerun else "")
+    return "msg_" + hashlib.sha256(event.encode()).hexdigest()[:32]
 
 
 def signed_headers(secret: str | None, msg_id: str, body: str, now: datetime) -> dict[str, str]:
@@ -125,11 +128,12 @@ def send_event(
     body_key: str,
     hook: WebhookDelivery,
     data: dict[str, Any],
+    rerun: int = 0,
 ) -> tuple[str, DeliveryResult]:
     """Deliver one event once; returns its webhook-id and how it went. The body is pinned at
-    the first attempt under body_key (the job's or the batch's: their ids may be equal), so
-    every retry carries the same bytes under the same webhook-id; only the signature's time
-    is new."""
+    the first attempt under body_key (the job's run's or the batch's: their ids may be
+    equal), so every retry carries the same bytes under the same webhook-id; only the
+    signature's time is new."""
     data.pop("webhook", None)  # delivery bookkeeping changes per attempt; the event does not
     body = store.pin_event_body(
         body_key,
@@ -137,7 +141,17 @@ def send_event(
         store.expire_at_ms(data.get("finished_at")),
     )
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-    msg_id = message_id(owner_id, hook.event_type)
+    msg_id = message_id(owner_id, hook.event_type, rerun)
     result = deliver(http, hook.url, body, msg_id, secret, settings.webhook_timeout_s)
     metrics.webhook_delivery(result.ok, result.status_code, result.blocked)
     return msg_id, result
+
+
+def record_dead_letter(
+    store: JobStore, owner_id: str, hook: WebhookDelivery, rerun: int = 0
+) -> str:
+    """Keep a delivery given up on in the dead letters, under its webhook-id and with the run
+    its body belongs to (`webhooks replay` sends that body); returns the webhook-id."""
+    msg_id = message_id(owner_id, hook.event_type, rerun)
+    store.record_dead_letter(msg_id, {**hook.model_dump(mode="json"), "rerun": rerun}, owner_id)
+    return msg_id

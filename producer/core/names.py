@@ -111,9 +111,10 @@ class Keys:
         may be signed: it is kept out of the record, which webhooks and status print)."""
         return f"{self.prefix}:job:{job_id}:file"
 
-    def event_body(self, job_id: str) -> str:
-        """The job's webhook body, fixed at its first delivery attempt."""
-        return f"{self.prefix}:job:{job_id}:event"
+    def event_body(self, job_id: str, rerun: int = 0) -> str:
+        """The webhook body of the job's end in its given run (0: its first, before any
+        `videoqueue retry`), fixed at its first delivery attempt."""
+        return f"{self.prefix}:job:{job_id}:event" + (f":{rerun}" if rerun else "")
 
     def batch_event_body(self, batch_id: str) -> str:
         """The batch's batch.completed body, fixed at its first delivery attempt."""

@@ -206,6 +206,9 @@ class JobRecord(PublicJob):
     polled_s: float | None = None
     # Attempts to copy the finished video into S3.
     copy_attempts: int = 0
+    # Times an operator ran the failed job again (`videoqueue retry`, with or without
+    # --resubmit): each run ends in a new event, with a webhook-id of its own.
+    reruns: int = 0
 
     @property
     def terminal(self) -> bool:

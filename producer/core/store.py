@@ -409,10 +409,6 @@ class JobStore:
         self.redis.set(key, body, nx=True, pxat=expire_at_ms)
         return _text(self.redis.get(key)) or body
 
-    def forget_event_body(self, job_id: str, client: Any = None) -> None:
-        """The job's next webhook is a new event, with a body of its own."""
-        (client or self.redis).delete(self.keys.event_body(job_id))
-
     def count_unknown_status(self, word: str) -> None:
         self._count_word(
             words=self.keys.unknown_statuses(),

@@ -60,3 +60,35 @@ def test_no_secret_or_signed_url_reaches_the_log(make_pipeline, fmt):
     assert_no_secrets(text)
     for job_id in job_ids:
         assert f"job_id={job_id!r}" in text or f'"job_id": "{job_id}"' in text
+
+
+def test_every_line_of_a_jobs_threads_names_its_job(make_pipeline):
+    """A poll's status queries and an upload's parts run on threads, which start with no log
+    context: every line they write (here httpx's and urllib3's request lines, turned on) names
+    the job whose task it asks about or whose video it uploads, redacted like every line."""
+    p = make_pipeline(env={"VIDEOQUEUE_LOG_FORMAT": "json"}, workers=0,
+                      sandbox={"fast": False, "time_scale": 0.2, "jitter": 0})  # fmt: skip
+    p.start_worker(app="tests.e2e.chatty_worker")
+    job_ids = run_jobs(p, 4)
+    tasks = {get(j, settings=p.settings).provider_task_id: j for j in job_ids}
+    p.workers[0].stop()
+    text = p.workers[0].log_path.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    queries = [line for line in lines if line.get("logger") == "httpx" and "GET" in line["event"]]
+    status_queries = 0
+    for task_id, job_id in tasks.items():
+        about = [line for line in queries if f"/{task_id}" in line["event"]]
+        status_queries += sum(f"/{task_id} " in line["event"] for line in about)
+        assert about, f"no request line about {task_id}"
+        for line in about:
+            assert line.get("job_id") == job_id, line
+    # Several jobs polled at once: their queries went out from the poll's threads.
+    assert status_queries >= len(tasks)
+    assert any("jobs" in line for line in queries), "no poll of more than one job"
+    s3 = [line for line in lines if str(line.get("logger", "")).startswith("urllib3")]
+    for job_id in job_ids:
+        parts = [line for line in s3 if f"{job_id}.mp4?" in line["event"]
+                 and "partNumber=" in line["event"]]  # fmt: skip
+        assert parts, f"no part uploaded for {job_id}"
+        assert all(line.get("job_id") == job_id for line in parts), parts
+    assert_no_secrets(text)

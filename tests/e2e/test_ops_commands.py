@@ -206,6 +206,49 @@ def test_replay_of_a_dead_lettered_webhook_keeps_its_id_and_body(make_pipeline):
     assert unknown.returncode == 1 and "msg_nope" in unknown.stderr
 
 
+def test_each_run_of_a_retried_job_ends_in_a_new_webhook_id_and_a_replay_keeps_its_own(
+    make_pipeline,
+):
+    """A job failed (its webhook dead-lettered), retried, failed again and retried into
+    completion sends each later end under a webhook-id of its own, the same event type
+    included, so a receiver deduping by id takes them all; replaying the first end's dead
+    letter afterwards still sends that end's own id and body, and leaves the latest end's
+    delivery as it was."""
+    p = make_pipeline(sandbox={"truncate_rate": 1.0}, env={"VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "1"})
+    p.receiver.fail_first = 100
+    job_id = enqueue(p.request(), settings=p.settings)
+    assert ended(p, job_id).status is JobStatus.FAILED
+    eventually(lambda: get(job_id, settings=p.settings).webhook.state is WebhookState.DEAD, 30)
+    first = p.receiver.deliveries[0]
+    p.receiver.fail_first = 0
+    p.receiver.clear()
+
+    def run_again() -> JobRecord:
+        retried = run(p.env, "retry", job_id)
+        assert retried.returncode == 0, retried.stderr
+        return eventually(lambda: (r := get(job_id, settings=p.settings)).webhook
+                          and r.webhook.state is WebhookState.DELIVERED and r, 60)  # fmt: skip
+
+    assert run_again().status is JobStatus.FAILED
+    p.sandbox.configure(truncate_rate=0.0)
+    done = run_again()
+    assert done.status is JobStatus.COMPLETED and done.reruns == 2
+    second, third = p.receiver.deliveries
+    assert [e.json["type"] for e in (first, second, third)] == [
+        "video.failed", "video.failed", "video.completed"
+    ]  # fmt: skip
+    assert len({e.headers["webhook-id"] for e in (first, second, third)}) == 3
+
+    p.receiver.clear()
+    replayed = run(p.env, "webhooks", "replay", "--all", "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert [r["id"] for r in json.loads(replayed.stdout)] == [first.headers["webhook-id"]]
+    (replay,) = p.receiver.deliveries
+    assert replay.headers["webhook-id"] == first.headers["webhook-id"]
+    assert replay.body == first.body
+    assert get(job_id, settings=p.settings).webhook == done.webhook
+
+
 def test_stats_reports_jobs_by_status_and_the_schedule(make_pipeline):
     p = make_pipeline(workers=0, env={"VIDEOQUEUE_MAX_IN_FLIGHT": "3"})
     for _ in range(2):

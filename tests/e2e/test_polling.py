@@ -14,7 +14,7 @@ from producer.core.requests import VideoRequest
 from producer.core.settings import ApiFormat
 from producer.core.store import store
 from tests.e2e.conftest import eventually
-from worker.provider import ProviderClient
+from worker.provider import client_for
 
 
 def test_a_video_done_in_the_last_interval_before_the_deadline_completes(make_pipeline):
@@ -61,7 +61,7 @@ def test_every_provider_call_dripping_its_answers_head_ends_at_the_api_timeout(m
         sandbox={"drip_error_rate": 1.0, "drip_routes": [route], "drip_head": True},
         env={"VIDEOQUEUE_API_TIMEOUT_S": "1.5"},
     )
-    client = ProviderClient(p.settings)
+    client = client_for(p.settings)
     began = time.monotonic()
     if call == "create":
         request = VideoRequest.model_validate(p.request())

@@ -24,6 +24,7 @@ from producer.core.errors import InvalidRequest
 from producer.core.records import AttemptOutcome
 from producer.core.store import store
 from tests.e2e.conftest import eventually
+from tests.e2e.test_metrics import by, free_port, scrape
 
 KEY_A = "sk-provider-a-0123456789"
 KEY_B = "sk-provider-b-9876543210"
@@ -218,6 +219,43 @@ def test_a_job_naming_a_provider_goes_there(make_pipeline, tmp_path, second_sand
     assert e.value.errors[0]["field"] == "provider"
 
 
+def test_a_jobs_log_lines_and_request_metrics_name_its_provider(
+    make_pipeline, tmp_path, second_sandbox
+):
+    """With two providers, every line about a job that names a provider names the one its
+    task is at (by its name in the file: never the other's, nor the single-provider
+    settings'), and the request counter counts each provider's creates, status queries and
+    downloads under its own name."""
+    _, url_b = second_sandbox()
+    port = free_port()
+    env = {"VIDEOQUEUE_LOG_FORMAT": "json", "VIDEOQUEUE_METRICS_PORT": str(port)}
+    p = _deploy(make_pipeline, tmp_path, None, url_b, {"name": "alpha"}, {"name": "beta"}, env=env)
+    jobs = {
+        enqueue(p.request(webhook_url=None, provider=name), settings=p.settings): name
+        for name in ("alpha", "beta")
+    }
+    for job_id, name in jobs.items():
+        record = wait(job_id, 30, settings=p.settings)
+        assert record.status is JobStatus.COMPLETED and record.provider == name, record.error
+
+    requests = eventually(lambda: scrape(port).get("videoqueue_provider_requests_total"))
+    assert set(by(requests, "provider")) == {"alpha", "beta"}
+    for name in ("alpha", "beta"):
+        counted = {
+            dict(k)["operation"] for k, n in requests.items() if dict(k)["provider"] == name and n
+        }
+        assert {"create", "status", "download"} <= counted, name
+    p.workers[0].stop()
+    lines = [json.loads(line) for line in p.workers[0].log_path.read_text().splitlines() if line]
+    for job_id, name in jobs.items():
+        named = [
+            line["provider"]
+            for line in lines
+            if line.get("job_id") == job_id and "provider" in line
+        ]
+        assert named and set(named) == {name}, (job_id, name, set(named))
+
+
 def test_a_batchs_usage_is_summed_over_its_jobs(make_pipeline):
     p = make_pipeline(sandbox={"dialect": "openrouter", "flavor": "router"},
                       env={"VIDEOQUEUE_API_DIALECT": "openrouter"})  # fmt: skip
@@ -253,14 +291,15 @@ def test_a_worker_does_not_start_with_a_bad_providers_file(tmp_path):
     path = _providers(tmp_path, {"name": "a", "base_url": "http://a.test", "api_key_env": "K",
                                  "dialect": "no-such-dialect"},
                       {"name": "b", "base_url": "not a url", "api_key_env": "K"})  # fmt: skip
-    env = {**os.environ, "VIDEOQUEUE_PROVIDERS_FILE": str(path)}
-    started = subprocess.run([sys.executable, "-c", "import worker.app"], env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    # No broker answers there: a worker that started anyway would wait, and time out here.
+    env = {**os.environ, "VIDEOQUEUE_PROVIDERS_FILE": str(path),
+           "VIDEOQUEUE_BROKER_URL": _closed_port_url().replace("http", "redis")}  # fmt: skip
+    worker = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", "1"]
+    started = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=60)
     assert started.returncode != 0
     assert str(path) in started.stderr and "providers[1].base_url" in started.stderr
     path.write_text(path.read_text().replace('"not a url"', '"http://b.test"'))
-    started = subprocess.run([sys.executable, "-c", "import worker.app"], env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    started = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=60)
     assert started.returncode != 0 and "no-such-dialect" in started.stderr
 
 

@@ -11,7 +11,7 @@ import pytest
 from producer.core.errors import PermanentError, RetryableError
 from producer.core.requests import VideoRequest
 from producer.core.settings import ApiFormat, Settings
-from worker.provider import ProviderClient, TaskState
+from worker.provider import ProviderClient, TaskState, client_for
 
 URL = "https://cdn.example/v.mp4"
 
@@ -82,7 +82,7 @@ def _client(dialect: str, answer) -> tuple[ProviderClient, list[httpx.Request]]:
         return answer(request)
 
     settings = Settings(api_dialect=dialect, api_base_url="https://api.example", api_key="k:s")
-    return ProviderClient(settings, httpx.Client(transport=httpx.MockTransport(handler))), seen
+    return client_for(settings, http=httpx.Client(transport=httpx.MockTransport(handler))), seen
 
 
 @pytest.mark.parametrize("dialect", DOCUMENTED)

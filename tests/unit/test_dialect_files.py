@@ -22,7 +22,7 @@ from worker.dialect import (
     available,
     load_dialect,
 )
-from worker.provider import ProviderClient, kling_jwt
+from worker.provider import client_for, kling_jwt
 
 MINIMAL = """
 source = "https://example.test/docs"
@@ -64,7 +64,7 @@ def test_a_user_adds_a_dialect_with_a_file_and_the_client_speaks_it(tmp_path):
         return httpx.Response(200, json=body)
 
     settings = Settings(api_dialect="acme", dialects_dir=tmp_path, api_key="sk-acme")
-    client = ProviderClient(settings, httpx.Client(transport=httpx.MockTransport(answer)))
+    client = client_for(settings, http=httpx.Client(transport=httpx.MockTransport(answer)))
     request = VideoRequest(model="m1", prompt="a cat", duration=5)
     task = client.create(request, ApiFormat.OPENAI, "job-1")
     assert (task.id, task.state) == ("j1", TaskState.RUNNING)
@@ -82,7 +82,7 @@ def test_a_user_adds_a_dialect_with_a_file_and_the_client_speaks_it(tmp_path):
 
 def test_a_request_field_the_dialect_has_no_place_for_fails_naming_it(tmp_path):
     (tmp_path / "acme.toml").write_text(MINIMAL)
-    client = ProviderClient(Settings(api_dialect="acme", dialects_dir=tmp_path))
+    client = client_for(Settings(api_dialect="acme", dialects_dir=tmp_path))
     request = VideoRequest(prompt="a cat", image_url="https://example.com/a.jpg")
     with pytest.raises(PermanentError) as e:
         client.create_payload(request, ApiFormat.OPENAI)
@@ -135,8 +135,8 @@ def test_openais_create_is_multipart_with_seconds_as_a_string_and_a_size():
         seen.append(request)
         return httpx.Response(200, json={"id": "video_1", "status": "queued"})
 
-    client = ProviderClient(
-        Settings(api_dialect="openai"), httpx.Client(transport=httpx.MockTransport(answer))
+    client = client_for(
+        Settings(api_dialect="openai"), http=httpx.Client(transport=httpx.MockTransport(answer))
     )
     request = VideoRequest(model="sora-2", prompt="a cat", aspect_ratio="16:9", duration=8)
     client.create(request, ApiFormat.UNIFIED, "job-1")
@@ -158,7 +158,7 @@ def test_openais_finished_video_is_fetched_from_its_content_route_with_the_key()
         return httpx.Response(200, json={"id": "video_1", "status": "completed"})
 
     settings = Settings(api_dialect="openai", api_base_url="http://api.test", api_key="sk-1")
-    client = ProviderClient(settings, httpx.Client(transport=httpx.MockTransport(answer)))
+    client = client_for(settings, http=httpx.Client(transport=httpx.MockTransport(answer)))
     task = client.get("video_1", ApiFormat.OPENAI)
     assert task.video_url == "http://api.test/v1/videos/video_1/content"
     assert client.credentials().applies_to(httpx.URL(task.video_url))
@@ -172,7 +172,7 @@ def test_a_task_id_cannot_leave_its_path_segment():
         seen.append(request)
         return httpx.Response(200, json={"status": "queued"})
 
-    client = ProviderClient(Settings(), httpx.Client(transport=httpx.MockTransport(answer)))
+    client = client_for(Settings(), http=httpx.Client(transport=httpx.MockTransport(answer)))
     client.get("../../admin?x=1", ApiFormat.OPENAI)
     assert seen[0].url.raw_path == b"/v1/videos/..%2F..%2Fadmin%3Fx%3D1"
 
@@ -197,7 +197,7 @@ def test_neither_half_of_a_kling_key_pair_appears_in_an_error():
         )
 
     settings = Settings(api_dialect="kling", api_key="AK-123456789:SK-abcdefghij")
-    client = ProviderClient(settings, httpx.Client(transport=httpx.MockTransport(answer)))
+    client = client_for(settings, http=httpx.Client(transport=httpx.MockTransport(answer)))
     with pytest.raises(PermanentError) as e:
         client.get("t1", ApiFormat.OPENAI)
     assert "AK-123456789" not in str(e.value) and "SK-abcdefghij" not in str(e.value)

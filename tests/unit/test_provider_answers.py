@@ -19,7 +19,7 @@ from producer.core.errors import InvalidVideo, PermanentError, RetryableError
 from producer.core.settings import Settings
 from worker.answers import ProviderTask, error_message, poll_after_s, retry_after_s
 from worker.media import probe
-from worker.provider import ProviderClient, TaskState
+from worker.provider import ProviderClient, TaskState, client_for
 
 KEY = "sk-very-secret-key"
 ROUTE = "http://api.test/v1/videos/1"
@@ -28,7 +28,7 @@ ROUTE = "http://api.test/v1/videos/1"
 def _client(handler=None) -> ProviderClient:
     settings = Settings(api_base_url="http://api.test", api_key=KEY)
     http = httpx.Client(transport=httpx.MockTransport(handler)) if handler else None
-    return ProviderClient(settings, http)
+    return client_for(settings, http=http)
 
 
 def _raw(content: bytes | str, status: int = 200, headers=None) -> httpx.Response:
@@ -416,7 +416,7 @@ def test_task_not_exist_anywhere_in_a_200_is_task_not_found(body):
 def test_task_not_exist_with_any_http_status_is_task_not_found(body, status):
     client = _answering(status, json.dumps(body))
     with pytest.raises(PermanentError) as e:
-        client.get("t9", client.settings.api_format)
+        client.get("t9", client.api_format)
     assert e.value.code == "task_not_found" and e.value.status_code == status
 
 
@@ -446,7 +446,7 @@ def test_an_html_error_page_is_named_not_quoted():
         503, "<html><body>internal stack</body></html>", {"content-type": "text/html"}
     )
     with pytest.raises(RetryableError) as e:
-        client.get("t1", client.settings.api_format)
+        client.get("t1", client.api_format)
     assert "HTML page" in str(e.value) and "internal stack" not in str(e.value)
 
 
@@ -467,7 +467,7 @@ def test_a_huge_error_body_is_read_only_in_part_and_quoted_briefly():
 
     client = _client(lambda request: httpx.Response(500, content=chunks()))
     with pytest.raises(RetryableError) as e:
-        client.get("t1", client.settings.api_format)
+        client.get("t1", client.api_format)
     assert len(pulled) <= 3
     assert len(str(e.value)) < 300
 

@@ -10,7 +10,7 @@ from producer.core.errors import InvalidConfiguration, InvalidRequest, Retryable
 from producer.core.providers import DEFAULT_PROVIDER, api_key, candidates, providers
 from producer.core.requests import parse_request
 from producer.core.settings import Settings
-from worker.provider import ProviderClient
+from worker.provider import client_for
 
 GOOD = """
 [[providers]]
@@ -85,12 +85,12 @@ def test_candidates_are_the_named_provider_or_every_one_serving_the_model(tmp_pa
 
 
 def _failing_create(handler) -> RetryableError:
-    client = ProviderClient(
+    client = client_for(
         Settings(api_base_url="http://p.test", api_key="sk-t"),
-        httpx.Client(transport=httpx.MockTransport(handler)),
+        http=httpx.Client(transport=httpx.MockTransport(handler)),
     )
     with pytest.raises(RetryableError) as e:
-        client.create(parse_request({"prompt": "x"}), client.settings.api_format, "job_1")
+        client.create(parse_request({"prompt": "x"}), client.api_format, "job_1")
     return e.value
 
 

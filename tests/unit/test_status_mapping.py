@@ -8,7 +8,7 @@ from producer.core.settings import ApiFormat, Settings
 from worker.answers import error_message, same_origin
 from worker.dialect import load_dialect
 from worker.egress import Credentials, origin_of
-from worker.provider import ProviderClient, TaskState
+from worker.provider import ProviderClient, TaskState, client_for
 
 WORDS = {
     TaskState.WAITING: "queued pending submitted not_start notstarted preparing created starting "
@@ -36,7 +36,7 @@ def test_an_unheard_of_word_is_unknown_not_a_guess(word):
 
 
 def _client() -> ProviderClient:
-    return ProviderClient(Settings(api_base_url="http://api.test", api_key="sk-secret"))
+    return client_for(Settings(api_base_url="http://api.test", api_key="sk-secret"))
 
 
 def _response(body, headers=None, status=200):
@@ -150,7 +150,7 @@ def _client_answering(answer) -> tuple[ProviderClient, list[httpx.Request]]:
 
     http = httpx.Client(transport=httpx.MockTransport(handler))
     settings = Settings(api_base_url="http://api.test", api_key="sk-secret")
-    return ProviderClient(settings, http), seen
+    return client_for(settings, http=http), seen
 
 
 def test_both_formats_are_polled_at_the_documented_query_route():

@@ -1,6 +1,7 @@
 """Webhooks are signed so that the standardwebhooks reference library verifies them."""
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime
 
@@ -34,3 +35,13 @@ def test_the_message_id_is_stable_per_event_and_differs_between_events():
     assert message_id("job_1", "video.completed") == message_id("job_1", "video.completed")
     assert message_id("job_1", "video.completed") != message_id("job_1", "video.failed")
     assert message_id("job_1", "video.completed") != message_id("job_2", "video.completed")
+
+
+def test_each_run_of_a_job_has_its_own_message_id_and_the_first_keeps_the_old_one():
+    """A job run again by `videoqueue retry` ends in a new event; its first run's id is the
+    one ids always were (deliveries in flight across an upgrade keep theirs)."""
+    first = message_id("job_1", "video.failed")
+    assert message_id("job_1", "video.failed", 0) == first
+    assert first == "msg_" + hashlib.sha256(b"job_1:video.failed").hexdigest()[:32]
+    runs = {message_id("job_1", "video.failed", n) for n in range(3)}
+    assert len(runs) == 3
