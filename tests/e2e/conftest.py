@@ -71,8 +71,10 @@ def _forget_test_keys(url: str) -> None:
     one global hash, and a later test's worker restores a killed worker's messages into the
     killed test's queue after that test has cleaned up: so sweep once more at the end."""
     client = redis.Redis.from_url(url)
-    for key in client.scan_iter(f"{RUN_PREFIX}*"):
-        client.delete(key)
+    # kombu also names its exchange bindings after each queue (a test's prefix).
+    for pattern in (f"{RUN_PREFIX}*", f"_kombu.binding*.{RUN_PREFIX}*"):
+        for key in client.scan_iter(pattern):
+            client.delete(key)
     for tag, raw in client.hgetall("unacked").items():
         if f'"{RUN_PREFIX}'.encode() in raw:
             client.hdel("unacked", tag)
