@@ -193,11 +193,15 @@ def _look_up(job: Job, name: str, provider: ProviderClient) -> ProviderTask | _N
     return _NotThere()
 
 
-def _uncertain(job: Job, name: str, why: str = "") -> None:
+def _uncertain(job: Job, name: str, why: str = "", cause: Exception | None = None) -> None:
     """End a job whose create may have made a task that we cannot find: never sent blindly
-    again, which could bill a second one. An operator reconciles with the provider."""
-    dialect = runtime().provider(name).dialect.name
-    why = why or f"the {dialect} dialect has no idempotency key and no lookup"
+    again, which could bill a second one. An operator reconciles with the provider. Without a
+    why, the dialect can neither resend safely nor look up (cause: what made it uncertain)."""
+    if not why:
+        dialect = runtime().provider(name).dialect.name
+        why = f"the {dialect} dialect has no idempotency key and no lookup"
+        if cause is not None:
+            why = f"{why}; {cause}"
     job.fail(
         "uncertain_create",
         f"a create sent to provider {name!r} may have made a task whose id never reached us, "
@@ -262,9 +266,7 @@ def _retry(job: Job, name: str, error: RetryableError) -> None:
         provider = rt.provider(name)
         policy = provider.dialect.after_uncertain_create(_format(job.record, provider).value)
         if policy is UncertainCreate.END:
-            dialect = provider.dialect.name
-            return _uncertain(job, name, f"the {dialect} dialect has no idempotency key and "
-                              f"no lookup; {error}")  # fmt: skip
+            return _uncertain(job, name, cause=error)
     log.info("submit deferred", provider=name, outcome=outcome.value,
              next_provider=route(job.record)[0], delay_s=round(delay_s, 2),
              reason=str(error))  # fmt: skip
