@@ -74,7 +74,11 @@ def metadata_problems(metadata: Any, field: str = "metadata") -> list[dict[str, 
             refuse(f"{key!r} is reserved (videoqueue writes it)")
         if (other := folded.setdefault(key.lower(), key)) != key:
             refuse(f"keys {other[:40]!r} and {key[:40]!r} differ only in case (S3 folds it)")
-    if not problems:
+    # Encoding takes a key's character to at most 24 (lower-casing makes at most two
+    # characters, each at most %XX of 4 UTF-8 bytes) and a value of n characters to at most
+    # 6n + 4 (base64 of 4 bytes each) plus the encoded word's 12: below that bound, it fits.
+    worst = sum(24 * len(k) + 6 * len(v) + 16 for k, v in metadata.items()) + len("job-id")
+    if not problems and worst > MAX_ENCODED_BYTES:
         size = sum(len(k) + len(v) for k, v in object_metadata("", metadata).items())
         if size > MAX_ENCODED_BYTES:
             refuse(f"{size} bytes once encoded for S3; at most {MAX_ENCODED_BYTES}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from producer.core.urls import UrlPolicy
+from producer.core.urls import UrlPolicy, url_policy
 
 
 class LogFormat(StrEnum):
@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     @property
     def url_policy(self) -> UrlPolicy:
         """The outbound URL policy with this deployment's allowlist."""
-        return UrlPolicy(self.url_allowlist)
+        return url_policy(tuple(self.url_allowlist))
 
     @property
     def records_url(self) -> str:

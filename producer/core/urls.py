@@ -19,11 +19,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Ranges no public service lives in (beyond what ipaddress flags as private or reserved).
+_MAX_VERDICTS = 4096
 _REFUSED = [
     ipaddress.ip_network(n)
     for n in (
@@ -77,6 +79,7 @@ class UrlPolicy:
     def __init__(self, allowlist: Iterable[str] = ()) -> None:
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.hosts: set[str] = set()
+        self._verdicts: dict[str, str | None] = {}
         for item in (x.strip() for x in allowlist):
             if not item:
                 continue
@@ -106,6 +109,14 @@ class UrlPolicy:
     def host_refusal(self, host: str) -> str | None:
         """Why a host is refused before any lookup (a literal address, localhost); None when
         it is allowed or must be resolved first."""
+        if host in self._verdicts:
+            return self._verdicts[host]
+        if len(self._verdicts) >= _MAX_VERDICTS:
+            self._verdicts.clear()  # a host's verdict never changes: losing them costs time only
+        verdict = self._verdicts[host] = self._host_refusal(host)
+        return verdict
+
+    def _host_refusal(self, host: str) -> str | None:
         name = host.strip().lower().rstrip(".").strip("[]")
         if name in self.hosts:
             return None
@@ -127,6 +138,12 @@ class UrlPolicy:
     def trusts_name(self, host: str) -> bool:
         """An allowlisted host name is connected to without checking what it resolves to."""
         return host.strip().lower().rstrip(".") in self.hosts
+
+
+@lru_cache(maxsize=16)
+def url_policy(allowlist: tuple[str, ...]) -> UrlPolicy:
+    """One policy per allowlist: its host verdicts are cached (every job names its webhook)."""
+    return UrlPolicy(allowlist)
 
 
 def check_outbound(url: str | None, field: str, policy: UrlPolicy) -> None:

@@ -52,3 +52,15 @@ def test_each_bound_is_refused_with_its_reason():
     assert "differ only in case" in reasons({"User": "a", "user": "b"})
     assert "once encoded for S3" in reasons({f"k{i}": "é" * 100 for i in range(10)})
     assert metadata_problems({"order": "17", "note": "line\nbreak"}) == []
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), any_text, max_size=12))
+def test_the_size_check_refuses_exactly_what_is_too_big_once_encoded(metadata):
+    # metadata_problems skips the encoding when a bound shows it fits: the verdict must not move
+    from producer.core.metadata import MAX_ENCODED_BYTES
+
+    exact = sum(len(k) + len(v) for k, v in object_metadata("", metadata).items())
+    refused_for_size = any("once encoded" in p["message"] for p in metadata_problems(metadata))
+    other_problems = [p for p in metadata_problems(metadata) if "once encoded" not in p["message"]]
+    if not other_problems:
+        assert refused_for_size == (exact > MAX_ENCODED_BYTES)
