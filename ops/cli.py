@@ -70,6 +70,7 @@ def jobs_list(
         str | None, typer.Option(help="Only jobs created since: 30m, 2h, 7d or an ISO time.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """List jobs, newest first (the records' retention bounds how far back)."""
@@ -79,6 +80,7 @@ def jobs_list(
         batch_id=batch,
         since_s=_since_s(since) if since else None,
         limit=limit,
+        tenant=tenant,
     )
     if as_json:
         return _print_json([r.public() for r in records])

@@ -33,6 +33,11 @@ class InvalidRequest(VideoqueueError, ValueError):
         super().__init__(message)
         self.errors = errors or []
 
+    @classmethod
+    def of_field(cls, field: str, message: str) -> InvalidRequest:
+        """One problem with one field: "field: message"."""
+        return cls(f"{field}: {message}", [{"field": field, "message": message}])
+
 
 class InvalidConfiguration(VideoqueueError, ValueError):
     """Raised when a configuration file cannot be read or fails validation; the message names
