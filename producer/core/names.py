@@ -158,6 +158,20 @@ class Keys:
         written and trimmed with job_index() (producer.jobs.list_jobs pages it)."""
         return f"{self.prefix}:index:jobs:tenant:{tenant}"
 
+    def api_keys(self) -> str:
+        """A hash: API key id -> the key's record (JSON: tenant, admin, times, the secret's
+        sha256; never the secret)."""
+        return f"{self.prefix}:apikeys"
+
+    def api_key_hashes(self) -> str:
+        """A hash: sha256 of a live API key's secret -> who it is (JSON: key id, tenant,
+        admin); a revoked key's entry is removed."""
+        return f"{self.prefix}:apikeys:by_hash"
+
+    def api_key_rate(self, key_id: str) -> str:
+        """The token bucket of one API key's requests."""
+        return f"{self.prefix}:apikeys:{key_id}:rate"
+
     def batch(self, batch_id: str) -> str:
         """A hash: tenant, total, ended, created_at, finished_at, webhook, metadata, ..."""
         return f"{self.prefix}:batch:{batch_id}"
