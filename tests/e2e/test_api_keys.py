@@ -1,9 +1,10 @@
-"""API keys of our own through a real Redis: stored hashed
+"""API keys of our own through a real Redis and the real `videoqueue` command: stored hashed
 (the secret is in no key of the deployment, nor in any log line), revoked at once, and
 limited per key with a Retry-After."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -19,6 +20,8 @@ from producer.core.keys import (
     revoke_key,
     take_request_token,
 )
+from tests.e2e.conftest import env_of
+from tests.e2e.test_cli import run
 
 
 def _every_value(client: redis.Redis, prefix: str) -> bytes:
@@ -107,3 +110,41 @@ def test_a_key_over_its_rate_gets_a_retry_after_and_other_keys_do_not_wait(bare_
     time.sleep(retry_after_s + 0.02)
     assert take_request_token(me, settings=s) is None
     assert take_request_token(me, settings=s) is not None  # only one token came back
+
+
+def test_the_keys_commands_create_list_and_revoke_through_a_real_process(bare_settings):
+    s = bare_settings
+    env = env_of(s)
+    made = run(env, "keys", "create", "--tenant", "acme", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key.keys() >= {"id", "key", "tenant", "admin", "created_at"}
+    assert (key["tenant"], key["admin"]) == ("acme", False) and key["key"].startswith("vq_")
+    assert authenticate(key["key"], settings=s).tenant == "acme"
+
+    admin = json.loads(run(env, "keys", "create", "--tenant", "ops", "--admin", "--json").stdout)
+    assert admin["admin"] is True and authenticate(admin["key"], settings=s).admin
+
+    plain = run(env, "keys", "create", "--tenant", "acme")
+    assert plain.returncode == 0 and plain.stdout.strip().startswith("vq_")
+
+    listed = run(env, "keys", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [r["id"] for r in rows][:2] == [key["id"], admin["id"]]
+    assert all("key" not in r and "sha256" not in r for r in rows)
+    table = run(env, "keys", "list")
+    for secret in (key["key"], admin["key"], plain.stdout.strip()):
+        assert secret not in listed.stdout + table.stdout + table.stderr + listed.stderr
+
+    revoked = run(env, "keys", "revoke", key["id"], "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["revoked_at"]
+    with pytest.raises(Unauthenticated):
+        authenticate(key["key"], settings=s)
+
+    assert run(env, "keys", "revoke", "key_nope").returncode == 1
+    assert run(env, "keys", "create", "--tenant", "a b").returncode == 2
+    assert run(env, "keys", "create").returncode == 2  # --tenant is required
+    pasted = run(env, "keys", "revoke", admin["key"])
+    assert pasted.returncode == 2 and admin["key"] not in pasted.stdout + pasted.stderr
