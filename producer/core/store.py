@@ -289,9 +289,8 @@ class JobStore:
                 (none of the chunk's jobs was written).
         """
         with self.redis.pipeline() as pipe:
-            if fields:
-                pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
             self._stage_batch(
+                batch_fields=json.dumps(fields) if fields else "",
                 **self._batch_keys(batch_id),
                 expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),
                 job_index=self.keys.job_index(),

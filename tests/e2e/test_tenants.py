@@ -11,7 +11,7 @@ import pytest
 
 from producer import InvalidRequest, enqueue, enqueue_batch, get, get_batch
 from producer.core.records import JobRecord
-from producer.core.store import store
+from producer.core.store import NewJob, store
 from producer.jobs import list_jobs
 from tests.e2e.conftest import env_of
 from tests.e2e.test_cli import run
@@ -186,3 +186,21 @@ def test_a_tenants_index_forgets_jobs_older_than_the_retention(bare_settings):
     batch = get_batch(enqueue_batch([{"prompt": "y"}], tenant="acme", settings=s), settings=s)
     indexed = {m.decode() for m in st.redis.zrange(st.keys.tenant_job_index("acme"), 0, -1)}
     assert indexed == set(batch.job_ids)
+
+
+def test_a_tenant_racing_to_another_tenants_new_batch_id_leaves_nothing_on_it(bare_settings):
+    # Two tenants pass enqueue_batch's early check at once; the script decides: the loser's
+    # chunk, and its batch webhook and metadata, are written nowhere.
+    s = bare_settings
+    enqueue_batch([{"prompt": "a"}], batch_id="race", tenant="acme", settings=s,
+                  batch_webhook_url="https://acme.example/hook", metadata={"who": "acme"})  # fmt: skip
+    st = store(s)
+    loser = NewJob(id="job_" + "0" * 32, record_json="{}", idempotency_key=None)
+    fields = {"webhook_url": "https://globex.example/hook", "metadata": json.dumps({"who": "g"})}
+    with pytest.raises(InvalidRequest) as caught:
+        st.stage_batch_chunk("race", [loser], first_index=0, fields=fields, tenant="globex")
+    assert caught.value.errors[0]["field"] == "batch_id"
+    batch = get_batch("race", settings=s)
+    assert (batch.tenant, batch.total, batch.metadata) == ("acme", 1, {"who": "acme"})
+    assert st.redis.hget(st.keys.batch("race"), "webhook_url") == b"https://acme.example/hook"
+    assert not st.redis.exists(st.keys.job(loser.id))

@@ -1,5 +1,5 @@
 --- KEYS: batch batch_jobs batch_counts batch_claims expiring_queued job_index tenant_index
---- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix tenant jobs[id idempotency_key record]
+--- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix tenant batch_fields jobs[id idempotency_key record]
 --- uses: redis_now staged_holder
 -- A chunk of a batch in one atomic step, staged: records, idempotency claims and the batch's
 -- bookkeeping, but no schedule entries, so nothing of it runs until release_batch releases
@@ -20,6 +20,13 @@ local batch, first_index, ttl_ms = KEY.batch, tonumber(ARG.first_index), tonumbe
 local owner = redis.call('HGET', batch, 'tenant')
 if not owner and redis.call('HGET', batch, 'state') then owner = 'default' end
 if owner and owner ~= ARG.tenant then return -1 end
+-- The batch's own fields (a JSON object, '' for none) only once the owner is known: another
+-- tenant racing to the same new id must not leave its webhook or metadata on this batch.
+if ARG.batch_fields ~= '' then
+  for field, value in pairs(cjson.decode(ARG.batch_fields)) do
+    redis.call('HSET', batch, field, value)
+  end
+end
 if redis.call('HGET', batch, 'state') == 'released'
     or tonumber(redis.call('HGET', batch, 'staged') or '0') > first_index then
   return 0  -- written already (a retry racing its first run)
