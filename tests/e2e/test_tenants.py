@@ -192,8 +192,9 @@ def test_a_tenant_racing_to_another_tenants_new_batch_id_leaves_nothing_on_it(ba
     # Two tenants pass enqueue_batch's early check at once; the script decides: the loser's
     # chunk, and its batch webhook and metadata, are written nowhere.
     s = bare_settings
+    hook = "https://acme.example/hook"
     enqueue_batch([{"prompt": "a"}], batch_id="race", tenant="acme", settings=s,
-                  batch_webhook_url="https://acme.example/hook", metadata={"who": "acme"})  # fmt: skip
+                  batch_webhook_url=hook, metadata={"who": "acme"})  # fmt: skip
     st = store(s)
     loser = NewJob(id="job_" + "0" * 32, record_json="{}", idempotency_key=None)
     fields = {"webhook_url": "https://globex.example/hook", "metadata": json.dumps({"who": "g"})}
@@ -202,5 +203,5 @@ def test_a_tenant_racing_to_another_tenants_new_batch_id_leaves_nothing_on_it(ba
     assert caught.value.errors[0]["field"] == "batch_id"
     batch = get_batch("race", settings=s)
     assert (batch.tenant, batch.total, batch.metadata) == ("acme", 1, {"who": "acme"})
-    assert st.redis.hget(st.keys.batch("race"), "webhook_url") == b"https://acme.example/hook"
+    assert st.redis.hget(st.keys.batch("race"), "webhook_url") == hook.encode()
     assert not st.redis.exists(st.keys.job(loser.id))
