@@ -198,16 +198,18 @@ def sentinel_cluster(
                 partial(_serving, cluster, port), servers[port], f"redis-server on port {port}",
                 workdir / f"redis-{port}" / "log", REDIS_STARTUP_TIMEOUT_S, interval_s=0.05,
             )  # fmt: skip
+        sentinels = {}
         for port in sentinel_ports:
             home = workdir / f"sentinel-{port}"
             home.mkdir(parents=True, exist_ok=True)
             conf = home / "sentinel.conf"  # a sentinel rewrites its config: it must own it
             conf.write_text(_sentinel_conf(port, home, master, ports[0], password))
-            proc = start(f"sentinel-{port}", [_redis_binary(), str(conf), "--sentinel"])
+            sentinels[port] = start(f"sentinel-{port}", [_redis_binary(), str(conf), "--sentinel"])
+        for port, proc in sentinels.items():  # they find each other through the primary
             _wait_until(
                 partial(_sees_everyone, cluster, port, replicas), proc,
-                f"redis-sentinel on port {port}", home / "log", REDIS_STARTUP_TIMEOUT_S * 2,
-                interval_s=0.1,
+                f"redis-sentinel on port {port}", workdir / f"sentinel-{port}" / "log",
+                REDIS_STARTUP_TIMEOUT_S * 2, interval_s=0.1,
             )  # fmt: skip
         yield cluster
 
@@ -232,11 +234,12 @@ def _sees_everyone(cluster: SentinelCluster, port: int, replicas: int) -> bool:
     """The sentinel knows the primary, every replica and the other sentinels."""
     client = cluster._sentinel(port)
     try:
-        master = client.execute_command("SENTINEL", "master", cluster.master)
-        info = dict(zip(master[::2], master[1::2], strict=False))
+        info = client.sentinel_master(cluster.master)
+        if not isinstance(info, dict):
+            return False
         return (
-            int(info.get(b"num-slaves", 0)) >= replicas
-            and int(info.get(b"num-other-sentinels", 0)) >= len(cluster.sentinel_ports) - 1
+            int(info.get("num-slaves", 0)) >= replicas
+            and int(info.get("num-other-sentinels", 0)) >= len(cluster.sentinel_ports) - 1
         )
     except redis.RedisError:
         return False

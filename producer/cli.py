@@ -32,7 +32,8 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-            what = f"Redis at {_redis_url(get_settings().records_url)}"
+            s = get_settings()
+            what = f"Redis at {describe(s.records_url, s.sentinel_master)}"
             _unreachable(what, e)
         except ValidationError as e:
             if e.title != "Settings":
@@ -61,11 +62,6 @@ def _is_connection_error(e: Exception) -> bool:
     names = {c.__name__ for c in type(e).__mro__}
     return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
                          "ConnectionClosedError"})  # fmt: skip
-
-
-def _redis_url(url: str) -> str:
-    """The URL without its user or password (every sentinel's address for Sentinel)."""
-    return describe(url)
 
 
 app = typer.Typer(

@@ -119,7 +119,8 @@ def describe_sentinels(sentinels: tuple[tuple[str, int], ...], db: int = 0) -> s
 
 
 def describe(url: str, master: str | None = None) -> str:
-    """The address to print: scheme, hosts, ports and database, never a user or password."""
+    """The address to print: scheme, hosts, ports and database, never a user or password
+    (and for Sentinel, the master's name if given)."""
     if is_sentinel(url):
         try:
             address = parse_sentinel_url(url)
