@@ -62,7 +62,8 @@ def _completed(p: Pipeline, ids: list[str]) -> int:
 def test_a_killed_primary_fails_over_and_every_job_completes_billed_once(
     cluster: SentinelCluster, make_pipeline, s3_client
 ) -> None:
-    """Jobs mid-submit, mid-poll and mid-copy when the primary is SIGKILLed: the workers
+    """Jobs under way (some created at the provider, some still to create, none finished)
+    when the primary is SIGKILLed, with the pin waiting for a replica: the workers
     reconnect to the promoted replica without a restart, work moves again within 30 s,
     every job completes with the sandbox's bytes, one provider task each."""
     p = make_pipeline(
