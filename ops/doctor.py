@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from producer.core import redis_client
 from producer.core.errors import InvalidConfiguration
 from producer.core.providers import api_key, providers
 from producer.core.settings import Settings
@@ -70,13 +71,13 @@ def run_checks(settings: Settings) -> list[Check]:
     return results
 
 
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+def _redis(s: Settings, url: str) -> redis.Redis:
+    return redis_client.client(s, url, socket_connect_timeout=3, socket_timeout=5)
 
 
-def _ping(url: str, what: str) -> str:
+def _ping(s: Settings, url: str, what: str) -> str:
     try:
-        _redis(url).ping()
+        _redis(s, url).ping()
     except redis.RedisError as e:
         raise Problem(
             f"{what} at {_safe(url)} does not answer ({type(e).__name__})",
@@ -86,19 +87,19 @@ def _ping(url: str, what: str) -> str:
 
 
 def _broker(s: Settings) -> str:
-    return _ping(s.broker_url, "broker Redis")
+    return _ping(s, s.broker_url, "broker Redis")
 
 
 def _records(s: Settings) -> str:
     if s.records_url == s.broker_url:
-        _ping(s.records_url, "records Redis")
+        _ping(s, s.records_url, "records Redis")
         return "the broker's Redis (VIDEOQUEUE_REDIS_URL unset)"
-    return _ping(s.records_url, "records Redis")
+    return _ping(s, s.records_url, "records Redis")
 
 
 def _config(s: Settings, name: str) -> str:
     try:
-        found = _redis(s.records_url).config_get(name)
+        found = _redis(s, s.records_url).config_get(name)
     except redis.ResponseError as e:
         raise Problem(
             f"cannot read Redis's {name} ({e}): CONFIG is disabled here",
@@ -128,7 +129,7 @@ def _eviction(s: Settings) -> str:
 
 
 def _clock(s: Settings) -> str:
-    client = _redis(s.records_url)
+    client = _redis(s, s.records_url)
     before = time.time()
     seconds, micros = client.time()
     after = time.time()
@@ -265,9 +266,5 @@ def _webhook_secret(s: Settings) -> str:
 
 
 def _safe(url: str) -> str:
-    """A Redis URL without its password."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    """A Redis URL without its user or password (every sentinel's address for Sentinel)."""
+    return redis_client.describe(url)

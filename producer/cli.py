@@ -8,10 +8,10 @@ import time
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import redis
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from typer.core import TyperGroup
 
@@ -19,6 +19,7 @@ from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.characters import create_character
 from producer.core.errors import InvalidRequest, JobNotFound, VideoqueueError, WaitTimeout
 from producer.core.records import ACTIVE, BatchRecord, JobStatus
+from producer.core.redis_client import describe
 from producer.core.settings import get_settings
 from producer.jobs import cancel, enqueue, get, wait
 
@@ -31,8 +32,20 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-            what = f"Redis at {_redis_url(get_settings().records_url)}"
+            s = get_settings()
+            what = f"Redis at {describe(s.records_url, s.sentinel_master)}"
             _unreachable(what, e)
+        except ValidationError as e:
+            if e.title != "Settings":
+                raise
+            # The environment is wrong: one line per setting, never the value (a Redis URL
+            # may carry its password).
+            for problem in e.errors():
+                field = f"VIDEOQUEUE_{'_'.join(str(p) for p in problem['loc']).upper()}"
+                message = str(problem["msg"]).removeprefix("Value error, ")
+                where = "" if message.startswith(field) else f"{field}: "
+                err.print(f"[red]error:[/red] {where}{message}", highlight=False)
+            raise typer.Exit(2) from None
         except Exception as e:
             if type(e).__module__.startswith("botocore") and _is_connection_error(e):
                 _unreachable(f"S3 at {get_settings().s3_endpoint_url or 'AWS'}", e)
@@ -49,13 +62,6 @@ def _is_connection_error(e: Exception) -> bool:
     names = {c.__name__ for c in type(e).__mro__}
     return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
                          "ConnectionClosedError"})  # fmt: skip
-
-
-def _redis_url(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 app = typer.Typer(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from kombu import Queue
 
 from producer.core.names import queues
+from producer.core.redis_client import is_sentinel, parse_sentinel_url, sentinel_kwargs
 from producer.core.settings import Settings
 from worker import transport as redis_transport
 
@@ -56,7 +57,30 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }
-    if urlsplit(settings.broker_url).scheme in redis_transport.SCHEMES:
+    if is_sentinel(settings.broker_url):
+        config.update(_sentinel_broker(settings, transport))
+    elif urlsplit(settings.broker_url).scheme in redis_transport.SCHEMES:
         # Reconnects after Redis went away instead of exiting (see worker/transport.py).
         config["broker_transport"] = f"{redis_transport.__name__}:Transport"
     return config
+
+
+def _sentinel_broker(settings: Settings, transport: dict[str, Any]) -> dict[str, Any]:
+    """The broker through Redis Sentinel: the same fixes as a plain Redis (worker/transport.py),
+    every sentinel asked where the primary is, and the URL kombu sees naming one of them only
+    (an address list would make kombu fail over between sentinels by swapping transports)."""
+    address = parse_sentinel_url(settings.broker_url)
+    host, port = address.sentinels[0]
+    auth = ""
+    if address.username or address.password:
+        user = quote(address.username or "", safe="")
+        auth = f"{user}:{quote(address.password or '', safe='')}@"
+    transport.update(master_name=settings.sentinel_master,
+                     sentinels=[list(s) for s in address.sentinels])  # fmt: skip
+    # Given none, redis-py reaches the sentinels without a password nor a timeout.
+    secret = settings.sentinel_password
+    transport["sentinel_kwargs"] = sentinel_kwargs(secret.get_secret_value() if secret else None)
+    return {
+        "broker_url": f"sentinel://{auth}{host}:{port}/{address.db}",
+        "broker_transport": f"{redis_transport.__name__}:SentinelTransport",
+    }

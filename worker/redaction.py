@@ -17,6 +17,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from producer.core.providers import api_key, providers
+from producer.core.redis_client import url_secrets
 from producer.core.settings import Settings
 
 REDACTED = "[redacted]"
@@ -28,7 +29,8 @@ _secrets: list[str] = []
 
 
 def configure(settings: Settings) -> None:
-    """Remember this deployment's secrets (the API key, the webhook secret, S3's key)."""
+    """Remember this deployment's secrets (the API key, the webhook secret, S3's key, the
+    Redis and Sentinel passwords)."""
     webhook_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     values = [
         settings.api_key.get_secret_value(),
@@ -39,6 +41,10 @@ def configure(settings: Settings) -> None:
         webhook_secret.removeprefix("whsec_"),
         os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
         os.environ.get("AWS_SESSION_TOKEN", ""),
+        # Quoted by a URL (blanked with its user info anyway) or by a library's message.
+        *url_secrets(settings.broker_url),
+        *url_secrets(settings.redis_url or ""),
+        settings.sentinel_password.get_secret_value() if settings.sentinel_password else "",
     ]
     # Longest first, so that a secret containing another is blanked whole.
     _secrets[:] = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)

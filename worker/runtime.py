@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 import httpx
+import structlog
 
 from producer.core.errors import PermanentError
 from producer.core.limits import ProviderLimits
@@ -24,6 +25,8 @@ from worker.provider import ProviderClient, client_for
 from worker.pump import Pump
 from worker.storage import ensure_bucket, s3_client
 from worker.uploads import ensure_abort_rule, key_prefix, sweep_if_due
+
+log = structlog.get_logger("videoqueue.worker")
 
 
 @dataclass
@@ -97,6 +100,20 @@ class Runtime:
             client, self.settings.s3_bucket, key_prefix(self.settings.s3_key_template)
         )
         return client
+
+    def replicate(self) -> None:
+        """Hold a write that guards money (a job pinned to a provider before its create)
+        until VIDEOQUEUE_REDIS_WAIT_REPLICAS replicas have it, so that a failover cannot
+        lose it and let the create be sent again without its pin. Past
+        VIDEOQUEUE_REDIS_WAIT_TIMEOUT_MS the step goes on and says so: stalling every
+        submit while a replica is away would trade an outage for a rare double create."""
+        wanted = self.settings.redis_wait_replicas
+        if wanted <= 0:
+            return
+        got = self.store.wait_for_replicas(wanted, self.settings.redis_wait_timeout_ms)
+        if got < wanted:
+            log.warning("write not replicated in time", replicas=got, wanted=wanted,
+                        timeout_ms=self.settings.redis_wait_timeout_ms)  # fmt: skip
 
     def sweep_uploads(self) -> None:
         """Abort orphaned multipart uploads, if no worker did lately (worker/uploads.py)."""

@@ -114,6 +114,8 @@ def submit(job: Job) -> None:
         record = rt.store.update(
             job.id, attempt, after=lambda r, pipe: rt.limits.set_route(r.id, [name], pipe)
         )
+        if attempt.sends:
+            rt.replicate()  # on the replicas before the create goes (a failover keeps it)
         job.record = record
         if attempt.sends and record.batch_id and rt.store.batch_cancelled(record.batch_id):
             # Its batch was cancelled since its step began (the flag is set before the jobs

@@ -11,11 +11,18 @@ and meets the same fate. Neither is needed: a message left unacknowledged stays 
 unacked hash, which any worker restores after the visibility timeout, and the job it names
 comes back long before that by its lease in the durable schedule (a message is a hint, the
 schedule is the truth).
+
+A failover under Redis Sentinel is the same event seen from here (the connection to the old
+primary dies), so the Sentinel transport below gets the same two fixes.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis
 from kombu.transport import redis as kombu_redis
+from redis import sentinel
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -47,5 +54,51 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
-# The schemes this transport stands in for (kombu maps both to its Redis transport).
+class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """kombu's Sentinel channel with the fixes above, reading its sentinels from the
+    `sentinels` transport option.
+
+    kombu reads them from the broker URL's ';'-separated addresses, and treats those as
+    alternate brokers as well: on a connection error it switches to the next one, and a
+    switch re-reads the transport from the URL's scheme, putting kombu's own Sentinel
+    transport (without the fixes) in place of this one, in the middle of a failover. So the
+    broker URL Celery is given names one sentinel (worker/config.py), and every sentinel is
+    asked for the primary from here.
+    """
+
+    QoS = QoS
+    do_restore = False
+    # kombu's own is typed as a tuple of its fixed size: one more name is not an error.
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.SentinelChannel.from_transport_options,
+        "sentinels",
+    )
+    sentinels: list[list[Any]] = []  # [host, port] each (worker/config.py)
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        params = self._connparams(asynchronous)
+        host, port = params.pop("host"), params.pop("port")
+        master_name = getattr(self, "master_name", None)
+        if master_name is None:
+            raise ValueError("'master_name' transport option must be specified.")
+        manager = sentinel.Sentinel(
+            [(str(h), int(p)) for h, p in self.sentinels] or [(host, port)],
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None),
+            **params,
+        )
+        # Kept, as kombu does, so that closing the channel closes its sentinel connections.
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        return manager.master_for(master_name, redis.Redis, **credentials).connection_pool
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel
+
+
+# The schemes Transport stands in for (kombu maps both to its Redis transport).
 SCHEMES = frozenset({"redis", "rediss"})

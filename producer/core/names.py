@@ -255,3 +255,8 @@ class Keys:
     def dead_letters_by_time(self) -> str:
         """A sorted set: webhook-id -> when it was dead-lettered (ms), to drop the oldest."""
         return f"{self.prefix}:webhooks:dead:by_time"
+
+    def replication_fence(self) -> str:
+        """Written just before a Redis WAIT, on the WAIT's own connection: replicas have
+        everything written before it once they have it (JobStore.wait_for_replicas)."""
+        return f"{self.prefix}:replication:fence"

@@ -13,9 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from producer.core.redis_client import check_url
 from producer.core.urls import UrlPolicy, url_policy
 
 
@@ -36,12 +37,27 @@ class ApiFormat(StrEnum):
 class Settings(BaseSettings):
     """videoqueue's configuration; every default is documented in the README."""
 
-    model_config = SettingsConfigDict(env_prefix="VIDEOQUEUE_", extra="ignore")
+    # A refused value is not echoed in the error: a Redis URL may carry its password.
+    model_config = SettingsConfigDict(
+        env_prefix="VIDEOQUEUE_", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- Redis: the Celery broker, and the job records beside it ---
     broker_url: str = "redis://127.0.0.1:6379/0"
     # Job records live in the broker's Redis unless told otherwise.
     redis_url: str | None = None
+    # Either URL may name the sentinels of a Redis Sentinel deployment instead
+    # ("sentinel://h1:26379;sentinel://h2:26379"; producer/core/redis_client.py): this is the
+    # name of the master they monitor, and the sentinels' own password if they ask for one
+    # (the URL's password is the Redis servers').
+    sentinel_master: str = Field("mymaster", min_length=1)
+    sentinel_password: SecretStr | None = None
+    # The writes that guard money (a job pinned to a provider just before its create is sent)
+    # wait until this many replicas have them (Redis WAIT), so that a failover cannot lose
+    # them; 0: no wait. Costs one round trip to the slowest of them per submit (README
+    # "Redis Sentinel"). A WAIT that times out is logged and the create still goes.
+    redis_wait_replicas: int = Field(0, ge=0)
+    redis_wait_timeout_ms: int = Field(500, ge=1)
     # Every key videoqueue writes starts with this; tests give each run its own.
     key_prefix: str = "videoqueue"
     # The Celery queue the pipeline's tasks travel on; tests give each run its own.
@@ -175,6 +191,13 @@ class Settings(BaseSettings):
     def _allowlist(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("broker_url", "redis_url")
+    @classmethod
+    def _redis_address(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            check_url(v, f"VIDEOQUEUE_{(info.field_name or '').upper()}")
         return v
 
     @field_validator("webhook_secret")

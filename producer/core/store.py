@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, cast
 
 import redis
@@ -23,6 +22,8 @@ from producer.core.records import (
     WebhookDelivery,
     utcnow_iso,
 )
+from producer.core.redis_client import client as redis_client
+from producer.core.redis_client import connect
 from producer.core.schedule import Schedule
 from producer.core.scripts import Script
 from producer.core.settings import Settings, get_settings
@@ -89,7 +90,8 @@ class JobStore:
     def from_url(
         cls, url: str, prefix: str, record_ttl_s: float = DEFAULT_RECORD_TTL_S
     ) -> JobStore:
-        return cls(redis.Redis.from_url(url), prefix, record_ttl_s)
+        """A store on url: a redis:// URL, or a sentinel:// one for the master `mymaster`."""
+        return cls(connect(url), prefix, record_ttl_s)
 
     def expire_at_ms(self, finished_at: str | None) -> int:
         """When the keys of something that finished at finished_at (ISO; None: now) expire,
@@ -475,6 +477,18 @@ class JobStore:
             cap=MAX_DEAD_LETTERS,
         )
 
+    def wait_for_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """Block until `replicas` replicas have every write this process made so far (at most
+        timeout_ms); returns how many have. Redis WAIT counts the writes of its own
+        connection only, and the pool may hand this call another one than the write's: so
+        a short-lived fence key is written first on the WAIT's connection. Replication is
+        one ordered stream, so a replica that has the fence has every write before it."""
+        with self.redis.pipeline(transaction=False) as pipe:  # one connection, in order
+            pipe.set(self.keys.replication_fence(), "1", px=60_000)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            _, acknowledged = pipe.execute()
+        return int(acknowledged)
+
     def forget_dead_letter(self, event_id: str) -> None:
         """A dead letter was delivered after all (a replay)."""
         with self.redis.pipeline() as pipe:
@@ -489,12 +503,19 @@ def _text(raw: bytes | str | None) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-@lru_cache(maxsize=8)
-def _store_for(url: str, prefix: str, record_ttl_s: float) -> JobStore:
-    return JobStore.from_url(url, prefix, record_ttl_s)
+# One store (one connection pool) per Redis address and prefix: built once, shared by every
+# caller in the process. Keyed by what the client is made from, Settings being unhashable.
+_stores: dict[tuple[Any, ...], JobStore] = {}
 
 
 def store(settings: Settings | None = None) -> JobStore:
-    """The job store for these settings (one connection pool per URL and prefix)."""
+    """The job store for these settings (one connection pool per Redis address and prefix)."""
     s = settings or get_settings()
-    return _store_for(s.records_url, s.key_prefix, s.record_ttl_s)
+    password = s.sentinel_password.get_secret_value() if s.sentinel_password else None
+    address = (s.records_url, s.sentinel_master, password, s.key_prefix, s.record_ttl_s)
+    found = _stores.get(address)
+    if found is None:
+        if len(_stores) >= 8:  # as the lru_cache before it: tests make many deployments
+            _stores.pop(next(iter(_stores)))
+        found = _stores[address] = JobStore(redis_client(s), s.key_prefix, s.record_ttl_s)
+    return found

@@ -1,0 +1,164 @@
+"""Redis Sentinel: the primary SIGKILLed under running jobs, and every process of videoqueue
+(workers, producer, CLI) carrying on with the promoted replica, without a restart.
+
+Three redis-servers and three sentinels on loopback (ops/sentinel.py), real `celery worker`
+processes, SeaweedFS and the sandbox. The broker URL is in sentinel form and the Redis
+servers ask for a password, which must appear in no log and no output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from ops.sentinel import SentinelCluster, sentinel_cluster
+from producer import JobStatus, enqueue, get
+from producer.core.names import Lane
+from producer.core.store import store
+from tests.e2e.conftest import BUCKET, Pipeline, eventually
+from tests.e2e.test_cli import run
+from worker.pump import Pump
+
+pytestmark = pytest.mark.e2e
+
+REDIS_PASSWORD = "sentinel-test-5ecret-pw"
+# Work must move again within this long of the kill (the issue's bound).
+RESUME_GOAL_S = 30.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    """A primary, two replicas and three sentinels, stopped whatever happens."""
+    with sentinel_cluster(tmp_path / "sentinel", password=REDIS_PASSWORD) as c:
+        yield c
+
+
+def _env(cluster: SentinelCluster, **more: str) -> dict[str, str]:
+    return {
+        "VIDEOQUEUE_BROKER_URL": cluster.url,
+        "VIDEOQUEUE_SENTINEL_MASTER": cluster.master,
+        # Short leases: a step whose Redis died under it comes back within seconds.
+        "VIDEOQUEUE_LEASE_S": "4",
+        **more,
+    }
+
+
+def _completed(p: Pipeline, ids: list[str]) -> int:
+    """How many of the jobs read as completed (-1 while Redis does not answer)."""
+    try:
+        return sum(get(j, settings=p.settings).status is JobStatus.COMPLETED for j in ids)
+    except redis.RedisError:
+        return -1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_a_killed_primary_fails_over_and_every_job_completes_billed_once(
+    cluster: SentinelCluster, make_pipeline, s3_client
+) -> None:
+    """Jobs under way (some created at the provider, some still to create, none finished)
+    when the primary is SIGKILLed, with the pin waiting for a replica: the workers
+    reconnect to the promoted replica without a restart, work moves again within 30 s,
+    every job completes with the sandbox's bytes, one provider task each."""
+    p = make_pipeline(
+        sandbox={"time_scale": 60.0, "file_stream_s": 1.0},
+        env=_env(cluster, VIDEOQUEUE_REDIS_WAIT_REPLICAS="1"),
+        workers=2,
+    )
+    ids = [enqueue(p.request(), settings=p.settings) for _ in range(8)]
+    # Mid-run: some created, some still to create, none finished yet by the look of it.
+    eventually(lambda: p.sandbox.stats(include_tasks=False)["totals"]["creates"] >= 3, 30,
+               every_s=0.05)  # fmt: skip
+    completed_before = _completed(p, ids)
+    assert 0 <= completed_before < len(ids)  # mid-run: work was left when the primary died
+    old = cluster.kill_primary()
+    killed_at = time.monotonic()
+    new = cluster.wait_for_failover(old)
+    assert new != old
+    # The producer's pool pointed at the dead primary: its next enqueue finds the new one.
+    ids += [enqueue(p.request(), settings=p.settings) for _ in range(4)]
+    eventually(lambda: _completed(p, ids) > completed_before, RESUME_GOAL_S, every_s=0.2)
+    resumed_s = time.monotonic() - killed_at
+    assert resumed_s < RESUME_GOAL_S
+
+    deadline = time.monotonic() + 60
+    records = []
+    for job_id in ids:
+        records.append(eventually(
+            lambda j=job_id: (r := get(j, settings=p.settings)).terminal and r,
+            max(1.0, deadline - time.monotonic()), every_s=0.2,
+        ))  # fmt: skip
+    assert all(r.status is JobStatus.COMPLETED for r in records), [r.error for r in records]
+    stats = p.sandbox.stats()
+    # One provider task per job, none without its job (a create replayed under its
+    # Idempotency-Key finds the same task: counted in that task's `creates`, billed once).
+    assert stats["totals"]["tasks"] == len(ids)
+    assert {r.provider_task_id for r in records} == set(stats["tasks"])
+    for r in records:
+        data = s3_client.get_object(Bucket=BUCKET, Key=r.output.key)["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == r.output.sha256
+        assert data == p.served_bytes(r.provider_task_id or "")
+    for w in p.workers:  # reconnected, not restarted
+        assert w.pid in w.alive_pids(), w.log_text()[-3000:]
+        log = w.log_text()
+        assert "Unrecoverable error" not in log
+        assert REDIS_PASSWORD not in log
+
+
+def test_the_cli_and_the_doctor_work_through_sentinel_and_print_no_password(
+    cluster: SentinelCluster, make_pipeline
+) -> None:
+    p = make_pipeline(env=_env(cluster))
+    done = run(p.env, "submit", "--prompt", "a fox", "--size", "64x48", "--duration", "1",
+               "--wait", "--json", "--timeout", "60")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "completed"
+    doctor = run(p.env, "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+    broker = next(c for name, c in checks.items() if "broker" in name.lower())
+    assert broker["ok"], broker
+    assert "sentinel://127.0.0.1:" in broker["detail"]
+    for out in (done.stdout, done.stderr, doctor.stdout, doctor.stderr):
+        assert REDIS_PASSWORD not in out
+
+
+def test_a_master_the_sentinels_do_not_know_is_named_unreachable_without_its_password(
+    cluster: SentinelCluster, make_pipeline
+) -> None:
+    """A wrong VIDEOQUEUE_SENTINEL_MASTER: one line says which Redis is unreachable, by its
+    sentinels' addresses, with no password and no traceback."""
+    p = make_pipeline(workers=0, env=_env(cluster, VIDEOQUEUE_SENTINEL_MASTER="no-such-master"))
+    status = run(p.env, "status", "some-job")
+    assert status.returncode == 1, status.stderr
+    assert "Traceback" not in status.stderr
+    text = " ".join(status.stderr.split())  # as printed, wrapped to the console's width
+    assert "unreachable" in text and "sentinel://127.0.0.1:" in text
+    assert "(master no-such-master)" in text
+    assert REDIS_PASSWORD not in status.stderr + status.stdout
+
+
+def test_lua_scripts_and_replica_waits_work_on_the_promoted_primary(
+    cluster: SentinelCluster, make_pipeline
+) -> None:
+    """A promoted replica may not hold the scripts the old primary had loaded (NOSCRIPT):
+    they are loaded again, inside pipelines too; WAIT counts the replicas left."""
+    p = make_pipeline(workers=0, env=_env(cluster))
+    st = store(p.settings)
+    enqueue(p.request(), settings=p.settings)
+    assert st.wait_for_replicas(2, 2000) == 2
+    old = cluster.kill_primary()
+    new = cluster.wait_for_failover(old)
+    cluster.server(new).script_flush()
+    second = enqueue(p.request(), settings=p.settings)  # create.lua, called directly
+    assert get(second, settings=p.settings).status is JobStatus.QUEUED
+    # claim.lua, queued on a pipeline (the pump's way): both jobs are due and claimed.
+    claimed = Pump(st.redis, p.settings).claim_due()
+    assert claimed[Lane.SUBMIT].entries == 2
+    # One replica is left: WAIT counts it.
+    assert eventually(lambda: st.wait_for_replicas(1, 1000) >= 1, 20)
