@@ -352,25 +352,22 @@ def poll(self: Step, jobs: list[Job]) -> None:
     claim = jobs[0].claim
 
     def after(record: JobRecord, pipe: Any) -> None:
-        seen = observed[record.id]
-        claim.place(record.id, record, seen.delay_s, pipe)
-        if isinstance(seen.answer, ProviderTask) and seen.answer.state is TaskState.DONE:
-            if seen.answer.video_url:
-                rt.store.stash_file_url(record.id, seen.answer.video_url, pipe)
-            if seen.duration_s is not None:
-                rt.history.record(record.request, seen.duration_s, pipe)
+        answer, duration_s = observed[record.id].answer, observed[record.id].duration_s
+        claim.place(record.id, record, observed[record.id].delay_s, pipe)
+        if isinstance(answer, ProviderTask) and answer.state is TaskState.DONE:
+            if answer.video_url:
+                rt.store.stash_file_url(record.id, answer.video_url, pipe)
+            if duration_s is not None:
+                rt.history.record(record.request, duration_s, pipe)
 
     # One write for all (a failure here is each observed job's fault: Step's boundary).
     records = rt.store.update_many({job_id: o.apply for job_id, o in observed.items()}, after=after)
-    ended = []
     for job in jobs:
         if job.id in observed and job.id in records:
             job.record = records[job.id]
-            if job.record.terminal:
-                ended.append(job)  # cancelled while we asked
-            else:
-                claim.placed.add(job.id)
-    self.each(ended, self.clean_up)
+    claim.placed.update(job_id for job_id, r in records.items() if not r.terminal)
+    # Cancelled while we asked: left alone by the write, cleaned up (cancelled upstream) here.
+    self.each([job for job in jobs if job.id in observed and job.record.terminal], self.clean_up)
 
 
 def _generation_s(
