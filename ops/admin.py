@@ -91,7 +91,7 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         OperationRefused: the job has not failed, or only a new provider task can help.
     """
     from producer.core.limits import ProviderLimits
-    from worker.steps import route
+    from worker.job import route
 
     st = store(settings)
     record = st.get(job_id)

@@ -20,7 +20,7 @@ Where each is counted (one place each):
 - videoqueue_step_duration_seconds{step}: the base task class (worker/steps.py);
 - videoqueue_schedule_lateness_seconds{lane} and videoqueue_schedule_claimed_total{lane}:
   the pump, from what each claim reports;
-- videoqueue_job_failures_total{code}: Job.fail (worker/steps.py), once the failure is
+- videoqueue_job_failures_total{code}: Job.fail (worker/job.py), once the failure is
   committed; code is one of ours (producer/core/errors.py ERROR_CODES) or "other";
 - videoqueue_webhook_deliveries_total{result}: worker/webhooks.py send_event;
 - videoqueue_s3_copied_bytes_total: worker/storage.py, once an upload completed.

@@ -23,6 +23,7 @@ from worker.egress import GuardedTransport
 from worker.history import GenerationTimes
 from worker.provider import ProviderClient, client_for
 from worker.pump import Pump
+from worker.retries import Retries
 from worker.storage import ensure_bucket, s3_client
 from worker.uploads import ensure_abort_rule, key_prefix, sweep_if_due
 
@@ -73,6 +74,11 @@ class Runtime:
             raise PermanentError(
                 f"provider {name!r} is no longer configured", code="unknown_provider"
             ) from None
+
+    @cached_property
+    def retries(self) -> Retries:
+        """When each step tries again, and when it gives up (worker/retries.py)."""
+        return Retries(self.settings)
 
     @cached_property
     def pump(self) -> Pump:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,6 @@ from worker import metrics
 from worker.answers import retry_after_s
 from worker.egress import ConnectionDeadline
 from worker.redaction import redact
-from worker.timing import bounded_hint_s
 
 
 def message_id(owner_id: str, event_type: str, rerun: int = 0) -> str:
@@ -108,16 +106,6 @@ def record_attempt(hook: WebhookDelivery, result: DeliveryResult, attempts_allow
         hook.state = WebhookState.GONE
     elif result.blocked or hook.attempts >= attempts_allowed:
         hook.state = WebhookState.DEAD
-
-
-def retry_delay(hook: WebhookDelivery, result: DeliveryResult, schedule_s: list[float]) -> float:
-    """Seconds until the next attempt: the schedule's, or the receiver's Retry-After if
-    longer (up to the schedule's longest wait), plus up to 10 % jitter so that a receiver
-    coming back is not hit all at once."""
-    delay_s = schedule_s[min(hook.attempts, len(schedule_s) - 1)]
-    if (hint_s := bounded_hint_s(result.retry_after_s, max(schedule_s))) is not None:
-        delay_s = max(delay_s, hint_s)
-    return delay_s * random.uniform(1.0, 1.1)
 
 
 def send_event(
