@@ -188,6 +188,27 @@ def webhooks_replay(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (uvicorn's).")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the HTTP API (producer/http/): the router's routes and OpenAI's Videos API, for
+    backends in any language, with the same VIDEOQUEUE_* settings as the workers. Stateless:
+    run as many as you like behind a balancer."""
+    import uvicorn
+
+    from producer.http.app import log_config
+
+    get_settings()  # a bad setting stops here, before the first request finds it
+    uvicorn.run(
+        "producer.http.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, log_config=log_config(),
+    )  # fmt: skip
+
+
+@app.command()
 def doctor(as_json: AsJson = False) -> None:
     """Check Redis, S3, the provider key and the webhook secret; exit 0 only if all pass."""
     checks = run_checks(get_settings())
