@@ -4,6 +4,8 @@ VideoqueueError
 ├── InvalidRequest        a request (or batch item) failed validation; nothing was written
 ├── InvalidConfiguration  a configuration file (VIDEOQUEUE_PROVIDERS_FILE) failed validation
 ├── JobNotFound           no job record under that id
+├── KeyNotFound           no API key of ours under that id
+├── Unauthenticated       no API key, or one unknown, revoked or malformed
 ├── WaitTimeout           wait() gave up before the job ended
 ├── OperationRefused      an operator's command cannot do what it was asked (retry, replay)
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
@@ -34,6 +36,11 @@ class InvalidRequest(VideoqueueError, ValueError):
         super().__init__(message)
         self.errors = errors or []
 
+    @classmethod
+    def of_field(cls, field: str, message: str) -> InvalidRequest:
+        """One problem with one field: "field: message"."""
+        return cls(f"{field}: {message}", [{"field": field, "message": message}])
+
 
 class InvalidConfiguration(VideoqueueError, ValueError):
     """Raised when a configuration file cannot be read or fails validation; the message names
@@ -45,6 +52,18 @@ class JobNotFound(VideoqueueError, KeyError):
 
     def __str__(self) -> str:
         return f"no job with id {self.args[0]!r}"
+
+
+class KeyNotFound(VideoqueueError, KeyError):
+    """Raised when no API key of ours (producer/core/keys.py) has the given id."""
+
+    def __str__(self) -> str:
+        return f"no API key with id {self.args[0]!r}"
+
+
+class Unauthenticated(VideoqueueError):
+    """Raised when a caller's API key is missing, unknown, revoked or malformed: one error for
+    all four, whose message never repeats the key."""
 
 
 class WaitTimeout(VideoqueueError, TimeoutError):

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     # index (videoqueue jobs list) forgets jobs created longer ago than this.
     record_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
 
+    # --- our own API's keys (producer/core/keys.py; README "Tenants and keys") ---
+    # Requests per second one API key may make (a token bucket in Redis, shared by every
+    # replica of the HTTP service), and how many may come at once after a quiet spell.
+    api_rate_per_s: float = Field(50.0, gt=0)
+    api_burst: int = Field(100, ge=1)
+
     # --- webhooks ---
     webhook_secret: SecretStr | None = None
     # The total time of one delivery attempt (worker/webhooks.py shuts its connection down at
