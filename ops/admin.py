@@ -34,10 +34,11 @@ def list_jobs(
     batch_id: str | None = None,
     since_s: float | None = None,
     limit: int = 50,
+    tenant: str | None = None,
 ) -> list[JobRecord]:
-    """Jobs newest first (a batch's in request order), filtered by status, batch and creation
-    time (epoch seconds), at most limit of them. Jobs older than the records' retention are
-    no longer in the index."""
+    """Jobs newest first (a batch's in request order), filtered by status, batch, creation
+    time (epoch seconds) and tenant, at most limit of them. Jobs older than the records'
+    retention are no longer in the index."""
     st = store(settings)
     found: list[JobRecord] = []
 
@@ -49,6 +50,8 @@ def list_jobs(
             if status is not None and record.status is not status:
                 continue
             if since_s is not None and _epoch_s(record.created_at) < since_s:
+                continue
+            if tenant is not None and record.tenant != tenant:
                 continue
             found.append(record)
             if len(found) >= limit:
@@ -62,9 +65,10 @@ def list_jobs(
                 break
         return found
     low = since_s if since_s is not None else "-inf"
+    index = st.keys.job_index() if tenant is None else st.keys.tenant_job_index(tenant)
     offset = 0
     while True:
-        page = st.redis.zrevrangebyscore(st.keys.job_index(), "+inf", low, start=offset, num=_PAGE)
+        page = st.redis.zrevrangebyscore(index, "+inf", low, start=offset, num=_PAGE)
         if not page:
             return found
         offset += len(page)

@@ -1,5 +1,5 @@
 """The `videoqueue` command: the producer's commands plus the operational ones (jobs list,
-stats, retry, webhooks dead/replay, doctor, sandbox).
+stats, retry, webhooks dead/replay, keys create/list/revoke, doctor, sandbox).
 
 Exit codes, for every command: 0 success; 1 a job failed or was not found, an operation was
 refused, a doctor check failed, or Redis or S3 is unreachable (one line says which); 2
@@ -22,7 +22,8 @@ from ops import admin
 from ops.doctor import run_checks
 from ops.sandbox.cli import sandbox
 from producer.cli import app
-from producer.core.errors import JobNotFound, OperationRefused
+from producer.core.errors import InvalidRequest, JobNotFound, KeyNotFound, OperationRefused
+from producer.core.keys import SECRET_PREFIX, create_key, list_keys, revoke_key
 from producer.core.records import JobRecord, JobStatus
 from producer.core.settings import get_settings
 from producer.core.store import store
@@ -32,8 +33,10 @@ app.command("sandbox", help="Serve the sandbox provider API (a stand-in for the 
 )
 jobs_app = typer.Typer(help="Find jobs.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="Dead-lettered webhooks.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of the HTTP API, by tenant.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
@@ -70,6 +73,7 @@ def jobs_list(
         str | None, typer.Option(help="Only jobs created since: 30m, 2h, 7d or an ISO time.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """List jobs, newest first (the records' retention bounds how far back)."""
@@ -79,6 +83,7 @@ def jobs_list(
         batch_id=batch,
         since_s=_since_s(since) if since else None,
         limit=limit,
+        tenant=tenant,
     )
     if as_json:
         return _print_json([r.public() for r in records])
@@ -185,6 +190,83 @@ def webhooks_replay(
             typer.echo(f"{r['id']} {verdict}")
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Whose jobs the key makes and sees.")],
+    admin: Annotated[bool, typer.Option("--admin", help="See every tenant's jobs.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Make an API key and print its secret (shown this once: only its hash is kept)."""
+    try:
+        key, secret = create_key(tenant, admin=admin)
+    except InvalidRequest as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        return _print_json({**key.model_dump(mode="json"), "key": secret})
+    typer.echo(secret)
+    err.print(
+        f"key {key.id} for tenant {key.tenant}{' (admin)' if key.admin else ''}: "
+        "the secret above is shown this once",
+        highlight=False,
+    )
+
+
+@keys_app.command("list")
+def keys_list(as_json: AsJson = False) -> None:
+    """List API keys, revoked ones too (never their secrets)."""
+    found = list_keys()
+    if as_json:
+        return _print_json([k.model_dump(mode="json") for k in found])
+    table = Table(title=f"{len(found)} API keys")
+    for column in ("id", "tenant", "admin", "prefix", "created", "revoked"):
+        table.add_column(column)
+    for k in found:
+        table.add_row(k.id, k.tenant, "yes" if k.admin else "", f"{k.prefix}…", k.created_at,
+                      k.revoked_at or "")  # fmt: skip
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...), not its secret.")],
+    as_json: AsJson = False,
+) -> None:
+    """Revoke an API key: every replica refuses it from its next request."""
+    if key_id.startswith(SECRET_PREFIX):
+        # Not echoed: a secret pasted here should not land in a terminal log as well.
+        err.print("[red]error:[/red] that is a key's secret: give its id (`videoqueue keys list`)")
+        raise typer.Exit(2)
+    try:
+        key = revoke_key(key_id)
+    except KeyNotFound as e:
+        _fail(str(e))
+    if as_json:
+        return _print_json(key.model_dump(mode="json"))
+    typer.echo(f"{key.id} revoked {key.revoked_at}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (uvicorn's).")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the HTTP API (producer/http/): the router's routes and OpenAI's Videos API, for
+    backends in any language, with the same VIDEOQUEUE_* settings as the workers. Stateless:
+    run as many as you like behind a balancer."""
+    import uvicorn
+
+    from producer.http.app import log_config
+
+    get_settings()  # a bad setting stops here, before the first request finds it
+    uvicorn.run(
+        "producer.http.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, log_config=log_config(),
+    )  # fmt: skip
 
 
 @app.command()

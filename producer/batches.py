@@ -25,7 +25,8 @@ from producer.core.providers import candidates
 from producer.core.records import BatchRecord, BatchState, JobRecord, mark_cancelled, utcnow_iso
 from producer.core.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
-from producer.core.store import NewJob, store
+from producer.core.store import BATCH_ID_TAKEN, NewJob, store
+from producer.core.tenants import check_tenant
 from producer.core.urls import UrlPolicy, check_outbound
 
 # Jobs per Lua call: large enough that round trips vanish, small enough that one call
@@ -51,6 +52,7 @@ def enqueue_batch(
     webhook_url: str | None = None,
     batch_webhook_url: str | None = None,
     metadata: dict[str, str] | None = None,
+    tenant: str | None = None,
     settings: Settings | None = None,
 ) -> str:
     """Validate a list of generation requests and queue them as one batch.
@@ -64,6 +66,9 @@ def enqueue_batch(
         webhook_url: each job's webhook, unless the request names its own.
         batch_webhook_url: receives one `batch.completed` event when every job has ended.
         metadata: merged into every job's metadata (a request's own keys win).
+        tenant: who the batch and its jobs belong to (1-64 of letters, digits, `._-`;
+            "default" without one). Its idempotency keys are the tenant's own, and a batch id
+            another tenant's batch has is refused.
         settings: defaults to the environment's.
 
     Returns:
@@ -74,6 +79,7 @@ def enqueue_batch(
         InvalidRequest: naming every bad item by index and field; nothing was written.
     """
     s = settings or get_settings()
+    owner = check_tenant(tenant)
     items = list(requests)
     if not items:
         raise InvalidRequest("a batch needs at least one request")
@@ -92,10 +98,13 @@ def enqueue_batch(
 
     batch_id = batch_id or f"batch_{uuid.uuid4().hex}"
     st = store(s)
+    if st.batch_tenant(batch_id) not in (None, owner):
+        # (stage_batch.lua refuses it too, for two tenants racing to one new id.)
+        raise InvalidRequest.of_field("batch_id", BATCH_ID_TAKEN)
     state, staged = st.batch_progress(batch_id)
     if state is BatchState.RELEASED:
         return batch_id
-    template = _record_template(batch_id)
+    template = _record_template(batch_id, owner)
     now = utcnow_iso()  # one instant for the whole batch
     api_format = s.api_format.value
     fields = {"metadata": json.dumps(metadata or {}), "created_at": now}
@@ -112,9 +121,13 @@ def enqueue_batch(
             for i, req in enumerate(models)
         ]  # fmt: skip
         st.stage_batch_chunk(
-            batch_id, jobs, first_index=start, fields=fields if start == 0 else None
+            batch_id,
+            jobs,
+            first_index=start,
+            fields=fields if start == 0 else None,
+            tenant=owner,
         )
-    st.release_batch(batch_id)
+    st.release_batch(batch_id, owner)
     return batch_id
 
 
@@ -218,11 +231,11 @@ def _new_job(
     return NewJob(job_id, record_json, req.idempotency_key)
 
 
-def _record_template(batch_id: str) -> str:
+def _record_template(batch_id: str, tenant: str) -> str:
     """A JobRecord's JSON with %(name)s holes for the values that differ per job."""
     marks = {"id": "\x00id", "api_format": "\x00api_format", "created_at": "\x00now",
              "updated_at": "\x00now"}  # fmt: skip
-    record = JobRecord(id="", request={}, batch_id=batch_id).model_dump(mode="json")
+    record = JobRecord(id="", request={}, batch_id=batch_id, tenant=tenant).model_dump(mode="json")
     record.update(marks, request="\x00request", metadata="\x00metadata")
     text = json.dumps(record, separators=(",", ":")).replace("%", "%%")
     for name in ("id", "api_format", "now"):

@@ -6,6 +6,7 @@ Creating one is a single quick call to the provider, made directly rather than q
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -27,9 +28,23 @@ def create_character(
         InvalidRequest: naming the bad field; nothing was sent.
         ProviderError: the provider refused or could not be reached (no secrets inside).
     """
-    s = settings or get_settings()
     body = parse_character(request).model_dump(mode="json")
-    url = s.api_base_url.rstrip("/") + "/sora/v1/characters"
+    return _call("POST", "/sora/v1/characters", body, settings or get_settings())
+
+
+def get_character(character_id: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """A character as the provider shows it (GET /sora/v1/characters/{id}).
+
+    Raises:
+        ProviderError: the provider refused (status_code 404: no such character) or could not
+            be reached (no secrets inside).
+    """
+    path = f"/sora/v1/characters/{quote(character_id, safe='')}"
+    return _call("GET", path, None, settings or get_settings())
+
+
+def _call(method: str, path: str, body: dict[str, Any] | None, s: Settings) -> dict[str, Any]:
+    what = f"{method} /sora/v1/characters" + ("/{id}" if method == "GET" else "")
     try:
         # The whole exchange within the timeout: a provider dripping its answer (or its head)
         # would otherwise hold the caller as long as it likes.
@@ -37,15 +52,23 @@ def create_character(
             httpx.Client(transport=deadline_transport(), timeout=s.api_timeout_s) as http,
             within(s.api_timeout_s),
         ):
-            response = http.post(
-                url, json=body, headers={"Authorization": f"Bearer {s.api_key.get_secret_value()}"}
+            response = http.request(
+                method,
+                s.api_base_url.rstrip("/") + path,
+                json=body,
+                headers={"Authorization": f"Bearer {s.api_key.get_secret_value()}"},
             )
     except httpx.HTTPError as e:
-        raise ProviderError(f"POST /sora/v1/characters: {type(e).__name__}: {e}") from None
+        raise ProviderError(f"{what}: {type(e).__name__}: {e}") from None
     if not response.is_success:
         raise ProviderError(
-            f"POST /sora/v1/characters: HTTP {response.status_code}: {response.text[:300]}",
+            f"{what}: HTTP {response.status_code}: {response.text[:300]}",
             status_code=response.status_code,
         )
-    data: dict[str, Any] = response.json()
+    try:
+        data = response.json()
+    except ValueError:
+        raise ProviderError(f"{what}: the answer is not JSON", code="bad_response") from None
+    if not isinstance(data, dict):
+        raise ProviderError(f"{what}: the answer is not a JSON object", code="bad_response")
     return data

@@ -122,6 +122,7 @@ def submit(
     webhook_url: Annotated[str | None, typer.Option(help="Where to POST the result.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Dedupe key.")] = None,
     api_format: Annotated[str | None, typer.Option(help="openai | unified")] = None,
+    tenant: Annotated[str | None, typer.Option(help='Who the job belongs to ("default").')] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     wait_: Annotated[bool, typer.Option("--wait", help="Block until the job ends.")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many s.")] = 900,
@@ -137,7 +138,7 @@ def submit(
     }  # fmt: skip
     request.update({k: v for k, v in flags.items() if v is not None})
     try:
-        job_id = enqueue(request)
+        job_id = enqueue(request, tenant=tenant)
     except InvalidRequest as e:
         _die(str(e))
     except VideoqueueError as e:
@@ -260,6 +261,9 @@ def batch(
         str | None,
         typer.Option(help="Your id for the batch: running the command again resumes it."),
     ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help='Who the batch and its jobs belong to ("default").')
+    ] = None,
     wait_: Annotated[
         bool, typer.Option("--wait", help="Show progress until every job ends.")
     ] = False,
@@ -276,6 +280,7 @@ def batch(
             batch_id=batch_id,
             webhook_url=webhook_url,
             batch_webhook_url=batch_webhook_url,
+            tenant=tenant,
         )
     except InvalidRequest as e:
         _die(str(e))

@@ -6,13 +6,17 @@ import time
 import uuid
 from typing import Any
 
-from producer.core.errors import WaitTimeout
+from producer.core.errors import InvalidRequest, WaitTimeout
 from producer.core.providers import candidates
 from producer.core.records import TERMINAL, JobRecord, mark_cancelled
-from producer.core.requests import VideoRequest, parse_request
+from producer.core.requests import VideoRequest, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
 from producer.core.store import store
+from producer.core.tenants import check_tenant
 from producer.core.urls import check_outbound
+
+# The most jobs one page of list_jobs holds (OpenAI's list takes up to 100 as well).
+MAX_LIST_LIMIT = 100
 
 
 def new_job_id() -> str:
@@ -30,26 +34,70 @@ def new_record(request: VideoRequest, settings: Settings, **fields: Any) -> JobR
     )
 
 
-def enqueue(request: VideoRequest | dict[str, Any], *, settings: Settings | None = None) -> str:
+def enqueue(
+    request: VideoRequest | dict[str, Any],
+    *,
+    tenant: str | None = None,
+    settings: Settings | None = None,
+) -> str:
     """Validate a generation request and queue it.
 
     Args:
         request: a VideoRequest or the JSON-shaped dict (see README, "The request").
+        tenant: who the job belongs to (1-64 of letters, digits, `._-`; "default" without
+            one).
         settings: defaults to the environment's.
 
     Returns:
-        The job id. With an idempotency_key that an earlier job holds, that job's id:
-        the request is not queued twice.
+        The job id. With an idempotency_key that an earlier job of the same tenant holds,
+        that job's id: the request is not queued twice (another tenant's key is its own).
 
     Raises:
         InvalidRequest: naming the bad field; nothing was written.
     """
     s = settings or get_settings()
+    owner = check_tenant(tenant)
     req = parse_request(request)
     check_outbound(req.webhook_url, "webhook_url", s.url_policy)
     candidates(req, s)  # a provider that can take it (and the one it names exists)
-    record = new_record(req, s)
+    record = new_record(req, s, tenant=owner)
     return store(s).create(record, req.idempotency_key)
+
+
+def list_jobs(
+    *,
+    tenant: str | None,
+    limit: int = 20,
+    after: str | None = None,
+    settings: Settings | None = None,
+) -> tuple[list[JobRecord], bool]:
+    """A page of jobs, newest first (by when they were enqueued).
+
+    Args:
+        tenant: whose jobs; None for every tenant's (an admin's listing).
+        limit: jobs per page, 1 to MAX_LIST_LIMIT.
+        after: the last job id of the previous page (that job is not repeated); None for
+            the first page.
+        settings: defaults to the environment's.
+
+    Returns:
+        (the page, whether more jobs follow it). Jobs whose records expired are left out, and
+        so are jobs created longer ago than VIDEOQUEUE_RECORD_TTL_S.
+
+    Raises:
+        InvalidRequest: naming `tenant`, `limit` or `after` (one not in this listing: no such
+            job, another tenant's, or one whose record expired since).
+    """
+    if tenant is not None:
+        tenant = check_tenant(tenant)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRequest.of_field("limit", f"a whole number from 1 to {MAX_LIST_LIMIT}")
+    if after is not None and (not isinstance(after, str) or not after or unencodable_fields(after)):
+        raise InvalidRequest.of_field("after", "a job id")
+    page = store(settings).page(tenant, after, limit)
+    if page is None:
+        raise InvalidRequest.of_field("after", "no such job in this listing")
+    return page
 
 
 def get(job_id: str, *, settings: Settings | None = None) -> JobRecord:

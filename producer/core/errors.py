@@ -4,9 +4,12 @@ VideoqueueError
 ├── InvalidRequest        a request (or batch item) failed validation; nothing was written
 ├── InvalidConfiguration  a configuration file (VIDEOQUEUE_PROVIDERS_FILE) failed validation
 ├── JobNotFound           no job record under that id
+├── KeyNotFound           no API key of ours under that id
+├── Unauthenticated       no API key, or one unknown, revoked or malformed
 ├── WaitTimeout           wait() gave up before the job ended
 ├── OperationRefused      an operator's command cannot do what it was asked (retry, replay)
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
+├── ApiError              an HTTP request answered with OpenAI's error object (gateway, sandbox)
 ├── InvalidVideo          the provider's file is not a readable MP4 (raised in the worker)
 ├── BlockedUrl            a URL leads to an address the outbound policy refuses (worker)
 ├── BoundExceeded         a download broke a bound (worker)
@@ -33,6 +36,11 @@ class InvalidRequest(VideoqueueError, ValueError):
         super().__init__(message)
         self.errors = errors or []
 
+    @classmethod
+    def of_field(cls, field: str, message: str) -> InvalidRequest:
+        """One problem with one field: "field: message"."""
+        return cls(f"{field}: {message}", [{"field": field, "message": message}])
+
 
 class InvalidConfiguration(VideoqueueError, ValueError):
     """Raised when a configuration file cannot be read or fails validation; the message names
@@ -46,6 +54,18 @@ class JobNotFound(VideoqueueError, KeyError):
         return f"no job with id {self.args[0]!r}"
 
 
+class KeyNotFound(VideoqueueError, KeyError):
+    """Raised when no API key of ours (producer/core/keys.py) has the given id."""
+
+    def __str__(self) -> str:
+        return f"no API key with id {self.args[0]!r}"
+
+
+class Unauthenticated(VideoqueueError):
+    """Raised when a caller's API key is missing, unknown, revoked or malformed: one error for
+    all four, whose message never repeats the key."""
+
+
 class WaitTimeout(VideoqueueError, TimeoutError):
     """Raised when wait() reaches its timeout before the job ends."""
 
@@ -57,6 +77,52 @@ class OperationRefused(VideoqueueError):
 
 class WebhookVerificationError(VideoqueueError):
     """Raised when a received webhook's signature or timestamp does not verify."""
+
+
+class ApiError(VideoqueueError):
+    """Raised when an HTTP request (to the gateway, producer/http/, or the sandbox) is answered
+    with an error object instead of a result: OpenAI's shape, which the router copies,
+    `{"error": {"message", "type", "code", "param"}}` with `param` naming the field."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type_
+        self.param = param
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON body."""
+        error = {"message": self.message, "type": self.type, "code": self.code,
+                 "param": self.param}  # fmt: skip
+        return {"error": error, **self.extra}
+
+    def response(self) -> Any:
+        """This error as a Starlette response (JSON)."""
+        # Imported here: the core is imported by producers that never serve HTTP.
+        import json
+
+        from starlette.responses import Response
+
+        # ASCII-escaped: a message may quote the caller's text, which may hold a lone
+        # surrogate that UTF-8 cannot encode.
+        return Response(
+            json.dumps(self.body()), status_code=self.status, headers=self.headers,
+            media_type="application/json",
+        )  # fmt: skip
 
 
 class InvalidVideo(VideoqueueError):

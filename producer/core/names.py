@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
+from producer.core.tenants import DEFAULT_TENANT
+
 SUBMIT = "videoqueue.submit"
 POLL = "videoqueue.poll"
 FINALIZE = "videoqueue.finalize"
@@ -103,8 +105,14 @@ class Keys:
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}:idem:{key}"
+    def idempotency(self, key: str, tenant: str = DEFAULT_TENANT) -> str:
+        """A tenant's claim on an idempotency key: the job id that holds it. The default
+        tenant's keep the name they had before tenants; another tenant's are under `idem@`,
+        which no default claim's name starts with (a tenant's name holds no ":" or "@"), so no
+        key of one tenant can name another's claim."""
+        if tenant == DEFAULT_TENANT:
+            return f"{self.prefix}:idem:{key}"
+        return f"{self.prefix}:idem@{tenant}:{key}"
 
     def file_url(self, job_id: str) -> str:
         """The provider's file URL for a finished job, kept an hour for the copy step (it
@@ -145,8 +153,27 @@ class Keys:
         records' retention at every enqueue (`videoqueue jobs list`)."""
         return f"{self.prefix}:index:jobs"
 
+    def tenant_job_index(self, tenant: str) -> str:
+        """A sorted set: the tenant's job ids -> when each was enqueued (Redis's clock),
+        written and trimmed with job_index() (producer.jobs.list_jobs pages it)."""
+        return f"{self.prefix}:index:jobs:tenant:{tenant}"
+
+    def api_keys(self) -> str:
+        """A hash: API key id -> the key's record (JSON: tenant, admin, times, the secret's
+        sha256; never the secret)."""
+        return f"{self.prefix}:apikeys"
+
+    def api_key_hashes(self) -> str:
+        """A hash: sha256 of a live API key's secret -> who it is (JSON: key id, tenant,
+        admin); a revoked key's entry is removed."""
+        return f"{self.prefix}:apikeys:by_hash"
+
+    def api_key_rate(self, key_id: str) -> str:
+        """The token bucket of one API key's requests."""
+        return f"{self.prefix}:apikeys:{key_id}:rate"
+
     def batch(self, batch_id: str) -> str:
-        """A hash: total, ended, created_at, finished_at, webhook, metadata, ..."""
+        """A hash: tenant, total, ended, created_at, finished_at, webhook, metadata, ..."""
         return f"{self.prefix}:batch:{batch_id}"
 
     def batch_jobs(self, batch_id: str) -> str:

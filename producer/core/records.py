@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from producer.core.tenants import DEFAULT_TENANT
+
 
 class JobStatus(StrEnum):
     """Where a job is in the pipeline."""
@@ -155,6 +157,11 @@ class PublicJob(BaseModel):
     submitted_at: str | None = Field(default=None, description="ISO 8601 UTC, with a Z.")
     finished_at: str | None = Field(default=None, description="ISO 8601 UTC, with a Z.")
     batch_id: str | None = Field(default=None, description="The job's batch, if any.")
+    tenant: str = Field(
+        default=DEFAULT_TENANT,
+        description='Who the job belongs to ("default" when enqueued without one): an API key '
+        "sees its own tenant's jobs only.",
+    )
     webhook: WebhookDelivery | None = Field(
         default=None,
         description="How the job's webhook is doing; left out of webhook bodies (it changes "
@@ -273,6 +280,8 @@ class BatchRecord(BaseModel):
     webhook: WebhookDelivery | None = None
     # The usage its ended jobs reported, summed field by field (JobRecord.usage).
     usage: dict[str, float] = Field(default_factory=dict)
+    # Who the batch (and each of its jobs) belongs to.
+    tenant: str = DEFAULT_TENANT
 
     @property
     def done(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import redis
 
-from producer.core.errors import JobNotFound
+from producer.core.errors import InvalidRequest, JobNotFound
 from producer.core.names import Keys, Lane, batch_member
 from producer.core.records import (
     TERMINAL,
@@ -26,6 +26,7 @@ from producer.core.records import (
 from producer.core.schedule import Schedule
 from producer.core.scripts import Script
 from producer.core.settings import Settings, get_settings
+from producer.core.tenants import DEFAULT_TENANT
 
 # A change to one record: mutate it in place; return False to leave Redis untouched.
 Change = Callable[[JobRecord], bool | None]
@@ -35,6 +36,8 @@ After = Callable[[JobRecord, Any], None]
 MAX_DEAD_LETTERS = 10_000
 MAX_STATUS_WORDS = 100
 OTHER_STATUS_WORDS = "(other)"
+# Why a batch id is refused when another tenant's batch has it (saying no more than that).
+BATCH_ID_TAKEN = "already taken, choose another"
 # How long a finished job's records are kept unless told otherwise (VIDEOQUEUE_RECORD_TTL_S).
 DEFAULT_RECORD_TTL_S = 7 * 24 * 3600.0
 # A provider's file URL is kept this long at most: the copy step runs right after the poll
@@ -80,6 +83,7 @@ class JobStore:
         self._dead_letter = Script(client, "dead_letter")
         self._count_word = Script(client, "count_word")
         self._count_status = Script(client, "count_status")
+        self._page_jobs = Script(client, "page_jobs")
 
     @classmethod
     def from_url(
@@ -99,7 +103,7 @@ class JobStore:
         """Store a new job with its schedule entry, due now; returns the job id that holds
         the idempotency key (the new one, or an earlier job's: never a staged one, which may
         never run, see lua/staged_holder.lua)."""
-        idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
+        idem = self.keys.idempotency(idempotency_key, record.tenant) if idempotency_key else ""
         lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         held = self._create(
             claim=idem,
@@ -107,6 +111,7 @@ class JobStore:
             lane=self.keys.schedule(lane),
             status_counts=self.keys.status_counts(),
             job_index=self.keys.job_index(),
+            tenant_index=self.keys.tenant_job_index(record.tenant),
             job_id=record.id,
             record=record.model_dump_json(),
             retention_s=self.record_ttl_s,
@@ -133,6 +138,23 @@ class JobStore:
         if raw is None:
             raise JobNotFound(job_id)
         return JobRecord.model_validate_json(raw)
+
+    def page(
+        self, tenant: str | None, after: str | None, limit: int
+    ) -> tuple[list[JobRecord], bool] | None:
+        """Up to limit jobs of the tenant (None: of every tenant), newest first, after the job
+        `after` (None: from the newest), and whether more follow; None when `after` is not
+        in that listing (no such job, another tenant's, or gone). Jobs whose records expired
+        are skipped, and their index entries removed (lua/page_jobs.lua); jobs created longer
+        ago than the records' retention are no longer listed."""
+        index = self.keys.job_index() if tenant is None else self.keys.tenant_job_index(tenant)
+        found = self._page_jobs(
+            index=index, job_prefix=self.keys.job(""), after=after or "", limit=limit
+        )
+        if found is None:
+            return None
+        more, raws = found
+        return [JobRecord.model_validate_json(raw) for raw in raws], bool(more)
 
     def update(self, job_id: str, change: Change, *, after: After | None = None) -> JobRecord:
         """Apply change to the record atomically (optimistic locking; retried on conflict).
@@ -209,7 +231,10 @@ class JobStore:
         # (Its event body is written after this, with the same expiry: pin_event_body.)
         if before not in TERMINAL and (idem := record.request.get("idempotency_key")):
             self._expire_claim(
-                claim=self.keys.idempotency(idem), job_id=record.id, expire_at_ms=at_ms, client=pipe
+                claim=self.keys.idempotency(idem, record.tenant),
+                job_id=record.id,
+                expire_at_ms=at_ms,
+                client=pipe,
             )
 
     def _move_status_count(self, pipe: Any, record: JobRecord, before: Any) -> None:
@@ -254,9 +279,15 @@ class JobStore:
         *,
         first_index: int,
         fields: dict[str, str] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         """Write one chunk of a batch atomically, staged (nothing runs until release_batch);
-        a chunk written already is left alone."""
+        a chunk written already is left alone.
+
+        Raises:
+            InvalidRequest: naming `batch_id`, when another tenant's batch has that id
+                (none of the chunk's jobs was written).
+        """
         with self.redis.pipeline() as pipe:
             if fields:
                 pipe.hset(self.keys.batch(batch_id), mapping=cast(Any, fields))
@@ -264,9 +295,11 @@ class JobStore:
                 **self._batch_keys(batch_id),
                 expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),
                 job_index=self.keys.job_index(),
-                idem_prefix=self.keys.idempotency(""),
+                tenant_index=self.keys.tenant_job_index(tenant),
+                idem_prefix=self.keys.idempotency("", tenant),
                 job_prefix=self.keys.job(""),
                 first_index=first_index,
+                tenant=tenant,
                 now_iso=utcnow_iso(),
                 ttl_ms=self._ttl_ms,
                 batch_prefix=self.keys.batch(""),
@@ -280,10 +313,13 @@ class JobStore:
                 ],
                 client=pipe,
             )
-            pipe.execute()
+            staged = pipe.execute()[-1]
+        if int(staged) < 0:
+            raise InvalidRequest.of_field("batch_id", BATCH_ID_TAKEN)
 
-    def release_batch(self, batch_id: str) -> None:
-        """Schedule every staged job of the batch at once and seal it (once)."""
+    def release_batch(self, batch_id: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Schedule every staged job of the batch at once and seal it (once); tenant is the
+        batch's (its jobs' idempotency claims are the tenant's)."""
         self._release_batch(
             **self._batch_keys(batch_id),
             legacy_claims=self.keys.batch_staged_claims(batch_id),
@@ -292,11 +328,12 @@ class JobStore:
             status_counts=self.keys.status_counts(),
             expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),
             job_index=self.keys.job_index(),
+            tenant_index=self.keys.tenant_job_index(tenant),
             job_prefix=self.keys.job(""),
             now_iso=utcnow_iso(),
             batch_member=batch_member(batch_id),
             ttl_ms=self._ttl_ms,
-            idem_prefix=self.keys.idempotency(""),
+            idem_prefix=self.keys.idempotency("", tenant),
             expiring_prefix=self.keys.expiring_status(""),
         )
 
@@ -309,6 +346,15 @@ class JobStore:
                 BatchState.RELEASED if self.redis.exists(self.keys.batch(batch_id)) else None
             ), 0
         return BatchState(_text(state)), int(staged or 0)
+
+    def batch_tenant(self, batch_id: str) -> str | None:
+        """The tenant the batch belongs to; None when there is no such batch."""
+        key = self.keys.batch(batch_id)
+        tenant = self.redis.hget(key, "tenant")
+        if tenant is not None:
+            return _text(tenant)
+        # A batch written before tenants was the default tenant's.
+        return DEFAULT_TENANT if self.redis.exists(key) else None
 
     def _batch_keys(self, batch_id: str) -> dict[str, str]:
         return {
@@ -352,6 +398,7 @@ class JobStore:
             metadata=json.loads(fields.get("metadata", "{}")),
             webhook=WebhookDelivery.model_validate_json(webhook) if webhook else None,
             usage={_text(k): float(v) for k, v in found[-1].items()},
+            tenant=fields.get("tenant", DEFAULT_TENANT),
         )
 
     def set_batch_fields(self, batch_id: str, fields: dict[str, str]) -> bool:

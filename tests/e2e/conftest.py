@@ -189,3 +189,25 @@ def eventually(check: Callable[[], Any], timeout_s: float = 30.0, every_s: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(every_s)
+
+
+@pytest.fixture
+def bare_settings(redis_url: str) -> Iterator[Settings]:
+    """Settings of a deployment of its own (a fresh key prefix) on the session's Redis, with
+    no worker, sandbox or receiver: for what the producer and Redis do alone. Its keys are
+    removed afterwards."""
+    prefix = fresh_prefix()
+    yield Settings(key_prefix=prefix, queue=prefix, broker_url=redis_url)
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `videoqueue` process bare_settings' deployment."""
+    return {
+        "VIDEOQUEUE_BROKER_URL": settings.broker_url,
+        "VIDEOQUEUE_KEY_PREFIX": settings.key_prefix,
+        "VIDEOQUEUE_QUEUE": settings.queue,
+    }

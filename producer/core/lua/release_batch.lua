@@ -1,4 +1,4 @@
---- KEYS: batch batch_jobs batch_counts batch_claims legacy_claims lane batch_lane status_counts expiring_queued job_index
+--- KEYS: batch batch_jobs batch_counts batch_claims legacy_claims lane batch_lane status_counts expiring_queued job_index tenant_index
 --- ARGV: job_prefix now_iso batch_member ttl_ms idem_prefix expiring_prefix
 --- uses: redis_now
 -- Release a staged batch, all of it at once: every job's schedule entry (in `lane`), its keys
@@ -28,6 +28,7 @@ for i = 1, #staged, 2 do
     redis.call('DEL', key)
     redis.call('LREM', jobs, 1, id)
     redis.call('ZREM', KEY.job_index, id)
+    redis.call('ZREM', KEY.tenant_index, id)
     redis.call('HINCRBY', batch, 'total', -1)
     if status ~= 'queued' then redis.call('HINCRBY', batch, 'ended', -1) end
     redis.call('HINCRBY', counts, status, -1)

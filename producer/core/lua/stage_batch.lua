@@ -1,5 +1,5 @@
---- KEYS: batch batch_jobs batch_counts batch_claims expiring_queued job_index
---- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix jobs[id idempotency_key record]
+--- KEYS: batch batch_jobs batch_counts batch_claims expiring_queued job_index tenant_index
+--- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix tenant jobs[id idempotency_key record]
 --- uses: redis_now staged_holder
 -- A chunk of a batch in one atomic step, staged: records, idempotency claims and the batch's
 -- bookkeeping, but no schedule entries, so nothing of it runs until release_batch releases
@@ -10,11 +10,16 @@
 -- videoqueue needs one Redis, not a cluster. Each caller string travels as its own argument,
 -- never joined with a separator, so no byte a caller chooses can change where one value
 -- ends. batch_claims (a hash: claim key -> "<request index> <job id>") is for release_batch.
--- Staged jobs are listed in the job index and counted as queued while their records exist
+-- Staged jobs are listed in the job index (and their tenant's, tenant_index) and counted as queued while their records exist
 -- (expiring_queued, under their records' expiry: release_batch moves them to the counts). An
 -- item whose idempotency key an earlier job holds gets no job: `dedup:<index>` names it; a
--- claim of another batch's staged job is taken over (staged_holder).
+-- claim of another batch's staged job is taken over (staged_holder). A batch belongs to the
+-- tenant that staged it first (one before tenants, with a state but no tenant, to the default
+-- one): another tenant's chunk writes nothing and gets -1.
 local batch, first_index, ttl_ms = KEY.batch, tonumber(ARG.first_index), tonumber(ARG.ttl_ms)
+local owner = redis.call('HGET', batch, 'tenant')
+if not owner and redis.call('HGET', batch, 'state') then owner = 'default' end
+if owner and owner ~= ARG.tenant then return -1 end
 if redis.call('HGET', batch, 'state') == 'released'
     or tonumber(redis.call('HGET', batch, 'staged') or '0') > first_index then
   return 0  -- written already (a retry racing its first run)
@@ -45,7 +50,8 @@ for j = 1, #ids, 1000 do
   redis.call('RPUSH', KEY.batch_jobs, unpack(ids, j, math.min(j + 999, #ids)))
 end
 redis.call('HSETNX', batch, 'created_at', ARG.now_iso)
-redis.call('HSET', batch, 'state', 'staging', 'staged', first_index + #ARG.jobs)
+redis.call('HSET', batch, 'state', 'staging', 'staged', first_index + #ARG.jobs,
+           'tenant', ARG.tenant)
 redis.call('HINCRBY', batch, 'total', #ids)
 redis.call('HINCRBY', batch, 'ended', 0)
 redis.call('HINCRBY', KEY.batch_counts, 'queued', #ids)
@@ -59,9 +65,11 @@ for j = 1, #ids, 1000 do
     expiring[#expiring + 1] = ids[k]
   end
   redis.call('ZADD', KEY.job_index, unpack(entries))
+  redis.call('ZADD', KEY.tenant_index, unpack(entries))
   redis.call('ZADD', KEY.expiring_queued, unpack(expiring))
 end
 redis.call('ZREMRANGEBYSCORE', KEY.job_index, '-inf', now - ttl_ms / 1000)
+redis.call('ZREMRANGEBYSCORE', KEY.tenant_index, '-inf', now - ttl_ms / 1000)
 redis.call('ZREMRANGEBYSCORE', KEY.expiring_queued, '-inf', now_ms)
 for _, key in ipairs({batch, KEY.batch_jobs, KEY.batch_counts, KEY.batch_claims}) do
   if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl_ms) end
