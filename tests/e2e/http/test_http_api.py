@@ -90,7 +90,8 @@ def test_a_router_client_completes_a_job_and_fetches_video_url_without_its_key(
     gw = make_gateway()
     p = gw.pipeline
     body = {"model": "sora", "prompt": "a cat playing piano in a jazz club", "size": "64x48",
-            "duration": 2, "webhook_url": p.receiver.url, "metadata": {"order": "17"}}  # fmt: skip
+            "duration": 2, "webhook_url": p.receiver.url, "metadata": {"order": "17"},
+            "provider": "default"}  # fmt: skip
     with gw.client("acme") as http:
         created = http.post("/v1/videos", json=body, headers={"Idempotency-Key": "order-17"})
         assert created.status_code == 200, created.text
@@ -158,6 +159,9 @@ def test_two_tenants_cannot_see_each_others_jobs_and_an_admin_sees_both(make_gat
             assert refused.status_code == unknown.status_code == 404
             assert refused.json()["error"]["code"] == unknown.json()["error"]["code"]
         assert b.delete(f"/v1/videos/{mine}").status_code == 404
+        character = a.post("/sora/v1/characters", json={"name": "Luna"}).json()["id"]
+        assert b.get(f"/sora/v1/characters/{character}").status_code == 404
+        assert admin.get(f"/sora/v1/characters/{character}").json()["name"] == "Luna"
         assert b.post(f"/v1/batches/{batch['id']}/cancel").status_code == 404
         assert get(mine, settings=gw.pipeline.settings).status.value == "queued"
 
@@ -205,6 +209,7 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(make_gateway):
             ({"prompt": "x", "metadata": {"k": 5}}, "metadata.k"),
             ({"size": "64x48"}, None),  # neither prompt nor storyboard: the request as a whole
             ({"prompt": "x", "input_reference": {"file_id": "file_1"}}, "input_reference"),
+            ({"prompt": "x", "provider": "nowhere"}, "provider"),
         ]
         for body, field in cases:
             answer = http.post("/v1/videos", json=body)
