@@ -56,7 +56,13 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
     settings: Settings = request.app.state.settings
     form = is_form(request)
     if form:
-        body = await read_form(request, settings.http_max_body_bytes)
+        try:
+            body = await read_form(request, settings.http_max_body_bytes)
+        except ApiError as e:
+            if e.status == 413:  # most likely an input_reference file: say what to do instead
+                e.message += "; input_reference files are not supported yet: pass image_url"
+                e.param = "input_reference"
+            raise
     else:
         body = await read_json(request, settings.http_max_body_bytes)
     fields, names = video_request(body, idempotency_key=idempotency_key, form=form)

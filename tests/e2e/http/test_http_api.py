@@ -225,6 +225,12 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(make_gateway):
         )
         assert form.status_code == 400 and form.json()["error"]["param"] == "input_reference"
         assert "image_url" in form.json()["error"]["message"]
+        big = http.post(
+            "/v1/videos",
+            data={"prompt": "x"},
+            files={"input_reference": ("ref.png", b"\0" * (2 << 20), "image/png")},
+        )
+        assert big.status_code == 413 and big.json()["error"]["param"] == "input_reference"
         malformed = http.post("/v1/videos", content=b"{nope",
                               headers={"Content-Type": "application/json"})  # fmt: skip
         assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_json"
