@@ -30,6 +30,8 @@ IdempotencyKey = Annotated[
     ),
 ]
 MAX_PAGE = 100
+POLL_AFTER = "openai-poll-after-ms"
+MIN_POLL_AFTER_MS = 500
 MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -226,4 +228,10 @@ def _video_data(request: Request, record: JobRecord) -> dict[str, Any]:
 
 
 def _video(request: Request, record: JobRecord) -> JSONResponse:
-    return JSONResponse(_video_data(request, record))
+    headers = {}
+    if not record.terminal:
+        # OpenAI's SDK waits this long before its next look (else 1 s): asking more often than
+        # the workers ask the provider (poll_first_s and up) learns nothing new.
+        settings: Settings = request.app.state.settings
+        headers[POLL_AFTER] = str(max(MIN_POLL_AFTER_MS, int(settings.poll_first_s * 1000)))
+    return JSONResponse(_video_data(request, record), headers=headers)

@@ -35,10 +35,10 @@ def test_the_openai_sdk_creates_polls_lists_and_downloads_through_the_gateway(
 ):
     gw = make_gateway()
     with OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key("acme"), max_retries=0) as sdk:
+        # It polls as the gateway's openai-poll-after-ms says: 500 ms with the tests' settings.
         done = sdk.videos.create_and_poll(
-            prompt="a cat playing piano", model="sora-2", seconds="4", size="720x1280",
-            poll_interval_ms=200,
-        )  # fmt: skip
+            prompt="a cat playing piano", model="sora-2", seconds="4", size="720x1280"
+        )
         assert done.status == "completed" and done.progress == 100 and done.object == "video"
         assert (done.seconds, done.size, done.model) == ("4", "720x1280", "sora-2")
         assert done.id.startswith("job_") and done.completed_at >= done.created_at
@@ -164,6 +164,7 @@ def test_two_tenants_cannot_see_each_others_jobs_and_an_admin_sees_both(make_gat
         assert admin.get(f"/sora/v1/characters/{character}").json()["name"] == "Luna"
         assert b.post(f"/v1/batches/{batch['id']}/cancel").status_code == 404
         assert get(mine, settings=gw.pipeline.settings).status.value == "queued"
+        assert a.get(f"/v1/videos/{mine}").headers["openai-poll-after-ms"] == "500"
 
         assert mine not in {v["id"] for v in b.get("/v1/videos").json()["data"]}
         assert {v["id"] for v in admin.get("/v1/videos?limit=100").json()["data"]} >= {
