@@ -13,8 +13,10 @@ import pytest
 import redis
 from openai import OpenAI
 
+from ops.serve import free_port
+from ops.stack import http_service
 from producer import get
-from producer.core.keys import revoke_key
+from producer.core.keys import create_key, revoke_key
 from tests.e2e.conftest import BUCKET, eventually
 from tests.e2e.http.conftest import wait_video
 from tests.e2e.sandbox_helpers import probe
@@ -176,23 +178,25 @@ def test_two_tenants_cannot_see_each_others_jobs_and_an_admin_sees_both(make_gat
         assert ka.json()["id"] != kb.json()["id"]
 
 
-def test_a_revoked_key_is_refused_within_a_second(make_gateway):
+def test_a_revoked_key_is_refused_by_every_replica_within_a_second(make_gateway, tmp_path):
     gw = make_gateway(workers=0)
-    from producer.core.keys import create_key
-
     key, secret = create_key("acme", settings=gw.pipeline.settings)
     headers = {"Authorization": f"Bearer {secret}"}
-    assert httpx.get(f"{gw.url}/v1/videos", headers=headers).status_code == 200
-    revoke_key(key.id, settings=gw.pipeline.settings)
-    time.sleep(1.1)
-    refused = httpx.get(f"{gw.url}/v1/videos", headers=headers)
-    assert refused.status_code == 401
-    assert refused.json()["error"]["code"] == "invalid_api_key"
-    assert secret not in refused.text
+    # A second replica (two uvicorn processes of its own) over the same Redis.
+    with http_service(gw.env, workers=2, logfile=tmp_path / "replica.log") as replica:
+        for url in (gw.url, replica):
+            assert httpx.get(f"{url}/v1/videos", headers=headers).status_code == 200
+        revoke_key(key.id, settings=gw.pipeline.settings)
+        time.sleep(1.0)
+        for url in (gw.url, replica, replica):
+            refused = httpx.get(f"{url}/v1/videos", headers=headers)
+            assert refused.status_code == 401, url
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+            assert secret not in refused.text
     for bad in ({}, {"Authorization": "Bearer vq_nope"}, {"Authorization": "Basic eDp5"}):
         answer = httpx.get(f"{gw.url}/v1/videos", headers=bad)
         assert answer.status_code == 401 and answer.json()["error"]["type"]
-    assert secret not in gw.logfile.read_text()
+    assert secret not in gw.logfile.read_text() + (tmp_path / "replica.log").read_text()
 
 
 def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(make_gateway):
@@ -307,9 +311,6 @@ def test_health_and_readiness_and_a_503_when_redis_is_unreachable(make_gateway, 
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
     assert httpx.get(f"{gw.url}/openapi.json").json()["paths"]["/v1/videos"]
     assert httpx.get(f"{gw.url}/docs").status_code == 200
-
-    from ops.serve import free_port
-    from ops.stack import http_service
 
     dead = {**gw.env, "VIDEOQUEUE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
     with http_service(dead, logfile=tmp_path / "dead.log") as url:
