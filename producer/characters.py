@@ -14,12 +14,21 @@ from producer.core.deadline import deadline_transport, within
 from producer.core.errors import ProviderError
 from producer.core.requests import CharacterRequest, parse_character
 from producer.core.settings import Settings, get_settings
+from producer.core.store import store
+from producer.core.tenants import check_tenant
 
 
 def create_character(
-    request: CharacterRequest | dict[str, Any], *, settings: Settings | None = None
+    request: CharacterRequest | dict[str, Any],
+    *,
+    tenant: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Create a character at the provider (POST /sora/v1/characters).
+
+    Args:
+        tenant: whose character it is ("default" without one): the HTTP API shows a
+            character to its tenant's keys only.
 
     Returns:
         The provider's answer; its "id" goes into a video request's `characters` list.
@@ -28,8 +37,18 @@ def create_character(
         InvalidRequest: naming the bad field; nothing was sent.
         ProviderError: the provider refused or could not be reached (no secrets inside).
     """
+    s = settings or get_settings()
+    owner = check_tenant(tenant)
     body = parse_character(request).model_dump(mode="json")
-    return _call("POST", "/sora/v1/characters", body, settings or get_settings())
+    answer = _call("POST", "/sora/v1/characters", body, s)
+    if isinstance(character_id := answer.get("id"), str) and character_id:
+        store(s).set_character_tenant(character_id, owner)
+    return answer
+
+
+def character_tenant(character_id: str, *, settings: Settings | None = None) -> str | None:
+    """The tenant a character belongs to; None for one not made by create_character."""
+    return store(settings).character_tenant(character_id)
 
 
 def get_character(character_id: str, *, settings: Settings | None = None) -> dict[str, Any]:

@@ -110,6 +110,9 @@ class _KeyRing:
         return [k.listed() for k in sorted(stored, key=lambda k: (k.created_at, k.id))]
 
     def revoke(self, key_id: str) -> ApiKey:
+        if key_id.startswith(SECRET_PREFIX):
+            # A secret given for an id: not repeated in the error (it may be logged).
+            raise KeyNotFound("(a key's secret, not its id)")
         key = self.keys.api_keys()
         while True:
             with self.redis.pipeline() as pipe:

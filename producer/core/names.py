@@ -255,3 +255,7 @@ class Keys:
     def dead_letters_by_time(self) -> str:
         """A sorted set: webhook-id -> when it was dead-lettered (ms), to drop the oldest."""
         return f"{self.prefix}:webhooks:dead:by_time"
+
+    def character(self, character_id: str) -> str:
+        """The tenant a character made through videoqueue belongs to (a string)."""
+        return f"{self.prefix}:character:{character_id}"

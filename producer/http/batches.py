@@ -15,7 +15,7 @@ from producer.core.errors import ApiError, InvalidRequest, JobNotFound
 from producer.core.keys import Principal
 from producer.core.records import BatchRecord
 from producer.core.settings import Settings
-from producer.http.auth import check_tenant, principal
+from producer.http.auth import check_owner, principal
 from producer.http.bodies import read_body, read_json, unflatten
 from producer.http.openapi import ERRORS
 from producer.http.shapes import Batch, batch_object, video_request
@@ -134,7 +134,7 @@ async def _owned(request: Request, batch_id: str, who: Principal) -> BatchRecord
     settings: Settings = request.app.state.settings
     try:
         batch = await run_in_threadpool(lambda: get_batch(batch_id, settings=settings))
-        check_tenant(batch.tenant, who, batch_id)
+        check_owner(batch.tenant, who, batch_id)
     except JobNotFound:
         raise _no_batch(batch_id) from None
     return batch

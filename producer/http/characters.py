@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from producer.characters import create_character, get_character
-from producer.core.errors import ApiError, InvalidRequest, ProviderError
+from producer.characters import character_tenant, create_character, get_character
+from producer.core.errors import ApiError, InvalidRequest, JobNotFound, ProviderError
 from producer.core.keys import Principal
 from producer.core.settings import Settings
-from producer.http.auth import principal
+from producer.http.auth import check_owner, principal
 from producer.http.bodies import read_json
 from producer.http.openapi import PROVIDER_ERRORS
 from producer.http.shapes import Character
@@ -28,7 +28,9 @@ async def create_character_route(request: Request, who: Caller) -> Any:
     settings: Settings = request.app.state.settings
     body = await read_json(request, settings.http_max_body_bytes)
     try:
-        answer = await run_in_threadpool(lambda: create_character(body, settings=settings))
+        answer = await run_in_threadpool(
+            lambda: create_character(body, tenant=who.tenant, settings=settings)
+        )
     except InvalidRequest as e:
         raise invalid_request(e) from None
     except ProviderError as e:
@@ -41,12 +43,19 @@ async def create_character_route(request: Request, who: Caller) -> Any:
 )
 async def retrieve_character(request: Request, character_id: str, who: Caller) -> Any:
     settings: Settings = request.app.state.settings
+    missing = ApiError(404, f"no character with id {character_id!r}", code="not_found",
+                       param="character_id")  # fmt: skip
+    owner = await run_in_threadpool(lambda: character_tenant(character_id, settings=settings))
     try:
+        # Another tenant's character answers as an unknown one (so does one made outside
+        # videoqueue, which has no tenant, but to an admin key).
+        check_owner(owner, who, character_id)
         answer = await run_in_threadpool(lambda: get_character(character_id, settings=settings))
+    except JobNotFound:
+        raise missing from None
     except ProviderError as e:
         if e.status_code in (400, 404):
-            raise ApiError(404, f"no character with id {character_id!r}", code="not_found",
-                           param="character_id") from None  # fmt: skip
+            raise missing from None
         raise _provider_error(e) from None
     return JSONResponse(answer)
 

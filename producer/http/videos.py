@@ -12,7 +12,7 @@ from producer.core.errors import ApiError, InvalidRequest, JobNotFound
 from producer.core.keys import Principal
 from producer.core.records import TERMINAL, JobRecord, JobStatus
 from producer.core.settings import Settings
-from producer.http.auth import check_tenant, identify, principal
+from producer.http.auth import check_owner, identify, principal
 from producer.http.bodies import is_form, read_form, read_json
 from producer.http.content import content_url, now_s, signature_holds
 from producer.http.openapi import ERRORS, create_body
@@ -30,6 +30,8 @@ IdempotencyKey = Annotated[
     ),
 ]
 MAX_PAGE = 100
+POLL_AFTER = "openai-poll-after-ms"
+MIN_POLL_AFTER_MS = 500
 MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -56,20 +58,27 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
     settings: Settings = request.app.state.settings
     form = is_form(request)
     if form:
-        body = await read_form(request, settings.http_max_body_bytes)
+        try:
+            body = await read_form(request, settings.http_max_body_bytes)
+        except ApiError as e:
+            if e.status == 413:  # most likely an input_reference file: say what to do instead
+                e.message += "; input_reference files are not supported yet: pass image_url"
+                e.param = "input_reference"
+            raise
     else:
         body = await read_json(request, settings.http_max_body_bytes)
     fields, names = video_request(body, idempotency_key=idempotency_key, form=form)
     try:
-        job_id = await run_in_threadpool(_enqueue, fields, who.tenant, settings)
+        record = await run_in_threadpool(_enqueue, fields, who.tenant, settings)
     except InvalidRequest as e:
         raise invalid_request(e, names) from None
-    record = await run_in_threadpool(get, job_id, settings=settings)
     return _video(request, record)
 
 
-def _enqueue(fields: dict[str, Any], tenant: str, settings: Settings) -> str:
-    return enqueue(fields, tenant=tenant, settings=settings)
+def _enqueue(fields: dict[str, Any], tenant: str, settings: Settings) -> JobRecord:
+    # The record is read back (an idempotent repeat answers the earlier job as it is now) in
+    # the same trip to the thread pool.
+    return get(enqueue(fields, tenant=tenant, settings=settings), settings=settings)
 
 
 def invalid_request(e: InvalidRequest, names: dict[str, str] | None = None) -> ApiError:
@@ -201,7 +210,7 @@ async def _record(request: Request, video_id: str) -> JobRecord:
 async def _owned(request: Request, video_id: str, who: Principal) -> JobRecord:
     record = await _record(request, video_id)
     try:
-        check_tenant(record.tenant, who, video_id)
+        check_owner(record.tenant, who, video_id)
     except JobNotFound:
         raise no_video(video_id) from None
     return record
@@ -219,4 +228,10 @@ def _video_data(request: Request, record: JobRecord) -> dict[str, Any]:
 
 
 def _video(request: Request, record: JobRecord) -> JSONResponse:
-    return JSONResponse(_video_data(request, record))
+    headers = {}
+    if not record.terminal:
+        # OpenAI's SDK waits this long before its next look (else 1 s): asking more often than
+        # the workers ask the provider (poll_first_s and up) learns nothing new.
+        settings: Settings = request.app.state.settings
+        headers[POLL_AFTER] = str(max(MIN_POLL_AFTER_MS, int(settings.poll_first_s * 1000)))
+    return JSONResponse(_video_data(request, record), headers=headers)

@@ -95,6 +95,10 @@ def test_a_revoked_key_is_refused_at_once(bare_settings):
     assert revoke_key(key.id, settings=s).revoked_at == revoked.revoked_at
     with pytest.raises(KeyNotFound, match="key_nope"):
         revoke_key("key_nope", settings=s)
+    with pytest.raises(KeyNotFound) as caught:
+        revoke_key(other_secret, settings=s)
+    assert other_secret not in str(caught.value)
+    assert authenticate(other_secret, settings=s).key_id == other.id
 
 
 def test_a_key_over_its_rate_gets_a_retry_after_and_other_keys_do_not_wait(bare_settings):

@@ -169,3 +169,20 @@ def test_submit_and_batch_take_a_tenant_on_the_command_line(bare_settings):
 
     refused = run(env, "submit", "-", "--tenant", "a:b", stdin='{"prompt": "x"}')
     assert refused.returncode == 2 and "tenant" in refused.stderr
+
+
+def test_a_tenants_index_forgets_jobs_older_than_the_retention(bare_settings):
+    """Trimmed at each enqueue of the tenant's (and at each batch), as the job index is: it
+    stays bounded with the records' retention."""
+    s = bare_settings.model_copy(update={"record_ttl_s": 0.5})
+    st = store(s)
+    first = enqueue({"prompt": "x"}, tenant="acme", settings=s)
+    time.sleep(0.6)
+    second = enqueue({"prompt": "x"}, tenant="acme", settings=s)
+    indexed = {m.decode() for m in st.redis.zrange(st.keys.tenant_job_index("acme"), 0, -1)}
+    assert indexed == {second}
+    assert get(first, settings=s).id == first  # the record itself is still there
+    time.sleep(0.6)
+    batch = get_batch(enqueue_batch([{"prompt": "y"}], tenant="acme", settings=s), settings=s)
+    indexed = {m.decode() for m in st.redis.zrange(st.keys.tenant_job_index("acme"), 0, -1)}
+    assert indexed == set(batch.job_ids)

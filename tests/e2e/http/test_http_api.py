@@ -13,8 +13,10 @@ import pytest
 import redis
 from openai import OpenAI
 
+from ops.serve import free_port
+from ops.stack import http_service
 from producer import get
-from producer.core.keys import revoke_key
+from producer.core.keys import create_key, revoke_key
 from tests.e2e.conftest import BUCKET, eventually
 from tests.e2e.http.conftest import wait_video
 from tests.e2e.sandbox_helpers import probe
@@ -35,10 +37,10 @@ def test_the_openai_sdk_creates_polls_lists_and_downloads_through_the_gateway(
 ):
     gw = make_gateway()
     with OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key("acme"), max_retries=0) as sdk:
+        # It polls as the gateway's openai-poll-after-ms says: 500 ms with the tests' settings.
         done = sdk.videos.create_and_poll(
-            prompt="a cat playing piano", model="sora-2", seconds="4", size="720x1280",
-            poll_interval_ms=200,
-        )  # fmt: skip
+            prompt="a cat playing piano", model="sora-2", seconds="4", size="720x1280"
+        )
         assert done.status == "completed" and done.progress == 100 and done.object == "video"
         assert (done.seconds, done.size, done.model) == ("4", "720x1280", "sora-2")
         assert done.id.startswith("job_") and done.completed_at >= done.created_at
@@ -90,7 +92,8 @@ def test_a_router_client_completes_a_job_and_fetches_video_url_without_its_key(
     gw = make_gateway()
     p = gw.pipeline
     body = {"model": "sora", "prompt": "a cat playing piano in a jazz club", "size": "64x48",
-            "duration": 2, "webhook_url": p.receiver.url, "metadata": {"order": "17"}}  # fmt: skip
+            "duration": 2, "webhook_url": p.receiver.url, "metadata": {"order": "17"},
+            "provider": "default"}  # fmt: skip
     with gw.client("acme") as http:
         created = http.post("/v1/videos", json=body, headers={"Idempotency-Key": "order-17"})
         assert created.status_code == 200, created.text
@@ -158,8 +161,12 @@ def test_two_tenants_cannot_see_each_others_jobs_and_an_admin_sees_both(make_gat
             assert refused.status_code == unknown.status_code == 404
             assert refused.json()["error"]["code"] == unknown.json()["error"]["code"]
         assert b.delete(f"/v1/videos/{mine}").status_code == 404
+        character = a.post("/sora/v1/characters", json={"name": "Luna"}).json()["id"]
+        assert b.get(f"/sora/v1/characters/{character}").status_code == 404
+        assert admin.get(f"/sora/v1/characters/{character}").json()["name"] == "Luna"
         assert b.post(f"/v1/batches/{batch['id']}/cancel").status_code == 404
         assert get(mine, settings=gw.pipeline.settings).status.value == "queued"
+        assert a.get(f"/v1/videos/{mine}").headers["openai-poll-after-ms"] == "500"
 
         assert mine not in {v["id"] for v in b.get("/v1/videos").json()["data"]}
         assert {v["id"] for v in admin.get("/v1/videos?limit=100").json()["data"]} >= {
@@ -171,23 +178,25 @@ def test_two_tenants_cannot_see_each_others_jobs_and_an_admin_sees_both(make_gat
         assert ka.json()["id"] != kb.json()["id"]
 
 
-def test_a_revoked_key_is_refused_within_a_second(make_gateway):
+def test_a_revoked_key_is_refused_by_every_replica_within_a_second(make_gateway, tmp_path):
     gw = make_gateway(workers=0)
-    from producer.core.keys import create_key
-
     key, secret = create_key("acme", settings=gw.pipeline.settings)
     headers = {"Authorization": f"Bearer {secret}"}
-    assert httpx.get(f"{gw.url}/v1/videos", headers=headers).status_code == 200
-    revoke_key(key.id, settings=gw.pipeline.settings)
-    time.sleep(1.1)
-    refused = httpx.get(f"{gw.url}/v1/videos", headers=headers)
-    assert refused.status_code == 401
-    assert refused.json()["error"]["code"] == "invalid_api_key"
-    assert secret not in refused.text
+    # A second replica (two uvicorn processes of its own) over the same Redis.
+    with http_service(gw.env, workers=2, logfile=tmp_path / "replica.log") as replica:
+        for url in (gw.url, replica):
+            assert httpx.get(f"{url}/v1/videos", headers=headers).status_code == 200
+        revoke_key(key.id, settings=gw.pipeline.settings)
+        time.sleep(1.0)
+        for url in (gw.url, replica, replica):
+            refused = httpx.get(f"{url}/v1/videos", headers=headers)
+            assert refused.status_code == 401, url
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+            assert secret not in refused.text
     for bad in ({}, {"Authorization": "Bearer vq_nope"}, {"Authorization": "Basic eDp5"}):
         answer = httpx.get(f"{gw.url}/v1/videos", headers=bad)
         assert answer.status_code == 401 and answer.json()["error"]["type"]
-    assert secret not in gw.logfile.read_text()
+    assert secret not in gw.logfile.read_text() + (tmp_path / "replica.log").read_text()
 
 
 def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(make_gateway):
@@ -205,6 +214,7 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(make_gateway):
             ({"prompt": "x", "metadata": {"k": 5}}, "metadata.k"),
             ({"size": "64x48"}, None),  # neither prompt nor storyboard: the request as a whole
             ({"prompt": "x", "input_reference": {"file_id": "file_1"}}, "input_reference"),
+            ({"prompt": "x", "provider": "nowhere"}, "provider"),
         ]
         for body, field in cases:
             answer = http.post("/v1/videos", json=body)
@@ -220,6 +230,12 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(make_gateway):
         )
         assert form.status_code == 400 and form.json()["error"]["param"] == "input_reference"
         assert "image_url" in form.json()["error"]["message"]
+        big = http.post(
+            "/v1/videos",
+            data={"prompt": "x"},
+            files={"input_reference": ("ref.png", b"\0" * (2 << 20), "image/png")},
+        )
+        assert big.status_code == 413 and big.json()["error"]["param"] == "input_reference"
         malformed = http.post("/v1/videos", content=b"{nope",
                               headers={"Content-Type": "application/json"})  # fmt: skip
         assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_json"
@@ -295,9 +311,6 @@ def test_health_and_readiness_and_a_503_when_redis_is_unreachable(make_gateway, 
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
     assert httpx.get(f"{gw.url}/openapi.json").json()["paths"]["/v1/videos"]
     assert httpx.get(f"{gw.url}/docs").status_code == 200
-
-    from ops.serve import free_port
-    from ops.stack import http_service
 
     dead = {**gw.env, "VIDEOQUEUE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
     with http_service(dead, logfile=tmp_path / "dead.log") as url:
