@@ -289,13 +289,19 @@ def dev(
     webhook receiver that prints each event) until Ctrl-C; print the URLs, an API key and
     the environment to export."""
     from ops.dev import main as run_dev
+    from ops.dev import port_taken
     from producer.core.tenants import check_tenant
 
+    # Checked before anything starts: SeaweedFS and a worker would be started for nothing.
     try:
         check_tenant(tenant)
     except InvalidRequest as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
+    if port and port_taken(host, port):
+        err.print(f"[red]error:[/red] --port: {host}:{port} is taken; choose another, or "
+                  "--port 0 for a free one", highlight=False)  # fmt: skip
+        raise typer.Exit(2)
     raise typer.Exit(
         run_dev(workdir.resolve(), host=host, port=port, tenant=tenant, redis_url=redis_url)
     )

@@ -19,6 +19,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -33,9 +34,9 @@ import redis
 from ops.receiver import Delivery, WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.serve import free_port, serve_in_thread
-from ops.stack import LocalStack, celery_worker, local_stack
+from ops.stack import LocalStack, StackError, celery_worker, local_stack
 
-__all__ = ["DevStack", "dev_stack", "forget_deployment", "main", "pipeline_env"]
+__all__ = ["DevStack", "dev_stack", "forget_deployment", "main", "pipeline_env", "port_taken"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # What a newcomer's first curl asks for: the sandbox makes it in a few seconds.
@@ -62,6 +63,16 @@ def pipeline_env(
         "VIDEOQUEUE_POLL_FIRST_S": "1",
         "VIDEOQUEUE_POLL_CAP_S": "5",
     }
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (where the API would)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+        return False
 
 
 def forget_deployment(broker_url: str, prefix: str) -> int:
@@ -261,6 +272,11 @@ def main(
     except _Stop as stop:
         _print(f"videoqueue dev: {stop}: everything stopped.")
         return 0
+    except StackError as e:
+        # A service that would not start (its log's tail is in the message); the ones that
+        # did were stopped on the way out.
+        print(f"videoqueue dev: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -148,3 +149,27 @@ def test_videoqueue_dev_serves_a_job_to_plain_http_and_ctrl_c_stops_every_child(
             proc.wait()
         _kill_all(children)
         out.close()
+
+
+def test_videoqueue_dev_refuses_a_bad_tenant_or_a_taken_port_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    """Exit 2 naming the option, and no SeaweedFS or worker started (nothing in workdir)."""
+    workdir = tmp_path / "dev"
+    bad = subprocess.run(
+        [str(VIDEOQUEUE), "dev", "--tenant", "no spaces", "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2, bad.stderr
+    assert "tenant" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [str(VIDEOQUEUE), "dev", "--port", str(port), "--workdir", str(workdir)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert busy.returncode == 2, busy.stderr
+    assert "--port" in busy.stderr and str(port) in busy.stderr
+    assert not workdir.exists()
