@@ -35,6 +35,9 @@ from ops.receiver import Delivery, WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.serve import free_port, serve_in_thread
 from ops.stack import LocalStack, StackError, celery_worker, local_stack
+from producer.core.keys import create_key
+from producer.core.settings import Settings
+from producer.http.app import create_app
 
 __all__ = ["DevStack", "dev_stack", "forget_deployment", "main", "pipeline_env", "port_taken"]
 
@@ -158,12 +161,6 @@ def dev_stack(
     Yields:
         The DevStack, every part answering.
     """
-    # Imported here: the HTTP service and the key store are what this command adds to the
-    # operator's tools, and loading FastAPI should not cost every other command.
-    from producer.core.keys import create_key
-    from producer.core.settings import Settings
-    from producer.http.app import create_app
-
     workdir.mkdir(parents=True, exist_ok=True)
     provider_key = "sk-dev-" + secrets.token_hex(8)
     webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
