@@ -34,7 +34,7 @@ lint: $(STAMP) ## ruff lint + format check
 typecheck: $(STAMP) ## mypy on the packages
 	$(BIN)/mypy
 
-bench: $(STAMP) ## Run every benchmark scenario (~22-25 min) and write bench/results/RESULTS.md
+bench: $(STAMP) ## Run every benchmark scenario (~24-27 min) and write bench/results/RESULTS.md
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP) ## Run every benchmark scenario at tiny scale into bench/results/raw/smoke
