@@ -360,11 +360,12 @@ def notes(result: ScenarioResult) -> list[str]:
         f"Non-2xx answers, timeouts and socket errors: {errors} in all (a load with any misses "
         "its rate goal).",
         "What bounds it: each create is about four Redis round trips plus FastAPI's request "
-        "handling in Python (in two trips to its thread pool), against `enqueue()`'s one; "
-        "with 2 cores the server's processes share them with Redis and the load generator, "
-        "so a second uvicorn worker helps only while a core is idle. The clients are a closed loop: by Little's law the mean latency "
-        "is clients / rate, so p99 < 50 ms at 200 clients needs well over 4,000 creates/s; "
-        "at a lower rate the latency measures the queue of waiting clients, not a create.",
+        "handling in Python (in two trips to its thread pool), against `enqueue()`'s one; with "
+        "2 cores the server's processes share them with Redis and the load generator, so a "
+        "second uvicorn worker helps only while a core is idle. The clients are a closed loop: "
+        "by Little's law the mean latency is clients / rate, so p99 < 50 ms at 200 clients "
+        "needs well over 4,000 creates/s; at a lower rate the latency measures the queue of "
+        "waiting clients, not a create.",
     ]
 
 
