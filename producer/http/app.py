@@ -15,13 +15,13 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from producer.core.errors import ApiError, InvalidRequest, JobNotFound
 from producer.core.settings import Settings, get_settings
 from producer.http import batches, characters, videos
+from producer.http.calls import in_thread, with_redis_timeouts
 from producer.http.content import Bucket
 from producer.http.openapi import ERRORS
 
@@ -33,7 +33,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_me
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The HTTP service for these settings (the environment's by default)."""
-    s = settings or get_settings()
+    s = with_redis_timeouts(settings or get_settings())
     app = FastAPI(
         title="videoqueue",
         version="1",
@@ -87,7 +87,7 @@ async def healthz() -> dict[str, bool]:
 async def readyz(request: Request) -> Any:
     """Redis answers: ready to take requests (503 otherwise)."""
     try:
-        await run_in_threadpool(request.app.state.ready_redis.ping)
+        await in_thread(request.app.state.ready_redis.ping)
     except redis.RedisError:
         return _redis_unavailable().response()
     return {"ok": True}

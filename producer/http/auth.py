@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from producer.core.errors import ApiError, JobNotFound, Unauthenticated
 from producer.core.keys import Principal, authenticate, take_request_token
 from producer.core.settings import Settings
+from producer.http.calls import on_loop
 
 # Declares the scheme in the OpenAPI document (and /docs' Authorize button); the answer to a
 # missing or wrong key is ours (401 in OpenAI's shape), not FastAPI's 403.
@@ -40,7 +40,7 @@ async def identify(request: Request, secret: str | None) -> Principal:
     if not secret:
         raise unauthenticated()
     try:
-        principal, retry_after_s = await run_in_threadpool(_admit, secret, settings)
+        principal, retry_after_s = await on_loop(_admit, secret, settings)
     except Unauthenticated:
         raise unauthenticated() from None
     if retry_after_s is not None:
@@ -56,7 +56,6 @@ async def identify(request: Request, secret: str | None) -> Principal:
 
 
 def _admit(secret: str, settings: Settings) -> tuple[Principal, float | None]:
-    # Both Redis calls in one trip to the thread pool: under load the hops, not Redis, queue.
     principal = authenticate(secret, settings)
     return principal, take_request_token(principal, settings)
 

@@ -7,7 +7,6 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from producer.batches import cancel_batch, enqueue_batch, get_batch
@@ -17,6 +16,7 @@ from producer.core.records import BatchRecord
 from producer.core.settings import Settings
 from producer.http.auth import check_owner, principal
 from producer.http.bodies import read_body, read_json, unflatten
+from producer.http.calls import in_thread
 from producer.http.openapi import ERRORS
 from producer.http.shapes import Batch, batch_object, video_request
 from producer.http.videos import invalid_request
@@ -100,7 +100,7 @@ async def create_batch(request: Request, who: Caller) -> Any:
             e.param = f"requests[{index}].{e.param}"
             raise
     try:
-        batch_id = await run_in_threadpool(
+        batch_id = await in_thread(
             lambda: enqueue_batch(requests, tenant=who.tenant, settings=settings, **options)
         )
     except InvalidRequest as e:
@@ -120,7 +120,7 @@ async def cancel_batch_route(request: Request, batch_id: str, who: Caller) -> An
     settings: Settings = request.app.state.settings
     await _owned(request, batch_id, who)
     try:
-        batch = await run_in_threadpool(lambda: cancel_batch(batch_id, settings=settings))
+        batch = await in_thread(lambda: cancel_batch(batch_id, settings=settings))
     except JobNotFound:
         raise _no_batch(batch_id) from None
     return JSONResponse(batch_object(batch))
@@ -133,7 +133,7 @@ async def _answer(request: Request, batch_id: str, who: Principal) -> JSONRespon
 async def _owned(request: Request, batch_id: str, who: Principal) -> BatchRecord:
     settings: Settings = request.app.state.settings
     try:
-        batch = await run_in_threadpool(lambda: get_batch(batch_id, settings=settings))
+        batch = await in_thread(lambda: get_batch(batch_id, settings=settings))
         check_owner(batch.tenant, who, batch_id)
     except JobNotFound:
         raise _no_batch(batch_id) from None

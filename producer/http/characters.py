@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from producer.characters import character_tenant, create_character, get_character
@@ -14,6 +13,7 @@ from producer.core.keys import Principal
 from producer.core.settings import Settings
 from producer.http.auth import check_owner, principal
 from producer.http.bodies import read_json
+from producer.http.calls import in_thread, on_loop
 from producer.http.openapi import PROVIDER_ERRORS
 from producer.http.shapes import Character
 from producer.http.videos import invalid_request
@@ -28,7 +28,7 @@ async def create_character_route(request: Request, who: Caller) -> Any:
     settings: Settings = request.app.state.settings
     body = await read_json(request, settings.http_max_body_bytes)
     try:
-        answer = await run_in_threadpool(
+        answer = await in_thread(
             lambda: create_character(body, tenant=who.tenant, settings=settings)
         )
     except InvalidRequest as e:
@@ -45,12 +45,12 @@ async def retrieve_character(request: Request, character_id: str, who: Caller) -
     settings: Settings = request.app.state.settings
     missing = ApiError(404, f"no character with id {character_id!r}", code="not_found",
                        param="character_id")  # fmt: skip
-    owner = await run_in_threadpool(lambda: character_tenant(character_id, settings=settings))
+    owner = await on_loop(lambda: character_tenant(character_id, settings=settings))
     try:
         # Another tenant's character answers as an unknown one (so does one made outside
         # videoqueue, which has no tenant, but to an admin key).
         check_owner(owner, who, character_id)
-        answer = await run_in_threadpool(lambda: get_character(character_id, settings=settings))
+        answer = await in_thread(lambda: get_character(character_id, settings=settings))
     except JobNotFound:
         raise missing from None
     except ProviderError as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from producer.core.errors import ApiError, InvalidRequest, JobNotFound
@@ -14,6 +13,7 @@ from producer.core.records import TERMINAL, JobRecord, JobStatus
 from producer.core.settings import Settings
 from producer.http.auth import check_owner, identify, principal
 from producer.http.bodies import is_form, read_form, read_json
+from producer.http.calls import in_thread, on_loop
 from producer.http.content import content_url, now_s, signature_holds
 from producer.http.openapi import ERRORS, create_body
 from producer.http.shapes import Video, VideoDeleted, VideoList, video_object, video_request
@@ -69,15 +69,14 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
         body = await read_json(request, settings.http_max_body_bytes)
     fields, names = video_request(body, idempotency_key=idempotency_key, form=form)
     try:
-        record = await run_in_threadpool(_enqueue, fields, who.tenant, settings)
+        record = await on_loop(_enqueue, fields, who.tenant, settings)
     except InvalidRequest as e:
         raise invalid_request(e, names) from None
     return _video(request, record)
 
 
 def _enqueue(fields: dict[str, Any], tenant: str, settings: Settings) -> JobRecord:
-    # The record is read back (an idempotent repeat answers the earlier job as it is now) in
-    # the same trip to the thread pool.
+    # The record is read back: an idempotent repeat answers the earlier job as it is now.
     return get(enqueue(fields, tenant=tenant, settings=settings), settings=settings)
 
 
@@ -115,7 +114,7 @@ async def list_videos(
 ) -> Any:
     settings: Settings = request.app.state.settings
     tenant = None if who.admin else who.tenant
-    records, has_more = await run_in_threadpool(
+    records, has_more = await on_loop(
         lambda: list_jobs(tenant=tenant, limit=limit, after=after, settings=settings)
     )
     data = [_video_data(request, r) for r in records]
@@ -133,7 +132,7 @@ async def delete_video(request: Request, video_id: str, who: Caller) -> Any:
     record = await _owned(request, video_id, who)
     if record.status in TERMINAL and record.status is not JobStatus.CANCELLED:
         raise _ended(video_id, record)
-    record = await run_in_threadpool(lambda: cancel(video_id, settings=settings))
+    record = await on_loop(lambda: cancel(video_id, settings=settings))
     if record.status is not JobStatus.CANCELLED:
         raise _ended(video_id, record)  # it ended while we asked
     return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
@@ -191,7 +190,7 @@ async def download_video(
         )
     bucket = request.app.state.bucket
     output, range_header = record.output, request.headers.get("range")
-    return await run_in_threadpool(bucket.open, output, range_header)
+    return await in_thread(bucket.open, output, range_header)
 
 
 def _bearer(request: Request) -> str | None:
@@ -202,7 +201,7 @@ def _bearer(request: Request) -> str | None:
 async def _record(request: Request, video_id: str) -> JobRecord:
     settings: Settings = request.app.state.settings
     try:
-        return await run_in_threadpool(lambda: get(video_id, settings=settings))
+        return await on_loop(lambda: get(video_id, settings=settings))
     except JobNotFound:
         raise no_video(video_id) from None
 

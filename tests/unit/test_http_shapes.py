@@ -115,3 +115,12 @@ def test_the_access_log_blanks_video_url_signatures():
             200), None)  # fmt: skip
     RedactSignatures().filter(record)
     assert "abc123" not in record.getMessage() and "signature=[redacted]" in record.getMessage()
+
+
+def test_the_services_redis_connections_time_out_unless_the_url_says_otherwise():
+    from producer.http.calls import with_redis_timeouts
+
+    plain = with_redis_timeouts(Settings(broker_url="redis://h:6379/0"), 5)
+    assert plain.records_url == "redis://h:6379/0?socket_timeout=5&socket_connect_timeout=5"
+    own = with_redis_timeouts(Settings(redis_url="redis://h/1?socket_timeout=30"), 5)
+    assert own.records_url == "redis://h/1?socket_timeout=30&socket_connect_timeout=5"
