@@ -351,21 +351,19 @@ def notes(result: ScenarioResult) -> list[str]:
     return [
         f"{how}; each client sends its next create as soon as its last is answered, for "
         f"{p['duration_s']} s per load (after {p['warmup_s']} s unmeasured). The server is a "
-        "real `videoqueue serve` subprocess (uvicorn, access log off) on the benchmark's Redis; "
-        "each create authenticates the key (one Redis read), takes its rate-limit token (one "
-        "Lua call), enqueues (one Lua call) and reads the record back for the answer. "
+        "real `videoqueue serve` subprocess (uvicorn, access log off) on the benchmark's Redis. "
         f"`enqueue()` runs {p['enqueue_jobs']:,} requests one at a time in the benchmark's own "
         "process before each server starts and after the last (the median is the comparison).",
         f"Cores used during each load (CPU seconds / wall seconds): {cores}. "
         f"Non-2xx answers, timeouts and socket errors: {errors} in all (a load with any misses "
         "its rate goal).",
-        "What bounds it: each create is about four Redis round trips plus FastAPI's request "
-        "handling in Python (in two trips to its thread pool), against `enqueue()`'s one; with "
-        "2 cores the server's processes share them with Redis and the load generator, so a "
-        "second uvicorn worker helps only while a core is idle. The clients are a closed loop: "
-        "by Little's law the mean latency is clients / rate, so p99 < 50 ms at 200 clients "
-        "needs well over 4,000 creates/s; at a lower rate the latency measures the queue of "
-        "waiting clients, not a create.",
+        "What bounds it: each create is about four Redis round trips (the key, its rate token, "
+        "the enqueue, the read-back, made on the server's event loop) plus FastAPI's request "
+        "handling in Python, against `enqueue()`'s one; with 2 cores the server's processes "
+        "share them with Redis and the load generator, so a second uvicorn worker helps only "
+        "while a core is idle. The clients are a closed loop: by Little's law the mean latency "
+        "is clients / rate, so p99 < 50 ms at 200 clients needs well over 4,000 creates/s; at a"
+        " lower rate the latency measures the queue of waiting clients, not a create.",
     ]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 import redis
 
 from ops.serve import free_port
@@ -75,6 +76,7 @@ def _kill_all(procs: list[psutil.Process]) -> None:
             p.kill()
 
 
+@pytest.mark.timeout(STARTUP_TIMEOUT_S + JOB_TIMEOUT_S + STOP_TIMEOUT_S + 60)
 def test_videoqueue_dev_serves_a_job_to_plain_http_and_ctrl_c_stops_every_child(
     redis_url: str, tmp_path: Path
 ) -> None:
