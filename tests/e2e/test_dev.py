@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -76,6 +78,50 @@ def _kill_all(procs: list[psutil.Process]) -> None:
             p.kill()
 
 
+@dataclass
+class Dev:
+    """A running `videoqueue dev`: its process, output, and every process it started."""
+
+    proc: subprocess.Popen[str]
+    out: Output
+    children: list[psutil.Process] = field(default_factory=list)
+
+    def stop(self, sig: signal.Signals) -> None:
+        """Send sig; assert it exits 0 having stopped every process it started."""
+        self.proc.send_signal(sig)
+        assert self.proc.wait(timeout=STOP_TIMEOUT_S) == 0, self.out.text
+        assert f"{sig.name}: everything stopped" in self.out.text
+        _, alive = psutil.wait_procs(self.children, timeout=10)
+        assert alive == [], [p.cmdline() for p in alive]
+
+
+@contextlib.contextmanager
+def running_dev(redis_url: str, workdir: Path, *options: str) -> Iterator[Dev]:
+    """`videoqueue dev OPTIONS` until its banner is printed; killed (with every process it
+    started) if the block leaves it running."""
+    argv = [str(VIDEOQUEUE), "dev", "--workdir", str(workdir), "--redis-url", redis_url,
+            *options]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+    )  # fmt: skip
+    dev = Dev(proc, Output(proc))
+    try:
+        dev.out.wait_for(r"export VIDEOQUEUE_URL_ALLOWLIST=", STARTUP_TIMEOUT_S)
+        # SeaweedFS and the celery worker (its main process and its pool) run in sessions of
+        # their own, so Ctrl-C at a terminal reaches only dev itself: it must stop them.
+        dev.children = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in dev.children)
+        assert "weed server" in names and "celery" in names, names
+        yield dev
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_all(dev.children)
+        dev.out.close()
+
+
 @pytest.mark.timeout(STARTUP_TIMEOUT_S + JOB_TIMEOUT_S + STOP_TIMEOUT_S + 60)
 def test_videoqueue_dev_serves_a_job_to_plain_http_and_ctrl_c_stops_every_child(
     redis_url: str, tmp_path: Path
@@ -83,16 +129,10 @@ def test_videoqueue_dev_serves_a_job_to_plain_http_and_ctrl_c_stops_every_child(
     """The printed key creates a job over HTTP; it completes, its MP4 downloads, the receiver
     prints its webhook; SIGINT then stops every process dev started and removes its keys."""
     port = free_port()
-    argv = [str(VIDEOQUEUE), "dev", "--port", str(port), "--tenant", "acme-dev",
-            "--workdir", str(tmp_path / "dev"), "--redis-url", redis_url]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-    )  # fmt: skip
-    out = Output(proc)
-    children: list[psutil.Process] = []
-    try:
-        out.wait_for(r"export VIDEOQUEUE_URL_ALLOWLIST=", STARTUP_TIMEOUT_S)
+    with running_dev(
+        redis_url, tmp_path / "dev", "--port", str(port), "--tenant", "acme-dev"
+    ) as dev:
+        out = dev.out
         api = out.wait_for(r"^  api\s+(http://\S+)", 0).group(1)
         key = out.wait_for(r"^  key\s+(vq_\S+)", 0).group(1)
         hook = out.wait_for(r"^  webhooks\s+(http://\S+)", 0).group(1)
@@ -100,11 +140,6 @@ def test_videoqueue_dev_serves_a_job_to_plain_http_and_ctrl_c_stops_every_child(
         assert out.wait_for(r"^  tenant\s+(\S+)", 0).group(1) == "acme-dev"
         assert api == f"http://127.0.0.1:{port}"
         assert out.wait_for(r"^  curl .*Authorization: Bearer (vq_\S+?)'", 0).group(1) == key
-        # SeaweedFS and the celery worker (its main process and its pool) run in sessions of
-        # their own, so Ctrl-C at a terminal reaches only dev itself: it must stop them.
-        children = psutil.Process(proc.pid).children(recursive=True)
-        names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "weed server" in names and "celery" in names, names
 
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}) as client:
             created = client.post(
@@ -130,11 +165,7 @@ def test_videoqueue_dev_serves_a_job_to_plain_http_and_ctrl_c_stops_every_child(
         assert httpx.get(video["video"]["url"]).content == mp4.content
         out.wait_for(rf"\[webhook .*\] video\.completed {video_id} .*signature verified", 30)
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=STOP_TIMEOUT_S) == 0, out.text
-        assert "everything stopped" in out.text
-        _, alive = psutil.wait_procs(children, timeout=10)
-        assert alive == [], [p.cmdline() for p in alive]
+        dev.stop(signal.SIGINT)
         try:
             httpx.get(f"{api}/healthz", timeout=2)
             raise AssertionError("the API still answers after Ctrl-C")
@@ -145,12 +176,13 @@ def test_videoqueue_dev_serves_a_job_to_plain_http_and_ctrl_c_stops_every_child(
             assert list(client_.scan_iter(f"*{prefix}*")) == []
         finally:
             client_.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _kill_all(children)
-        out.close()
+
+
+@pytest.mark.timeout(STARTUP_TIMEOUT_S + STOP_TIMEOUT_S + 60)
+def test_videoqueue_dev_stops_every_child_on_sigterm(redis_url: str, tmp_path: Path) -> None:
+    """SIGTERM (a process manager's stop, `kill`) is a Ctrl-C too: nothing left running."""
+    with running_dev(redis_url, tmp_path / "dev", "--port", "0") as dev:
+        dev.stop(signal.SIGTERM)
 
 
 def test_videoqueue_dev_refuses_a_bad_tenant_or_a_taken_port_before_starting_anything(
