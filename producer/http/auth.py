@@ -51,7 +51,6 @@ async def identify(request: Request, secret: str | None) -> Principal:
             type_="requests",
             headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
         )
-    request.state.principal = principal
     return principal
 
 

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import re
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -138,7 +137,3 @@ def _unavailable() -> ApiError:
         503, "storage is unavailable; try again shortly", code="storage_unavailable",
         type_="server_error", headers={"Retry-After": "5"},
     )  # fmt: skip
-
-
-def now_s() -> float:
-    return time.time()

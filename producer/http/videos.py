@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -14,7 +15,7 @@ from producer.core.settings import Settings
 from producer.http.auth import check_owner, identify, principal
 from producer.http.bodies import is_form, read_form, read_json
 from producer.http.calls import in_thread, on_loop
-from producer.http.content import content_url, now_s, signature_holds
+from producer.http.content import content_url, signature_holds
 from producer.http.openapi import ERRORS, create_body
 from producer.http.shapes import Video, VideoDeleted, VideoList, video_object, video_request
 from producer.jobs import cancel, enqueue, get, list_jobs
@@ -168,7 +169,7 @@ async def download_video(
     signature: Annotated[str | None, Query(description="From a signed video.url.")] = None,
 ) -> Any:
     settings: Settings = request.app.state.settings
-    if signature_holds(settings, video_id, expires, signature, now_s()):
+    if signature_holds(settings, video_id, expires, signature, time.time()):
         record = await _record(request, video_id)
     elif (secret := _bearer(request)) is None and (expires or signature):
         raise ApiError(403, "this video URL's signature is invalid or expired: retrieve the "
@@ -222,7 +223,7 @@ def no_video(video_id: str) -> ApiError:
 
 def _video_data(request: Request, record: JobRecord) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
-    url = content_url(settings, str(request.base_url), record.id, now_s())
+    url = content_url(settings, str(request.base_url), record.id, time.time())
     return video_object(record, content_url=url, record_ttl_s=settings.record_ttl_s)
 
 

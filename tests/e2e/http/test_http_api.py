@@ -139,11 +139,19 @@ def test_the_unified_route_storyboards_and_characters_complete(make_gateway):
         scenes = [{"prompt": "sunrise", "duration": 1}, {"prompt": "village", "duration": 2}]
         story = http.post("/v1/videos", json={"model": "sora-pro", "size": "64x48",
                                               "storyboard": scenes})  # fmt: skip
-        assert unified.status_code == 200 and story.status_code == 200, (unified.text, story.text)
-        first, second = (wait_video(http, r.json()["id"]) for r in (unified, story))
+        image = http.post("/v1/videos", json={  # OpenAI's reference image, as a URL
+            "model": "sora", "prompt": "she starts dancing", "size": "64x48", "seconds": "1",
+            "input_reference": {"image_url": "https://example.com/portrait.jpg"}})  # fmt: skip
+        answers = (unified, story, image)
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        first, second, third = (wait_video(http, r.json()["id"]) for r in answers)
         assert first["status"] == "completed" and first["size"] == "1280x720"
         assert second["status"] == "completed" and second["seconds"] == "3"
         assert second["video"]["duration"] == 3.0 and second["model"] == "sora-pro"
+        assert third["status"] == "completed" and third["seconds"] == "1"
+        stored = get(third["id"], settings=gw.pipeline.settings)
+        assert stored.request["image_url"] == "https://example.com/portrait.jpg"
+        assert get(first["id"], settings=gw.pipeline.settings).request["characters"] == [char_id]
 
 
 def test_two_tenants_cannot_see_each_others_jobs_and_an_admin_sees_both(make_gateway):
