@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck bench bench-smoke chaos chaos-smoke clean
+.PHONY: help demo dev test lint typecheck bench bench-smoke chaos chaos-smoke clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## Run the main job on an embedded local stack (Redis, S3, sandbox, worker, receiver)
 	$(BIN)/python -m ops.demo
 
+dev: $(STAMP) ## Keep the local stack and the HTTP API running until Ctrl-C; prints URLs, a key, a curl line
+	$(BIN)/videoqueue dev
+
 test: $(STAMP) ## Run the test suite against real Redis, SeaweedFS, sandbox and celery workers
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=15
 
@@ -31,7 +34,7 @@ lint: $(STAMP) ## ruff lint + format check
 typecheck: $(STAMP) ## mypy on the packages
 	$(BIN)/mypy
 
-bench: $(STAMP) ## Run every benchmark scenario (~22-25 min) and write bench/results/RESULTS.md
+bench: $(STAMP) ## Run every benchmark scenario (~24-27 min) and write bench/results/RESULTS.md
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP) ## Run every benchmark scenario at tiny scale into bench/results/raw/smoke

@@ -1,5 +1,6 @@
 """The `videoqueue` command: the producer's commands plus the operational ones (jobs list,
-stats, retry, webhooks dead/replay, keys create/list/revoke, doctor, sandbox).
+stats, retry, webhooks dead/replay, keys create/list/revoke, serve, dev, doctor,
+sandbox).
 
 Exit codes, for every command: 0 success; 1 a job failed or was not found, an operation was
 refused, a doctor check failed, or Redis or S3 is unreachable (one line says which); 2
@@ -12,6 +13,7 @@ import json
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -246,6 +248,63 @@ def keys_revoke(
     if as_json:
         return _print_json(key.model_dump(mode="json"))
     typer.echo(f"{key.id} revoked {key.revoked_at}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (uvicorn's).")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the HTTP API (producer/http/): the router's routes and OpenAI's Videos API, for
+    backends in any language, with the same VIDEOQUEUE_* settings as the workers. Stateless:
+    run as many as you like behind a balancer."""
+    import uvicorn
+
+    from producer.http.app import log_config
+
+    get_settings()  # a bad setting stops here, before the first request finds it
+    uvicorn.run(
+        "producer.http.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, log_config=log_config(),
+    )  # fmt: skip
+
+
+@app.command()
+def dev(
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="The API's port (0: a free one).")
+    ] = 8080,
+    tenant: Annotated[str, typer.Option(help="The tenant of the printed API key.")] = "default",
+    host: Annotated[str, typer.Option(help="The address the API listens on.")] = "127.0.0.1",
+    workdir: Annotated[Path, typer.Option(help="Logs and S3's data.", file_okay=False)] = Path(
+        ".stack/dev"
+    ),
+    redis_url: Annotated[
+        str, typer.Option(help="Use the Redis here, or start one on its port if none answers.")
+    ] = "redis://127.0.0.1:6379/0",
+) -> None:
+    """Run the whole stack here (Redis, S3, the sandbox provider, a worker, the HTTP API, a
+    webhook receiver that prints each event) until Ctrl-C; print the URLs, an API key and
+    the environment to export."""
+    from ops.dev import main as run_dev
+    from ops.dev import port_taken
+    from producer.core.tenants import check_tenant
+
+    # Checked before anything starts: SeaweedFS and a worker would be started for nothing.
+    try:
+        check_tenant(tenant)
+    except InvalidRequest as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    if port and port_taken(host, port):
+        err.print(f"[red]error:[/red] --port: {host}:{port} is taken; choose another, or "
+                  "--port 0 for a free one", highlight=False)  # fmt: skip
+        raise typer.Exit(2)
+    raise typer.Exit(
+        run_dev(workdir.resolve(), host=host, port=port, tenant=tenant, redis_url=redis_url)
+    )
 
 
 @app.command()

@@ -1,9 +1,11 @@
 """The main job on a fresh machine: an embedded local stack runs one job per feature.
 
 Starts Redis (the machine's, or a private one), SeaweedFS as S3, the sandbox provider, a
-webhook receiver and a Celery worker; submits a text-to-video, an image-to-video, a pro
-mode, a storyboard and a character job, in both API formats; shows their progress; prints
-where each MP4 landed and the webhooks that arrived verified; then shuts everything down.
+webhook receiver, a Celery worker and the HTTP API; submits a text-to-video, an
+image-to-video, a pro mode, a storyboard and a character job, in both API formats, and one
+more through the HTTP API (POST /v1/videos with a tenant's key); shows their progress;
+prints where each MP4 landed and the webhooks that arrived verified; then shuts everything
+down.
 
     python -m ops.demo        (or: make demo)
 """
@@ -19,22 +21,30 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import redis
+import httpx
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ops.dev import forget_deployment, pipeline_env
 from ops.receiver import WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
+from ops.serve import serve_in_thread
 from ops.stack import celery_worker, local_stack
 from producer.characters import create_character
+from producer.core.keys import create_key
 from producer.core.records import TERMINAL, JobRecord, JobStatus
 from producer.core.settings import Settings
+from producer.http.app import create_app
 from producer.jobs import enqueue, get
 
 # Wide enough for the tables when the output is a file or a CI log, not a terminal.
 console = Console() if sys.stdout.isatty() else Console(width=140)
 TIMEOUT_S = 240.0
+HTTP_FEATURE = "through the HTTP API (POST /v1/videos)"
+# The job sent over HTTP, in OpenAI's words (seconds as text), as any backend would send it.
+HTTP_REQUEST = {"model": "sora", "prompt": "A lighthouse in a storm, waves crashing",
+                "size": "640x360", "seconds": "4"}  # fmt: skip
 
 
 def _jobs(character_id: str) -> dict[str, dict[str, Any]]:
@@ -99,23 +109,19 @@ def main() -> int:
         api_url = stack.enter_context(sandbox.serve(host="127.0.0.1", port=0))
         receiver = WebhookReceiver(webhook_secret)
         hook_url = stack.enter_context(receiver.serve())
-        env = {
-            **local.env,
-            "VIDEOQUEUE_KEY_PREFIX": prefix,
-            "VIDEOQUEUE_QUEUE": prefix,
-            "VIDEOQUEUE_API_BASE_URL": api_url,
-            "VIDEOQUEUE_API_KEY": api_key,
-            "VIDEOQUEUE_WEBHOOK_SECRET": webhook_secret,
-            # The local receiver is on loopback, which workers refuse unless told.
-            "VIDEOQUEUE_URL_ALLOWLIST": "127.0.0.0/8",
-            "VIDEOQUEUE_POLL_FIRST_S": "1",
-            "VIDEOQUEUE_POLL_CAP_S": "5",
-        }
+        # The demo's keys go with it; the machine's Redis is left as it was found.
+        stack.callback(forget_deployment, local.broker_url, prefix)
+        env = pipeline_env(
+            local, prefix=prefix, provider_url=api_url, provider_key=api_key,
+            webhook_secret=webhook_secret,
+        )  # fmt: skip
         os.environ.update(env)
         settings = Settings()
+        http_url = stack.enter_context(serve_in_thread(create_app(settings)))
         console.print(
             f"  redis  {local.broker_url}\n  s3     {local.s3.endpoint_url} "
-            f"bucket {local.bucket}\n  api    {api_url} (sandbox)\n  hooks  {hook_url}"
+            f"bucket {local.bucket}\n  api    {api_url} (sandbox)\n  hooks  {hook_url}\n"
+            f"  http   {http_url} (videoqueue's own API)"
         )
         console.print("[bold]starting a celery worker[/]…")
         stack.enter_context(
@@ -132,6 +138,15 @@ def main() -> int:
             feature: enqueue(request | {"webhook_url": hook_url}, settings=settings)
             for feature, request in _jobs(character["id"]).items()
         }
+        _, tenant_key = create_key("demo", settings=settings)
+        http = stack.enter_context(
+            httpx.Client(base_url=http_url, headers={"Authorization": f"Bearer {tenant_key}"})
+        )
+        created = http.post("/v1/videos", json=HTTP_REQUEST | {"webhook_url": hook_url})
+        created.raise_for_status()
+        jobs[HTTP_FEATURE] = created.json()["id"]
+        console.print(f"POST {http_url}/v1/videos -> {created.status_code} "
+                      f"[cyan]{jobs[HTTP_FEATURE]}[/] (tenant demo)")  # fmt: skip
         started = time.monotonic()
         records = {job_id: get(job_id, settings=settings) for job_id in jobs.values()}
         with Live(_progress_table(jobs, records, started), console=console) as live:
@@ -180,19 +195,27 @@ def main() -> int:
             )
         console.print(hooks)
 
+        # The HTTP job as its backend sees it: the API's own answer, and the MP4 it serves.
+        answer = http.get(f"/v1/videos/{jobs[HTTP_FEATURE]}").json()
+        mp4 = http.get(f"/v1/videos/{jobs[HTTP_FEATURE]}/content")
+        over_http = answer["status"] == "completed" and mp4.content[4:8] == b"ftyp"
+        console.print(
+            f"GET /v1/videos/{answer['id']} -> status {answer['status']}, progress "
+            f"{answer['progress']}%; /content -> {mp4.status_code}, {len(mp4.content):,} bytes "
+            f"of {mp4.headers.get('content-type')}"
+        )
+
         creates = {t: s["creates"] for t, s in sandbox.stats()["tasks"].items()}
         console.print(f"provider tasks: {len(creates)}; creates per task: "
                       f"{sorted(set(creates.values()))}")  # fmt: skip
-        ok = all(r.status is JobStatus.COMPLETED for r in records.values()) and len(
-            {d.headers.get("webhook-id") for d in receiver.deliveries if d.verified}
-        ) == len(jobs)
+        ok = (
+            over_http
+            and all(r.status is JobStatus.COMPLETED for r in records.values())
+            and len({d.headers.get("webhook-id") for d in receiver.deliveries if d.verified})
+            == len(jobs)
+        )
         console.print("[bold green]demo passed[/]" if ok else "[bold red]demo failed[/]")
         console.print("shutting down…")
-        # The demo's keys go with it; the machine's Redis is left as it was found.
-        client = redis.Redis.from_url(local.broker_url)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        client.close()
         return 0 if ok else 1
 
 

@@ -87,6 +87,8 @@ class WebhookReceiver:
         status_sequence: Answer these codes, in order, before fail_first and then 200.
         delay_s: Wait this long before answering each delivery (to provoke sender timeouts).
         endless_body: Answer with a body that never ends (a sender must not read it whole).
+        on_delivery: Called with each delivery as it is recorded (`videoqueue dev` prints
+            them); it runs on the server's thread, so it must be quick.
     """
 
     def __init__(self, secret: str | None = None) -> None:
@@ -96,6 +98,7 @@ class WebhookReceiver:
         self.status_sequence: list[int] = []
         self.delay_s = 0.0
         self.endless_body = False
+        self.on_delivery: Callable[[Delivery], None] | None = None
         self.url: str | None = None
         self._deliveries: list[Delivery] = []
         self._changed = threading.Condition()
@@ -203,6 +206,8 @@ class WebhookReceiver:
         with self._changed:
             self._deliveries.append(delivery)
             self._changed.notify_all()
+        if self.on_delivery is not None:
+            self.on_delivery(delivery)
         # Recorded before the delay, so a test sees the attempt even if the sender gives up.
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)

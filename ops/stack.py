@@ -43,6 +43,7 @@ __all__ = [
     "WorkerProcess",
     "celery_worker",
     "ensure_redis",
+    "http_service",
     "local_stack",
     "redis_server",
     "s3_config",
@@ -53,6 +54,8 @@ REDIS_STARTUP_TIMEOUT_S = 10.0
 # Measured at ~3 s on this machine; the reference notes 5-8 s elsewhere.
 SEAWEEDFS_STARTUP_TIMEOUT_S = 60.0
 WORKER_STARTUP_TIMEOUT_S = 30.0
+HTTP_STARTUP_TIMEOUT_S = 30.0
+HTTP_STOP_GRACE_S = 5.0
 # `python -m celery` puts its working directory on sys.path: run workers from the project root
 # so `-A worker` imports the source tree whatever directory the caller is in.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -624,6 +627,56 @@ def celery_worker(
             logfile, startup_timeout_s,
         )  # fmt: skip
         yield worker
+
+
+@contextmanager
+def http_service(
+    env: dict[str, str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    workers: int = 1,
+    logfile: Path | None = None,
+    startup_timeout_s: float = HTTP_STARTUP_TIMEOUT_S,
+) -> Iterator[str]:
+    """Run ``videoqueue serve`` (the HTTP API) as a subprocess until the block ends.
+
+    Args:
+        env: Added to os.environ for it (the same VIDEOQUEUE_* settings as the workers).
+        port: 0 for a free one.
+        workers: uvicorn worker processes.
+        logfile: Where its output goes; a temporary file removed after the block if None.
+
+    Yields:
+        Its base URL (http://host:port), once /healthz answers.
+
+    Raises:
+        StackError: with the log tail, when it exits or does not answer in time.
+    """
+    port = port or free_port(host)
+    argv = [sys.executable, "-m", "ops", "serve", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
+    url = f"http://{host}:{port}"
+    with ExitStack() as cleanup:
+        if logfile is None:
+            tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="videoqueue-http-"))
+            logfile = Path(tmp) / "http.log"
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        proc, log = _spawn(argv, logfile, env=full_env, cwd=PROJECT_ROOT)
+        cleanup.callback(log.close)
+        cleanup.callback(_stop, proc, proc.pid, HTTP_STOP_GRACE_S)
+        _wait_until(lambda: _answers(f"{url}/healthz"), proc, f"videoqueue serve on {url}",
+                    logfile, startup_timeout_s)  # fmt: skip
+        yield url
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # --- the composed stack --------------------------------------------------------------------

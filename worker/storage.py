@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from producer.core.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
-from producer.core.settings import Settings
+from producer.core.settings import S3_CLIENT_OPTIONS, Settings
 from worker import metrics
 from worker.egress import CREDENTIALS, ConnectionDeadline, Credentials
 from worker.media import check_ftyp
@@ -55,19 +55,11 @@ def s3_client(settings: Settings, **config: Any) -> Any:
     Args:
         **config: botocore Config options over ours (e.g. short timeouts for a check).
     """
-    options: dict[str, Any] = {
-        # Some S3-compatible servers (SeaweedFS, older MinIO) mishandle boto3's default
-        # CRC32 trailers on streamed parts; checksums are asked for only where required.
-        "request_checksum_calculation": "when_required",
-        "response_checksum_validation": "when_required",
-        "s3": {"addressing_style": "path"},
-        "retries": {"max_attempts": 5, "mode": "standard"},
-    }
     return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
-        config=Config(**{**options, **config}),
+        config=Config(**{**S3_CLIENT_OPTIONS, **config}),
     )
 
 

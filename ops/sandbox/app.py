@@ -6,18 +6,18 @@ time a handler runs; handlers parse, validate, consult the state and render.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
+
+from producer.http.bodies import Upload, is_form, read_form, read_json
 
 from .errors import ApiError, invalid, not_found
 from .files import Mp4Body, parse_range, send_file
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
     from .service import Sandbox
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-# Past this much extra, an oversized body is no longer drained before the 413 (see _read_body).
-_DRAIN_CAP_BYTES = 64 << 20
-_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def build_app(sandbox: Sandbox) -> Gate:
@@ -434,43 +430,21 @@ class _Handlers:
         return {"openai-poll-after-ms": str(ms)}
 
     async def _create_body(self, request: Request) -> dict[str, Any]:
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith(_FORM_TYPES):
+        if is_form(request):
             return await self._form_body(request)
         return await self._json_body(request)
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
-        raw = await _read_body(request, self.sb.config.max_json_bytes)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise invalid(
-                f"malformed JSON body: {exc}; send a JSON object", code="invalid_json"
-            ) from exc
-        if not isinstance(body, dict):
-            raise invalid("the JSON body must be an object", code="invalid_json")
-        return body
+        return await read_json(request, self.sb.config.max_json_bytes)
 
     async def _form_body(self, request: Request) -> dict[str, Any]:
-        raw = await _read_body(request, self.sb.config.max_upload_bytes)
-        replay = _replaying(raw)
-        form_request = Request(request.scope, receive=replay)
-        body: dict[str, Any] = {}
-        try:
-            async with form_request.form(max_files=4, max_fields=100) as form:
-                for name in form:
-                    values = form.getlist(name)
-                    if name in ("characters", "characters[]"):
-                        body["characters"] = [v for v in values if isinstance(v, str)]
-                    elif name == "input_reference[image_url]":
-                        body["input_reference"] = {"image_url": values[0]}
-                    elif isinstance(values[0], UploadFile):
-                        # Uploads only need to be present: the sandbox does not look inside.
-                        body[name] = {"filename": values[0].filename, "bytes": values[0].size}
-                    else:
-                        body[name] = values[0]
-        except HTTPException as exc:
-            raise invalid(f"malformed form body: {exc.detail}", code="invalid_form") from exc
+        body = await read_form(request, self.sb.config.max_upload_bytes, max_fields=100)
+        for name, value in body.items():
+            if isinstance(value, Upload):
+                # Uploads only need to be present: the sandbox does not look inside.
+                body[name] = {"filename": value.filename, "bytes": len(value.data)}
+        if isinstance(body.get("characters"), str):
+            body["characters"] = [body["characters"]]
         return body
 
 
@@ -532,41 +506,6 @@ class _FileResponse(Response):
             chunk_bytes=cfg.file_chunk_bytes,
             unsized=cfg.file_unsized,
         )
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, or a 413 when it is over limit bytes."""
-    declared = request.headers.get("content-length", "")
-    chunks, size = [], 0
-    if not (declared.isdigit() and int(declared) > limit + _DRAIN_CAP_BYTES):
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limit:
-                chunks.append(chunk)
-            elif size > limit + _DRAIN_CAP_BYTES:
-                break
-            # else: read and drop the rest before answering, because closing on a client that
-            # is still sending makes its kernel see a reset, and it never reads the 413.
-    if size > limit or (declared.isdigit() and int(declared) > limit):
-        raise ApiError(
-            413,
-            f"request body too large: the limit is {limit} bytes",
-            code="request_too_large",
-        )
-    return b"".join(chunks)
-
-
-def _replaying(raw: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": raw, "more_body": False}
-
-    return receive
 
 
 def _character_json(char: Any) -> dict[str, Any]:

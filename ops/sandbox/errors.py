@@ -2,7 +2,8 @@
 
 Hierarchy::
 
-    ApiError                an answer with an HTTP status and {"error": {...}}
+    ApiError                an answer with an HTTP status and {"error": {...}} (the gateway's
+                            too: producer/core/errors.py)
     DeliberateTruncation    raised mid-body to cut a download short (a fault, not a bug)
 
 Both flavors answer errors as ``{"error": {"message", "type", "code", "param"}}``: OpenAI's
@@ -12,46 +13,8 @@ shape, which the router copies.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from starlette.responses import JSONResponse
-
-
-class ApiError(Exception):
-    """Raised when a request is answered with an error object instead of a result."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.type = type_
-        self.param = param
-        self.headers = headers or {}
-        self.extra = extra or {}
-
-    def response(self) -> JSONResponse:
-        """This error as the provider would send it."""
-        body: dict[str, Any] = {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "code": self.code,
-                "param": self.param,
-            },
-            **self.extra,
-        }
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+from producer.core.errors import ApiError
 
 
 def invalid(message: str, *, code: str, param: str | None = None) -> ApiError:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from producer.core.requests import ASPECT_RATIOS
+
 from .errors import ApiError, invalid
 
 OPENAI_MODELS = frozenset({"sora-2", "sora-2-pro"})
@@ -29,9 +31,9 @@ DEFAULT_DURATION_S = 4
 MAX_SCENES = 20
 MAX_REFERENCE_IMAGES = 10
 
-# The unified endpoint's aspect ratios, as sizes: small on purpose (cheap to encode) and,
-# for OpenAI's models, one of the sizes they accept.
-ASPECT_SIZES = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)}
+# The unified endpoint's aspect ratios, as sizes: the ones videoqueue's requests map them to
+# (small on purpose, cheap to encode, and for OpenAI's models one of the sizes they accept).
+ASPECT_SIZES = ASPECT_RATIOS
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 

@@ -9,6 +9,7 @@ VideoqueueError
 ├── WaitTimeout           wait() gave up before the job ended
 ├── OperationRefused      an operator's command cannot do what it was asked (retry, replay)
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
+├── ApiError              an HTTP request answered with OpenAI's error object (gateway, sandbox)
 ├── InvalidVideo          the provider's file is not a readable MP4 (raised in the worker)
 ├── BlockedUrl            a URL leads to an address the outbound policy refuses (worker)
 ├── BoundExceeded         a download broke a bound (worker)
@@ -76,6 +77,52 @@ class OperationRefused(VideoqueueError):
 
 class WebhookVerificationError(VideoqueueError):
     """Raised when a received webhook's signature or timestamp does not verify."""
+
+
+class ApiError(VideoqueueError):
+    """Raised when an HTTP request (to the gateway, producer/http/, or the sandbox) is answered
+    with an error object instead of a result: OpenAI's shape, which the router copies,
+    `{"error": {"message", "type", "code", "param"}}` with `param` naming the field."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type_
+        self.param = param
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON body."""
+        error = {"message": self.message, "type": self.type, "code": self.code,
+                 "param": self.param}  # fmt: skip
+        return {"error": error, **self.extra}
+
+    def response(self) -> Any:
+        """This error as a Starlette response (JSON)."""
+        # Imported here: the core is imported by producers that never serve HTTP.
+        import json
+
+        from starlette.responses import Response
+
+        # ASCII-escaped: a message may quote the caller's text, which may hold a lone
+        # surrogate that UTF-8 cannot encode.
+        return Response(
+            json.dumps(self.body()), status_code=self.status, headers=self.headers,
+            media_type="application/json",
+        )  # fmt: skip
 
 
 class InvalidVideo(VideoqueueError):

@@ -260,3 +260,7 @@ class Keys:
         """Written just before a Redis WAIT, on the WAIT's own connection: replicas have
         everything written before it once they have it (JobStore.wait_for_replicas)."""
         return f"{self.prefix}:replication:fence"
+
+    def character(self, character_id: str) -> str:
+        """The tenant a character made through videoqueue belongs to (a string)."""
+        return f"{self.prefix}:character:{character_id}"

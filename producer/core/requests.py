@@ -240,6 +240,11 @@ def parse_character(data: CharacterRequest | dict[str, Any]) -> CharacterRequest
     """
     if isinstance(data, CharacterRequest):
         return data
+    if bad := unencodable_fields(data):
+        problems = [{"field": f, "message": "not valid unicode text (a lone surrogate)"}
+                    for f in bad]  # fmt: skip
+        raise InvalidRequest(f"invalid character: {', '.join(bad)}: not valid unicode text",
+                             problems)  # fmt: skip
     try:
         return CharacterRequest.model_validate(data)
     except ValidationError as e:

@@ -19,6 +19,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from producer.core.redis_client import check_url
 from producer.core.urls import UrlPolicy, url_policy
 
+# The botocore Config of every S3 client of ours (worker/storage.py, producer/http/content.py).
+S3_CLIENT_OPTIONS: dict[str, Any] = {
+    # Some S3-compatible servers (SeaweedFS, older MinIO) mishandle boto3's default CRC32
+    # trailers on streamed parts; checksums are asked for only where required.
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+    "s3": {"addressing_style": "path"},
+    "retries": {"max_attempts": 5, "mode": "standard"},
+}
+
 
 class LogFormat(StrEnum):
     """How worker log lines are written."""
@@ -171,6 +181,21 @@ class Settings(BaseSettings):
     webhook_schedule_s: Annotated[list[float], NoDecode] = [
         0, 5, 300, 1800, 7200, 18000, 36000, 36000,
     ]  # fmt: skip
+
+    # --- the HTTP service (`videoqueue serve`, producer/http/) ---
+    # The service's base URL as its callers reach it (behind a balancer or a proxy), for the
+    # URLs it answers with (`video.url`); None: the base URL of each request.
+    http_public_url: str | None = None
+    # Signs `video.url` so that it can be fetched without the Authorization header (a browser,
+    # a CDN, another service) until it expires; None: the URL wants the caller's key. Every
+    # replica needs the same one. Never logged.
+    http_url_secret: SecretStr | None = None
+    # How long a signed `video.url` works.
+    http_url_ttl_s: float = Field(3600.0, gt=0)
+    # The largest request body (413 past it): a create, a character; a batch has its own.
+    http_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # The largest batch body: 100,000 small requests as JSON Lines fit.
+    http_max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024)
 
     # --- operations: metrics, logs, the job index ---
     # The port every worker host serves Prometheus metrics on (its main process); None: none.

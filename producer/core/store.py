@@ -489,6 +489,14 @@ class JobStore:
             _, acknowledged = pipe.execute()
         return int(acknowledged)
 
+    def set_character_tenant(self, character_id: str, tenant: str) -> None:
+        """Remember whose character it is (kept as long as the provider keeps it: forever)."""
+        self.redis.set(self.keys.character(character_id), tenant)
+
+    def character_tenant(self, character_id: str) -> str | None:
+        """Whose character it is; None for one not made through videoqueue's verbs."""
+        return _text(self.redis.get(self.keys.character(character_id))) or None
+
     def forget_dead_letter(self, event_id: str) -> None:
         """A dead letter was delivered after all (a replay)."""
         with self.redis.pipeline() as pipe:

