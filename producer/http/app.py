@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from producer.core import redis_client
 from producer.core.errors import ApiError, InvalidRequest, JobNotFound
 from producer.core.settings import Settings, get_settings
 from producer.http import batches, characters, videos
@@ -41,8 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = s
     app.state.bucket = Bucket(s)
-    app.state.ready_redis = redis.Redis.from_url(
-        s.records_url, socket_timeout=READY_TIMEOUT_S, socket_connect_timeout=READY_TIMEOUT_S
+    app.state.ready_redis = redis_client.client(
+        s, socket_timeout=READY_TIMEOUT_S, socket_connect_timeout=READY_TIMEOUT_S
     )
     app.include_router(videos.router)
     app.include_router(batches.router)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.concurrency import run_in_threadpool
 
+from producer.core.redis_client import is_sentinel
 from producer.core.settings import Settings
 
 P = ParamSpec("P")
@@ -40,7 +41,10 @@ async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 def with_redis_timeouts(settings: Settings, timeout_s: float = REDIS_TIMEOUT_S) -> Settings:
     """settings whose Redis URL (for records and keys) gives up after timeout_s, unless the
-    URL says otherwise."""
+    URL says otherwise. A Sentinel deployment's URL is left as it is: a list of sentinels
+    takes no query (producer/core/redis_client.py gives their connections a timeout)."""
+    if is_sentinel(settings.records_url):
+        return settings
     parts = urlsplit(settings.records_url)
     query = dict(parse_qsl(parts.query))
     for name in ("socket_timeout", "socket_connect_timeout"):

@@ -162,3 +162,20 @@ def test_lua_scripts_and_replica_waits_work_on_the_promoted_primary(
     assert claimed[Lane.SUBMIT].entries == 2
     # One replica is left: WAIT counts it.
     assert eventually(lambda: st.wait_for_replicas(1, 1000) >= 1, 20)
+
+
+def test_the_http_service_answers_through_sentinel(cluster: SentinelCluster, make_pipeline) -> None:
+    """`videoqueue serve` with the sentinel URL: ready, and a key of ours creates a job."""
+    from starlette.testclient import TestClient
+
+    from producer.core.keys import create_key
+    from producer.http.app import create_app
+
+    p = make_pipeline(workers=0, env=_env(cluster))
+    _, secret = create_key("acme", settings=p.settings)
+    with TestClient(create_app(p.settings)) as http:
+        assert http.get("/readyz").status_code == 200
+        made = http.post("/v1/videos", json={"model": "sora", "prompt": "a fox"},
+                         headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+        assert made.status_code == 200, made.text
+        assert get(made.json()["id"], settings=p.settings).tenant == "acme"
