@@ -328,3 +328,15 @@ def test_health_and_readiness_and_a_503_when_redis_is_unreachable(make_gateway, 
         key = next(iter(gw.keys.values()), "vq_whatever")
         down = httpx.get(f"{url}/v1/videos", headers={"Authorization": f"Bearer {key}"})
         assert down.status_code == 503 and down.headers["Retry-After"]
+
+
+def test_serve_refuses_a_bad_setting_naming_it():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VIDEOQUEUE_HTTP_URL_TTL_S": "-1", "COLUMNS": "200"}
+    run = subprocess.run([sys.executable, "-m", "ops", "serve", "--port", str(free_port())],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2
+    assert "VIDEOQUEUE_HTTP_URL_TTL_S" in run.stderr and "Traceback" not in run.stderr
