@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -264,7 +265,15 @@ def serve(
 
     from producer.http.app import log_config
 
-    get_settings()  # a bad setting stops here, before the first request finds it
+    try:
+        get_settings()  # a bad setting stops here, before the first request finds it
+    except ValidationError as e:
+        bad = "; ".join(
+            f"VIDEOQUEUE_{'_'.join(str(p) for p in x['loc']).upper()}: {x['msg']}"
+            for x in e.errors()
+        )
+        err.print(f"[red]error:[/red] invalid settings: {bad}", highlight=False)
+        raise typer.Exit(2) from None
     uvicorn.run(
         "producer.http.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level=log_level, log_config=log_config(),

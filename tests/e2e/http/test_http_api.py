@@ -328,3 +328,32 @@ def test_health_and_readiness_and_a_503_when_redis_is_unreachable(make_gateway, 
         key = next(iter(gw.keys.values()), "vq_whatever")
         down = httpx.get(f"{url}/v1/videos", headers={"Authorization": f"Bearer {key}"})
         assert down.status_code == 503 and down.headers["Retry-After"]
+
+
+def test_serve_refuses_a_bad_setting_naming_it():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VIDEOQUEUE_HTTP_URL_TTL_S": "-1", "COLUMNS": "200"}
+    run = subprocess.run([sys.executable, "-m", "ops", "serve", "--port", str(free_port())],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2
+    assert "VIDEOQUEUE_HTTP_URL_TTL_S" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_readmes_node_fetch_client_completes_a_job_and_downloads_it(make_gateway):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    gw = make_gateway()
+    script = Path(__file__).with_name("fetch_client.mjs")
+    env = {**os.environ, "VQ_URL": gw.url, "VQ_KEY": gw.key("acme")}
+    run = subprocess.run(["node", str(script)], env=env, capture_output=True, text=True,
+                         timeout=90)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["status"] == "completed" and seen["type"] == "video/mp4"
+    assert seen["bytes"] == get(seen["id"], settings=gw.pipeline.settings).output.size_bytes
+    assert seen["error"].startswith("400 size: ")
