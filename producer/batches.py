@@ -25,7 +25,7 @@ from producer.core.providers import candidates
 from producer.core.records import BatchRecord, BatchState, JobRecord, mark_cancelled, utcnow_iso
 from producer.core.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
-from producer.core.store import BATCH_ID_TAKEN, NewJob, store
+from producer.core.store import BATCH_ID_TAKEN, NO_SUCH_CHARACTER, NewJob, store
 from producer.core.tenants import check_tenant
 from producer.core.urls import UrlPolicy, check_outbound
 
@@ -94,7 +94,7 @@ def enqueue_batch(
         s.url_policy,
     )  # fmt: skip
     keep = len(items) <= KEEP_MODELS_UP_TO
-    validated = _validate_all(items, keep=keep, settings=s, metadata=metadata)
+    validated = _validate_all(items, keep=keep, settings=s, metadata=metadata, tenant=owner)
 
     batch_id = batch_id or f"batch_{uuid.uuid4().hex}"
     st = store(s)
@@ -169,10 +169,16 @@ def _check_batch_fields(fields: dict[str, Any], policy: UrlPolicy) -> None:
 
 
 def _validate_all(
-    items: list[Any], *, keep: bool, settings: Settings, metadata: dict[str, str] | None
+    items: list[Any],
+    *,
+    keep: bool,
+    settings: Settings,
+    metadata: dict[str, str] | None,
+    tenant: str,
 ) -> list[VideoRequest]:
     models: list[VideoRequest] = []
     problems: list[dict[str, Any]] = []
+    uses: list[tuple[int, int, str]] = []  # (item, position, character id)
     for index, item in enumerate(items):
         try:
             model = parse_request(item)
@@ -185,8 +191,13 @@ def _validate_all(
             for p in e.errors or [{"field": "(request)", "message": str(e)}]:
                 problems.append({"index": index, **p})
             continue
+        uses += [(index, k, c) for k, c in enumerate(model.characters)]
         if keep:
             models.append(model)
+    if uses and (foreign := store(settings).foreign_characters((c for *_, c in uses), tenant)):
+        problems += [{"index": i, "field": f"characters.{k}", "message": NO_SUCH_CHARACTER}
+                     for i, k, c in uses if c in foreign]  # fmt: skip
+        problems.sort(key=lambda p: p["index"])
     if problems:
         listed = "; ".join(
             f"item {p['index']}: {p['field']}: {p['message']}"

@@ -11,7 +11,7 @@ from producer.core.providers import candidates
 from producer.core.records import TERMINAL, JobRecord, mark_cancelled
 from producer.core.requests import VideoRequest, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
-from producer.core.store import store
+from producer.core.store import NO_SUCH_CHARACTER, store
 from producer.core.tenants import check_tenant
 from producer.core.urls import check_outbound
 
@@ -60,8 +60,12 @@ def enqueue(
     req = parse_request(request)
     check_outbound(req.webhook_url, "webhook_url", s.url_policy)
     candidates(req, s)  # a provider that can take it (and the one it names exists)
+    st = store(s)
+    if req.characters and (foreign := st.foreign_characters(req.characters, owner)):
+        field = f"characters.{req.characters.index(min(foreign))}"
+        raise InvalidRequest.of_field(field, NO_SUCH_CHARACTER)
     record = new_record(req, s, tenant=owner)
-    return store(s).create(record, req.idempotency_key)
+    return st.create(record, req.idempotency_key)
 
 
 def list_jobs(

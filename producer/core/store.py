@@ -4,7 +4,7 @@ scripts are in producer/core/lua/)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -37,6 +37,8 @@ After = Callable[[JobRecord, Any], None]
 MAX_DEAD_LETTERS = 10_000
 MAX_STATUS_WORDS = 100
 OTHER_STATUS_WORDS = "(other)"
+# Another tenant's character reads as one that does not exist: ids say nothing across tenants.
+NO_SUCH_CHARACTER = "no such character (create it with this tenant's key)"
 # Why a batch id is refused when another tenant's batch has it (saying no more than that).
 BATCH_ID_TAKEN = "already taken, choose another"
 # How long a finished job's records are kept unless told otherwise (VIDEOQUEUE_RECORD_TTL_S).
@@ -492,6 +494,14 @@ class JobStore:
     def set_character_tenant(self, character_id: str, tenant: str) -> None:
         """Remember whose character it is (kept as long as the provider keeps it: forever)."""
         self.redis.set(self.keys.character(character_id), tenant)
+
+    def foreign_characters(self, character_ids: Iterable[str], tenant: str) -> set[str]:
+        """Those of the characters that another tenant made through videoqueue (one read)."""
+        ids = list(dict.fromkeys(character_ids))
+        if not ids:
+            return set()
+        owners = self.redis.mget([self.keys.character(c) for c in ids])
+        return {c for c, owner in zip(ids, owners, strict=True) if owner and _text(owner) != tenant}
 
     def character_tenant(self, character_id: str) -> str | None:
         """Whose character it is; None for one not made through videoqueue's verbs."""

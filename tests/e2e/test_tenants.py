@@ -205,3 +205,23 @@ def test_a_tenant_racing_to_another_tenants_new_batch_id_leaves_nothing_on_it(ba
     assert (batch.tenant, batch.total, batch.metadata) == ("acme", 1, {"who": "acme"})
     assert st.redis.hget(st.keys.batch("race"), "webhook_url") == hook.encode()
     assert not st.redis.exists(st.keys.job(loser.id))
+
+
+def test_another_tenants_character_is_refused_as_unknown_and_nothing_is_written(bare_settings):
+    s = bare_settings
+    st = store(s)
+    st.set_character_tenant("char_acme", "acme")
+    request = {"prompt": "a duel", "characters": ["char_provider_side", "char_acme"]}
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue(request, tenant="globex", settings=s)
+    assert caught.value.errors == [
+        {"field": "characters.1", "message": "no such character (create it with this tenant's key)"}
+    ]
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue_batch([{"prompt": "fine"}, request], tenant="globex", settings=s)
+    assert [(p["index"], p["field"]) for p in caught.value.errors] == [(1, "characters.1")]
+    assert list_jobs(tenant="globex", settings=s) == ([], False)
+    # Its own tenant, and a character the provider made outside videoqueue, are fine.
+    assert get(enqueue(request, tenant="acme", settings=s), settings=s).tenant == "acme"
+    assert enqueue({"prompt": "x", "characters": ["char_provider_side"]}, tenant="globex",
+                   settings=s)  # fmt: skip
