@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # pytest-xdist workers: the e2e tests mostly wait on services, so more than the cores.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 
 .DEFAULT_GOAL := help
 .PHONY: help demo dev test lint typecheck bench bench-smoke chaos chaos-smoke clean
