@@ -62,8 +62,9 @@ def enqueue(
     candidates(req, s)  # a provider that can take it (and the one it names exists)
     st = store(s)
     if req.characters and (foreign := st.foreign_characters(req.characters, owner)):
-        field = f"characters.{req.characters.index(min(foreign))}"
-        raise InvalidRequest.of_field(field, NO_SUCH_CHARACTER)
+        fields = [f"characters.{k}" for k, c in enumerate(req.characters) if c in foreign]
+        problems = [{"field": f, "message": NO_SUCH_CHARACTER} for f in fields]
+        raise InvalidRequest(f"invalid request: {', '.join(fields)}: {NO_SUCH_CHARACTER}", problems)
     record = new_record(req, s, tenant=owner)
     return st.create(record, req.idempotency_key)
 
