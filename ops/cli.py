@@ -1,6 +1,6 @@
 """The `videoqueue` command: the producer's commands plus the operational ones (jobs list,
-stats, retry, webhooks dead/replay, keys create/list/revoke, serve, dev, doctor,
-sandbox).
+stats, retry, webhooks dead/replay, keys create/list/revoke, tenants set/show, serve, dev,
+doctor, sandbox).
 
 Exit codes, for every command: 0 success; 1 a job failed or was not found, an operation was
 refused, a doctor check failed, or Redis or S3 is unreachable (one line says which); 2
@@ -30,6 +30,7 @@ from producer.core.keys import SECRET_PREFIX, create_key, list_keys, revoke_key
 from producer.core.records import JobRecord, JobStatus
 from producer.core.settings import get_settings
 from producer.core.store import store
+from producer.core.tenant_policies import get_policy, list_policies, set_policy
 
 app.command("sandbox", help="Serve the sandbox provider API (a stand-in for the video API).")(
     sandbox
@@ -37,9 +38,13 @@ app.command("sandbox", help="Serve the sandbox provider API (a stand-in for the 
 jobs_app = typer.Typer(help="Find jobs.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="Dead-lettered webhooks.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys of the HTTP API, by tenant.", no_args_is_help=True)
+tenants_app = typer.Typer(
+    help="Tenants' fair-share weights, ceilings and budgets.", no_args_is_help=True
+)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
 
 out = Console()
 err = Console(stderr=True)
@@ -249,6 +254,69 @@ def keys_revoke(
     if as_json:
         return _print_json(key.model_dump(mode="json"))
     typer.echo(f"{key.id} revoked {key.revoked_at}")
+
+
+@tenants_app.command("set")
+def tenants_set(
+    name: Annotated[str, typer.Argument(help="The tenant (as in `keys create --tenant`).")],
+    weight: Annotated[
+        float | None, typer.Option(help="Its share of scarce provider slots (default 1).")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Most of its jobs at providers at once, all providers.")
+    ] = None,
+    reserved: Annotated[
+        int | None, typer.Option(help="Slots held back for it while it has due work.")
+    ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option(help="What it may spend per --budget-period, in USD.")
+    ] = None,
+    budget_period: Annotated[
+        str | None, typer.Option(help="day, month or total (default total).")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Set some of a tenant's policy; the fields not given keep their values."""
+    given = {
+        "weight": weight, "max_in_flight": max_in_flight, "reserved": reserved,
+        "budget_usd": budget_usd, "budget_period": budget_period,
+    }  # fmt: skip
+    try:
+        policy = set_policy(name, **{k: v for k, v in given.items() if v is not None})
+    except InvalidRequest as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    _show_policy(name, policy.model_dump(), as_json)
+
+
+@tenants_app.command("show")
+def tenants_show(
+    name: Annotated[
+        str | None, typer.Argument(help="The tenant; every tenant with a policy when left out.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show a tenant's policy (the defaults when none was set)."""
+    if name is None:
+        views = [v.model_dump() for v in list_policies()]
+        if as_json:
+            return _print_json(views)
+        for view in views:
+            _show_policy(view.pop("tenant"), view, False)
+        return
+    try:
+        policy = get_policy(name)
+    except InvalidRequest as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    _show_policy(name, policy.model_dump(), as_json)
+
+
+def _show_policy(name: str, fields: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        return _print_json({"tenant": name, **fields})
+    shown = " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items())
+    typer.echo(f"{name}: {shown}")
 
 
 @app.command()

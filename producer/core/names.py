@@ -261,6 +261,15 @@ class Keys:
         everything written before it once they have it (JobStore.wait_for_replicas)."""
         return f"{self.prefix}:replication:fence"
 
+    def tenant_policy(self, tenant: str) -> str:
+        """A hash: the tenant's weight, max_in_flight, reserved, budget_usd, budget_period
+        (producer/core/tenant_policies.py; an absent field is its default)."""
+        return f"{self.prefix}:tenant:{tenant}:policy"
+
+    def tenants(self) -> str:
+        """A set: every tenant a policy was set for."""
+        return f"{self.prefix}:tenants"
+
     def character(self, character_id: str) -> str:
         """The tenant a character made through videoqueue belongs to (a string)."""
         return f"{self.prefix}:character:{character_id}"
