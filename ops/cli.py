@@ -282,7 +282,7 @@ def tenants_set(
         "budget_usd": budget_usd, "budget_period": budget_period,
     }  # fmt: skip
     try:
-        policy = set_policy(name, **{k: v for k, v in given.items() if v is not None})
+        policy = set_policy(name, {k: v for k, v in given.items() if v is not None})
     except InvalidRequest as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None

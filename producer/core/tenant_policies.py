@@ -89,7 +89,9 @@ def get_policy(tenant: str, settings: Settings | None = None) -> TenantPolicy:
     return _policies(settings).get(check_tenant(tenant))
 
 
-def set_policy(tenant: str, settings: Settings | None = None, **changes: Any) -> TenantPolicy:
+def set_policy(
+    tenant: str, changes: dict[str, Any], settings: Settings | None = None
+) -> TenantPolicy:
     """Change some fields of a tenant's policy and keep the rest; returns the new policy.
 
     Raises:

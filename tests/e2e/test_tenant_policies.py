@@ -16,14 +16,14 @@ def test_a_tenant_without_a_policy_has_the_defaults(bare_settings):
 
 def test_setting_one_field_keeps_the_others_and_a_bad_value_writes_nothing(bare_settings):
     s = bare_settings
-    set_policy("acme", settings=s, weight=3, budget_usd=10, budget_period="day")
-    set_policy("acme", settings=s, max_in_flight=5)
+    set_policy("acme", {"weight": 3, "budget_usd": 10, "budget_period": "day"}, settings=s)
+    set_policy("acme", {"max_in_flight": 5}, settings=s)
     assert get_policy("acme", settings=s) == TenantPolicy(
         weight=3, max_in_flight=5, budget_usd=10, budget_period="day"
     )
     for bad in ({"weight": 0}, {"reserved": -1}, {"budget_period": "week"}, {"colour": 1}):
         try:
-            set_policy("acme", settings=s, **bad)
+            set_policy("acme", bad, settings=s)
         except ValueError as e:
             assert next(iter(bad)) in str(e)
         else:
