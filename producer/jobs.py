@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from producer.core.errors import InvalidRequest, WaitTimeout
-from producer.core.providers import candidates
+from producer.core.ledger import estimate, reserve
 from producer.core.records import TERMINAL, JobRecord, mark_cancelled
 from producer.core.requests import VideoRequest, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
@@ -54,19 +54,23 @@ def enqueue(
 
     Raises:
         InvalidRequest: naming the bad field; nothing was written.
+        BudgetExceeded: its estimated cost would take the tenant past its budget (naming
+            the budget, what was spent and what is reserved); nothing was written.
     """
     s = settings or get_settings()
     owner = check_tenant(tenant)
     req = parse_request(request)
     check_outbound(req.webhook_url, "webhook_url", s.url_policy)
-    candidates(req, s)  # a provider that can take it (and the one it names exists)
+    # A provider that can take it (and the one it names exists), and its cost there.
+    cost = estimate(req, s)
     st = store(s)
     if req.characters and (foreign := st.foreign_characters(req.characters, owner)):
         fields = [f"characters.{k}" for k, c in enumerate(req.characters) if c in foreign]
         problems = [{"field": f, "message": NO_SUCH_CHARACTER} for f in fields]
         raise InvalidRequest(f"invalid request: {', '.join(fields)}: {NO_SUCH_CHARACTER}", problems)
     record = new_record(req, s, tenant=owner)
-    return st.create(record, req.idempotency_key)
+    reserve(record, cost.usd)
+    return st.create(record, req.idempotency_key, cost)
 
 
 def list_jobs(
