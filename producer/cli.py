@@ -17,7 +17,13 @@ from typer.core import TyperGroup
 
 from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.characters import create_character
-from producer.core.errors import InvalidRequest, JobNotFound, VideoqueueError, WaitTimeout
+from producer.core.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    JobNotFound,
+    VideoqueueError,
+    WaitTimeout,
+)
 from producer.core.records import ACTIVE, BatchRecord, JobStatus
 from producer.core.redis_client import describe
 from producer.core.settings import get_settings
@@ -290,6 +296,8 @@ def batch(
         )
     except InvalidRequest as e:
         _die(str(e))
+    except BudgetExceeded as e:
+        _die(str(e), 1)
     if not wait_:
         _print_json({"id": queued}) if as_json else typer.echo(queued)
         return

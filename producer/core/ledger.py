@@ -42,6 +42,9 @@ from producer.core.settings import Settings
 MICROS_PER_USD = 1_000_000
 # Where a charge of a job with no provider is kept (one that never reached one costs 0).
 NO_PROVIDER = "(none)"
+# The label of the tenants summed together beyond the top ones (metrics). A tenant's name has
+# no parentheses, so none is called this.
+OTHER = "(other)"
 
 
 def micros(usd: float) -> int:
@@ -169,10 +172,11 @@ class TenantMoney:
 
     tenant: str
     reserved_usd: float
-    charged_usd: float  # ever, or since a day
+    charged_usd: float  # ever
     spent_day_usd: float  # today (UTC)
     spent_month_usd: float  # this month (UTC)
-    providers: dict[str, float] = field(default_factory=dict)  # charged at each
+    charged_since_usd: float  # from since_day on (ever, without one)
+    providers: dict[str, float] = field(default_factory=dict)  # charged at each, since_day on
 
 
 class Ledger:
@@ -249,6 +253,27 @@ class Ledger:
         found: Any = self.redis.zrevrange(self.keys.ledger_tenants(), 0, -1, withscores=True)
         return [(_text(name), usd(score)) for name, score in found]
 
+    def top(self, n: int) -> dict[str, tuple[float, float]]:
+        """(charged, reserved) of the n tenants charged most, by name, and of the rest summed
+        under OTHER: a label set of n + 1 values however many tenants there are (metrics)."""
+        found: Any = self.redis.zrevrange(self.keys.ledger_tenants(), 0, n - 1, withscores=True)
+        names = [_text(name) for name, _ in found]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.keys.ledger(name), "reserved")
+            pipe.hmget(self.keys.ledger_totals(), ["charged", "reserved"])
+            *held, totals = pipe.execute()
+        out = {
+            name: (usd(score), usd(int(h or 0)))
+            for name, (_, score), h in zip(names, found, held, strict=True)
+        }
+        charged_all, reserved_all = (int(v or 0) for v in totals)
+        out[OTHER] = (
+            usd(charged_all - sum(micros(c) for c, _ in out.values())),
+            usd(reserved_all - sum(micros(r) for _, r in out.values())),
+        )
+        return out
+
     def totals(self) -> tuple[float, float]:
         """(reserved, charged) over every tenant, in US dollars."""
         reserved, charged = self.redis.hmget(self.keys.ledger_totals(), ["reserved", "charged"])
@@ -271,7 +296,7 @@ class Ledger:
                     by_provider[name[2:]] = amount
                 elif since_day is not None and name.startswith("pd:") and name[3:13] >= since_day:
                     by_provider[name[14:]] = by_provider.get(name[14:], 0) + amount
-            charged = (
+            since = (
                 fields.get("charged", 0)
                 if since_day is None
                 else sum(v for k, v in fields.items() if k.startswith("d:") and k[2:] >= since_day)
@@ -280,7 +305,8 @@ class Ledger:
                 TenantMoney(
                     tenant=tenant,
                     reserved_usd=usd(fields.get("reserved", 0)),
-                    charged_usd=usd(charged),
+                    charged_usd=usd(fields.get("charged", 0)),
+                    charged_since_usd=usd(since),
                     spent_day_usd=usd(fields.get(f"d:{today}", 0)),
                     spent_month_usd=usd(fields.get(f"m:{today[:7]}", 0)),
                     providers={k: usd(v) for k, v in sorted(by_provider.items()) if v},
