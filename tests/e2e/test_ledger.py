@@ -124,9 +124,7 @@ def test_a_job_cancelled_after_its_create_is_charged_what_the_provider_billed(ma
 
 
 @pytest.mark.parametrize("there", [_submitting, _polling], ids=["mid-submit", "mid-poll"])
-def test_a_worker_killed_between_the_create_and_the_end_settles_each_job_once(
-    make_pipeline, there
-):
+def test_a_worker_killed_between_the_create_and_the_end_settles_each_job_once(make_pipeline, there):
     knob = "create" if there is _submitting else "status"
     p = make_pipeline(
         sandbox={**BILLS, "slow_rate": 1.0, "slow_s": 2.5, "slow_routes": [knob]},
@@ -312,8 +310,18 @@ def test_usage_prints_one_object_per_tenant_with_charged_reserved_and_remaining(
 
 @pytest.mark.parametrize(
     "at",
-    [0, 951782399, 951782400, 951868800, 1709251199, 1709251200, 1735689599, 1735689600,
-     4107542400, 1796515200],  # fmt: skip
+    [
+        0,
+        951782399,
+        951782400,
+        951868800,
+        1709251199,
+        1709251200,
+        1735689599,
+        1735689600,
+        4107542400,
+        1796515200,
+    ],  # fmt: skip
 )
 def test_the_ledgers_utc_day_and_month_are_the_calendars(redis_url, at):
     """lua/ledger.lua's own calendar (Redis's Lua has no os.date), across leap days, month
