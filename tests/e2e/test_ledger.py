@@ -90,6 +90,15 @@ def test_every_job_is_charged_what_the_provider_billed_and_nothing_stays_reserve
     assert get(done[0], settings=p.settings).cost.charged_usd == pytest.approx(0.2)
     assert get(refused, settings=p.settings).cost.charged_usd == 0
 
+    def webhook_cost(job_id: str) -> dict | None:
+        bodies = [json.loads(d.body)["data"] for d in p.receiver.deliveries]
+        return next((b["cost"] for b in bodies if b["id"] == job_id), None)
+
+    assert eventually(lambda: webhook_cost(done[0]), 30) == {"reserved_usd": 0.0,
+                                                             "charged_usd": 0.2}  # fmt: skip
+    assert eventually(lambda: webhook_cost(refused), 30) == {"reserved_usd": 0.0,
+                                                             "charged_usd": 0.0}  # fmt: skip
+
 
 @pytest.mark.parametrize(
     ("report_cost", "table_usd"),

@@ -137,3 +137,15 @@ def test_a_new_task_is_charged_on_top_of_the_old_ones():
     _ended(record, JobStatus.COMPLETED)
     assert record.cost.charged_usd == pytest.approx(0.7)
     assert record.cost.reserved_usd == 0
+
+
+def test_the_tenant_money_metrics_name_the_top_tenants_and_sum_the_rest():
+    from worker.metrics import _tenant_money
+
+    families = {f.name: f for f in _tenant_money({"acme": (5.0, 1.0), "(other)": (2.5, 0.0)})}
+    charged = {
+        s.labels["tenant"]: s.value for s in families["videoqueue_tenant_charged_usd"].samples
+    }
+    assert charged == {"acme": 5.0, "(other)": 2.5}
+    held = families["videoqueue_tenant_reserved_usd"].samples
+    assert {s.labels["tenant"]: s.value for s in held} == {"acme": 1.0, "(other)": 0.0}
