@@ -32,6 +32,7 @@ from typing import Any
 
 import redis
 
+from producer.core.errors import BudgetExceeded, InvalidRequest
 from producer.core.names import Keys
 from producer.core.providers import ModelPrice, Provider, candidates, providers
 from producer.core.records import JobRecord, utcnow_iso
@@ -215,15 +216,12 @@ class Ledger:
 
     def check(self, tenant: str, estimate: Estimate, what: str) -> None:
         """Refuse now what the reserving script would refuse (a batch, before any of it is
-        written; an operator's retry). Not atomic: the script's own check is the guarantee.
+        written; an operator's retry): the same rule, read in Python. Not atomic: the
+        script's own check is the guarantee.
 
         Raises:
-            BudgetExceeded: spent in the period + reserved + the estimate would pass the budget.
-            InvalidRequest: naming `model` (what: the model), when the tenant has a budget and
-                the estimate is unknown.
+            BudgetExceeded, InvalidRequest: as refused() says.
         """
-        from producer.core.errors import BudgetExceeded, InvalidRequest
-
         budget, period = self.redis.hmget(
             self.keys.tenant_policy(tenant), ["budget_usd", "budget_period"]
         )
@@ -232,21 +230,13 @@ class Ledger:
         period_s = _text(period or b"") or "total"
         today = utcnow_iso()[:10]
         field = {"day": f"d:{today}", "month": f"m:{today[:7]}"}.get(period_s, "charged")
-        spent, reserved = self.redis.hmget(self.keys.ledger(tenant), [field, "reserved"])
-        if not estimate.priced:
-            message = (
-                f"provider {estimate.unpriced_at!r} has no price for {what} (its `prices`), and "
-                f"tenant {tenant!r} has a budget: only priced jobs may count against it"
-            )
-            raise InvalidRequest(f"invalid request: model: {message}",
-                                 [{"field": "model", "message": message}])  # fmt: skip
+        spent, reserved = (int(v or 0) for v in self.redis.hmget(self.keys.ledger(tenant),
+                                                                  [field, "reserved"]))  # fmt: skip
         limit = micros(float(_text(budget)))
-        if int(spent or 0) + int(reserved or 0) + micros(estimate.usd) > limit:
-            raise BudgetExceeded(
-                tenant=tenant, budget_usd=usd(limit), period=period_s,
-                spent_usd=usd(int(spent or 0)), reserved_usd=usd(int(reserved or 0)),
-                requested_usd=estimate.usd,
-            )  # fmt: skip
+        if not estimate.priced:
+            raise refused(["unpriced", limit, spent, reserved, period_s], tenant, estimate, what)
+        if spent + reserved + micros(estimate.usd) > limit:
+            raise refused(["budget", limit, spent, reserved, period_s], tenant, estimate, what)
 
     def tenants(self) -> list[tuple[str, float]]:
         """Every tenant the ledger has seen, with what it was charged, the most first."""
@@ -315,5 +305,33 @@ class Ledger:
         return out
 
 
-def _text(raw: bytes | str) -> str:
+def refused(
+    facts: list[Any], tenant: str, estimate: Estimate, what: str
+) -> BudgetExceeded | InvalidRequest:
+    """The error for a reservation refused as lua/ledger.lua's ledger_refusal says (facts:
+    reason, budget, spent, reserved in micro-dollars, period):
+
+    - BudgetExceeded, naming the budget, what was spent and reserved, and the estimate;
+    - InvalidRequest naming `model`, for a tenant with a budget and a job (what: its model, in
+      words) some provider of which has no price.
+    """
+    reason, budget, spent, reserved, period = (_text(f) for f in facts)
+    if reason == "unpriced":
+        message = (
+            f"provider {estimate.unpriced_at} has no price for {what} (its `prices`), and "
+            f"tenant {tenant!r} has a budget: only priced jobs may count against it"
+        )
+        return InvalidRequest(f"invalid request: model: {message}",
+                              [{"field": "model", "message": message}])  # fmt: skip
+    return BudgetExceeded(
+        tenant=tenant,
+        budget_usd=usd(int(budget)),
+        period=period,
+        spent_usd=usd(int(spent)),
+        reserved_usd=usd(int(reserved)),
+        requested_usd=estimate.usd,
+    )
+
+
+def _text(raw: bytes | str | int) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -11,8 +11,8 @@ from typing import Any, cast
 
 import redis
 
-from producer.core.errors import BudgetExceeded, InvalidRequest, JobNotFound
-from producer.core.ledger import Estimate, Ledger, micros, settle, usd
+from producer.core.errors import InvalidRequest, JobNotFound
+from producer.core.ledger import Estimate, Ledger, micros, refused, settle, usd
 from producer.core.names import Keys, Lane, batch_member
 from producer.core.records import (
     TERMINAL,
@@ -141,7 +141,8 @@ class JobStore:
             batch_prefix=self.keys.batch(""),
         )
         if isinstance(held, list):
-            raise _refusal(held, record.tenant, record.request.get("model"), estimate)
+            model = f"model {record.request.get('model')!r}"
+            raise refused(held, record.tenant, estimate, model)
         return _text(held)
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord | None]:
@@ -308,6 +309,7 @@ class JobStore:
                 batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
                 batch_jobs=self.keys.batch_jobs(batch_id),
                 batch_counts=self.keys.batch_counts(batch_id),
+                batch_usage=self.keys.batch_usage(batch_id),
                 batch_member=batch_member(batch_id),
                 now_iso=utcnow_iso(),
                 expire_at_ms=self.expire_at_ms(record.finished_at),
@@ -393,8 +395,8 @@ class JobStore:
         )
         if isinstance(released, list):
             facts, requested = released[:-1], usd(int(released[-1]))
-            unpriced = "one of the batch's" if _text(facts[0]) == "unpriced" else None
-            raise _refusal(facts, tenant, None, Estimate(requested, unpriced))
+            unpriced = "one of them" if _text(facts[0]) == "unpriced" else None
+            raise refused(facts, tenant, Estimate(requested, unpriced), "a model of the batch")
 
     def batch_progress(self, batch_id: str) -> tuple[BatchState | None, int]:
         """(state, requests staged) of a batch: (None, 0) when there is none yet."""
@@ -564,30 +566,6 @@ class JobStore:
             pipe.hdel(self.keys.dead_letters(), event_id)
             pipe.zrem(self.keys.dead_letters_by_time(), event_id)
             pipe.execute()
-
-
-def _refusal(
-    facts: list[Any], tenant: str, model: Any, estimate: Estimate
-) -> BudgetExceeded | InvalidRequest:
-    """The error a reservation refused by lua/ledger.lua ({reason, budget, spent, reserved,
-    period}) is."""
-    reason, budget, spent, reserved, period = (_text(f) for f in facts)
-    if reason == "unpriced":
-        message = (
-            f"provider {estimate.unpriced_at} has no price for "
-            f"{f'model {model!r}' if model else 'a model of the batch'} (its `prices`), and "
-            f"tenant {tenant!r} has a budget: only priced jobs may count against it"
-        )
-        return InvalidRequest(f"invalid request: model: {message}",
-                              [{"field": "model", "message": message}])  # fmt: skip
-    return BudgetExceeded(
-        tenant=tenant,
-        budget_usd=usd(int(budget)),
-        period=period,
-        spent_usd=usd(int(spent)),
-        reserved_usd=usd(int(reserved)),
-        requested_usd=estimate.usd,
-    )
 
 
 def _text(raw: bytes | str | None) -> str:

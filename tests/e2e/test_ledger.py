@@ -185,6 +185,12 @@ def test_a_batch_sums_the_usage_of_a_job_its_producer_cancelled(make_pipeline, t
     cancel(job_id, settings=p.settings)
     assert get_batch(batch, settings=p.settings).usage == {"cost": pytest.approx(0.2)}
     assert get(job_id, settings=p.settings).cost.charged_usd == pytest.approx(0.2)
+    st = store(p.settings)  # its usage expires with the batch's other keys
+    usage_ms, batch_ms = (
+        st.redis.pttl(st.keys.batch_usage(batch)),
+        st.redis.pttl(st.keys.batch(batch)),
+    )
+    assert usage_ms > 0 and abs(usage_ms - batch_ms) < 1000
 
 
 def test_a_job_run_again_on_the_same_task_adds_nothing_to_its_batch_or_its_charge(
