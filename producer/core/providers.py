@@ -179,14 +179,25 @@ def _env_prices(settings: Settings) -> dict[str, ModelPrice]:
             "[[providers]] entry its own `prices`"
         )
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as e:
-            raise InvalidConfiguration(f"{where}: not valid JSON ({e})") from None
+        return _parsed_prices(raw)
+    return _validated_prices(raw)
+
+
+@lru_cache(maxsize=8)
+def _parsed_prices(raw: str) -> dict[str, ModelPrice]:
+    """VIDEOQUEUE_PRICES parsed once per value (the single provider is built per enqueue)."""
     try:
-        return _PRICES.validate_python(raw)
+        table = json.loads(raw)
+    except ValueError as e:
+        raise InvalidConfiguration(f"VIDEOQUEUE_PRICES: not valid JSON ({e})") from None
+    return _validated_prices(table)
+
+
+def _validated_prices(table: Any) -> dict[str, ModelPrice]:
+    try:
+        return _PRICES.validate_python(table)
     except ValidationError as e:
-        raise InvalidConfiguration(f"{where}: {_problems(e)}") from None
+        raise InvalidConfiguration(f"VIDEOQUEUE_PRICES: {_problems(e)}") from None
 
 
 _PRICES = TypeAdapter(dict[str, ModelPrice])

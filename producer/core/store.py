@@ -353,7 +353,8 @@ class JobStore:
                         "id": j.id,
                         "idempotency_key": j.idempotency_key or "",
                         "record": j.record_json,
-                        "reserve": micros(j.estimate.usd) if j.estimate.priced else -1,
+                        "reserve": micros(j.estimate.usd),
+                        "priced": "1" if j.estimate.priced else "",
                     }
                     for j in jobs
                 ],

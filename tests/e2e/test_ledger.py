@@ -20,6 +20,7 @@ from producer import (
     InvalidRequest,
     JobStatus,
     cancel,
+    cancel_batch,
     enqueue,
     enqueue_batch,
     get,
@@ -361,3 +362,28 @@ def test_a_tenants_charges_land_in_its_providers_and_days(make_pipeline):
     assert usage(tenant="acme", since="2999-01-01", settings=p.settings)[0].charged_usd == 0
     top = store(p.settings).ledger.top(10)
     assert top["acme"] == (pytest.approx(0.2), 0.0) and top["(other)"] == (0.0, 0.0)
+
+
+def test_a_batch_partly_unpriced_holds_and_gives_back_the_same_amount(bare_settings, tmp_path):
+    """A tenant without a budget may run a model one of its providers has no price for: each
+    job holds the priced providers' estimate from the batch's release to its end."""
+    path = tmp_path / "providers.toml"
+    path.write_text("""
+[[providers]]
+name = "a"
+base_url = "https://a.example"
+api_key_env = "A_KEY"
+prices = { sora = { usd_per_second = 0.1 } }
+
+[[providers]]
+name = "b"
+base_url = "https://b.example"
+api_key_env = "B_KEY"
+""")
+    s = bare_settings.model_copy(update={"providers_file": path})
+    batch = enqueue_batch([REQUEST, REQUEST], tenant="acme", settings=s)
+    jobs = get_batch(batch, settings=s).job_ids
+    assert [get(j, settings=s).cost.reserved_usd for j in jobs] == [0.2, 0.2]
+    assert usage(tenant="acme", settings=s)[0].reserved_usd == pytest.approx(0.4)
+    cancel_batch(batch, settings=s)
+    assert usage(tenant="acme", settings=s)[0].reserved_usd == 0

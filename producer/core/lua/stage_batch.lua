@@ -1,5 +1,5 @@
 --- KEYS: batch batch_jobs batch_counts batch_claims expiring_queued job_index tenant_index
---- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix tenant batch_fields jobs[id idempotency_key record reserve]
+--- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix tenant batch_fields jobs[id idempotency_key record reserve priced]
 --- uses: redis_now staged_holder
 -- A chunk of a batch in one atomic step, staged: records, idempotency claims and the batch's
 -- bookkeeping, but no schedule entries, so nothing of it runs until release_batch releases
@@ -16,9 +16,9 @@
 -- claim of another batch's staged job is taken over (staged_holder). A batch belongs to the
 -- tenant that staged it first (one before tenants, with a state but no tenant, to the default
 -- one): another tenant's chunk writes nothing and gets -1. The written jobs' estimates
--- (`reserve` micro-dollars, -1 for one some provider has no price for) are summed in the
--- batch's `reserve_micros` (and `unpriced`): release_batch reserves them, the whole batch at
--- once, so a producer that dies while staging holds no money.
+-- (`reserve` micro-dollars; `priced` '' for one some provider has no price for) are summed in
+-- the batch's `reserve_micros` (and counted in `unpriced`): release_batch reserves them, the
+-- whole batch at once, so a producer that dies while staging holds no money.
 local batch, first_index, ttl_ms = KEY.batch, tonumber(ARG.first_index), tonumber(ARG.ttl_ms)
 local owner = redis.call('HGET', batch, 'tenant')
 if not owner and redis.call('HGET', batch, 'state') then owner = 'default' end
@@ -54,8 +54,8 @@ for k, job in ipairs(ARG.jobs) do
   else
     redis.call('SET', ARG.job_prefix .. id, job.record, 'PX', ttl_ms)
     ids[#ids + 1] = id
-    local amount = tonumber(job.reserve)
-    if amount < 0 then unpriced = unpriced + 1 else reserve = reserve + amount end
+    reserve = reserve + tonumber(job.reserve)
+    if job.priced == '' then unpriced = unpriced + 1 end
   end
 end
 for j = 1, #ids, 1000 do
