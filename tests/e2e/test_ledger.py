@@ -387,3 +387,22 @@ api_key_env = "B_KEY"
     assert usage(tenant="acme", settings=s)[0].reserved_usd == pytest.approx(0.4)
     cancel_batch(batch, settings=s)
     assert usage(tenant="acme", settings=s)[0].reserved_usd == 0
+
+
+def test_under_faults_every_job_of_a_batch_is_charged_exactly_what_was_billed(make_pipeline):
+    """Failed generations, creates whose answers were lost (resent with the same key: one
+    task, one bill), 5xx before anything took effect, and a cancelled job, all in one batch."""
+    p = make_pipeline(
+        sandbox={**BILLS, "fail_rate": 0.3, "lost_create_rate": 0.3, "error_rate": 0.1,
+                 "error_routes": ["create", "status"], "seed": 7},
+        env=PRICES, concurrency=4,
+    )  # fmt: skip
+    batch = enqueue_batch([p.request(webhook_url=None) for _ in range(16)], settings=p.settings)
+    jobs = get_batch(batch, settings=p.settings).job_ids
+    cancel(jobs[0], settings=p.settings)
+    eventually(lambda: get_batch(batch, settings=p.settings).done, 120, every_s=0.5)
+    records = [get(j, settings=p.settings) for j in jobs]
+    statuses = {r.status for r in records}
+    assert {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED} <= statuses
+    assert p.sandbox.stats()["totals"]["idempotent_replays"] >= 1
+    _assert_charged_what_was_billed(p, jobs)
