@@ -199,3 +199,12 @@ def test_metric_labels_map_hostile_hosts_and_codes_into_bounded_sets():
         assert metrics.failure_label(theirs) == "other"
     for ours in ("timeout", "download_failed", "internal_error", "storage_unavailable"):
         assert metrics.failure_label(ours) == ours
+
+
+def test_doctor_names_a_bad_price_table_of_the_single_provider():
+    from ops.doctor import Problem, _provider_key
+
+    s = Settings(api_key="sk-one", prices='{"sora": {"usd_per_job": -2}}')
+    with pytest.raises(Problem) as e:
+        _provider_key(s)
+    assert "VIDEOQUEUE_PRICES" in str(e.value) and "sora.usd_per_job" in str(e.value)
