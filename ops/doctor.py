@@ -216,7 +216,7 @@ def _provider_key(s: Settings) -> str:
     try:
         providers(s)  # VIDEOQUEUE_PRICES, read with the single provider
     except InvalidConfiguration as e:
-        raise Problem(str(e), "fix VIDEOQUEUE_PRICES (README \"Budgets and the ledger\")") from None
+        raise Problem(str(e), 'fix VIDEOQUEUE_PRICES (README "Budgets and the ledger")') from None
 
     if not s.api_key.get_secret_value():
         raise Problem("VIDEOQUEUE_API_KEY is empty", "set VIDEOQUEUE_API_KEY")
