@@ -10,7 +10,8 @@ The rules, which the README's "Budgets and the ledger" states for users:
 
 - **Estimate**: the price table's cost of the request (producer/core/providers.py
   ModelPrice) at the priciest provider it may go to. A provider without a price for it makes
-  the estimate unknown: reserved as 0 for a tenant without a budget, refused for one with.
+  the estimate unknown: refused for a tenant with a budget; a tenant without one reserves
+  the priced providers' highest (0 if none has a price).
 - **Reserve** at enqueue, in the script that writes the job (a batch: in the script that
   releases it, for the whole batch at once): refused with BudgetExceeded when spent in the
   budget's period + reserved + the estimate would pass budget_usd.
