@@ -406,3 +406,32 @@ def test_under_faults_every_job_of_a_batch_is_charged_exactly_what_was_billed(ma
     assert {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED} <= statuses
     assert p.sandbox.stats()["totals"]["idempotent_replays"] >= 1
     _assert_charged_what_was_billed(p, jobs)
+
+
+def test_a_job_that_timed_out_at_the_provider_is_charged_what_was_billed(make_pipeline):
+    p = make_pipeline(sandbox={**BILLS, "stuck_rate": 1.0},
+                      env={**PRICES, "VIDEOQUEUE_DEADLINE_S": "2"})  # fmt: skip
+    job_id = enqueue(p.request(), settings=p.settings)
+    record = _ended(p, job_id)
+    assert record.status is JobStatus.FAILED and record.error.code == "timeout"
+    assert record.cost.charged_usd == pytest.approx(0.2)
+    _assert_charged_what_was_billed(p, [job_id])
+
+
+def test_a_retry_past_the_budget_is_refused_and_holds_nothing(bare_settings):
+    from producer.core.errors import OperationRefused
+    from producer.core.records import utcnow_iso
+
+    s = _priced(bare_settings)
+    set_policy("acme", {"budget_usd": 0.3}, s)
+    job_id = enqueue(REQUEST, tenant="acme", settings=s)
+
+    def failed(r: JobRecord) -> None:  # before its create: it cost nothing
+        r.status, r.finished_at = JobStatus.FAILED, utcnow_iso()
+
+    store(s).update(job_id, failed)
+    enqueue(REQUEST, tenant="acme", settings=s)  # 0.2 of the 0.3 held by another job
+    with pytest.raises(OperationRefused, match="budget"):
+        retry_job(s, job_id)
+    assert get(job_id, settings=s).status is JobStatus.FAILED
+    assert usage(tenant="acme", settings=s)[0].reserved_usd == pytest.approx(0.2)
