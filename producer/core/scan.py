@@ -55,6 +55,11 @@ class JobFilter:
         }
         if self.statuses:
             f["status"] = [s.value for s in self.statuses]
+            # As pydantic writes a record (compact JSON): the only writer of records.
+            f["status_needles"] = [f'"status":"{s.value}"' for s in self.statuses]
+        needles = [json.dumps(v) for k, v in f.items() if k != "status" and _plain(v)]
+        if needles:
+            f["needles"] = needles
         if self.batch_id is not None:
             # A batch's list has no scores: its time range is read from the records.
             f["created_from"] = _iso(self.since_s)
@@ -126,6 +131,17 @@ class JobScan:
             stale_cursor=stale,
             filters=filters,
         )
+
+
+def _plain(value: Any) -> bool:
+    """Whether a value reads the same in any JSON encoder's output (so a text search finds
+    it): printable ASCII without the characters encoders escape differently."""
+    return (
+        isinstance(value, str)
+        and value.isascii()
+        and value.isprintable()
+        and not any(c in value for c in '"\\/<>&')
+    )
 
 
 def _iso(epoch_s: float | None) -> str | None:

@@ -15,11 +15,27 @@ if f.status and #f.status > 0 then
   statuses = {}
   for _, s in ipairs(f.status) do statuses[s] = true end
 end
+-- Cheap text checks before a record is decoded: each of `needles` (a filter's value, as JSON
+-- writes it) must occur in it, and one of `status_needles` ('"status":"failed"'). A record
+-- failing them cannot match; one passing them is decoded and checked field by field.
+local needles = f.needles or {}
+local status_needles = f.status_needles or {}
+local function maybe(raw)
+  for _, n in ipairs(needles) do
+    if not string.find(raw, n, 1, true) then return false end
+  end
+  if #status_needles == 0 then return true end
+  for _, n in ipairs(status_needles) do
+    if string.find(raw, n, 1, true) then return true end
+  end
+  return false
+end
 local needs_record = statuses or f.tenant or f.provider or f.model or f.error_code
   or f.meta_key or f.batch_id or f.created_from or f.created_to
 
 local function matches(raw)
   if not needs_record then return true end
+  if not maybe(raw) then return false end
   local r = cjson.decode(raw)
   if statuses and not statuses[r.status] then return false end
   if f.tenant and r.tenant ~= f.tenant then return false end

@@ -136,7 +136,8 @@ def run(settings: Settings, p: Plan) -> list[str]:
         from ops.admin import replay_webhooks
 
         return [
-            f"{r['id']}: " + ("delivered" if r["ok"] else f"failed again ({r['error'] or r['status_code']})")
+            f"{r['id']}: "
+            + ("delivered" if r["ok"] else f"failed again ({r['error'] or r['status_code']})")
             for r in replay_webhooks(settings, p.targets)
         ]
     if p.action == "cancel_batch":

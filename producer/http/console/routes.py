@@ -16,12 +16,12 @@ from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from producer.core.errors import JobNotFound, OperationRefused, Unauthenticated
 from producer.core.keys import Principal, authenticate
 from producer.core.providers import account, providers
-from producer.core.records import ACTIVE, JobRecord, JobStatus, Output
+from producer.core.records import JobRecord, JobStatus, Poster
 from producer.core.scan import SCAN_WINDOW, JobFilter, JobScan
 from producer.core.settings import Settings
 from producer.core.store import store
@@ -255,9 +255,9 @@ async def job_live(request: Request, job_id: str) -> Response:
     return page(request, "_job_live.html", **await _job_context(request, job_id))
 
 
-def poster_of(record: JobRecord) -> Any:
-    """The job's poster frame (output.poster: bucket, key, width, height), if it has one."""
-    return getattr(record.output, "poster", None) if record.output else None
+def poster_of(record: JobRecord) -> Poster | None:
+    """The job's poster frame (output.poster), if it has one."""
+    return record.output.poster if record.output else None
 
 
 @router.get("/jobs/{job_id}/poster")
@@ -267,10 +267,7 @@ async def job_poster(request: Request, job_id: str) -> Response:
     poster = poster_of(record)
     if poster is None:
         raise Missing()
-    key = str(poster.key)
-    image = Output(bucket=str(poster.bucket), key=key, size_bytes=0, sha256="",
-                   content_type="image/webp" if key.endswith(".webp") else "image/jpeg")  # fmt: skip
-    response = await in_thread(request.app.state.bucket.open, image, None)
+    response = await in_thread(request.app.state.bucket.open, poster, None)
     response.headers["Cache-Control"] = "private, max-age=300"
     return response
 

@@ -84,12 +84,12 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode(errors="replace"))
 
 
-def set_cookie(request: Request, response: Response, name: str, value: str, max_age_s: float) -> None:
+def set_cookie(
+    request: Request, response: Response, name: str, value: str, max_age_s: float
+) -> None:
     """An HttpOnly, SameSite=Strict cookie for /console, Secure when served over https."""
     settings: Settings = request.app.state.settings
-    secure = request.url.scheme == "https" or (settings.http_public_url or "").startswith(
-        "https:"
-    )
+    secure = request.url.scheme == "https" or (settings.http_public_url or "").startswith("https:")
     response.set_cookie(
         name, value, max_age=int(max_age_s), path="/console", httponly=True,
         samesite="strict", secure=secure,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from producer.core.records import AT_PROVIDER, TERMINAL, BatchRecord, JobRecord, JobStatus
@@ -73,27 +73,29 @@ class Moment:
 
 
 def timeline(record: JobRecord, dead_letters: list[dict[str, Any]]) -> list[Moment]:
-    """The job's history, from its record (and its dead-lettered webhooks), oldest first.
+    """The job's history, from its record (and its dead-lettered webhooks), in order.
 
     The record keeps every provider attempt and replaced task, and the latest of the rest
     (polls are counted, with the latest progress; the webhook's latest attempt and count).
     """
     m = [Moment(record.created_at, "enqueued", f"tenant {record.tenant}")]
+    tried: list[Moment] = []
     for a in record.provider_attempts:
         tone = {"created": "good", "failed": "bad"}.get(a.outcome.value, "")
-        m.append(Moment(a.at, f"create at {a.provider}: {a.outcome.value}", a.code or "", tone))
+        tried.append(Moment(a.at, f"create at {a.provider}: {a.outcome.value}", a.code or "", tone))
     for t in record.replaced_tasks:
         how = "cancelled" if t.cancelled else "abandoned"
-        m.append(Moment(t.at, f"task {t.task_id} at {t.provider} replaced ({how})"))
+        tried.append(Moment(t.at, f"task {t.task_id} at {t.provider} replaced ({how})"))
+    m.extend(sorted(tried, key=lambda x: x.at or ""))
     if record.submitted_at:
-        m.append(Moment(record.submitted_at, "submitted",
-                        f"task {record.provider_task_id or '-'} at {record.provider or '-'}"))  # fmt: skip
+        task = f"task {record.provider_task_id or '-'} at {record.provider or '-'}"
+        m.append(Moment(record.submitted_at, "submitted", task))
     if record.polls:
         progress = f", latest progress {record.progress}%" if record.progress is not None else ""
         word = f" ({record.provider_status})" if record.provider_status else ""
-        m.append(Moment(None, f"{record.polls} polls", f"{progress.lstrip(', ')}{word}"))
+        m.append(Moment(None, f"polled {record.polls}×", f"{progress.lstrip(', ')}{word}"))
     if record.copy_attempts:
-        m.append(Moment(None, f"{record.copy_attempts} copy attempts into the bucket"))
+        m.append(Moment(None, f"copied into the bucket: {record.copy_attempts} attempt(s)"))
     if record.finished_at:
         tone = {JobStatus.COMPLETED: "good", JobStatus.FAILED: "bad"}.get(record.status, "")
         detail = record.error.code if record.error else ""
@@ -103,12 +105,13 @@ def timeline(record: JobRecord, dead_letters: list[dict[str, Any]]) -> list[Mome
         answer = f"HTTP {hook.last_status_code}" if hook.last_status_code else hook.last_error
         tone = {"delivered": "good", "dead": "bad", "gone": "bad"}.get(hook.state.value, "")
         m.append(Moment(hook.last_attempt_at,
-                        f"webhook {hook.event_type}: {hook.state.value} after {hook.attempts} "
-                        "attempts", f"last answer: {answer or '-'}", tone))  # fmt: skip
+                        f"webhook {hook.event_type}: {hook.state.value}, attempt(s): "
+                        f"{hook.attempts}", f"last answer: {answer or '-'}", tone))  # fmt: skip
     for letter in dead_letters:
         m.append(Moment(letter.get("last_attempt_at"), f"dead letter {letter['id']}",
                         str(letter.get("last_error") or ""), "bad"))  # fmt: skip
-    return sorted(m, key=lambda x: (x.at is None, x.at or ""))
+    # In the order things happen to a job; the counted lines sit where they happened.
+    return m
 
 
 @dataclass
