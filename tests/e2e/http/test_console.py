@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from producer import enqueue, get
+from producer import cancel, enqueue, enqueue_batch, get
 from producer.core.keys import list_keys, revoke_key
 from producer.core.records import TERMINAL, JobRecord, JobStatus
+from producer.core.tenant_policies import set_policy
 from tests.e2e.conftest import eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -62,6 +63,7 @@ def sign_in(page: Any, url: str, key: str) -> None:
 
 def shot(page: Any, name: str) -> None:
     if SHOTS:
+        eventually(lambda: page.evaluate("() => [...document.images].every(i => i.complete)"), 10)
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
@@ -141,6 +143,13 @@ def test_console_lists_filters_plays_cancels_and_retries_in_chromium(make_gatewa
     assert retried.status is JobStatus.COMPLETED, retried.error
     assert retried.provider_task_id == failed.provider_task_id
 
+    # A batch's page: a bar per status, and its cancel asks first with the count.
+    set_policy("acme", {"max_in_flight": 5, "budget_usd": 20.0}, settings=p.settings)
+    batch_id = enqueue_batch([request] * 3, tenant="acme", settings=p.settings)
+    page.goto(f"{gw.url}/console/batches/{batch_id}")
+    assert page.locator(".bars progress").count() >= 1
+    shot(page, "batch-1280")
+
     # The same pages at a phone's width.
     phone = browser.new_page(viewport=dict(zip(("width", "height"), WIDTHS["phone"], strict=True)))
     sign_in(phone, gw.url, admin)
@@ -196,6 +205,12 @@ def test_console_hides_other_tenants_refuses_forged_posts_and_sends_a_strict_csp
     forged = {"action": "cancel", "job_id": theirs, "csrf": token}
     other = page.request.post(f"{gw.url}/console/actions", form=forged)
     assert other.status == 404
+
+    # The list is live: a job cancelled elsewhere shows as cancelled without a reload.
+    page.goto(f"{gw.url}/console/jobs")
+    assert "cancelled" not in page.inner_text("#rows")
+    cancel(mine, settings=p.settings)
+    eventually(lambda: "cancelled" in page.inner_text("#rows"), 10)
 
     # Revoking the key ends its sessions at once.
     (listed,) = [k for k in list_keys(p.settings) if k.tenant == "acme"]
