@@ -65,3 +65,13 @@ def test_timeline_tells_a_failed_job_in_order_with_its_webhook_answer():
     assert "dead" in lines[6] and "HTTP 500" in views.timeline(r, [])[6].detail
     words = views.error_words(r)
     assert words is not None and "copying" in words and "truncated" in words
+
+
+def test_a_job_offers_only_the_actions_that_apply_to_it():
+    r = JobRecord(id="job_1", request={})
+    assert [a for a, _ in views.job_actions(r)] == ["cancel"]
+    r.status = JobStatus.FAILED
+    r.webhook = WebhookDelivery(url="https://x", event_type="video.failed", state=WebhookState.DEAD)
+    assert [a for a, _ in views.job_actions(r)] == ["retry", "resubmit", "replay"]
+    r.status, r.webhook = JobStatus.COMPLETED, None
+    assert views.job_actions(r) == []

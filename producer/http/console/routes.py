@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from producer.core.errors import JobNotFound, OperationRefused, Unauthenticated
 from producer.core.keys import Principal, authenticate
 from producer.core.providers import account, providers
-from producer.core.records import JobRecord, JobStatus, Poster
+from producer.core.records import JobRecord, JobStatus, Poster, WebhookState
 from producer.core.scan import SCAN_WINDOW, JobFilter, JobScan
 from producer.core.settings import Settings
 from producer.core.store import store
@@ -236,7 +236,10 @@ def _dead_letters_of(settings: Settings, job_id: str) -> list[dict[str, Any]]:
 async def _job_context(request: Request, job_id: str) -> dict[str, Any]:
     s = await session(request)
     record = await _owned(request, job_id, s.principal)
-    letters = await in_thread(_dead_letters_of, _settings(request), record.id)
+    letters: list[dict[str, Any]] = []
+    if record.webhook is not None and record.webhook.state is WebhookState.DEAD:
+        # Only then: the dead letters are one hash of up to 10,000 (MAX_DEAD_LETTERS).
+        letters = await in_thread(_dead_letters_of, _settings(request), record.id)
     return {
         "who": s.principal, "csrf": s.csrf, "job": record, "poster": poster_of(record),
         "timeline": views.timeline(record, letters), "dead_letters": letters,

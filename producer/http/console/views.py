@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from producer.core.records import AT_PROVIDER, TERMINAL, BatchRecord, JobRecord, JobStatus
+from producer.core.records import (
+    AT_PROVIDER,
+    TERMINAL,
+    BatchRecord,
+    JobRecord,
+    JobStatus,
+    WebhookState,
+)
 
 # What an error code means, for a person (the record's message says the rest).
 ERROR_WORDS = {
@@ -60,6 +67,18 @@ def error_words(record: JobRecord) -> str | None:
         return None
     known = ERROR_WORDS.get(record.error.code)
     return f"{known} ({record.error.message})" if known else record.error.message
+
+
+def job_actions(record: JobRecord) -> list[tuple[str, str]]:
+    """The actions that apply to the job now: (action, button label)."""
+    found = []
+    if record.status not in TERMINAL:
+        found.append(("cancel", "Cancel…"))
+    if record.status is JobStatus.FAILED:
+        found += [("retry", "Retry…"), ("resubmit", "Retry with a new provider task…")]
+    if record.webhook is not None and record.webhook.state is WebhookState.DEAD:
+        found.append(("replay", "Replay webhook…"))
+    return found
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def sign_in(page: Any, url: str, key: str) -> None:
 
 def shot(page: Any, name: str) -> None:
     if SHOTS:
-        eventually(lambda: page.evaluate("() => [...document.images].every(i => i.complete)"), 10)
+        eventually(lambda: page.evaluate("() => [...document.images].every(i => i.complete)"), 30)
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
@@ -105,7 +105,7 @@ def test_console_lists_filters_plays_cancels_and_retries_in_chromium(make_gatewa
     # The poster thumbnail in the list decodes with its real size.
     thumb = page.locator(f"#rows img[src='/console/jobs/{done_id}/poster']")
     thumb.wait_for()
-    eventually(lambda: thumb.evaluate("i => i.complete && i.naturalWidth") > 0, 10)
+    eventually(lambda: thumb.evaluate("i => i.complete && i.naturalWidth") > 0, 30)
     shot(page, "jobs-1280")
 
     page.select_option("select[name=status]", "failed")
@@ -118,14 +118,14 @@ def test_console_lists_filters_plays_cancels_and_retries_in_chromium(make_gatewa
     page.click(f"text={done_id}")
     page.wait_for_selector("#player")
     poster = page.locator("#poster")
-    eventually(lambda: poster.evaluate("i => i.complete && i.naturalWidth") > 0, 10)
+    eventually(lambda: poster.evaluate("i => i.complete && i.naturalWidth") > 0, 30)
     natural = poster.evaluate("i => [i.naturalWidth, i.naturalHeight]")
     assert done.output is not None and done.output.poster is not None
     assert natural == [done.output.poster.width, done.output.poster.height]
     video = page.locator("#player")
-    eventually(lambda: video.evaluate("v => v.readyState") >= 3, 15)  # HAVE_FUTURE_DATA
+    eventually(lambda: video.evaluate("v => v.readyState") >= 3, 30)  # HAVE_FUTURE_DATA
     video.evaluate("v => { v.muted = true; return v.play(); }")
-    eventually(lambda: video.evaluate("v => v.currentTime") > 0.2, 15)
+    eventually(lambda: video.evaluate("v => v.currentTime") > 0.2, 30)
     assert "enqueued" in page.inner_text(".timeline")
     assert "completed" in page.inner_text(".timeline")
     shot(page, "job-1280")
@@ -138,6 +138,7 @@ def test_console_lists_filters_plays_cancels_and_retries_in_chromium(make_gatewa
     # Retry the failed one: it is copied again, without a new provider task.
     page.goto(f"{gw.url}/console/jobs/{failed_id}")
     assert "download_failed" in page.inner_text("#error-words")
+    shot(page, "job-failed-1280")
     assert "again" in confirm(page, "#action-retry")
     retried = ended(p, failed_id)
     assert retried.status is JobStatus.COMPLETED, retried.error
@@ -210,7 +211,7 @@ def test_console_hides_other_tenants_refuses_forged_posts_and_sends_a_strict_csp
     page.goto(f"{gw.url}/console/jobs")
     assert "cancelled" not in page.inner_text("#rows")
     cancel(mine, settings=p.settings)
-    eventually(lambda: "cancelled" in page.inner_text("#rows"), 10)
+    eventually(lambda: "cancelled" in page.inner_text("#rows"), 30)
 
     # Revoking the key ends its sessions at once.
     (listed,) = [k for k in list_keys(p.settings) if k.tenant == "acme"]
@@ -221,3 +222,29 @@ def test_console_hides_other_tenants_refuses_forged_posts_and_sends_a_strict_csp
     log = gw.logfile.read_text()
     assert key not in log and cookie["value"] not in log
     assert httpx.get(f"{gw.url}/healthz").status_code == 200
+
+
+@pytest.mark.timeout(240)
+def test_console_bulk_retry_of_the_last_hours_download_failures_counts_then_retries(
+    make_gateway, browser
+):
+    gw = make_gateway(env={"VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "1"})
+    p = gw.pipeline
+    p.sandbox.configure(truncate_rate=1.0)
+    failed = [enqueue(p.request(), tenant="acme", settings=p.settings) for _ in range(2)]
+    assert all(ended(p, j).status is JobStatus.FAILED for j in failed)
+    p.sandbox.configure(truncate_rate=0.0)
+    fine = enqueue(p.request(), tenant="acme", settings=p.settings)
+    assert ended(p, fine).status is JobStatus.COMPLETED
+
+    page = browser.new_page()
+    sign_in(page, gw.url, gw.key("ops", admin=True))
+    page.goto(f"{gw.url}/console/jobs?status=failed&error=download_failed&within=1h")
+    assert sorted(a.inner_text() for a in page.locator("#rows td a").all()) == sorted(failed)
+    page.click("text=Retry failed jobs matching this filter")
+    assert page.inner_text("#count").startswith("2 ")  # the count, before anything is done
+    assert all(get(j, settings=p.settings).status is JobStatus.FAILED for j in failed)
+    page.click("#confirm")
+    assert page.locator("#results li").count() == 2
+    assert all(ended(p, j).status is JobStatus.COMPLETED for j in failed)
+    assert p.sandbox.stats()["totals"]["creates"] == 3  # copied again: no new provider task
