@@ -72,7 +72,7 @@ def plan(settings: Settings, who: Principal, action: str, form: dict[str, str]) 
         back = f"/console/jobs/{job_id}"
         p = Plan(action, title, [job_id], {"job_id": job_id}, back)
         if action == "replay":
-            letters = [e["id"] for e in _dead_letters(settings) if e.get("owner_id") == job_id]
+            letters = [e["id"] for e in dead_letters_of(settings, job_id)]
             p.targets = letters
             p.notes.append(f"{len(letters)} dead-lettered webhook(s) of job {job_id}")
         elif action == "cancel" and record.status not in ACTIVE:
@@ -110,10 +110,11 @@ def plan(settings: Settings, who: Principal, action: str, form: dict[str, str]) 
     return p
 
 
-def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
+def dead_letters_of(settings: Settings, job_id: str) -> list[dict[str, Any]]:
+    """The job's dead-lettered webhooks (`videoqueue webhooks dead`'s entries of it)."""
     from ops.admin import dead_webhooks
 
-    return dead_webhooks(settings)
+    return [e for e in dead_webhooks(settings) if e.get("owner_id") == job_id]
 
 
 def run(settings: Settings, p: Plan) -> list[str]:

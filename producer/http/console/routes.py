@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
@@ -221,29 +220,17 @@ async def missing(request: Request, _exc: Exception) -> Response:
                 message="No such job or batch here.")  # fmt: skip
 
 
-def _dead_letters_of(settings: Settings, job_id: str) -> list[dict[str, Any]]:
-    import json
-
-    st = store(settings)
-    letters = []
-    for k, v in st.redis.hgetall(st.keys.dead_letters()).items():
-        letter = json.loads(v)
-        if letter.get("owner_id") == job_id:
-            letters.append({"id": k.decode() if isinstance(k, bytes) else str(k), **letter})
-    return letters
-
-
 async def _job_context(request: Request, job_id: str) -> dict[str, Any]:
     s = await session(request)
     record = await _owned(request, job_id, s.principal)
     letters: list[dict[str, Any]] = []
     if record.webhook is not None and record.webhook.state is WebhookState.DEAD:
         # Only then: the dead letters are one hash of up to 10,000 (MAX_DEAD_LETTERS).
-        letters = await in_thread(_dead_letters_of, _settings(request), record.id)
+        letters = await in_thread(actions.dead_letters_of, _settings(request), record.id)
     return {
         "who": s.principal, "csrf": s.csrf, "job": record, "poster": poster_of(record),
         "timeline": views.timeline(record, letters), "dead_letters": letters,
-        "error_words": views.error_words(record), "quote": quote,
+        "error_words": views.error_words(record),
     }  # fmt: skip
 
 
@@ -297,7 +284,8 @@ async def job_video(request: Request, job_id: str) -> Response:
 async def batches_page(request: Request) -> Response:
     s = await session(request)
     flt = JobFilter(tenant=None if s.principal.admin else s.principal.tenant)
-    found = await on_loop(_scan(_settings(request)).page, flt, limit=SCAN_WINDOW)
+    # A window's records parsed: heavier than a page, so off the event loop.
+    found = await in_thread(_scan(_settings(request)).page, flt, limit=SCAN_WINDOW)
     seen = views.batches_seen(found.jobs)
     batches = []
     st = store(_settings(request))
@@ -353,7 +341,7 @@ def _fleet(settings: Settings, who: Principal) -> dict[str, Any]:
 @router.get("/fleet")
 async def fleet_page(request: Request) -> Response:
     s = await session(request)
-    context = await on_loop(_fleet, _settings(request), s.principal)
+    context = await in_thread(_fleet, _settings(request), s.principal)
     return page(request, "fleet.html", who=s.principal, csrf=s.csrf, **context)
 
 
@@ -383,7 +371,3 @@ async def act(request: Request) -> Response:
         return page(request, "message.html", 409, title="Refused", message=str(e),
                     back=plan.back)  # fmt: skip
     return page(request, "done.html", who=s.principal, csrf=s.csrf, plan=plan, done=done)
-
-
-def query_dict(text: str) -> dict[str, str]:
-    return dict(parse_qsl(text))

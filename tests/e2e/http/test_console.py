@@ -18,7 +18,7 @@ import pytest
 
 from producer import cancel, enqueue, enqueue_batch, get
 from producer.core.keys import list_keys, revoke_key
-from producer.core.records import TERMINAL, JobRecord, JobStatus
+from producer.core.records import TERMINAL, JobRecord, JobStatus, WebhookState
 from producer.core.tenant_policies import set_policy
 from tests.e2e.conftest import eventually
 
@@ -225,7 +225,7 @@ def test_console_hides_other_tenants_refuses_forged_posts_and_sends_a_strict_csp
 
 
 @pytest.mark.timeout(240)
-def test_console_bulk_retry_of_the_last_hours_download_failures_counts_then_retries(
+def test_console_bulk_retries_the_last_hours_download_failures_and_replays_a_dead_webhook(
     make_gateway, browser
 ):
     gw = make_gateway(env={"VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "1"})
@@ -248,3 +248,18 @@ def test_console_bulk_retry_of_the_last_hours_download_failures_counts_then_retr
     assert page.locator("#results li").count() == 2
     assert all(ended(p, j).status is JobStatus.COMPLETED for j in failed)
     assert p.sandbox.stats()["totals"]["creates"] == 3  # copied again: no new provider task
+
+    # A job whose webhook was dead-lettered: replayed from its page, after a confirmation.
+    p.receiver.fail_first = 1000
+    dead = enqueue(p.request(), tenant="acme", settings=p.settings)
+
+    def webhook_state() -> WebhookState | None:
+        hook = get(dead, settings=p.settings).webhook
+        return hook.state if hook else None
+
+    eventually(lambda: webhook_state() is WebhookState.DEAD, 60)
+    p.receiver.fail_first = 0
+    page.goto(f"{gw.url}/console/jobs/{dead}")
+    assert "dead letter" in page.inner_text(".timeline")
+    assert "delivered" in confirm(page, "#action-replay")
+    assert webhook_state() is WebhookState.DELIVERED
