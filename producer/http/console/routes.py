@@ -9,6 +9,7 @@ page): the poster and the MP4 come from our bucket by the job's record.
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,12 @@ def _fleet(settings: Settings, who: Principal) -> dict[str, Any]:
         row.cap = policy.max_in_flight
         if policy.budget_usd is not None:
             row.budget = f"${policy.budget_usd:g} per {policy.budget_period}"
+    charged: dict[str, float] = {}
+    for usage in _spend(settings, who):
+        row = tenants.setdefault(usage.tenant, views.Fleet(usage.tenant))
+        row.spent = f"${usage.spent_usd:,.2f}"
+        for name, part in usage.providers.items():
+            charged[name] = charged.get(name, 0.0) + part.charged_usd
     by_provider = views.fleet(found.jobs, "provider")
     rows = []
     for p in providers(settings):
@@ -332,10 +339,22 @@ def _fleet(settings: Settings, who: Principal) -> dict[str, Any]:
         row.cap = p.max_in_flight
         row.rate = f"{p.rate_limit_per_s:g}/s" if p.rate_limit_per_s is not None else ""
         held = st.redis.zcard(st.keys.in_flight(account(p, settings))) if who.admin else None
+        if p.name in charged:
+            row.spent = f"${charged[p.name]:,.2f}"
         rows.append((row, held))
     rows.extend((row, None) for row in by_provider.values())
     return {"tenants": sorted(tenants.values(), key=lambda r: r.name), "providers": rows,
             "scanned": found.scanned}  # fmt: skip
+
+
+def _spend(settings: Settings, who: Principal) -> list[Any]:
+    """What the ledger says each tenant spent (producer.usage), where this build has one."""
+    try:
+        ledger = importlib.import_module("producer.usage")
+    except ImportError:
+        return []
+    found: list[Any] = ledger.usage(tenant=None if who.admin else who.tenant, settings=settings)
+    return found
 
 
 @router.get("/fleet")

@@ -167,6 +167,7 @@ class Fleet:
     cap: int | None = None
     budget: str = ""
     rate: str = ""
+    spent: str = ""  # from the ledger, where there is one
 
     @property
     def error_rate(self) -> str:
