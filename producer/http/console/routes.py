@@ -325,7 +325,8 @@ def _fleet(settings: Settings, who: Principal) -> dict[str, Any]:
         row = tenants.setdefault(policy.tenant, views.Fleet(policy.tenant))
         row.cap = policy.max_in_flight
         if policy.budget_usd is not None:
-            row.budget = f"${policy.budget_usd:g} per {policy.budget_period}"
+            period = "in total" if policy.budget_period == "total" else f"a {policy.budget_period}"
+            row.budget = f"${policy.budget_usd:g} {period}"
     charged: dict[str, float] = {}
     for usage in _spend(settings, who):
         row = tenants.setdefault(usage.tenant, views.Fleet(usage.tenant))
@@ -338,7 +339,9 @@ def _fleet(settings: Settings, who: Principal) -> dict[str, Any]:
         row = by_provider.pop(p.name, views.Fleet(p.name))
         row.cap = p.max_in_flight
         row.rate = f"{p.rate_limit_per_s:g}/s" if p.rate_limit_per_s is not None else ""
-        held = st.redis.zcard(st.keys.in_flight(account(p, settings))) if who.admin else None
+        # Slots are taken only under a cap (producer/core/limits.py).
+        capped = who.admin and p.max_in_flight is not None
+        held = st.redis.zcard(st.keys.in_flight(account(p, settings))) if capped else None
         if p.name in charged:
             row.spent = f"${charged[p.name]:,.2f}"
         rows.append((row, held))

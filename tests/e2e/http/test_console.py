@@ -155,6 +155,7 @@ def test_console_lists_filters_plays_cancels_and_retries_in_chromium(make_gatewa
     phone = browser.new_page(viewport=dict(zip(("width", "height"), WIDTHS["phone"], strict=True)))
     sign_in(phone, gw.url, admin)
     shot(phone, "jobs-390")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     phone.goto(f"{gw.url}/console/jobs/{done_id}")
     phone.wait_for_selector("#player")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
@@ -164,6 +165,7 @@ def test_console_lists_filters_plays_cancels_and_retries_in_chromium(make_gatewa
         shot(page, f"{name}-1280")
         phone.goto(f"{gw.url}/console/{name}")
         shot(phone, f"{name}-390")
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390, name
 
 
 @pytest.mark.timeout(180)
