@@ -2,8 +2,8 @@
 
 Read only. It pages the job indexes the store writes with every record (the job index, a
 tenant's, a batch's job list) and filters records inside Redis (lua/scan_jobs.lua), reading
-at most `window` index entries per call however rare the matches: a page costs the same with
-100,000 jobs as with 100. Why a bounded scan and not an index per filter: a status index
+at most `window` index entries per page however rare the matches (a page costs the same with
+100,000 jobs as with 100), in script calls of SCRIPT_STEP entries each. Why a bounded scan and not an index per filter: a status index
 would have to move on every transition (polls, webhook attempts) of every job, in the
 transactions of the workers' hot path, for a listing a person reads now and then; tenant,
 batch and time range, the filters that narrow most, are indexed already (the time range by
@@ -22,9 +22,12 @@ from producer.core.records import JobRecord, JobStatus
 from producer.core.scripts import Script
 from producer.core.store import JobStore
 
-# Index entries one call reads at most (a page of 50 among 100,000 jobs answers in tens of
+# Index entries one page reads at most (a page of 50 among 100,000 jobs answers in tens of
 # milliseconds: bench/console.py).
 SCAN_WINDOW = 2000
+# Index entries one script call reads at most: Redis runs a script alone, so a page is read
+# in steps of a few milliseconds each, never one long stall of every other client (workers).
+SCRIPT_STEP = 250
 
 
 @dataclass(frozen=True)
@@ -114,20 +117,28 @@ class JobScan:
             job_prefix=keys.job(""),
             since_s="" if flt.since_s is None or kind == "list" else repr(flt.since_s),
             until_s="" if flt.until_s is None or kind == "list" else repr(flt.until_s),
-            window=max(1, window),
-            limit=max(1, limit),
             filters=json.dumps(filters),
         )
-        answer = self._scan(cursor=cursor or "", **args)
-        stale = False
-        if answer is None:  # the cursor's job expired from the index meanwhile
-            stale = True
-            answer = self._scan(cursor="", **args)
-        next_cursor, scanned, raws = answer
+        window, limit = max(1, window), max(1, limit)
+        raws: list[Any] = []
+        scanned, stale = 0, False
+        position: str | None = cursor or ""
+        while position is not None and scanned < window and len(raws) < limit:
+            step = min(SCRIPT_STEP, window - scanned)
+            answer = self._scan(cursor=position, window=step, limit=limit - len(raws), **args)
+            if answer is None:  # the cursor's job left the index (its record expired)
+                if scanned or not position:
+                    break  # mid-scan, rare: this page ends here
+                stale, position = True, ""
+                continue
+            next_cursor, read, found = answer
+            scanned += int(read)
+            raws += found
+            position = _text(next_cursor) or None
         return ScanPage(
             jobs=[JobRecord.model_validate_json(raw) for raw in raws],
-            scanned=int(scanned),
-            next_cursor=_text(next_cursor) or None,
+            scanned=scanned,
+            next_cursor=position or None,
             stale_cursor=stale,
             filters=filters,
         )

@@ -93,3 +93,16 @@ def test_scan_of_a_batch_reads_its_job_list_in_request_order(bare_settings):
     listed = [r.id for r in first.jobs + rest.jobs]
     assert listed == store(s).batch_job_ids(batch_id) and rest.next_cursor is None
     assert scan.page(JobFilter(batch_id=batch_id, since_s=time.time() + 60)).jobs == []
+
+
+def test_a_page_read_in_small_script_steps_finds_the_same_jobs(bare_settings, monkeypatch):
+    """Each script call reads a few entries (Redis runs one script at a time): a page made of
+    many calls holds what one call would, and stops at its window or its limit."""
+    ids = _jobs(bare_settings, 20)
+    monkeypatch.setattr("producer.core.scan.SCRIPT_STEP", 3)
+    scan = JobScan(store(bare_settings))
+    page = scan.page(JobFilter(), limit=7)
+    assert [r.id for r in page.jobs] == ids[::-1][:7] and page.next_cursor == ids[-7]
+    sora2 = scan.page(JobFilter(model="sora-2"), limit=100, window=10)
+    assert [r.id for r in sora2.jobs] == [j for j in ids[::-1][:10] if ids.index(j) % 3 == 0]
+    assert sora2.scanned == 10 and sora2.next_cursor == ids[-10]
