@@ -3,12 +3,13 @@
 Read only. It pages the job indexes the store writes with every record (the job index, a
 tenant's, a batch's job list) and filters records inside Redis (lua/scan_jobs.lua), reading
 at most `window` index entries per page however rare the matches (a page costs the same with
-100,000 jobs as with 100), in script calls of SCRIPT_STEP entries each. Why a bounded scan and not an index per filter: a status index
-would have to move on every transition (polls, webhook attempts) of every job, in the
-transactions of the workers' hot path, for a listing a person reads now and then; tenant,
-batch and time range, the filters that narrow most, are indexed already (the time range by
-the index's score). A page that scanned its window without filling says so, and goes on from
-where it stopped.
+100,000 jobs as with 100), in script calls of SCRIPT_STEP entries each.
+
+Why a bounded scan and not an index per filter: a status index would have to move on every
+transition (polls, webhook attempts) of every job, in the transactions of the workers' hot
+path, for a listing a person reads now and then; tenant, batch and time range, the filters
+that narrow most, are indexed already (the time range by the index's score). A page that
+scanned its window without filling says so, and goes on from where it stopped.
 """
 
 from __future__ import annotations
