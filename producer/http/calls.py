@@ -4,9 +4,9 @@ A verb that makes a few round trips to Redis (a key's check and rate token, an e
 its read-back, a read, a page, a cancel) runs on the event loop itself: measured on this
 project's 2-core host, a trip to the thread pool and back cost more than the Redis calls, and
 queued under load (50 concurrent creates through one process: p50 129 ms and 343/s through
-the pool; 2 ms and 419/s on the loop). CPU is spread with uvicorn's `--workers`, not threads. A create is two round trips
-(producer/core/keys.py admit: the key and its rate token in one script; then the create
-script, whose record is the answer: nothing is read back).
+the pool; 2 ms and 419/s on the loop). CPU is spread with uvicorn's `--workers`, not
+threads. A create is two round trips (producer/core/keys.py admit: the key and its rate
+token in one script; then the create script, whose record is the answer: no read-back).
 So that a Redis which stops answering cannot hold the loop, the service's Redis connections
 time out (REDIS_TIMEOUT_S): a 503, like an unreachable one.
 
