@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.concurrency import run_in_threadpool
 
-from producer.core.redis_client import is_sentinel
 from producer.core.settings import Settings
 
 P = ParamSpec("P")
@@ -42,14 +40,9 @@ async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 def with_redis_timeouts(settings: Settings, timeout_s: float = REDIS_TIMEOUT_S) -> Settings:
-    """settings whose Redis URL (for records and keys) gives up after timeout_s, unless the
-    URL says otherwise. A Sentinel deployment's URL is left as it is: a list of sentinels
-    takes no query (producer/core/redis_client.py gives their connections a timeout)."""
-    if is_sentinel(settings.records_url):
+    """settings whose Redis calls (records and keys, direct or through Sentinel) give up
+    after timeout_s, unless VIDEOQUEUE_REDIS_TIMEOUT_S (or a redis:// URL's own
+    socket_timeout=) says otherwise."""
+    if settings.redis_timeout_s is not None:
         return settings
-    parts = urlsplit(settings.records_url)
-    query = dict(parse_qsl(parts.query))
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        query.setdefault(name, f"{timeout_s:g}")
-    url = urlunsplit(parts._replace(query=urlencode(query)))
-    return settings.model_copy(update={"redis_url": url})
+    return settings.model_copy(update={"redis_timeout_s": timeout_s})
