@@ -19,6 +19,7 @@ from worker.poster import (
     poster_of,
     poster_size,
 )
+from worker.uploads import key_prefix
 
 W, H = 160, 96
 FLAT, BLACK = 128, 16
@@ -114,6 +115,8 @@ def test_a_clip_whose_frames_are_garbage_raises_instead_of_giving_a_poster():
         poster_of(io.BytesIO(garble_frames(encode_mp4(320, 180, 4))))
 
 
-def test_the_poster_sits_beside_the_video_under_its_prefix():
-    assert poster_key("videos/job_1.mp4") == "videos/job_1.jpg"
-    assert poster_key("tenant-a/job_1") == "tenant-a/job_1.jpg"
+@pytest.mark.parametrize("template", ["videos/{job_id}.mp4", "tenant-a/{job_id}"])
+def test_the_poster_sits_beside_the_video_under_the_prefix_a_lifecycle_rule_expires(template):
+    video = template.format(job_id="job_1")
+    assert poster_key(video) == video.removesuffix(".mp4") + ".jpg" != video
+    assert poster_key(video).startswith(key_prefix(template))
