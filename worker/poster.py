@@ -18,6 +18,7 @@ returns the reason instead, for the record's `output.poster_error`.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,15 +85,24 @@ def luma_spread(frame: av.VideoFrame) -> float:
     return float(np.std(gray))
 
 
-def choose_frame(frames: list[av.VideoFrame]) -> av.VideoFrame:
-    """The frame with the most luma spread; the earliest among equals."""
-    if not frames:
+def choose_frame(frames: Iterable[av.VideoFrame]) -> av.VideoFrame:
+    """The frame with the most luma spread; the earliest among equals (only the best so far is
+    held, not every candidate).
+
+    Raises:
+        NoPoster: there was no frame.
+    """
+    best, best_score = None, -1.0
+    for frame in frames:
+        score = luma_spread(frame)
+        if score > best_score:
+            best, best_score = frame, score
+    if best is None:
         raise NoPoster("no frame could be decoded")
-    scores = [luma_spread(f) for f in frames]
-    return frames[scores.index(max(scores))]
+    return best
 
 
-def candidate_frames(container: Any) -> list[av.VideoFrame]:
+def candidate_frames(container: Any) -> Iterator[av.VideoFrame]:
     """The frames at CANDIDATE_SHARES of the container's first video stream (its first frame
     when the duration is unknown). A time whose frames do not decode is skipped.
 
@@ -105,8 +115,9 @@ def candidate_frames(container: Any) -> list[av.VideoFrame]:
         duration_s = container.duration / av.time_base
     elif stream.duration and stream.time_base:
         duration_s = float(stream.duration * stream.time_base)
-    times_s = [share * duration_s for share in CANDIDATE_SHARES] if duration_s else [None]
-    frames, error = [], None
+    start_s = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    times_s = [start_s + share * duration_s for share in CANDIDATE_SHARES] if duration_s else [None]
+    found, error = False, None
     for at_s in times_s:
         try:
             frame = _frame_at(container, stream, at_s)
@@ -114,10 +125,10 @@ def candidate_frames(container: Any) -> list[av.VideoFrame]:
             error = e
             continue
         if frame is not None:
-            frames.append(frame)
-    if not frames and error is not None:
+            found = True
+            yield frame
+    if not found and error is not None:
         raise error
-    return frames
 
 
 def _frame_at(container: Any, stream: Any, at_s: float | None) -> av.VideoFrame | None:
@@ -185,8 +196,8 @@ def make_poster(
             symptom = str(e)
         elif isinstance(e, av.FFmpegError):  # str(e) would name the file object, not the problem
             symptom = f"FFmpeg: {e.strerror or type(e).__name__}"
-        else:
-            symptom = _named(e)
+        else:  # not the video's fault that we know of
+            return _no_poster(f"the poster could not be made: {_named(e)}")
         return _no_poster(f"the video could not be decoded for a poster: {symptom}")
     key = poster_key(video_key)
     try:
