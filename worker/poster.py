@@ -118,8 +118,8 @@ def candidate_frames(container: Any) -> Iterator[av.VideoFrame]:
     if container.duration:
         duration_s = container.duration / av.time_base
     elif stream.duration and stream.time_base:
-        duration_s = float(stream.duration * stream.time_base)
-    start_s = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        duration_s = stream.duration * float(stream.time_base)
+    start_s = stream.start_time * float(stream.time_base) if stream.start_time else 0.0
     times_s = [start_s + share * duration_s for share in CANDIDATE_SHARES] if duration_s else [None]
     found, error = False, None
     for at_s in times_s:
@@ -138,9 +138,9 @@ def candidate_frames(container: Any) -> Iterator[av.VideoFrame]:
 def _frame_at(container: Any, stream: Any, at_s: float | None) -> av.VideoFrame | None:
     """The first frame at or after at_s (the first frame for None); within
     MAX_FRAMES_PER_SEEK frames of the keyframe before it, else the last of those."""
-    if at_s is not None and stream.time_base is not None:
+    if at_s is not None and stream.time_base:
         # Seeking lands on the keyframe at or before the time; decode forward to it.
-        container.seek(int(at_s / stream.time_base), stream=stream, backward=True)
+        container.seek(int(at_s / float(stream.time_base)), stream=stream, backward=True)
     frame = None
     for count, frame in enumerate(container.decode(stream), start=1):
         if at_s is None or frame.time is None or frame.time >= at_s - 1e-3:
@@ -158,7 +158,7 @@ def render(frame: av.VideoFrame, sample_aspect: float = 1.0) -> PosterImage:
     encoder = av.CodecContext.create("mjpeg", "w")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
     encoder.time_base = Fraction(1, 1)
-    encoder.qmin = encoder.qmax = JPEG_QSCALE
+    encoder.options = {"qmin": str(JPEG_QSCALE), "qmax": str(JPEG_QSCALE)}
     data = b"".join(bytes(packet) for packet in [*encoder.encode(small), *encoder.encode(None)])
     return PosterImage(data, width, height)
 
@@ -177,7 +177,7 @@ def poster_of(fileobj: Any) -> PosterImage:
         stream = container.streams.video[0]
         # One thread: a finalizer shares its host with other steps, and frame threads would
         # each hold frames of their own.
-        stream.thread_count = 1
+        stream.codec_context.thread_count = 1
         frame = choose_frame(candidate_frames(container))
         aspect = stream.sample_aspect_ratio
         return render(frame, float(aspect) if aspect else 1.0)
