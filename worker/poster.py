@@ -9,7 +9,8 @@ MAX_FRAMES_PER_SEEK frames).
 
 How: PyAV reads the MP4 back from the bucket through ranged GETs (worker/media.py's
 S3RangeReader), so the finalizer never holds the file: the moov box and the few GOPs around
-the chosen times are all it fetches, and a 1080p frame (a few MB) is the largest thing held.
+the chosen times are all it fetches, and memory grows by the decoder's reference frames
+(measured at MAX_FRAMES_PER_SEEK), whatever the file's size. FFmpeg encodes the JPEG too.
 
 Best effort: a video that cannot be decoded for a poster still completes; make_poster()
 returns the reason instead, for the record's `output.poster_error`.
