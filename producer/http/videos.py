@@ -18,7 +18,7 @@ from producer.http.calls import in_thread, on_loop
 from producer.http.content import content_url, signature_holds
 from producer.http.openapi import ERRORS, create_body
 from producer.http.shapes import Video, VideoDeleted, VideoList, video_object, video_request
-from producer.jobs import cancel, enqueue, get, list_jobs
+from producer.jobs import cancel, create_job, get, list_jobs
 
 router = APIRouter(tags=["videos"])
 Caller = Annotated[Principal, Depends(principal)]
@@ -71,15 +71,10 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
         body = await read_json(request, settings.http_max_body_bytes)
     fields, names = video_request(body, idempotency_key=idempotency_key, form=form)
     try:
-        record = await on_loop(_enqueue, fields, who.tenant, settings)
+        record = await on_loop(create_job, fields, tenant=who.tenant, settings=settings)
     except InvalidRequest as e:
         raise invalid_request(e, names) from None
     return _video(request, record)
-
-
-def _enqueue(fields: dict[str, Any], tenant: str, settings: Settings) -> JobRecord:
-    # The record is read back: an idempotent repeat answers the earlier job as it is now.
-    return get(enqueue(fields, tenant=tenant, settings=settings), settings=settings)
 
 
 def invalid_request(e: InvalidRequest, names: dict[str, str] | None = None) -> ApiError:

@@ -7,6 +7,7 @@ import io
 import av
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 from PIL import Image
 
 from ops.sandbox.media import encode_mp4, garble_frames
@@ -15,10 +16,12 @@ from worker.poster import (
     NoPoster,
     choose_frame,
     luma_spread,
+    make_poster,
     poster_key,
     poster_of,
     poster_size,
 )
+from worker.uploads import key_prefix
 
 W, H = 160, 96
 FLAT, BLACK = 128, 16
@@ -114,6 +117,60 @@ def test_a_clip_whose_frames_are_garbage_raises_instead_of_giving_a_poster():
         poster_of(io.BytesIO(garble_frames(encode_mp4(320, 180, 4))))
 
 
-def test_the_poster_sits_beside_the_video_under_its_prefix():
-    assert poster_key("videos/job_1.mp4") == "videos/job_1.jpg"
-    assert poster_key("tenant-a/job_1") == "tenant-a/job_1.jpg"
+@pytest.mark.parametrize("template", ["videos/{job_id}.mp4", "tenant-a/{job_id}"])
+def test_the_poster_sits_beside_the_video_under_the_prefix_a_lifecycle_rule_expires(template):
+    video = template.format(job_id="job_1")
+    assert poster_key(video) == video.removesuffix(".mp4") + ".jpg" != video
+    assert poster_key(video).startswith(key_prefix(template))
+
+
+class _Bucket:
+    """A stand-in S3 client holding one object, for make_poster's ranged reads and its put."""
+
+    def __init__(self, data: bytes, *, read_fails: bool = False, put_fails: bool = False):
+        self.data, self.read_fails, self.put_fails = data, read_fails, put_fails
+        self.puts: list[dict] = []
+
+    def get_object(self, *, Bucket, Key, Range):
+        if self.read_fails:
+            raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+        start, end = map(int, Range.removeprefix("bytes=").split("-"))
+        return {"Body": io.BytesIO(self.data[start : end + 1])}
+
+    def put_object(self, **kwargs):
+        if self.put_fails:
+            raise ClientError({"Error": {"Code": "InternalError"}}, "PutObject")
+        self.puts.append(kwargs)
+
+
+def test_make_poster_stores_the_jpeg_beside_the_video_with_its_metadata():
+    clip = encode_mp4(640, 360, 4)
+    bucket = _Bucket(clip)
+    poster, error = make_poster(bucket, "b", "videos/job_1.mp4", len(clip), {"job-id": "job_1"})
+    assert error is None and poster is not None
+    (put,) = bucket.puts
+    assert (put["Bucket"], put["Key"], put["ContentType"]) == (
+        "b",
+        "videos/job_1.jpg",
+        "image/jpeg",
+    )
+    assert put["Metadata"] == {"job-id": "job_1"} and len(put["Body"]) == poster.size_bytes
+    assert _decoded(put["Body"]).size == (poster.width, poster.height) == (480, 270)
+
+
+@pytest.mark.parametrize(
+    ("bucket", "reason"),
+    [
+        (_Bucket(garble_frames(encode_mp4(320, 180, 4))),
+         "the video could not be decoded for a poster: FFmpeg: Invalid data"),
+        (_Bucket(encode_mp4(320, 180, 4), read_fails=True),
+         "reading the video back from S3 failed: EndpointConnectionError"),
+        (_Bucket(encode_mp4(320, 180, 4), put_fails=True),
+         "storing the poster failed: ClientError"),
+    ],
+    ids=["frames garbled", "S3 read fails", "S3 put fails"],
+)  # fmt: skip
+def test_make_poster_gives_no_poster_and_says_why_instead_of_raising(bucket, reason):
+    poster, error = make_poster(bucket, "b", "videos/job_1.mp4", len(bucket.data), {})
+    assert poster is None and error.startswith(reason)
+    assert bucket.puts == []
