@@ -210,9 +210,11 @@ def test_console_hides_other_tenants_refuses_forged_posts_and_sends_a_strict_csp
     assert other.status == 404
 
     # The list is live: a job cancelled elsewhere shows as cancelled without a reload.
+    p.sandbox.configure(fast=False, time_scale=20.0)  # it stays unfinished until cancelled
+    slow = enqueue(p.request(), tenant="acme", settings=p.settings)
     page.goto(f"{gw.url}/console/jobs")
-    assert "cancelled" not in page.inner_text("#rows")
-    cancel(mine, settings=p.settings)
+    assert slow in page.inner_text("#rows") and "cancelled" not in page.inner_text("#rows")
+    assert cancel(slow, settings=p.settings).status is JobStatus.CANCELLED
     eventually(lambda: "cancelled" in page.inner_text("#rows"), 30)
 
     # Revoking the key ends its sessions at once.
