@@ -75,3 +75,19 @@ def test_a_job_offers_only_the_actions_that_apply_to_it():
     assert [a for a, _ in views.job_actions(r)] == ["retry", "resubmit", "replay"]
     r.status, r.webhook = JobStatus.COMPLETED, None
     assert views.job_actions(r) == []
+
+
+def test_console_cookies_are_secure_over_https_and_pages_carry_the_csp():
+    from fastapi.testclient import TestClient
+
+    from producer.core.settings import Settings
+    from producer.http.app import create_app
+
+    app = create_app(Settings())
+    for base, secure in (("https://console.example", True), ("http://127.0.0.1", False)):
+        with TestClient(app, base_url=base) as client:
+            answer = client.get("/console/signin")
+        cookie = answer.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert ("secure" in cookie) is secure
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
