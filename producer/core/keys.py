@@ -160,6 +160,15 @@ class _KeyRing:
             raise Unauthenticated(_REFUSED)
         return Principal(**json.loads(raw))
 
+    def principal(self, key_id: str) -> Principal:
+        raw = self.redis.hget(self.keys.api_keys(), key_id)
+        if raw is None:
+            raise Unauthenticated(_REFUSED)
+        stored = _StoredKey.model_validate_json(raw)
+        if stored.revoked_at is not None:
+            raise Unauthenticated(_REFUSED)
+        return Principal(key_id=stored.id, tenant=stored.tenant, admin=stored.admin)
+
     def admit(
         self, secret: object, rate_per_s: float, burst: int
     ) -> tuple[Principal, float | None]:
@@ -232,6 +241,16 @@ def authenticate(secret: str, settings: Settings | None = None) -> Principal:
             all, whose message never repeats the secret).
     """
     return _ring(settings).authenticate(secret)
+
+
+def principal_of(key_id: str, settings: Settings | None = None) -> Principal:
+    """Who a key is, by its id (a console session holds the id, never the secret), read
+    from Redis on every call like authenticate: a revoked key's sessions end with it.
+
+    Raises:
+        Unauthenticated: when no key has that id or it was revoked.
+    """
+    return _ring(settings).principal(key_id)
 
 
 def admit(secret: str, settings: Settings | None = None) -> tuple[Principal, float | None]:

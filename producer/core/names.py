@@ -270,6 +270,11 @@ class Keys:
         """A set: every tenant a policy was set for."""
         return f"{self.prefix}:tenants"
 
+    def console_session(self, session_digest: str) -> str:
+        """A console sign-in (producer/http/console/sessions.py): the key id, tenant and CSRF
+        token of the session whose cookie hashes (sha256) to session_digest; it expires."""
+        return f"{self.prefix}:console:session:{session_digest}"
+
     def character(self, character_id: str) -> str:
         """The tenant a character made through videoqueue belongs to (a string)."""
         return f"{self.prefix}:character:{character_id}"

@@ -201,6 +201,8 @@ class Settings(BaseSettings):
     http_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     # The largest batch body: 100,000 small requests as JSON Lines fit.
     http_max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # How long a console sign-in lasts (/console): a working day, then the key again.
+    console_session_ttl_s: float = Field(8 * 3600.0, gt=0)
 
     # --- operations: metrics, logs, the job index ---
     # The port every worker host serves Prometheus metrics on (its main process); None: none.
