@@ -44,13 +44,15 @@ def create_body(*, form: bool) -> dict[str, Any]:
     """The requestBody of a create route: the request as JSON, and (form) OpenAI's form."""
     schema = _inline(VideoRequest.model_json_schema())
     schema["properties"].update(_OPENAI_FIELDS)
+    schema["properties"].pop("image_object")  # set by the service from an upload, never sent
     content: dict[str, Any] = {"application/json": {"schema": schema}}
     if form:
         fields = {name: {"type": "string"} for name in _FORM_FIELDS}
         fields["seconds"] = {"type": "string", "pattern": "^[0-9]+$"}
         fields["input_reference"] = {
             "type": "string", "format": "binary",
-            "description": "A file: not supported yet (400); pass image_url.",
+            "description": "The reference image, a file: JPEG, PNG or WebP (by its bytes), "
+            "at most VIDEOQUEUE_HTTP_MAX_UPLOAD_BYTES (413 past it).",
         }  # fmt: skip
         content["multipart/form-data"] = {
             "schema": {"type": "object", "properties": fields, "required": ["prompt"]}
