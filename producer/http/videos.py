@@ -67,6 +67,8 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
             body = await read_form(request, limit)
         except ApiError as e:
             if e.status == 413:  # most likely an input_reference file
+                e.message += (f" (an input_reference file at most "
+                              f"{settings.http_max_upload_bytes} bytes)")  # fmt: skip
                 e.param = "input_reference"
             raise
     else:
