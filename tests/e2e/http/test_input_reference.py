@@ -4,6 +4,7 @@ handed to the provider as its dialect takes it (a file part, or a presigned imag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,10 +60,11 @@ def test_the_openai_sdk_uploads_a_reference_image_that_reaches_openai_as_the_sam
     image = tmp_path / "portrait.png"
     image.write_bytes(data := png(720, 1280, shade=7))
     digest = hashlib.sha256(data).hexdigest()
-    with OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key("acme"), max_retries=0) as sdk:
-        with image.open("rb") as f:
-            done = sdk.videos.create_and_poll(model="sora-2", prompt="she starts dancing",
-                                              seconds="4", size="720x1280", input_reference=f)  # fmt: skip
+    sdk = OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key("acme"), max_retries=0)
+    with sdk, image.open("rb") as f:
+        done = sdk.videos.create_and_poll(
+            model="sora-2", prompt="she dances", seconds="4", size="720x1280", input_reference=f
+        )
     assert done.status == "completed", done.error
     record = get(done.id, settings=gw.pipeline.settings)
     assert record.request["image_object"] == {
@@ -126,8 +128,8 @@ def test_a_non_image_or_oversized_reference_is_refused_naming_it_and_nothing_is_
             assert error["param"] == param, (upload[0], error)
             assert code is None or error["code"] == code, (upload[0], error)
             assert "input_reference" in error["message"] or param != "input_reference"
-        both = http.post("/v1/videos", data={**form, "image_url": "https://example.com/a.jpg"},
-                         files={"input_reference": ("cat.png", png(64, 48), "image/png")})  # fmt: skip
+        image = {"input_reference": ("a.png", png(64, 48), "image/png")}
+        both = http.post("/v1/videos", data={**form, "image_url": "https://e.x/a.jpg"}, files=image)
         assert both.status_code == 400 and both.json()["error"]["param"] == "input_reference"
         assert http.get("/v1/videos").json()["data"] == []
     assert list_jobs(tenant="acme", settings=gw.pipeline.settings) == ([], False)
@@ -165,9 +167,10 @@ def test_a_gateway_killed_between_storing_the_image_and_the_job_leaves_no_job_an
     prefix = _prefix()
     try:
         # Records kept 3 s, so that an image 3 s old is stale; a sweep may run every 10 s.
-        p = make_pipeline(env={"VIDEOQUEUE_S3_ENDPOINT_URL": proxy.url,
-                               "VIDEOQUEUE_S3_INPUT_PREFIX": prefix,
-                               "VIDEOQUEUE_RECORD_TTL_S": "3", "VIDEOQUEUE_STEP_TIMEOUT_S": "10"})  # fmt: skip
+        p = make_pipeline(env={
+            "VIDEOQUEUE_S3_ENDPOINT_URL": proxy.url, "VIDEOQUEUE_S3_INPUT_PREFIX": prefix,
+            "VIDEOQUEUE_RECORD_TTL_S": "3", "VIDEOQUEUE_STEP_TIMEOUT_S": "10",
+        })  # fmt: skip
         _, key = create_key("acme", settings=p.settings)
         url = f"http://127.0.0.1:{free_port()}"
         argv = [sys.executable, "-m", "ops", "serve", "--port", url.rsplit(":", 1)[1],
@@ -206,9 +209,7 @@ def _up(url: str) -> bool:
 
 
 def _post_quietly(url: str, key: str, data: bytes) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it: the point
         httpx.post(f"{url}/v1/videos", headers={"Authorization": f"Bearer {key}"}, timeout=60,
                    data={"model": "sora", "prompt": "p", "size": "64x48", "seconds": "1"},
                    files={"input_reference": ("a.png", data, "image/png")})  # fmt: skip
-    except httpx.HTTPError:
-        pass  # the gateway died under it: the point of the test
