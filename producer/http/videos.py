@@ -46,14 +46,14 @@ async def create_video(
 
 
 # One handler, two routes: the router's unified format differs only in taking aspect_ratio,
-# which both take; only /v1/videos takes OpenAI's form.
-for _path, _form, _summary in (
-    ("/v1/videos", True, "Create a video (router JSON, or OpenAI's multipart form)"),
-    ("/v1/video/create", False, "Create a video (the router's unified format: aspect_ratio)"),
+# which both take; both take OpenAI's form too (an input_reference file on either).
+for _path, _summary in (
+    ("/v1/videos", "Create a video (router JSON, or OpenAI's multipart form)"),
+    ("/v1/video/create", "Create a video (the router's unified format: aspect_ratio)"),
 ):
     router.add_api_route(
         _path, create_video, methods=["POST"], response_model=Video, responses=ERRORS,
-        openapi_extra=create_body(form=_form), summary=_summary,
+        openapi_extra=create_body(), summary=_summary,
     )  # fmt: skip
 
 

@@ -89,14 +89,23 @@ def test_a_router_gets_a_presigned_image_url_that_fetches_the_uploaded_bytes(
             data={"model": "sora", "prompt": "she starts dancing", "size": "64x48", "seconds": "1"},
             files={"input_reference": ("cat.png", data, "application/octet-stream")},
         )
-        assert created.status_code == 200, created.text
-        video = wait_video(http, created.json()["id"])
-    assert video["status"] == "completed", video
-    url = _sandbox_task(gw, video["id"])["image_url"]
-    assert "Signature" in url  # presigned at submit time...
-    assert httpx.get(url).content == data  # ...for the very bytes uploaded
-    record = get(video["id"], settings=gw.pipeline.settings)
-    assert "image_url" not in record.request and url not in record.model_dump_json()
+        # The unified route takes the same form (its aspect_ratio instead of a size).
+        unified = http.post(
+            "/v1/video/create",
+            data={"model": "sora", "prompt": "she starts dancing", "aspect_ratio": "16:9",
+                  "seconds": "1", "api_format": "unified"},
+            files={"input_reference": ("cat.png", data, "image/png")},
+        )  # fmt: skip
+        assert (created.status_code, unified.status_code) == (200, 200), unified.text
+        videos = [wait_video(http, r.json()["id"]) for r in (created, unified)]
+    for video in videos:
+        assert video["status"] == "completed", video
+        url = _sandbox_task(gw, video["id"])["image_url"]
+        assert "Signature" in url  # presigned at submit time...
+        assert httpx.get(url).content == data  # ...for the very bytes uploaded
+        record = get(video["id"], settings=gw.pipeline.settings)
+        assert "image_url" not in record.request and url not in record.model_dump_json()
+    assert _sandbox_task(gw, videos[1]["id"])["kind"] == "unified"
 
 
 def test_a_non_image_or_oversized_reference_is_refused_naming_it_and_nothing_is_written(
