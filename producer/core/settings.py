@@ -231,6 +231,15 @@ class Settings(BaseSettings):
             check_url(v, f"VIDEOQUEUE_{(info.field_name or '').upper()}")
         return v
 
+    @field_validator("s3_input_prefix")
+    @classmethod
+    def _apart_from_videos(cls, v: str, info: ValidationInfo) -> str:
+        videos = str(info.data.get("s3_key_template", "")).split("{", 1)[0]
+        if videos.startswith(v):
+            # The sweep deletes what is under it by age: the videos would go too.
+            raise ValueError(f"must not hold the videos' keys ({videos!r}...)")
+        return v
+
     @field_validator("webhook_secret")
     @classmethod
     def _secret_shape(cls, v: SecretStr | None) -> SecretStr | None:

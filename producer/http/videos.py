@@ -77,7 +77,7 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
     try:
         if isinstance(upload := fields.get("image_object"), Upload):
             # Stored only for a request that is valid otherwise: a refused one writes nothing.
-            image = checked_image(upload, settings)
+            image = await in_thread(checked_image, upload, settings)  # a digest of MBs
             fields["image_object"] = image.model_dump()
             checked = await on_loop(check_request, fields, tenant=who.tenant, settings=settings)
             await in_thread(store_image, request.app.state.bucket, image, upload.data)

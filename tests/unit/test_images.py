@@ -6,8 +6,10 @@ import io
 
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from producer.core.images import image_size, image_type
+from producer.core.settings import Settings
 from tests.unit.images import png
 
 
@@ -37,3 +39,14 @@ def test_an_image_is_known_by_its_bytes_and_its_size_read(data, kind, size):
 )
 def test_other_files_and_truncated_headers_are_no_image_or_no_size(data):
     assert image_type(data) is None or image_size(data) is None
+
+
+@pytest.mark.parametrize(
+    ("prefix", "template"),
+    [("videos/", "videos/{job_id}.mp4"), ("v/", "v/x/{job_id}.mp4"), ("", "videos/{job_id}")],
+)
+def test_the_images_prefix_may_not_hold_the_videos(prefix, template):
+    """The sweep deletes what is under the images' prefix by age: never a video."""
+    with pytest.raises(ValidationError, match="VIDEOQUEUE_S3_INPUT_PREFIX|s3_input_prefix"):
+        Settings(s3_input_prefix=prefix, s3_key_template=template)
+    assert Settings(s3_key_template=template).s3_input_prefix == "inputs/"
