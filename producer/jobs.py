@@ -80,17 +80,33 @@ def _create(
 ) -> tuple[str, JobRecord]:
     """(the id of the job that holds the request, the record made for it)."""
     s = settings or get_settings()
+    req = check_request(request, tenant=tenant, settings=s)
+    record = new_record(req, s, tenant=check_tenant(tenant))
+    return store(s).create(record, req.idempotency_key), record
+
+
+def check_request(
+    request: VideoRequest | dict[str, Any],
+    *,
+    tenant: str | None = None,
+    settings: Settings | None = None,
+) -> VideoRequest:
+    """Every check enqueue makes, writing nothing: for a caller with work to do between the
+    checks and the write (the HTTP service stores an uploaded image only for a valid request).
+
+    Raises:
+        InvalidRequest: naming the bad field.
+    """
+    s = settings or get_settings()
     owner = check_tenant(tenant)
     req = parse_request(request)
     check_outbound(req.webhook_url, "webhook_url", s.url_policy)
     candidates(req, s)  # a provider that can take it (and the one it names exists)
-    st = store(s)
-    if req.characters and (foreign := st.foreign_characters(req.characters, owner)):
+    if req.characters and (foreign := store(s).foreign_characters(req.characters, owner)):
         fields = [f"characters.{k}" for k, c in enumerate(req.characters) if c in foreign]
         problems = [{"field": f, "message": NO_SUCH_CHARACTER} for f in fields]
         raise InvalidRequest(f"invalid request: {', '.join(fields)}: {NO_SUCH_CHARACTER}", problems)
-    record = new_record(req, s, tenant=owner)
-    return st.create(record, req.idempotency_key), record
+    return req
 
 
 def list_jobs(
@@ -98,15 +114,18 @@ def list_jobs(
     tenant: str | None,
     limit: int = 20,
     after: str | None = None,
+    order: str = "desc",
     settings: Settings | None = None,
 ) -> tuple[list[JobRecord], bool]:
-    """A page of jobs, newest first (by when they were enqueued).
+    """A page of jobs, newest first (by when they were enqueued) or oldest first.
 
     Args:
         tenant: whose jobs; None for every tenant's (an admin's listing).
         limit: jobs per page, 1 to MAX_LIST_LIMIT.
         after: the last job id of the previous page (that job is not repeated); None for
             the first page.
+        order: "desc" (newest first) or "asc" (oldest first: jobs enqueued while paging
+            come on the last pages).
         settings: defaults to the environment's.
 
     Returns:
@@ -114,8 +133,8 @@ def list_jobs(
         so are jobs created longer ago than VIDEOQUEUE_RECORD_TTL_S.
 
     Raises:
-        InvalidRequest: naming `tenant`, `limit` or `after` (one not in this listing: no such
-            job, another tenant's, or one whose record expired since).
+        InvalidRequest: naming `tenant`, `limit`, `order` or `after` (one not in this
+            listing: no such job, another tenant's, or one whose record expired since).
     """
     if tenant is not None:
         tenant = check_tenant(tenant)
@@ -123,7 +142,9 @@ def list_jobs(
         raise InvalidRequest.of_field("limit", f"a whole number from 1 to {MAX_LIST_LIMIT}")
     if after is not None and (not isinstance(after, str) or not after or unencodable_fields(after)):
         raise InvalidRequest.of_field("after", "a job id")
-    page = store(settings).page(tenant, after, limit)
+    if order not in ("asc", "desc"):
+        raise InvalidRequest.of_field("order", "asc or desc")
+    page = store(settings).page(tenant, after, limit, order)
     if page is None:
         raise InvalidRequest.of_field("after", "no such job in this listing")
     return page

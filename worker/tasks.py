@@ -182,7 +182,9 @@ def _create(
     """The task the create made; None when it did not (the job retried later, or ended)."""
     request = VideoRequest.model_validate(job.record.request)
     try:
-        return provider.create(request, api_format, idempotency_key=job.record.submit_key)
+        return provider.create(
+            request, api_format, idempotency_key=job.record.submit_key, images=job.rt.images
+        )
     except RetryableError as e:
         _retry(job, provider, e)
     except PermanentError as e:

@@ -28,6 +28,7 @@ from .speech import SHARED_PREFIXES, SPEECHES, Speech, refused_external_id
 from .state import TERMINAL, Phase, Task
 from .validation import (
     OPENAI_MODELS,
+    ReferenceFile,
     parse_character,
     parse_unified_create,
     parse_videos_create,
@@ -444,8 +445,9 @@ class _Handlers:
         body = await read_form(request, self.sb.config.max_upload_bytes, max_fields=100)
         for name, value in body.items():
             if isinstance(value, Upload):
-                # Uploads only need to be present: the sandbox does not look inside.
-                body[name] = {"filename": value.filename, "bytes": len(value.data)}
+                # What a file is and its digest are kept (validation.py checks an image as
+                # OpenAI does; the stats show what came), never its bytes.
+                body[name] = ReferenceFile.of(value.filename, value.content_type, value.data)
         if isinstance(body.get("characters"), str):
             body["characters"] = [body["characters"]]
         return body

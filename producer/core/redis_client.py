@@ -103,14 +103,26 @@ def parse_sentinel_url(url: str, setting: str = "VIDEOQUEUE_BROKER_URL") -> Sent
     return SentinelAddress(tuple(sentinels), dbs.pop() if dbs else 0, username, password)
 
 
+# The schemes redis-py connects to (redis.connection.parse_url), and Sentinel's of ours.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 def check_url(url: str, setting: str) -> None:
-    """Refuse a Sentinel URL that does not parse (other schemes are Redis's own to judge).
+    """Refuse a URL that names no Redis: a scheme redis-py does not take, or a Sentinel URL
+    that does not parse. Checked with the settings, so that every command and process stops
+    at once with a line naming the setting, not at its first connection with a traceback.
 
     Raises:
-        InvalidConfiguration: naming the setting.
+        InvalidConfiguration: naming the setting (never the URL: it may carry a password).
     """
     if is_sentinel(url):
         parse_sentinel_url(url, setting)
+        return
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise InvalidConfiguration(
+            f"{setting} must be a redis://, rediss://, unix:// or sentinel:// URL"
+        )
 
 
 def describe_sentinels(sentinels: tuple[tuple[str, int], ...], db: int = 0) -> str:

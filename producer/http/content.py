@@ -107,9 +107,9 @@ class Bucket:
                     code="range_not_satisfiable",
                     headers={"Content-Range": f"bytes */{stored.size_bytes}"},
                 ) from None  # fmt: skip
-            raise _unavailable() from None
+            raise storage_unavailable() from None
         except BotoCoreError:
-            raise _unavailable() from None
+            raise storage_unavailable() from None
         disposition = "attachment" if isinstance(stored, Output) else "inline"
         headers = {
             "Content-Length": str(answer["ContentLength"]),
@@ -136,7 +136,8 @@ def _chunks(body: Any) -> Iterator[bytes]:
         body.close()
 
 
-def _unavailable() -> ApiError:
+def storage_unavailable() -> ApiError:
+    """The 503 for an S3 that cannot be reached (or refuses for a reason not the caller's)."""
     return ApiError(
         503, "storage is unavailable; try again shortly", code="storage_unavailable",
         type_="server_error", headers={"Retry-After": "5"},

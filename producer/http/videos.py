@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import JSONResponse, Response
@@ -13,12 +13,13 @@ from producer.core.keys import Principal
 from producer.core.records import TERMINAL, JobRecord, JobStatus, Output, Poster
 from producer.core.settings import Settings
 from producer.http.auth import check_owner, identify, principal
-from producer.http.bodies import is_form, read_form, read_json
+from producer.http.bodies import Upload, is_form, read_form, read_json
 from producer.http.calls import in_thread, on_loop
 from producer.http.content import content_url, signature_holds
 from producer.http.openapi import ERRORS, create_body
 from producer.http.shapes import Video, VideoDeleted, VideoList, video_object, video_request
-from producer.jobs import cancel, create_job, get, list_jobs
+from producer.http.uploads import checked_image, store_image
+from producer.jobs import cancel, check_request, create_job, get, list_jobs
 
 router = APIRouter(tags=["videos"])
 Caller = Annotated[Principal, Depends(principal)]
@@ -45,14 +46,14 @@ async def create_video(
 
 
 # One handler, two routes: the router's unified format differs only in taking aspect_ratio,
-# which both take; only /v1/videos takes OpenAI's form.
-for _path, _form, _summary in (
-    ("/v1/videos", True, "Create a video (router JSON, or OpenAI's multipart form)"),
-    ("/v1/video/create", False, "Create a video (the router's unified format: aspect_ratio)"),
+# which both take; both take OpenAI's form too (an input_reference file on either).
+for _path, _summary in (
+    ("/v1/videos", "Create a video (router JSON, or OpenAI's multipart form)"),
+    ("/v1/video/create", "Create a video (the router's unified format: aspect_ratio)"),
 ):
     router.add_api_route(
         _path, create_video, methods=["POST"], response_model=Video, responses=ERRORS,
-        openapi_extra=create_body(form=_form), summary=_summary,
+        openapi_extra=create_body(), summary=_summary,
     )  # fmt: skip
 
 
@@ -61,17 +62,28 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
     form = is_form(request)
     if form:
         try:
-            body = await read_form(request, settings.http_max_body_bytes)
+            # A form may carry an input_reference file on top of the other fields.
+            limit = settings.http_max_body_bytes + settings.http_max_upload_bytes
+            body = await read_form(request, limit)
         except ApiError as e:
-            if e.status == 413:  # most likely an input_reference file: say what to do instead
-                e.message += "; input_reference files are not supported yet: pass image_url"
+            if e.status == 413:  # most likely an input_reference file
+                e.message += (f" (an input_reference file at most "
+                              f"{settings.http_max_upload_bytes} bytes)")  # fmt: skip
                 e.param = "input_reference"
             raise
     else:
         body = await read_json(request, settings.http_max_body_bytes)
     fields, names = video_request(body, idempotency_key=idempotency_key, form=form)
     try:
-        record = await on_loop(create_job, fields, tenant=who.tenant, settings=settings)
+        if isinstance(upload := fields.get("image_object"), Upload):
+            # Stored only for a request that is valid otherwise: a refused one writes nothing.
+            image = await in_thread(checked_image, upload, settings)  # a digest of MBs
+            fields["image_object"] = image.model_dump()
+            checked = await on_loop(check_request, fields, tenant=who.tenant, settings=settings)
+            await in_thread(store_image, request.app.state.bucket, image, upload.data)
+            record = await on_loop(create_job, checked, tenant=who.tenant, settings=settings)
+        else:
+            record = await on_loop(create_job, fields, tenant=who.tenant, settings=settings)
     except InvalidRequest as e:
         raise invalid_request(e, names) from None
     return _video(request, record)
@@ -107,12 +119,15 @@ async def list_videos(
     after: Annotated[
         str | None, Query(max_length=200, description="The last id of the previous page.")
     ] = None,
-    order: Annotated[str, Query(pattern="^desc$", description="Newest first only.")] = "desc",
+    order: Annotated[
+        Literal["asc", "desc"],
+        Query(description="desc: newest first; asc: oldest first (by creation)."),
+    ] = "desc",
 ) -> Any:
     settings: Settings = request.app.state.settings
     tenant = None if who.admin else who.tenant
     records, has_more = await on_loop(
-        lambda: list_jobs(tenant=tenant, limit=limit, after=after, settings=settings)
+        lambda: list_jobs(tenant=tenant, limit=limit, after=after, order=order, settings=settings)
     )
     data = [_video_data(request, r) for r in records]
     return JSONResponse({

@@ -49,8 +49,13 @@ def test_openai_fields_become_ours_and_errors_keep_the_callers_names():
                              "characters": "c1"}, form=True)  # fmt: skip
     assert form["storyboard"] == [{"prompt": "a", "duration": 1}] and form["characters"] == ["c1"]
     upload = Upload("a.png", "image/png", b"x")
+    with_file, names = video_request({"prompt": "p", "input_reference": upload}, form=True)
+    assert with_file["image_object"] is upload and names == {"image_object": "input_reference"}
+    stored = {"bucket": "b", "key": "videos/job_1.mp4"}
     for body, param in [({"seconds": "4.5"}, "seconds"), ({"seconds": 4, "duration": 4}, "seconds"),
-                        ({"input_reference": upload}, "input_reference"),
+                        ({"input_reference": upload, "image_url": "https://e.x/i.png"},
+                         "input_reference"),
+                        ({"image_object": stored}, "image_object"),  # only an upload sets it
                         ({"idempotency_key": "other"}, "Idempotency-Key")]:  # fmt: skip
         with pytest.raises(ApiError) as e:
             video_request({"prompt": "p", **body}, idempotency_key="k1")
