@@ -588,9 +588,18 @@ def run_scenario(scenario: Scenario, jobs: int, fault_scale: float, workdir: Pat
             injected = time.monotonic()
         ids = [enqueue(request, settings=r.settings) for _ in range(jobs)]
         if not scenario.before_jobs:
-            # Inject once the first generations finish: jobs are then at every step at once.
+            # Inject once the first webhook landed or a quarter of the files were fetched,
+            # whichever comes first. With a few dozen jobs the first webhook means jobs at
+            # every step; with hundreds, jobs move through the steps in waves (a 300-job
+            # run's logs: every submit, then the copies, then the webhooks), so the first
+            # webhook comes once every job completed, and a quarter of the copies is the
+            # middle of the run.
             deadline = time.monotonic() + 60
-            while len(r.receiver.deliveries) < 1 and time.monotonic() < deadline:
+            while (
+                len(r.receiver.deliveries) < 1
+                and r.sandbox.stats(include_tasks=False)["totals"]["downloads"] < jobs / 4
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.1)
             log(f"{scenario.name}: fault for {fault_s:g} s ({scenario.fault})")
             scenario.inject(r)
