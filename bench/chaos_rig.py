@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bench.faults import Restartable, TcpProxy
-from bench.netns import NetnsRedis, netns_redis
+from bench.netns import PartitionableRedis, partitionable_redis
 from ops.receiver import HOOK_PATH, WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
 from ops.sentinel import SentinelCluster, sentinel_cluster
@@ -53,7 +53,9 @@ class RedisKind(StrEnum):
 
     LOCAL = "local"  # one redis-server on 127.0.0.1 (AOF per the scenario)
     SENTINEL = "sentinel"  # a primary, two replicas and three sentinels, no persistence
-    NETNS = "netns"  # one redis-server (AOF) behind a veth pair that can be blackholed
+    # One redis-server (AOF) behind a veth pair that can be blackholed (the TCP proxy where
+    # the machine does not allow network namespaces).
+    NETNS = "netns"
 
 
 @dataclass
@@ -77,7 +79,7 @@ class Rig:
     workers: list[WorkerProcess] = field(default_factory=list)
     # The Sentinel deployment (RedisKind.SENTINEL), or the partitionable server (NETNS).
     cluster: SentinelCluster | None = None
-    netns: NetnsRedis | None = None
+    netns: PartitionableRedis | None = None
 
     def start_worker(self) -> WorkerProcess:
         """One more ``celery worker`` (concurrency 2), stopped with the rig."""
@@ -123,7 +125,7 @@ def rig(
                 redis_port, workdir / "redis", appendfsync=appendfsync
             ),
             RedisKind.SENTINEL: lambda: sentinel_cluster(workdir / "sentinel"),
-            RedisKind.NETNS: lambda: netns_redis(workdir / "redis", appendfsync),
+            RedisKind.NETNS: lambda: partitionable_redis(workdir / "redis", appendfsync),
         }[redis_kind]
     )
     s3 = Restartable(lambda: seaweedfs(workdir / "seaweedfs"))
@@ -135,7 +137,7 @@ def rig(
         started = redis.start()
         stack.callback(redis.stop)
         cluster = started if isinstance(started, SentinelCluster) else None
-        netns = started if isinstance(started, NetnsRedis) else None
+        netns = started if redis_kind is RedisKind.NETNS else None
         broker_url = cluster.url if cluster else netns.url if netns else started
         service = s3.start()
         stack.callback(s3.stop)

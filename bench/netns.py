@@ -9,6 +9,9 @@ both ends of the pair: every packet is dropped, the links stay up, no reset or I
 lived through the partition carry on once TCP retransmits.
 
 Needs root (CAP_NET_ADMIN) and ``ip``/``tc``; :func:`netns_supported` says whether they work.
+Where they do not, :func:`partitionable_redis` puts the suite's TCP proxy (bench/faults.py) in
+front of a loopback redis-server instead: the same silence, made in this process, and the
+heal resets the connections that lived through it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
+from typing import Protocol
 
+from bench.faults import Mode, TcpProxy
 from ops.serve import free_port
 from ops.stack import (
     REDIS_STARTUP_TIMEOUT_S,
@@ -32,9 +37,17 @@ from ops.stack import (
     _spawn,
     _stop,
     _wait_until,
+    redis_server,
 )
 
-__all__ = ["NetnsRedis", "netns_redis", "netns_supported"]
+__all__ = [
+    "NetnsRedis",
+    "PartitionableRedis",
+    "ProxiedRedis",
+    "netns_redis",
+    "netns_supported",
+    "partitionable_redis",
+]
 
 _serial = count()
 _lock = threading.Lock()
@@ -144,3 +157,48 @@ def netns_redis(workdir: Path, appendfsync: str | None = "everysec") -> Iterator
         _wait_until(lambda: _pings(server.url), proc, f"redis-server in {link.netns}",
                     workdir / "redis.log", REDIS_STARTUP_TIMEOUT_S, interval_s=0.05)  # fmt: skip
         yield server
+
+
+class PartitionableRedis(Protocol):
+    """A Redis the chaos suite can cut off from every process on the host, and join again."""
+
+    url: str
+
+    def partition(self) -> None: ...
+
+    def heal(self) -> None: ...
+
+
+@dataclass
+class ProxiedRedis:
+    """A loopback redis-server reached through a TCP proxy that can blackhole its traffic."""
+
+    url: str
+    proxy: TcpProxy
+
+    def partition(self) -> None:
+        """Swallow every byte both ways; connections stay open and silent."""
+        self.proxy.set_mode(Mode.BLACKHOLE)
+
+    def heal(self) -> None:
+        """Forward again (the connections that lived through the partition are reset)."""
+        self.proxy.set_mode(Mode.PASS)
+
+
+@contextmanager
+def partitionable_redis(
+    workdir: Path, appendfsync: str | None = "everysec"
+) -> Iterator[PartitionableRedis]:
+    """A redis-server in a namespace of its own where the machine allows it, else behind
+    the TCP proxy."""
+    if netns_supported():
+        with netns_redis(workdir, appendfsync) as server:
+            yield server
+        return
+    with redis_server(workdir=workdir, appendfsync=appendfsync) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        proxy = TcpProxy(("127.0.0.1", port))
+        try:
+            yield ProxiedRedis(f"redis://127.0.0.1:{proxy.port}/0", proxy)
+        finally:
+            proxy.close()
