@@ -117,7 +117,7 @@ def rig(
     """Start every part of a scenario's deployment; stop all of it at the end. With
     second_provider, a providers file lists the proxied sandbox as "a" and a second sandbox
     (reached directly) as "b". redis_kind: which Redis (a Restartable all the same; what it
-    yields is the URL, or the SentinelCluster / NetnsRedis)."""
+    yields is the URL, or the SentinelCluster / PartitionableRedis)."""
     redis_port = free_port()
     redis = Restartable(
         {
