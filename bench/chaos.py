@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from bench.chaos_rig import API_KEY, BUCKET, WEBHOOK_SECRET, WORKERS, RedisKind, Rig, rig
 from bench.faults import AofTail, Mode, kill_redis
@@ -251,6 +252,43 @@ def _primary_down(r: Rig) -> bool:
     return _refuses(_cluster(r).killed[-1])
 
 
+def _switch_over(r: Rig) -> None:
+    """A planned failover (SENTINEL FAILOVER): the primary stays up and is demoted to a
+    replica under its clients, whose writes on open connections then meet READONLY."""
+    _FAILOVERS.clear()
+    _SWITCHED.clear()
+    cluster = _cluster(r)
+    old = cluster.primary_port()
+    assert old is not None, "the sentinels do not agree on a primary"
+    _SWITCHED.append(old)
+    sentinel = redis.Redis(port=cluster.sentinel_ports[0], socket_timeout=2)
+    try:
+        sentinel.execute_command("SENTINEL", "FAILOVER", cluster.master)
+    finally:
+        sentinel.close()
+    log(f"  primary on port {old} switched over (SENTINEL FAILOVER)")
+
+
+def _switched(r: Rig) -> None:
+    new = _cluster(r).wait_for_failover(_SWITCHED[-1])
+    _FAILOVERS.append(time.time())
+    log(f"  replica on port {new} promoted")
+
+
+def _demoted(r: Rig) -> bool:
+    """The old primary answers, and as a replica (or is on its way to)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _cluster(r).primary_port() not in (None, _SWITCHED[-1]):
+            return not _refuses(_SWITCHED[-1])
+        time.sleep(0.1)
+    return False
+
+
+# The port of the primary a switchover demoted.
+_SWITCHED: list[int] = []
+
+
 def _failover_recovery(row: Row, records: dict[str, Any], failovers: list[float]) -> None:
     """recovery_s of a failover scenario: the longest wait, over its failovers, from the
     promotion to the first job ending after it (jobs end on the new primary only)."""
@@ -353,6 +391,10 @@ SCENARIOS += [
              "replica; the new primary SIGKILLed too (a second failover)",
              _kill_primary, _promoted_rejoined_and_again, 1, _primary_down, appendfsync=None,
              smoke=False, redis_kind=RedisKind.SENTINEL, recovery_goal_s=30.0),
+    Scenario("redis-switchover", "Sentinel: a planned failover (SENTINEL FAILOVER), the "
+             "live primary demoted to a replica under its clients", _switch_over, _switched, 1,
+             _demoted, appendfsync=None, smoke=False, redis_kind=RedisKind.SENTINEL,
+             recovery_goal_s=30.0),
     Scenario("worker-kill-storm", "a worker SIGKILLed every 4 s (and replaced) for 2 min",
              _storm.inject, _storm.heal, 120, _storm.broken, smoke=False),
     Scenario("many-faults-at-once", "provider 503s, SeaweedFS stopped and redis-server "

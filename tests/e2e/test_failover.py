@@ -23,6 +23,7 @@ from ops.sentinel import SentinelCluster, sentinel_cluster
 from producer import JobStatus, enqueue, get
 from producer.core.names import Lane
 from producer.core.records import WebhookState
+from producer.core.redis_client import PRIMARY_CHECK_S
 from producer.core.store import store
 from tests.e2e.conftest import BUCKET, Pipeline, eventually
 from tests.e2e.test_cli import run
@@ -243,6 +244,48 @@ def test_lua_scripts_and_replica_waits_work_on_the_promoted_primary(
     assert claimed[Lane.SUBMIT].entries == 2
     # One replica is left: WAIT counts it.
     assert eventually(lambda: st.wait_for_replicas(1, 1000) >= 1, 20)
+
+
+def test_after_a_planned_switchover_writes_reach_the_new_primary_not_the_demoted_one(
+    cluster: SentinelCluster, make_pipeline
+) -> None:
+    """SENTINEL FAILOVER demotes a primary that stays up: it takes writes until the
+    sentinels turn it into a replica, and its resync then discards them. A pooled
+    connection must leave it within about PRIMARY_CHECK_S of the promotion, so writes
+    made after that survive the resync."""
+    p = make_pipeline(workers=0, env=_env(cluster))
+    st = store(p.settings)
+    st.redis.set(f"{p.settings.key_prefix}:probe:before", 1)  # a pooled connection, to it
+    old = cluster.primary_port()
+    assert old is not None
+    sentinel = redis.Redis(port=cluster.sentinel_ports[0], socket_timeout=2)
+    sentinel.execute_command("SENTINEL", "FAILOVER", cluster.master)
+    sentinel.close()
+    new = cluster.wait_for_failover(old)
+    time.sleep(PRIMARY_CHECK_S + 0.5)
+    keys = [f"{p.settings.key_prefix}:probe:{n}" for n in range(20)]
+    for key in keys:  # while the old primary may still answer as one
+        st.redis.set(key, 1)
+        time.sleep(0.1)
+    # The old primary demoted and in sync with the new one: what it alone held is gone.
+    eventually(lambda: _in_sync_with(cluster, old, new), 30, every_s=0.2)
+    on_new = cluster.server(new)
+    try:
+        assert [k for k in keys if not on_new.exists(k)] == []
+    finally:
+        on_new.delete(*keys)
+        on_new.close()
+
+
+def _in_sync_with(cluster: SentinelCluster, port: int, primary: int) -> bool:
+    client = cluster.server(port)
+    try:
+        role = client.execute_command("ROLE")
+        return bool(role[0] == b"slave" and int(role[2]) == primary and role[3] == b"connected")
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def test_the_http_service_answers_through_sentinel(cluster: SentinelCluster, make_pipeline) -> None:
