@@ -24,7 +24,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import console, copy_to_s3, end_to_end, enqueue, gateway, in_flight, polling, report
+from bench import (
+    ceiling,
+    console,
+    copy_to_s3,
+    end_to_end,
+    enqueue,
+    gateway,
+    in_flight,
+    polling,
+    report,
+)
 from bench.harness import (
     DEFAULT_REDIS_URL,
     Sampler,
@@ -45,6 +55,7 @@ SCENARIOS: dict[str, Any] = {
     enqueue.NAME: enqueue,
     gateway.NAME: gateway,
     console.NAME: console,
+    ceiling.NAME: ceiling,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMOKE_DIR = RESULTS_DIR / "raw" / "smoke"
