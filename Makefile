@@ -40,7 +40,7 @@ bench: $(STAMP) ## Run every benchmark scenario (~24-27 min) and write bench/res
 bench-smoke: $(STAMP) ## Run every benchmark scenario at tiny scale into bench/results/raw/smoke
 	$(BIN)/python -m bench --smoke
 
-chaos: $(STAMP) ## Break Redis, S3, the receiver, the provider, a worker mid-run (~15 min); bench/results/chaos/RESULTS.md
+chaos: $(STAMP) ## Break Redis (restart, failover, partition), S3, the receiver, the provider, workers, several at once; 500 jobs each (~1 h, estimated); bench/results/chaos/RESULTS.md
 	$(BIN)/python -m bench.chaos
 
 chaos-smoke: $(STAMP) ## The chaos suite's short version (CI, < 5 min) into bench/results/chaos/smoke

@@ -1,17 +1,24 @@
 """A chaos scenario's deployment, every part of which can be stopped, killed or cut off:
 a private redis-server with AOF, a private SeaweedFS, the sandbox behind a TCP proxy, the
-webhook receiver and two ``celery worker`` processes (bench/chaos.py runs the scenarios)."""
+webhook receiver and two ``celery worker`` processes (bench/chaos.py runs the scenarios).
+
+Redis comes in three kinds (:class:`RedisKind`): one redis-server on loopback, a Sentinel
+deployment (a primary, two replicas, three sentinels: ops/sentinel.py), or one redis-server
+in a network namespace of its own that can be partitioned from the host (bench/netns.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from bench.faults import Restartable, TcpProxy
+from bench.netns import PartitionableRedis, partitionable_redis
 from ops.receiver import HOOK_PATH, WebhookReceiver
 from ops.sandbox import Sandbox, SandboxConfig
+from ops.sentinel import SentinelCluster, sentinel_cluster
 from ops.serve import free_port
 from ops.stack import WorkerProcess, celery_worker, redis_server, seaweedfs
 from producer.core.settings import Settings
@@ -41,6 +48,16 @@ ENV = {
 SANDBOX = {"flavor": "router", "api_key": API_KEY, "seed": 7, "time_scale": 0.4}
 
 
+class RedisKind(StrEnum):
+    """Which Redis a rig runs."""
+
+    LOCAL = "local"  # one redis-server on 127.0.0.1 (AOF per the scenario)
+    SENTINEL = "sentinel"  # a primary, two replicas and three sentinels, no persistence
+    # One redis-server (AOF) behind a veth pair that can be blackholed (the TCP proxy where
+    # the machine does not allow network namespaces).
+    NETNS = "netns"
+
+
 @dataclass
 class Rig:
     """One scenario's deployment; every part of it can be broken and healed."""
@@ -60,6 +77,9 @@ class Rig:
     # Every provider by the name records give it: its sandbox, its own URL and its key.
     providers: dict[str, tuple[Sandbox, str, str]] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    # The Sentinel deployment (RedisKind.SENTINEL), or the partitionable server (NETNS).
+    cluster: SentinelCluster | None = None
+    netns: PartitionableRedis | None = None
 
     def start_worker(self) -> WorkerProcess:
         """One more ``celery worker`` (concurrency 2), stopped with the rig."""
@@ -88,13 +108,25 @@ def _providers_file(path: Path, url_a: str, url_b: str) -> Path:
 
 
 @contextmanager
-def rig(workdir: Path, appendfsync: str | None, second_provider: bool = False) -> Iterator[Rig]:
+def rig(
+    workdir: Path,
+    appendfsync: str | None,
+    second_provider: bool = False,
+    redis_kind: RedisKind = RedisKind.LOCAL,
+) -> Iterator[Rig]:
     """Start every part of a scenario's deployment; stop all of it at the end. With
     second_provider, a providers file lists the proxied sandbox as "a" and a second sandbox
-    (reached directly) as "b"."""
+    (reached directly) as "b". redis_kind: which Redis (a Restartable all the same; what it
+    yields is the URL, or the SentinelCluster / PartitionableRedis)."""
     redis_port = free_port()
     redis = Restartable(
-        lambda: redis_server(redis_port, workdir / "redis", appendfsync=appendfsync)
+        {
+            RedisKind.LOCAL: lambda: redis_server(
+                redis_port, workdir / "redis", appendfsync=appendfsync
+            ),
+            RedisKind.SENTINEL: lambda: sentinel_cluster(workdir / "sentinel"),
+            RedisKind.NETNS: lambda: partitionable_redis(workdir / "redis", appendfsync),
+        }[redis_kind]
     )
     s3 = Restartable(lambda: seaweedfs(workdir / "seaweedfs"))
     receiver = WebhookReceiver(WEBHOOK_SECRET)
@@ -102,8 +134,11 @@ def rig(workdir: Path, appendfsync: str | None, second_provider: bool = False) -
     hooks = Restartable(lambda: receiver.serve(port=hook_port))
     sandbox = Sandbox(SandboxConfig(**SANDBOX))
     with ExitStack() as stack:
-        broker_url = redis.start()
+        started = redis.start()
         stack.callback(redis.stop)
+        cluster = started if isinstance(started, SentinelCluster) else None
+        netns = started if redis_kind is RedisKind.NETNS else None
+        broker_url = cluster.url if cluster else netns.url if netns else started
         service = s3.start()
         stack.callback(s3.stop)
         service.ensure_bucket(BUCKET)
@@ -127,6 +162,8 @@ def rig(workdir: Path, appendfsync: str | None, second_provider: bool = False) -
             **service.env(),
             **ENV,
         }
+        if cluster:
+            env["VIDEOQUEUE_SENTINEL_MASTER"] = cluster.master
         providers = {"default": (sandbox, sandbox_url, API_KEY)}
         if second_provider:
             sandbox_b = Sandbox(SandboxConfig(**{**SANDBOX, "api_key": API_KEY_B, "seed": 8}))
@@ -142,7 +179,8 @@ def rig(workdir: Path, appendfsync: str | None, second_provider: bool = False) -
         })  # fmt: skip
         the_rig = Rig(
             workdir, redis, s3, receiver, hooks, f"http://127.0.0.1:{hook_port}{HOOK_PATH}",
-            sandbox, sandbox_url, proxy, env, settings, stack, providers,
+            sandbox, sandbox_url, proxy, env, settings, stack, providers, cluster=cluster,
+            netns=netns,
         )  # fmt: skip
         for _ in range(WORKERS):
             the_rig.start_worker()

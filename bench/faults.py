@@ -79,6 +79,9 @@ class Mode(StrEnum):
     PASS = "pass"  # forward both ways
     REFUSE = "refuse"  # new connections are reset at once, open ones too
     BLACKHOLE = "blackhole"  # bytes vanish both ways; connections stay open, silent
+    # Requests reach the target, its answers vanish: the target acts, the client never
+    # learns it did (a crash between a write and its acknowledgement can be staged).
+    MUTE_REPLIES = "mute_replies"
 
 
 _POLL_S = 0.2
@@ -159,7 +162,8 @@ class TcpProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
-                    if self.mode is Mode.PASS:
+                    if self.mode is Mode.PASS or (self.mode is Mode.MUTE_REPLIES
+                                                  and sock is client):  # fmt: skip
                         peer[sock].sendall(data)
                     # BLACKHOLE: read and drop, so the sender sees no error, only silence.
             except OSError:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -27,6 +26,7 @@ from ops.sandbox.cli import sandbox
 from producer.cli import app
 from producer.core.errors import InvalidRequest, JobNotFound, KeyNotFound, OperationRefused
 from producer.core.keys import SECRET_PREFIX, create_key, list_keys, revoke_key
+from producer.core.providers import providers
 from producer.core.records import JobRecord, JobStatus
 from producer.core.settings import get_settings
 from producer.core.store import store
@@ -47,7 +47,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 
 out = Console()
-err = Console(stderr=True)
+# Never wrapped: an error is one line, whatever the terminal's width.
+err = Console(stderr=True, soft_wrap=True)
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -369,15 +370,8 @@ def serve(
 
     from producer.http.app import log_config
 
-    try:
-        get_settings()  # a bad setting stops here, before the first request finds it
-    except ValidationError as e:
-        bad = "; ".join(
-            f"VIDEOQUEUE_{'_'.join(str(p) for p in x['loc']).upper()}: {x['msg']}"
-            for x in e.errors()
-        )
-        err.print(f"[red]error:[/red] invalid settings: {bad}", highlight=False)
-        raise typer.Exit(2) from None
+    # A bad setting (or providers file) stops here (producer/cli.py), before a request finds it.
+    providers(get_settings())
     uvicorn.run(
         "producer.http.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level=log_level, log_config=log_config(),

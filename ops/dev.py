@@ -219,6 +219,7 @@ def banner(dev: DevStack) -> str:
 videoqueue dev: everything is up. Ctrl-C stops it all.
 
   api       {dev.api_url}   (docs: {dev.api_url}/docs)
+  console   {dev.api_url}/console   (sign in with the key below)
   webhooks  {dev.hook_url}   (each event is printed below as it arrives)
   provider  {dev.provider_url}   (the sandbox)
   redis     {dev.local.broker_url}   (keys under {dev.prefix}, removed on exit)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,6 +60,9 @@ class SentinelCluster:
     sentinel_ports: list[int]
     password: str | None = None
     killed: list[int] = field(default_factory=list)
+    # Starts a redis-server of this deployment again: (port, argv) -> its process.
+    _respawn: Callable[[int, list[str]], subprocess.Popen[bytes]] | None = None
+    _workdir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -110,6 +113,25 @@ class SentinelCluster:
         proc.wait()
         self.killed.append(port)
         return port
+
+    def rejoin(self, port: int, timeout_s: float = 30.0) -> None:
+        """Start a killed server again on its port as a replica of the current primary (an old
+        primary coming back: configured as a replica before it serves, so that no client
+        writes to it as a second primary), and wait until it is in sync.
+
+        Raises:
+            StackError: when there is no primary to follow or the server does not sync in time.
+        """
+        primary = self.primary_port()
+        if primary is None or self._respawn is None or self._workdir is None:
+            raise StackError("no primary to follow: the sentinels do not agree on one")
+        home = self._workdir / f"redis-{port}"
+        self.servers[port] = self._respawn(port, _server_argv(port, home, self.password, primary))
+        _wait_until(
+            partial(_in_sync, self, port), self.servers[port], f"redis-server on port {port}",
+            home / "log", timeout_s, interval_s=0.1,
+        )  # fmt: skip
+        self.killed.remove(port)
 
     def wait_for_failover(self, old_port: int, timeout_s: float = 30.0) -> int:
         """Wait until the sentinels name another primary and it answers as one; its port.
@@ -182,6 +204,7 @@ def sentinel_cluster(
         def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
             home = workdir / name
             home.mkdir(parents=True, exist_ok=True)
+            # Appends: a server started again keeps the log of its first life.
             proc, log = _spawn(argv, home / "log", cwd=home)
             stack.callback(log.close)
             # A killed server is reaped at once; _kill_group after _stop reaps any other.
@@ -192,7 +215,9 @@ def sentinel_cluster(
             home = workdir / f"redis-{port}"
             primary = None if n == 0 else ports[0]
             servers[port] = start(f"redis-{port}", _server_argv(port, home, password, primary))
-        cluster = SentinelCluster(master, servers, sentinel_ports, password)
+        cluster = SentinelCluster(master, servers, sentinel_ports, password,
+                                  _respawn=lambda port, argv: start(f"redis-{port}", argv),
+                                  _workdir=workdir)  # fmt: skip
         for port in ports:
             _wait_until(
                 partial(_serving, cluster, port), servers[port], f"redis-server on port {port}",

@@ -19,6 +19,7 @@ from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.characters import create_character
 from producer.core.errors import (
     BudgetExceeded,
+    InvalidConfiguration,
     InvalidRequest,
     JobNotFound,
     VideoqueueError,
@@ -44,18 +45,24 @@ class _Commands(TyperGroup):
         except ValidationError as e:
             if e.title != "Settings":
                 raise
-            # The environment is wrong: one line per setting, never the value (a Redis URL
-            # may carry its password).
-            for problem in e.errors():
-                field = f"VIDEOQUEUE_{'_'.join(str(p) for p in problem['loc']).upper()}"
-                message = str(problem["msg"]).removeprefix("Value error, ")
-                where = "" if message.startswith(field) else f"{field}: "
-                err.print(f"[red]error:[/red] {where}{message}", highlight=False)
-            raise typer.Exit(2) from None
+            settings_refused(e)
+        except InvalidConfiguration as e:  # a file a setting names (VIDEOQUEUE_PROVIDERS_FILE)
+            _die(str(e))
         except Exception as e:
             if type(e).__module__.startswith("botocore") and _is_connection_error(e):
                 _unreachable(f"S3 at {get_settings().s3_endpoint_url or 'AWS'}", e)
             raise
+
+
+def settings_refused(error: ValidationError) -> None:
+    """The environment is wrong: one line per setting naming it, never its value (a Redis URL
+    may carry its password); exit 2."""
+    for problem in error.errors():
+        field = f"VIDEOQUEUE_{'_'.join(str(p) for p in problem['loc']).upper()}"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        where = "" if message.startswith(field) else f"{field}: "
+        err.print(f"[red]error:[/red] {where}{message}", highlight=False)
+    raise typer.Exit(2) from None
 
 
 def _unreachable(what: str, error: Exception) -> None:
@@ -82,7 +89,8 @@ character_app = typer.Typer(help="Reusable characters (POST /sora/v1/characters)
 app.add_typer(character_app, name="character")
 
 out = Console()
-err = Console(stderr=True)
+# Never wrapped: an error is one line, whatever the terminal's width.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -151,7 +159,7 @@ def submit(
     request.update({k: v for k, v in flags.items() if v is not None})
     try:
         job_id = enqueue(request, tenant=tenant)
-    except InvalidRequest as e:
+    except (InvalidRequest, InvalidConfiguration) as e:
         _die(str(e))
     except VideoqueueError as e:
         _die(str(e), 1)
@@ -231,7 +239,7 @@ def character_create(
     """Create a character: {"name", "description", "reference_images": [...]}."""
     try:
         answer = create_character(_read_json(file))
-    except InvalidRequest as e:
+    except (InvalidRequest, InvalidConfiguration) as e:
         _die(str(e))
     except VideoqueueError as e:
         _die(str(e), 1)

@@ -8,6 +8,7 @@ from typing import Any
 
 from producer.core.errors import InvalidRequest, WaitTimeout
 from producer.core.ledger import estimate, reserve
+from producer.core.providers import candidates
 from producer.core.records import TERMINAL, JobRecord, mark_cancelled
 from producer.core.requests import VideoRequest, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
@@ -57,20 +58,60 @@ def enqueue(
         BudgetExceeded: its estimated cost would take the tenant past its budget (naming
             the budget, what was spent and what is reserved); nothing was written.
     """
+    job_id, _ = _create(request, tenant, settings)
+    return job_id
+
+
+def create_job(
+    request: VideoRequest | dict[str, Any],
+    *,
+    tenant: str | None = None,
+    settings: Settings | None = None,
+) -> JobRecord:
+    """enqueue(), answering the job itself: the new job's record as written (no second trip
+    to Redis), or the earlier job that holds the request's idempotency key, as it is now.
+
+    Raises:
+        InvalidRequest, BudgetExceeded: as enqueue() does.
+    """
+    job_id, record = _create(request, tenant, settings)
+    return record if job_id == record.id else get(job_id, settings=settings)
+
+
+def _create(
+    request: VideoRequest | dict[str, Any], tenant: str | None, settings: Settings | None
+) -> tuple[str, JobRecord]:
+    """(the id of the job that holds the request, the record made for it)."""
+    s = settings or get_settings()
+    req = check_request(request, tenant=tenant, settings=s)
+    cost = estimate(req, s)  # its cost at the priciest provider it may go to
+    record = new_record(req, s, tenant=check_tenant(tenant))
+    reserve(record, cost.usd)
+    return store(s).create(record, req.idempotency_key, cost), record
+
+
+def check_request(
+    request: VideoRequest | dict[str, Any],
+    *,
+    tenant: str | None = None,
+    settings: Settings | None = None,
+) -> VideoRequest:
+    """Every check enqueue makes, writing nothing: for a caller with work to do between the
+    checks and the write (the HTTP service stores an uploaded image only for a valid request).
+
+    Raises:
+        InvalidRequest: naming the bad field.
+    """
     s = settings or get_settings()
     owner = check_tenant(tenant)
     req = parse_request(request)
     check_outbound(req.webhook_url, "webhook_url", s.url_policy)
-    # A provider that can take it (and the one it names exists), and its cost there.
-    cost = estimate(req, s)
-    st = store(s)
-    if req.characters and (foreign := st.foreign_characters(req.characters, owner)):
+    candidates(req, s)  # a provider that can take it (and the one it names exists)
+    if req.characters and (foreign := store(s).foreign_characters(req.characters, owner)):
         fields = [f"characters.{k}" for k, c in enumerate(req.characters) if c in foreign]
         problems = [{"field": f, "message": NO_SUCH_CHARACTER} for f in fields]
         raise InvalidRequest(f"invalid request: {', '.join(fields)}: {NO_SUCH_CHARACTER}", problems)
-    record = new_record(req, s, tenant=owner)
-    reserve(record, cost.usd)
-    return st.create(record, req.idempotency_key, cost)
+    return req
 
 
 def list_jobs(
@@ -78,15 +119,18 @@ def list_jobs(
     tenant: str | None,
     limit: int = 20,
     after: str | None = None,
+    order: str = "desc",
     settings: Settings | None = None,
 ) -> tuple[list[JobRecord], bool]:
-    """A page of jobs, newest first (by when they were enqueued).
+    """A page of jobs, newest first (by when they were enqueued) or oldest first.
 
     Args:
         tenant: whose jobs; None for every tenant's (an admin's listing).
         limit: jobs per page, 1 to MAX_LIST_LIMIT.
         after: the last job id of the previous page (that job is not repeated); None for
             the first page.
+        order: "desc" (newest first) or "asc" (oldest first: jobs enqueued while paging
+            come on the last pages).
         settings: defaults to the environment's.
 
     Returns:
@@ -94,8 +138,8 @@ def list_jobs(
         so are jobs created longer ago than VIDEOQUEUE_RECORD_TTL_S.
 
     Raises:
-        InvalidRequest: naming `tenant`, `limit` or `after` (one not in this listing: no such
-            job, another tenant's, or one whose record expired since).
+        InvalidRequest: naming `tenant`, `limit`, `order` or `after` (one not in this
+            listing: no such job, another tenant's, or one whose record expired since).
     """
     if tenant is not None:
         tenant = check_tenant(tenant)
@@ -103,7 +147,9 @@ def list_jobs(
         raise InvalidRequest.of_field("limit", f"a whole number from 1 to {MAX_LIST_LIMIT}")
     if after is not None and (not isinstance(after, str) or not after or unencodable_fields(after)):
         raise InvalidRequest.of_field("after", "a job id")
-    page = store(settings).page(tenant, after, limit)
+    if order not in ("asc", "desc"):
+        raise InvalidRequest.of_field("order", "asc or desc")
+    page = store(settings).page(tenant, after, limit, order)
     if page is None:
         raise InvalidRequest.of_field("after", "no such job in this listing")
     return page

@@ -72,7 +72,8 @@ class Auth(StrEnum):
 # What a body field can be filled from: a field of VideoRequest. "size" and "aspect_ratio"
 # are what the format's `dimensions` rule makes of the request's size and aspect ratio.
 # "job_id" is our job's id, for APIs whose idempotency key is a body field (Kling's
-# external_task_id).
+# external_task_id). "image_object" is a reference image in our bucket (an input_reference
+# upload): sent as a file part (type "file") or as a short-lived URL of it (type "url").
 Source = Literal[
     "model",
     "prompt",
@@ -81,6 +82,7 @@ Source = Literal[
     "aspect_ratio",
     "duration",
     "image_url",
+    "image_object",
     "characters",
     "job_id",
 ]
@@ -93,10 +95,14 @@ class _Strict(BaseModel):
 class BodyField(_Strict):
     """One field of the create body: where its value comes from and in what form."""
 
-    source: Source | None = Field(None, alias="from")
+    # One of our fields, or a list of them: the first one the request sets (the router's
+    # image_url from ["image_url", "image_object"]: a URL given, or one of the stored image).
+    source: Source | tuple[Source, ...] | None = Field(None, alias="from")
     # A constant instead (Seedance's {"type": "text"} content item).
     value: str | int | float | bool | None = None
-    type: Literal["as_is", "string", "int"] = "as_is"
+    # "file": the stored image as a multipart file part; "url": a URL, the stored image's
+    # presigned for the provider at submit time (never recorded).
+    type: Literal["as_is", "string", "int", "file", "url"] = "as_is"
     suffix: str = ""  # Luma's durations are "5s"
     # What joins a size's width and height instead of "x" (Runway "1280:720", Wan "1280*720").
     separator: str | None = None
@@ -105,7 +111,21 @@ class BodyField(_Strict):
     def _one_origin(self) -> BodyField:
         if (self.source is None) == (self.value is None):
             raise ValueError('a body field has either "from" or "value"')
+        if self.source == ():
+            raise ValueError('"from" names at least one field')
+        image = "image_object" in self.sources
+        if self.type == "file" and self.sources != ("image_object",):
+            raise ValueError('a "file" field is from "image_object" only')
+        if image and self.type not in ("file", "url"):
+            raise ValueError('a field from "image_object" has type "file" or "url"')
         return self
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The fields it is filled from, in order of preference."""
+        if self.source is None:
+            return ()
+        return (self.source,) if isinstance(self.source, str) else self.source
 
 
 class Create(_Strict):
@@ -131,6 +151,13 @@ class Create(_Strict):
         if isinstance(body, dict):
             return {k: {"from": v} if isinstance(v, str) else v for k, v in body.items()}
         return body
+
+    @model_validator(mode="after")
+    def _files_in_forms(self) -> Create:
+        files = [name for name, field in self.body.items() if field.type == "file"]
+        if files and self.encoding != "multipart":
+            raise ValueError(f'body.{files[0]}: a "file" field needs encoding = "multipart"')
+        return self
 
 
 class Route(_Strict):
@@ -286,7 +313,7 @@ class Dialect(_Strict):
             if set(_PLACEHOLDER.findall(self.lookup.path)) != {"key"}:
                 raise ValueError("lookup.path must contain {key} and no other placeholder")
             keyless = [n for n, c in self.create.items()
-                       if "job_id" not in {f.source for f in c.body.values()}]  # fmt: skip
+                       if not any("job_id" in f.sources for f in c.body.values())]  # fmt: skip
             if keyless:
                 raise ValueError(f"create.{keyless[0]}: a lookup finds a task by the key its "
                                  'create sent: map a body field from "job_id"')  # fmt: skip

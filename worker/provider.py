@@ -15,7 +15,8 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -25,7 +26,7 @@ from pydantic import SecretStr
 from producer.core.deadline import deadline_transport, within
 from producer.core.errors import PermanentError, RetryableError
 from producer.core.providers import Provider, api_key, providers
-from producer.core.requests import ASPECT_RATIOS, VideoRequest
+from producer.core.requests import ASPECT_RATIOS, StoredImage, VideoRequest
 from producer.core.settings import ApiFormat, Settings
 from worker import metrics
 from worker.answers import (
@@ -52,7 +53,16 @@ from worker.egress import Credentials, origin_of
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Operation", "ProviderClient", "ProviderTask", "TaskState", "client_for", "kling_jwt"]
+__all__ = [
+    "FilePart",
+    "Operation",
+    "ProviderClient",
+    "ProviderTask",
+    "StoredImages",
+    "TaskState",
+    "client_for",
+    "kling_jwt",
+]
 
 
 # What an API call is for (the label metrics count calls by).
@@ -105,20 +115,25 @@ class ProviderClient:
             return Credentials(origin, {"Authorization": f"Bearer {kling_jwt(key)}"})
         return Credentials(origin, {"Authorization": f"Bearer {key}"})
 
-    def _scrub(self, text: str) -> str:
-        """text without the API key (or either half of a Kling key pair), should a provider
-        echo it back."""
+    def _scrub(self, text: str, secrets: tuple[str, ...] = ()) -> str:
+        """text without the API key (or either half of a Kling key pair), or any of secrets,
+        should a provider echo it back."""
         key = self._key.get_secret_value()
-        if not key:
-            return text
         # The whole key always; a half only when long enough not to match by chance.
         halves = [half for half in key.split(":") if len(half) >= 8 and half != key]
-        for secret in (key, *halves):
-            text = text.replace(secret, "[redacted]")
+        for secret in (key, *halves, *secrets):
+            if secret:
+                text = text.replace(secret, "[redacted]")
         return text
 
     def _call(
-        self, method: str, path: str, *, operation: Operation, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: Operation,
+        secrets: tuple[str, ...] = (),
+        **kwargs: Any,
     ) -> httpx.Response:
         """One API call; raises RetryableError or PermanentError on anything but 2xx.
 
@@ -134,6 +149,7 @@ class ProviderClient:
             method: the HTTP method.
             path: the path under the API's base URL.
             operation: what the call is for: create, status, download or cancel.
+            secrets: texts of the request kept out of errors, as the key is.
             **kwargs: passed to httpx (json, params, headers, ...).
         """
         success_cap_bytes = 1 << 20
@@ -183,7 +199,7 @@ class ProviderClient:
                 not_taken=isinstance(e, httpx.ConnectTimeout),
             ) from None
         except httpx.RequestError as e:  # transport, protocol and content-decoding failures
-            detail = self._scrub(clip(str(e), SNIPPET_CHARS))
+            detail = self._scrub(clip(str(e), SNIPPET_CHARS), secrets)
             # Refused, unresolvable, unreachable: nothing was sent. A connection dropped after
             # the request went out (ReadError, RemoteProtocolError) may have been taken.
             raise RetryableError(
@@ -206,8 +222,9 @@ class ProviderClient:
             snippet = head[: SNIPPET_CHARS * 4].decode("utf-8", "replace")
             fallback = clip(snippet, SNIPPET_CHARS) or response.reason_phrase
         code, message = error_message(body, fallback)
-        code = self._scrub(code) if code else None
-        text = self._scrub(f"{method} {path}: HTTP {status}: {clip(message, SNIPPET_CHARS)}")
+        code = self._scrub(code, secrets) if code else None
+        text = self._scrub(f"{method} {path}: HTTP {status}: {clip(message, SNIPPET_CHARS)}",
+                           secrets)  # fmt: skip
         if says_task_not_found(body):
             # new-api answers a missing task with 400, others 404: the word decides, not
             # the status.
@@ -225,9 +242,16 @@ class ProviderClient:
     # --- create ---
 
     def create_payload(
-        self, request: VideoRequest, api_format: ApiFormat, job_id: str | None = None
+        self,
+        request: VideoRequest,
+        api_format: ApiFormat,
+        job_id: str | None = None,
+        images: StoredImages | None = None,
     ) -> dict[str, Any]:
         """The provider's request body for this job in this format.
+
+        Args:
+            images: reads (or presigns) a stored reference image, for a request that has one.
 
         Raises:
             PermanentError: code "unsupported_request", naming a field the request sets
@@ -235,21 +259,27 @@ class ProviderClient:
         """
         fmt = self.dialect.format_for(api_format.value)
         values = _request_values(request, fmt)
-        sources = {field.source for field in fmt.body.values()}
+        sources = {source for field in fmt.body.values() for source in field.sources}
         if "{model}" in fmt.path:  # Replicate and Veo name the model in the route
             sources.add("model")
         if missing := sorted(k for k, v in values.items() if v is not None and k not in sources):
+            names = ", ".join("image_object (an input_reference file)" if k == "image_object"
+                              else k for k in missing)  # fmt: skip
             raise PermanentError(
-                f"the {self.dialect.name} dialect has no place for {', '.join(missing)}",
+                f"the {self.dialect.name} dialect has no place for {names}",
                 code="unsupported_request",
             )
         values["job_id"] = job_id
         body: dict[str, Any] = {}
         for target, field in fmt.body.items():
-            value = field.value if field.source is None else values.get(field.source)
+            value = field.value
+            if field.source is not None:
+                value = next((values[k] for k in field.sources if values[k] is not None), None)
             if value is None:
                 continue
-            if field.separator is not None and isinstance(value, str):
+            if isinstance(value, StoredImage):
+                value = _image_value(value, field.type, images)
+            elif field.separator is not None and isinstance(value, str):
                 value = value.replace("x", field.separator)
             if field.type == "string" or field.suffix:
                 value = f"{value}{field.suffix}"
@@ -260,10 +290,15 @@ class ProviderClient:
         return body
 
     def create(
-        self, request: VideoRequest, api_format: ApiFormat, idempotency_key: str
+        self,
+        request: VideoRequest,
+        api_format: ApiFormat,
+        idempotency_key: str,
+        images: StoredImages | None = None,
     ) -> ProviderTask:
         """Submit a generation; the Idempotency-Key makes a repeated call return the same task
-        (where the dialect has one)."""
+        (where the dialect has one). A stored reference image is read (or presigned) through
+        images."""
         fmt = self.dialect.format_for(api_format.value)
         if any(part in ("", ".", "..") for part in request.model.split("/")):
             raise PermanentError(
@@ -271,15 +306,19 @@ class ProviderClient:
             )
         # Replicate's models are "owner/name" and go into the path as two segments.
         path = fmt.path.replace("{model}", quote(request.model, safe="/"))
-        body = self.create_payload(request, api_format, idempotency_key)
+        body = self.create_payload(request, api_format, idempotency_key, images)
         headers = dict(fmt.headers)
         if fmt.idempotency_header:
             headers[fmt.idempotency_header] = idempotency_key
         sent: dict[str, Any] = {"json": body}
         if fmt.encoding == "multipart":
             # (None, value) parts are plain form fields; a list makes httpx send multipart.
-            sent = {"files": [(k, (None, _form_value(v))) for k, v in body.items()]}
-        response = self._call(fmt.method, path, headers=headers, operation="create", **sent)
+            sent = {"files": [(k, _form_part(v)) for k, v in body.items()]}
+        # A presigned URL of the image is a credential until it expires: kept out of errors,
+        # should the provider echo it.
+        secrets = tuple(_presigned(body))
+        response = self._call(fmt.method, path, headers=headers, operation="create",
+                              secrets=secrets, **sent)  # fmt: skip
         task = self.parse_task(response)
         if not task.id:
             # Kling and MiniMax refuse a create with HTTP 200 and a code in the body.
@@ -470,6 +509,7 @@ def _request_values(request: VideoRequest, fmt: Create) -> dict[str, Any]:
         "aspect_ratio": ratio,
         "duration": request.duration,
         "image_url": request.image_url,
+        "image_object": request.image_object,
         "characters": list(request.characters) or None,
     }
 
@@ -506,8 +546,63 @@ def _origin_prefix(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _form_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def _form_part(value: Any) -> tuple[str | None, str | bytes, str | None] | tuple[None, str]:
+    if isinstance(value, FilePart):
+        return value.filename, value.data, value.content_type
+    return None, value if isinstance(value, str) else json.dumps(value)
+
+
+def _image_value(image: StoredImage, kind: str, images: StoredImages | None) -> Any:
+    """The stored image as a field of type kind takes it: a file part, or a presigned URL."""
+    if images is None:
+        raise PermanentError("no store to read the reference image from", code="internal_error")
+    if kind == "file":
+        return FilePart.of(image, images.read(image))
+    return Presigned(images.url(image))
+
+
+class Presigned(str):
+    """A presigned URL in a create body (sent as the string it is; found again to keep it
+    out of errors)."""
+
+    __slots__ = ()
+
+
+def _presigned(value: Any) -> list[str]:
+    if isinstance(value, Presigned):
+        return [str(value)]
+    if isinstance(value, dict):
+        return [url for item in value.values() for url in _presigned(item)]
+    if isinstance(value, list):
+        return [url for item in value for url in _presigned(item)]
+    return []
+
+
+class StoredImages(Protocol):
+    """Where a request's stored reference image is read from (worker/inputs.py)."""
+
+    def read(self, image: StoredImage) -> bytes:
+        """The image's bytes (RetryableError when storage is down, PermanentError when the
+        object is gone or not what the request says)."""
+        ...
+
+    def url(self, image: StoredImage) -> str:
+        """A short-lived URL of the image, made now (never recorded)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file part of a multipart create body."""
+
+    filename: str
+    data: bytes
+    content_type: str
+
+    @classmethod
+    def of(cls, image: StoredImage, data: bytes) -> FilePart:
+        extension = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+        return cls(f"input_reference.{extension[image.content_type]}", data, image.content_type)
 
 
 def kling_jwt(key_pair: str, now_s: float | None = None) -> str:

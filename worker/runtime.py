@@ -21,6 +21,7 @@ from producer.core.settings import Settings, get_settings
 from producer.core.store import JobStore, store
 from worker.egress import GuardedTransport
 from worker.history import GenerationTimes
+from worker.inputs import BucketImages
 from worker.provider import ProviderClient, client_for
 from worker.pump import Pump
 from worker.retries import Retries
@@ -107,6 +108,11 @@ class Runtime:
         )
         return client
 
+    @cached_property
+    def images(self) -> BucketImages:
+        """Requests' stored reference images (worker/inputs.py)."""
+        return BucketImages(lambda: self.s3, self.settings)
+
     def replicate(self) -> None:
         """Hold a write that guards money (a job pinned to a provider before its create)
         until VIDEOQUEUE_REDIS_WAIT_REPLICAS replicas have it, so that a failover cannot
@@ -122,7 +128,8 @@ class Runtime:
                         timeout_ms=self.settings.redis_wait_timeout_ms)  # fmt: skip
 
     def sweep_uploads(self) -> None:
-        """Abort orphaned multipart uploads, if no worker did lately (worker/uploads.py)."""
+        """Abort orphaned multipart uploads and delete stale reference images, if no worker
+        did lately (worker/uploads.py)."""
         sweep_if_due(self.s3, self.store.redis, self.store.keys.upload_sweep(), self.settings)
 
 

@@ -24,6 +24,8 @@ import redis
 from kombu.transport import redis as kombu_redis
 from redis import sentinel
 
+from producer.core.redis_client import PrimaryCheckingPool
+
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
     """A message delivered through a channel that has since closed (its connection lost and
@@ -93,7 +95,9 @@ class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
         else:
             self._sentinel_manager = manager
         credentials = {k: params[k] for k in ("username", "password") if k in params}
-        return manager.master_for(master_name, redis.Redis, **credentials).connection_pool
+        return manager.master_for(
+            master_name, redis.Redis, connection_pool_class=PrimaryCheckingPool, **credentials
+        ).connection_pool
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]

@@ -1,4 +1,5 @@
-"""Orphaned multipart uploads: aborted, so a worker killed mid-upload leaves no parts behind.
+"""Orphaned multipart uploads: aborted, so a worker killed mid-upload leaves no parts behind;
+and stale reference images (input_reference files), deleted.
 
 A finalize step aborts its own upload on any failure it lives to see (worker/storage.py); a
 SIGKILL, an OOM kill or a lost host leaves the upload open, and its parts are stored (and
@@ -79,14 +80,39 @@ def abort_stale_uploads(client: Any, bucket: str, prefix: str, older_than_s: flo
     return aborted
 
 
+def delete_stale_inputs(client: Any, bucket: str, prefix: str, older_than_s: float) -> int:
+    """Delete every stored reference image under prefix written more than older_than_s ago.
+
+    The HTTP service stores an input_reference file before it writes the job (a crash in
+    between leaves an object no job names) and names it by its sha256, so that jobs with the
+    same image share it and every upload of it renews its age: one older than older_than_s
+    (record_ttl_s) was last uploaded for a job whose record has expired by now, or for none.
+    """
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    stale = [
+        {"Key": item["Key"]}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+        if item["LastModified"] <= cutoff
+    ]
+    for start in range(0, len(stale), 1000):  # DeleteObjects takes 1000 keys at most
+        client.delete_objects(Bucket=bucket, Delete={"Objects": stale[start : start + 1000]})
+    if stale:
+        log.info("stale reference images deleted", count=len(stale))
+    return len(stale)
+
+
 def sweep_if_due(client: Any, redis_client: redis.Redis, marker: str, settings: Settings) -> int:
-    """Sweep stale uploads if no worker of the deployment did within step_timeout_s."""
+    """Sweep stale uploads (and stale reference images) if no worker of the deployment did
+    within step_timeout_s; returns how many uploads and images it removed."""
     s = settings
     if not redis_client.set(marker, "1", nx=True, ex=max(1, int(s.step_timeout_s))):
         return 0
     try:
         prefix = key_prefix(s.s3_key_template)
-        return abort_stale_uploads(client, s.s3_bucket, prefix, s.step_timeout_s + s.lease_s)
+        aborted = abort_stale_uploads(client, s.s3_bucket, prefix, s.step_timeout_s + s.lease_s)
+        return aborted + delete_stale_inputs(client, s.s3_bucket, s.s3_input_prefix,
+                                             s.record_ttl_s)  # fmt: skip
     except (ClientError, BotoCoreError) as e:
         log.warning("sweeping orphaned uploads failed", reason=str(e)[:200])
         return 0

@@ -506,6 +506,8 @@ def _task_stats(task: Task, now: float) -> dict[str, Any]:
         "width": task.spec.width,
         "height": task.spec.height,
         "duration": task.spec.duration_s,
+        "image_url": task.spec.image_url,
+        "input_reference_sha256": task.spec.input_reference_sha256,
         "created_at": task.created_at,
         "ready_at": task.ready_at if phase is Phase.COMPLETED else None,
         "creates": task.creates,

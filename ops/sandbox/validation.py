@@ -5,19 +5,23 @@ Two model families are accepted in both flavors:
 - router models (``sora``, ``sora-pro`` and any other model given a timing in the config):
   any well-formed ``WxH`` (even, 16..1920) and a duration of 1..20 s;
 - OpenAI's own models (``sora-2``, ``sora-2-pro``): ``seconds`` of 4, 8 or 12 and one of
-  four sizes, as OpenAI validates them.
+  four sizes, as OpenAI validates them; an ``input_reference`` file is a JPEG, PNG or WebP
+  image of exactly the video's size ("Inpaint image must match the requested width and
+  height"), as OpenAI refuses any other.
 
 Every rejection is a 400 naming the field (``param``) and the problem (``code``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from producer.core.images import IMAGE_TYPES, image_size, image_type
 from producer.core.requests import ASPECT_RATIOS
 
 from .errors import ApiError, invalid
@@ -47,6 +51,24 @@ class Scene:
 
 
 @dataclass(frozen=True, slots=True)
+class ReferenceFile:
+    """An ``input_reference`` file of a form, as the sandbox keeps it: what it is, not its
+    bytes."""
+
+    filename: str | None
+    declared_type: str | None  # the part's Content-Type, as the client said
+    image_type: str | None  # what its bytes are (None: not an image the API takes)
+    size: tuple[int, int] | None  # (width, height), read from its header
+    sha256: str
+    size_bytes: int
+
+    @classmethod
+    def of(cls, filename: str | None, declared_type: str | None, data: bytes) -> ReferenceFile:
+        return cls(filename, declared_type, image_type(data), image_size(data),
+                   hashlib.sha256(data).hexdigest(), len(data))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class VideoSpec:
     """A validated video request: what the task will produce."""
 
@@ -59,6 +81,8 @@ class VideoSpec:
     image_url: str | None
     characters: tuple[str, ...]
     has_input_reference: bool
+    # The sha256 of an input_reference file's bytes (what the sandbox saw).
+    input_reference_sha256: str | None = None
 
     @property
     def size(self) -> str:
@@ -192,7 +216,9 @@ def _spec(body: dict[str, Any], model: str, width: int, height: int) -> VideoSpe
     if image_url is not None:
         _http_url(image_url, "image_url")
     ref = body.get("input_reference")
-    if isinstance(ref, dict):
+    if isinstance(ref, ReferenceFile):
+        _reference_file(ref, model, width, height)
+    elif isinstance(ref, dict):
         # OpenAI's JSON form of an input reference: {"image_url": ...} or {"file_id": ...}
         if ref.get("image_url") is not None:
             image_url = _http_url(ref["image_url"], "input_reference.image_url", data_ok=True)
@@ -216,7 +242,26 @@ def _spec(body: dict[str, Any], model: str, width: int, height: int) -> VideoSpe
         image_url=image_url,
         characters=tuple(characters),
         has_input_reference=ref is not None,
+        input_reference_sha256=ref.sha256 if isinstance(ref, ReferenceFile) else None,
     )
+
+
+def _reference_file(ref: ReferenceFile, model: str, width: int, height: int) -> None:
+    if ref.image_type is None:
+        raise invalid(
+            f"input_reference must be an image ({', '.join(IMAGE_TYPES)}); "
+            f"got {ref.declared_type or 'a file of no type'} that is not one",
+            code="invalid_image_format",
+            param="input_reference",
+        )
+    if model in OPENAI_MODELS and ref.size != (width, height):
+        got = "x".join(map(str, ref.size)) if ref.size else "an unreadable size"
+        raise invalid(
+            f"Inpaint image must match the requested width and height ({width}x{height}; "
+            f"the image is {got})",
+            code="invalid_value",
+            param="input_reference",
+        )
 
 
 def _model(body: dict[str, Any], models: set[str], default_model: str) -> str:
@@ -350,6 +395,7 @@ def _http_url(url: Any, param: str, *, data_ok: bool = False) -> str:
 
 __all__ = [
     "ApiError",
+    "ReferenceFile",
     "Scene",
     "VideoSpec",
     "parse_character",

@@ -236,4 +236,5 @@ ERROR_CODES = frozenset({
     "task_not_found", "unsupported_request", "unknown_provider", "no_provider",
     "download_failed", "download_timeout", "too_large", "bound_exceeded", "blocked_url",
     "not_mp4", "invalid_video", "storage_unavailable", "internal_error", "uncertain_create",
+    "input_reference_missing", "invalid_input_reference",
 })  # fmt: skip

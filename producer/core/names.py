@@ -284,6 +284,11 @@ class Keys:
         """A hash: `reserved` and `charged` micro-dollars summed over every tenant."""
         return f"{self.prefix}:ledger:totals"
 
+    def console_session(self, session_digest: str) -> str:
+        """A console sign-in (producer/http/console/sessions.py): the key id, tenant and CSRF
+        token of the session whose cookie hashes (sha256) to session_digest; it expires."""
+        return f"{self.prefix}:console:session:{session_digest}"
+
     def character(self, character_id: str) -> str:
         """The tenant a character made through videoqueue belongs to (a string)."""
         return f"{self.prefix}:character:{character_id}"

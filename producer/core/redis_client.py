@@ -6,9 +6,10 @@
 sentinel, with the master's name in `VIDEOQUEUE_SENTINEL_MASTER`. A Sentinel client asks the
 sentinels where the primary is each time it opens a connection, so after a failover the
 next command (redis-py retries a failed one with backoff) reaches the new primary without a
-restart; a connection still open to a demoted primary is dropped on its first READONLY
-answer. The user and password of a sentinel URL are the Redis servers' (as kombu reads
-them); the sentinels' own password is `VIDEOQUEUE_SENTINEL_PASSWORD`.
+restart; and once a second besides (`PrimaryCheckingPool`), so that pooled connections leave
+a primary demoted while still up; a connection still open to a demoted primary is dropped on
+its first READONLY answer. The user and password of a sentinel URL are the Redis servers'
+(as kombu reads them); the sentinels' own password is `VIDEOQUEUE_SENTINEL_PASSWORD`.
 
 Nothing here ever puts a password in a message: errors name the setting and the position of
 the bad address, and `describe()` gives an address to print.
@@ -16,17 +17,48 @@ the bad address, and `describe()` gives an address to print.
 
 from __future__ import annotations
 
+import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from producer.core.errors import InvalidConfiguration
 
 SENTINEL_SCHEME = "sentinel"
 DEFAULT_SENTINEL_PORT = 26379
+# How often a Sentinel client asks the sentinels which server is the primary, besides when it
+# opens a connection. redis-py asks only then, so pooled connections stay with a primary that
+# was demoted while still up (a planned `SENTINEL FAILOVER`, or a primary cut off from the
+# sentinels but not from us): it takes their writes until the sentinels turn it into a
+# replica, about 7 s later in the chaos suite's redis-switchover, and its resync from the new
+# primary then throws them away (every webhook of a 150-job run landed twice: the steps that
+# sent them were recorded on the old primary only). Once a second bounds that window to about
+# a second, for one round trip to a sentinel per second per process.
+PRIMARY_CHECK_S = 1.0
+
+
+class PrimaryCheckingPool(SentinelConnectionPool):  # type: ignore[misc]
+    """redis-py's Sentinel pool, which also asks the sentinels for the primary when a
+    connection is taken and PRIMARY_CHECK_S passed since it last asked. On a new primary
+    redis-py drops the idle connections at once, and those in use when they come back."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._primary_checked_at = time.monotonic()
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if self.is_master and now - self._primary_checked_at >= PRIMARY_CHECK_S:
+            self._primary_checked_at = now
+            # Sentinels out of reach: carry on with the connections there are (a command on
+            # a dead one fails and is retried on a fresh one, which asks them again).
+            with suppress(redis.RedisError):
+                self.get_master_address()
+        return super().get_connection(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -103,14 +135,26 @@ def parse_sentinel_url(url: str, setting: str = "VIDEOQUEUE_BROKER_URL") -> Sent
     return SentinelAddress(tuple(sentinels), dbs.pop() if dbs else 0, username, password)
 
 
+# The schemes redis-py connects to (redis.connection.parse_url), and Sentinel's of ours.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 def check_url(url: str, setting: str) -> None:
-    """Refuse a Sentinel URL that does not parse (other schemes are Redis's own to judge).
+    """Refuse a URL that names no Redis: a scheme redis-py does not take, or a Sentinel URL
+    that does not parse. Checked with the settings, so that every command and process stops
+    at once with a line naming the setting, not at its first connection with a traceback.
 
     Raises:
-        InvalidConfiguration: naming the setting.
+        InvalidConfiguration: naming the setting (never the URL: it may carry a password).
     """
     if is_sentinel(url):
         parse_sentinel_url(url, setting)
+        return
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise InvalidConfiguration(
+            f"{setting} must be a redis://, rediss://, unix:// or sentinel:// URL"
+        )
 
 
 def describe_sentinels(sentinels: tuple[tuple[str, int], ...], db: int = 0) -> str:
@@ -199,6 +243,7 @@ def connect(
     return manager.master_for(
         master,
         redis_class=redis.Redis,
+        connection_pool_class=PrimaryCheckingPool,
         db=address.db,
         username=address.username,
         password=address.password,
@@ -211,7 +256,8 @@ def client(settings: Any, url: str | None = None, **kwargs: Any) -> redis.Redis:
     Args:
         settings: a Settings (typed Any: settings.py imports this module).
         url: settings.broker_url to reach the broker's Redis; the records' by default.
-        **kwargs: more connection arguments.
+        **kwargs: more connection arguments (VIDEOQUEUE_REDIS_TIMEOUT_S gives the socket
+            timeouts not given here).
     """
     target = url or settings.records_url
     setting = (
@@ -220,6 +266,9 @@ def client(settings: Any, url: str | None = None, **kwargs: Any) -> redis.Redis:
         else "VIDEOQUEUE_BROKER_URL"
     )
     password = settings.sentinel_password
+    if settings.redis_timeout_s is not None:
+        kwargs.setdefault("socket_timeout", settings.redis_timeout_s)
+        kwargs.setdefault("socket_connect_timeout", settings.redis_timeout_s)
     return connect(
         target,
         master=settings.sentinel_master,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -97,6 +97,20 @@ class Scene(BaseModel):
     duration: int = Field(ge=1, le=60)
 
 
+class StoredImage(BaseModel):
+    """A reference image stored in our bucket (the HTTP service puts an `input_reference`
+    upload there): where it is and what it is, never a URL of it (a presigned URL is a
+    credential). The worker hands it to the provider as its dialect takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(min_length=1, max_length=255)
+    key: str = Field(min_length=1, max_length=1024)
+    content_type: Literal["image/jpeg", "image/png", "image/webp"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=1)
+
+
 class VideoRequest(BaseModel):
     """A video generation job, in the shape of the provider's own request plus our fields.
 
@@ -113,6 +127,8 @@ class VideoRequest(BaseModel):
     aspect_ratio: str | None = None
     duration: int | None = Field(None, ge=1, le=60)
     image_url: str | None = None
+    # A reference image in our bucket instead of image_url (OpenAI's input_reference file).
+    image_object: StoredImage | None = None
     storyboard: list[Scene] | None = Field(None, min_length=1, max_length=20)
     characters: list[str] = Field(default_factory=list, max_length=10)
     webhook_url: str | None = None
@@ -162,6 +178,8 @@ class VideoRequest(BaseModel):
             raise ValueError("give size or aspect_ratio, not both")
         if self.storyboard is not None and self.duration is not None:
             raise ValueError("duration is the sum of the storyboard's scenes; leave it out")
+        if self.image_url is not None and self.image_object is not None:
+            raise ValueError("give image_url or image_object, not both")
         return self
 
     @property

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # (the URL's password is the Redis servers').
     sentinel_master: str = Field("mymaster", min_length=1)
     sentinel_password: SecretStr | None = None
+    # The longest one call to the records' Redis waits (to connect, or for its answer), direct
+    # or through Sentinel; None: no limit. The HTTP service uses 5 s when this is unset
+    # (producer/http/calls.py): its Redis calls run on the event loop. A redis:// URL's own
+    # socket_timeout= wins.
+    redis_timeout_s: float | None = Field(None, gt=0)
     # The writes that guard money (a job pinned to a provider just before its create is sent)
     # wait until this many replicas have them (Redis WAIT), so that a failover cannot lose
     # them; 0: no wait. Costs one round trip to the slowest of them per submit (README
@@ -147,6 +152,9 @@ class Settings(BaseSettings):
     s3_bucket: str = "videoqueue"
     s3_region: str = "us-east-1"
     s3_key_template: str = "videos/{job_id}.mp4"
+    # Where the HTTP service stores input_reference uploads (named by their sha256), apart
+    # from the videos; the workers' sweep deletes those older than record_ttl_s.
+    s3_input_prefix: str = Field("inputs/", min_length=1, pattern=r"^[^{}]*/$")
     s3_part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
     # Parts uploaded while the next one downloads. Measured memory growth is about
     # (1.5 x this + 2) parts: 8 MiB x 2 held ~39 MiB while copying 1 GiB (bench/results).
@@ -200,6 +208,11 @@ class Settings(BaseSettings):
     http_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     # The largest batch body: 100,000 small requests as JSON Lines fit.
     http_max_batch_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # How long a console sign-in lasts (/console): a working day, then the key again.
+    console_session_ttl_s: float = Field(8 * 3600.0, gt=0)
+    # The largest input_reference file (413 naming it past this): OpenAI's reference images
+    # are frames of the video (1792x1024 at most), a few MB as PNG.
+    http_max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 
     # --- operations: metrics, logs, the job index ---
     # The port every worker host serves Prometheus metrics on (its main process); None: none.
@@ -227,6 +240,15 @@ class Settings(BaseSettings):
     def _redis_address(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
             check_url(v, f"VIDEOQUEUE_{(info.field_name or '').upper()}")
+        return v
+
+    @field_validator("s3_input_prefix")
+    @classmethod
+    def _apart_from_videos(cls, v: str, info: ValidationInfo) -> str:
+        videos = str(info.data.get("s3_key_template", "")).split("{", 1)[0]
+        if videos.startswith(v):
+            # The sweep deletes what is under it by age: the videos would go too.
+            raise ValueError(f"must not hold the videos' keys ({videos!r}...)")
         return v
 
     @field_validator("webhook_secret")

@@ -165,17 +165,19 @@ class JobStore:
         return JobRecord.model_validate_json(raw)
 
     def page(
-        self, tenant: str | None, after: str | None, limit: int
+        self, tenant: str | None, after: str | None, limit: int, order: str = "desc"
     ) -> tuple[list[JobRecord], bool] | None:
-        """Up to limit jobs of the tenant (None: of every tenant), newest first, after the job
-        `after` (None: from the newest), and whether more follow; None when `after` is not
-        in that listing (no such job, another tenant's, or gone). Jobs whose records expired
-        are skipped, and their index entries removed (lua/page_jobs.lua); jobs created longer
-        ago than the records' retention are no longer listed."""
+        """Up to limit jobs of the tenant (None: of every tenant), newest first (order "desc")
+        or oldest first ("asc"), after the job `after` (None: from the first), and whether
+        more follow; None when `after` is not in that listing (no such job, another tenant's,
+        or gone). Jobs whose records expired are skipped, and their index entries removed
+        (lua/page_jobs.lua); jobs created longer ago than the records' retention are no
+        longer listed."""
         index = self.keys.job_index() if tenant is None else self.keys.tenant_job_index(tenant)
         found = self._page_jobs(
-            index=index, job_prefix=self.keys.job(""), after=after or "", limit=limit
-        )
+            index=index, job_prefix=self.keys.job(""), after=after or "", limit=limit,
+            order=order,
+        )  # fmt: skip
         if found is None:
             return None
         more, raws = found
@@ -584,7 +586,10 @@ def store(settings: Settings | None = None) -> JobStore:
     """The job store for these settings (one connection pool per Redis address and prefix)."""
     s = settings or get_settings()
     password = s.sentinel_password.get_secret_value() if s.sentinel_password else None
-    address = (s.records_url, s.sentinel_master, password, s.key_prefix, s.record_ttl_s)
+    address = (
+        s.records_url, s.sentinel_master, password, s.key_prefix, s.record_ttl_s,
+        s.redis_timeout_s,
+    )  # fmt: skip
     found = _stores.get(address)
     if found is None:
         if len(_stores) >= 8:  # as the lru_cache before it: tests make many deployments

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from producer.core import redis_client
 from producer.core.errors import ApiError, BudgetExceeded, InvalidRequest, JobNotFound
 from producer.core.settings import Settings, get_settings
-from producer.http import batches, characters, usage, videos
+from producer.http import batches, characters, console, usage, videos
 from producer.http.calls import in_thread, with_redis_timeouts
 from producer.http.content import Bucket
 from producer.http.openapi import ERRORS
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(characters.router)
     app.include_router(usage.router)
+    console.mount(app)  # the web console at /console (producer/http/console/)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
     app.add_api_route("/readyz", readyz, methods=["GET"], tags=["health"],
                       responses={503: ERRORS[503]})  # fmt: skip

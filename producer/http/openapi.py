@@ -45,21 +45,24 @@ _FORM_FIELDS = ("model", "prompt", "size", "aspect_ratio", "image_url", "webhook
                 "provider", "idempotency_key")  # fmt: skip
 
 
-def create_body(*, form: bool) -> dict[str, Any]:
-    """The requestBody of a create route: the request as JSON, and (form) OpenAI's form."""
+def create_body() -> dict[str, Any]:
+    """The requestBody of a create route: the request as JSON, or OpenAI's form."""
     schema = _inline(VideoRequest.model_json_schema())
     schema["properties"].update(_OPENAI_FIELDS)
-    content: dict[str, Any] = {"application/json": {"schema": schema}}
-    if form:
-        fields = {name: {"type": "string"} for name in _FORM_FIELDS}
-        fields["seconds"] = {"type": "string", "pattern": "^[0-9]+$"}
-        fields["input_reference"] = {
-            "type": "string", "format": "binary",
-            "description": "A file: not supported yet (400); pass image_url.",
-        }  # fmt: skip
-        content["multipart/form-data"] = {
+    schema["properties"].pop("image_object")  # set by the service from an upload, never sent
+    fields = {name: {"type": "string"} for name in _FORM_FIELDS}
+    fields["seconds"] = {"type": "string", "pattern": "^[0-9]+$"}
+    fields["input_reference"] = {
+        "type": "string", "format": "binary",
+        "description": "The reference image, a file: JPEG, PNG or WebP (by its bytes), "
+        "at most VIDEOQUEUE_HTTP_MAX_UPLOAD_BYTES (413 past it).",
+    }  # fmt: skip
+    content: dict[str, Any] = {
+        "application/json": {"schema": schema},
+        "multipart/form-data": {
             "schema": {"type": "object", "properties": fields, "required": ["prompt"]}
-        }
+        },
+    }
     return {"requestBody": {"required": True, "content": content}}
 
 

@@ -98,7 +98,8 @@ class Character(BaseModel):
 
 
 class VideoList(BaseModel):
-    """A page of videos, newest first; the next page is `?after=<last_id>`."""
+    """A page of videos, newest first (or oldest, `order=asc`); the next page is
+    `?after=<last_id>` in the same order."""
 
     object: Literal["list"] = "list"
     data: list[Video]
@@ -208,8 +209,9 @@ def video_request(
     """A create body, in the router's JSON or OpenAI's fields, as videoqueue's request.
 
     OpenAI's `seconds` ("4") is our `duration`; its `input_reference` as an image URL
-    (`{"image_url": ...}`) our `image_url`; the `Idempotency-Key` header our
-    `idempotency_key`. Everything else is the request's own field, validated by enqueue.
+    (`{"image_url": ...}`) our `image_url`, as a file (an Upload) our `image_object`, left as
+    the Upload for the route to store; the `Idempotency-Key` header our `idempotency_key`.
+    Everything else is the request's own field, validated by enqueue.
 
     Returns:
         The request, and {our field: the caller's name for it} for naming fields in errors.
@@ -217,6 +219,11 @@ def video_request(
     Raises:
         ApiError: a 400 naming the caller's field, where the translation itself fails.
     """
+    if "image_object" in body:
+        # Only the service's own upload sets it: a caller naming an object in our bucket
+        # could have a worker send any object there to a provider.
+        raise _invalid("unknown field; send the image as input_reference (a file) or image_url",
+                       "image_object")  # fmt: skip
     request = dict(body)
     names: dict[str, str] = {}
     if form:
@@ -234,8 +241,15 @@ def video_request(
         request["duration"] = _whole_seconds(seconds)
         names["duration"] = "seconds"
     if (reference := request.pop("input_reference", None)) is not None:
-        request["image_url"] = _reference_url(reference, given_image_url="image_url" in request)
-        names["image_url"] = "input_reference"
+        if "image_url" in request:
+            raise _invalid("give input_reference or image_url, not both", "input_reference")
+        if isinstance(reference, Upload):
+            # Left as the file: the route checks and stores it (producer/http/uploads.py).
+            request["image_object"] = reference
+            names["image_object"] = "input_reference"
+        else:
+            request["image_url"] = _reference_url(reference)
+            names["image_url"] = "input_reference"
     if idempotency_key is not None:
         if request.get("idempotency_key") not in (None, idempotency_key):
             raise _invalid(
@@ -255,25 +269,13 @@ def _whole_seconds(value: Any) -> Any:
                    "seconds")  # fmt: skip
 
 
-def _reference_url(reference: Any, *, given_image_url: bool) -> Any:
-    if isinstance(reference, Upload):
-        # A file would have to live somewhere the worker can hand the provider; until then
-        # the caller passes a URL of it.
-        raise ApiError(
-            400,
-            "input_reference files are not supported yet; pass image_url (an http(s) URL of "
-            "the image) instead",
-            code="unsupported_input_reference",
-            param="input_reference",
-        )
-    if given_image_url:
-        raise _invalid("give input_reference or image_url, not both", "input_reference")
+def _reference_url(reference: Any) -> Any:
     if isinstance(reference, dict) and set(reference) == {"image_url"}:
         return reference["image_url"]
     if isinstance(reference, str):
         return reference
     raise _invalid(
-        'input_reference must be {"image_url": "https://..."} (or a file, not yet supported)',
+        'input_reference must be a file (multipart), or {"image_url": "https://..."}',
         "input_reference",
     )
 

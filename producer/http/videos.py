@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import JSONResponse, Response
 
 from producer.core.errors import ApiError, InvalidRequest, JobNotFound
 from producer.core.keys import Principal
-from producer.core.records import TERMINAL, JobRecord, JobStatus
+from producer.core.records import TERMINAL, JobRecord, JobStatus, Output, Poster
 from producer.core.settings import Settings
 from producer.http.auth import check_owner, identify, principal
-from producer.http.bodies import is_form, read_form, read_json
+from producer.http.bodies import Upload, is_form, read_form, read_json
 from producer.http.calls import in_thread, on_loop
 from producer.http.content import content_url, signature_holds
 from producer.http.openapi import ERRORS, create_body
 from producer.http.shapes import Video, VideoDeleted, VideoList, video_object, video_request
-from producer.jobs import cancel, enqueue, get, list_jobs
+from producer.http.uploads import checked_image, store_image
+from producer.jobs import cancel, check_request, create_job, get, list_jobs
 
 router = APIRouter(tags=["videos"])
 Caller = Annotated[Principal, Depends(principal)]
@@ -34,6 +35,7 @@ MAX_PAGE = 100
 POLL_AFTER = "openai-poll-after-ms"
 MIN_POLL_AFTER_MS = 500
 MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+JPEG = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 
 
 async def create_video(
@@ -44,14 +46,14 @@ async def create_video(
 
 
 # One handler, two routes: the router's unified format differs only in taking aspect_ratio,
-# which both take; only /v1/videos takes OpenAI's form.
-for _path, _form, _summary in (
-    ("/v1/videos", True, "Create a video (router JSON, or OpenAI's multipart form)"),
-    ("/v1/video/create", False, "Create a video (the router's unified format: aspect_ratio)"),
+# which both take; both take OpenAI's form too (an input_reference file on either).
+for _path, _summary in (
+    ("/v1/videos", "Create a video (router JSON, or OpenAI's multipart form)"),
+    ("/v1/video/create", "Create a video (the router's unified format: aspect_ratio)"),
 ):
     router.add_api_route(
         _path, create_video, methods=["POST"], response_model=Video, responses=ERRORS,
-        openapi_extra=create_body(form=_form), summary=_summary,
+        openapi_extra=create_body(), summary=_summary,
     )  # fmt: skip
 
 
@@ -60,25 +62,31 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
     form = is_form(request)
     if form:
         try:
-            body = await read_form(request, settings.http_max_body_bytes)
+            # A form may carry an input_reference file on top of the other fields.
+            limit = settings.http_max_body_bytes + settings.http_max_upload_bytes
+            body = await read_form(request, limit)
         except ApiError as e:
-            if e.status == 413:  # most likely an input_reference file: say what to do instead
-                e.message += "; input_reference files are not supported yet: pass image_url"
+            if e.status == 413:  # most likely an input_reference file
+                e.message += (f" (an input_reference file at most "
+                              f"{settings.http_max_upload_bytes} bytes)")  # fmt: skip
                 e.param = "input_reference"
             raise
     else:
         body = await read_json(request, settings.http_max_body_bytes)
     fields, names = video_request(body, idempotency_key=idempotency_key, form=form)
     try:
-        record = await on_loop(_enqueue, fields, who.tenant, settings)
+        if isinstance(upload := fields.get("image_object"), Upload):
+            # Stored only for a request that is valid otherwise: a refused one writes nothing.
+            image = await in_thread(checked_image, upload, settings)  # a digest of MBs
+            fields["image_object"] = image.model_dump()
+            checked = await on_loop(check_request, fields, tenant=who.tenant, settings=settings)
+            await in_thread(store_image, request.app.state.bucket, image, upload.data)
+            record = await on_loop(create_job, checked, tenant=who.tenant, settings=settings)
+        else:
+            record = await on_loop(create_job, fields, tenant=who.tenant, settings=settings)
     except InvalidRequest as e:
         raise invalid_request(e, names) from None
     return _video(request, record)
-
-
-def _enqueue(fields: dict[str, Any], tenant: str, settings: Settings) -> JobRecord:
-    # The record is read back: an idempotent repeat answers the earlier job as it is now.
-    return get(enqueue(fields, tenant=tenant, settings=settings), settings=settings)
 
 
 def invalid_request(e: InvalidRequest, names: dict[str, str] | None = None) -> ApiError:
@@ -111,12 +119,15 @@ async def list_videos(
     after: Annotated[
         str | None, Query(max_length=200, description="The last id of the previous page.")
     ] = None,
-    order: Annotated[str, Query(pattern="^desc$", description="Newest first only.")] = "desc",
+    order: Annotated[
+        Literal["asc", "desc"],
+        Query(description="desc: newest first; asc: oldest first (by creation)."),
+    ] = "desc",
 ) -> Any:
     settings: Settings = request.app.state.settings
     tenant = None if who.admin else who.tenant
     records, has_more = await on_loop(
-        lambda: list_jobs(tenant=tenant, limit=limit, after=after, settings=settings)
+        lambda: list_jobs(tenant=tenant, limit=limit, after=after, order=order, settings=settings)
     )
     data = [_video_data(request, r) for r in records]
     return JSONResponse({
@@ -152,18 +163,22 @@ def _ended(video_id: str, record: JobRecord) -> ApiError:
     "/v1/videos/{video_id}/content",
     responses={
         **ERRORS,
-        200: {"content": MP4, "description": "The MP4."},
-        206: {"content": MP4, "description": "The asked-for Range of the MP4."},
-        416: {**ERRORS[400], "description": "A Range outside the MP4."},
+        200: {"content": {**MP4, **JPEG}, "description": "The MP4, or its poster frame."},
+        206: {"content": {**MP4, **JPEG}, "description": "The asked-for Range of it."},
+        416: {**ERRORS[400], "description": "A Range outside it."},
     },
     response_class=Response,
-    summary="Download the MP4 (the bearer key, or video.url's signature)",
+    summary="Download the MP4 or its poster frame (the bearer key, or video.url's signature)",
 )
 async def download_video(
     request: Request,
     video_id: str,
     variant: Annotated[
-        str, Query(description="video (thumbnail and spritesheet are not kept)")
+        str,
+        Query(
+            description="video (the MP4), thumbnail (its poster frame, a JPEG; 404 when none "
+            "could be made) or spritesheet (not kept: 404)"
+        ),
     ] = "video",
     expires: Annotated[str | None, Query(description="From a signed video.url.")] = None,
     signature: Annotated[str | None, Query(description="From a signed video.url.")] = None,
@@ -177,11 +192,12 @@ async def download_video(
     else:
         record = await _owned(request, video_id, await identify(request, secret))
     if variant not in ("video", "thumbnail", "spritesheet"):
-        raise ApiError(400, f"unknown variant {variant!r}; use video", code="invalid_value",
+        raise ApiError(400, f"unknown variant {variant!r}; use video or thumbnail",
+                       code="invalid_value", param="variant")  # fmt: skip
+    if variant == "spritesheet":
+        raise ApiError(404, "variant 'spritesheet' is not available: only the video and its "
+                       "thumbnail are kept", code="variant_not_available",
                        param="variant")  # fmt: skip
-    if variant != "video":
-        raise ApiError(404, f"variant {variant!r} is not available: only the video is kept",
-                       code="variant_not_available", param="variant")  # fmt: skip
     if record.status is not JobStatus.COMPLETED or record.output is None:
         raise ApiError(
             409,
@@ -189,9 +205,15 @@ async def download_video(
             "status is completed",
             code="video_not_ready",
         )
+    stored: Output | Poster = record.output
+    if variant == "thumbnail":
+        if record.output.poster is None:  # best effort: the video completed without one
+            why = record.output.poster_error or "it was stored before posters were made"
+            raise ApiError(404, f"video {video_id} has no thumbnail: {why}",
+                           code="variant_not_available", param="variant")  # fmt: skip
+        stored = record.output.poster
     bucket = request.app.state.bucket
-    output, range_header = record.output, request.headers.get("range")
-    return await in_thread(bucket.open, output, range_header)
+    return await in_thread(bucket.open, stored, request.headers.get("range"))
 
 
 def _bearer(request: Request) -> str | None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
@@ -17,11 +18,17 @@ from tests.public_objects import SCHEDULER_FIELDS, assert_public
 VIDEOQUEUE = shutil.which("videoqueue", path=os.path.dirname(sys.executable))
 
 
-def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run(
+    env: dict[str, str],
+    *args: str,
+    stdin: str | None = None,
+    base: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """videoqueue with args, in the environment base (os.environ by default) plus env."""
     argv = [VIDEOQUEUE] if VIDEOQUEUE else [sys.executable, "-m", "ops"]
     return subprocess.run(
         [*argv, *args], input=stdin, capture_output=True, text=True, timeout=90,
-        env={**os.environ, **env},
+        env={**(os.environ if base is None else base), **env},
     )  # fmt: skip
 
 
@@ -119,3 +126,41 @@ def test_cancel_marks_a_queued_job_cancelled(make_pipeline):
     job_id = run(p.env, "submit", "-", stdin=json.dumps(p.request())).stdout.strip()
     cancelled = run(p.env, "cancel", job_id)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+
+
+# Commands of every kind (the producer's, the operator's, serve), each with one of the bad
+# settings below in turn, and a valid input where it reads one.
+COMMANDS = [
+    (["submit", "--prompt", "x"], None), (["status", "job_x"], None),
+    (["batch", "-"], '{"prompt": "x"}'), (["stats"], None), (["retry", "job_x"], None),
+    (["jobs", "list"], None), (["webhooks", "dead"], None), (["keys", "list"], None),
+    (["keys", "create", "--tenant", "a"], None), (["tenants", "show", "a"], None),
+    (["serve", "--port", "0"], None), (["doctor"], None),
+]  # fmt: skip
+BAD_SETTINGS = [
+    # (variable, value, what the line says): a URL's password is never echoed.
+    ("VIDEOQUEUE_REDIS_URL", "http://user:hunter2@redis.example/0", "redis://"),
+    ("VIDEOQUEUE_BROKER_URL", "nope", "redis://"),
+    ("VIDEOQUEUE_POLL_CAP_S", "soon", "number"),
+    ("VIDEOQUEUE_WEBHOOK_SCHEDULE_S", "[1,", "Expecting value"),
+    ("VIDEOQUEUE_LOG_FORMAT", "xml", "'console' or 'json'"),
+]
+
+
+def test_every_command_refuses_a_bad_setting_with_one_line_naming_it():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOQUEUE_")}
+    cases = [(*command, *BAD_SETTINGS[i % len(BAD_SETTINGS)]) for i, command in enumerate(COMMANDS)]
+
+    def refused(case: tuple[list[str], str | None, str, str, str]) -> subprocess.CompletedProcess:
+        command, stdin, name, value, _ = case
+        # A narrow terminal: the one line must not be wrapped into two.
+        return run({name: value, "COLUMNS": "60"}, *command, base=clean, stdin=stdin or "")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: the host is shared
+        results = list(pool.map(refused, cases))
+    for (command, _, name, _, says), result in zip(cases, results, strict=True):
+        lines = result.stderr.splitlines()
+        assert result.returncode == 2, (command, name, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (command, result.stderr)
+        assert name in lines[0] and says in lines[0], (command, lines[0])
+        assert "hunter2" not in result.stderr + result.stdout and result.stdout == ""

@@ -12,7 +12,9 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,6 +22,8 @@ import redis
 from ops.sentinel import SentinelCluster, sentinel_cluster
 from producer import JobStatus, enqueue, get
 from producer.core.names import Lane
+from producer.core.records import WebhookState
+from producer.core.redis_client import PRIMARY_CHECK_S
 from producer.core.store import store
 from tests.e2e.conftest import BUCKET, Pipeline, eventually
 from tests.e2e.test_cli import run
@@ -57,6 +61,29 @@ def _completed(p: Pipeline, ids: list[str]) -> int:
         return -1
 
 
+def _assert_completed_billed_once_with_the_providers_bytes(
+    p: Pipeline, ids: list[str], s3_client: Any
+) -> None:
+    """Every job ends completed within a minute; one provider task per job, none without
+    its job (a create replayed under its Idempotency-Key finds the same task: counted in
+    that task's `creates`, billed once); every stored object is the sandbox's bytes."""
+    deadline = time.monotonic() + 60
+    records = []
+    for job_id in ids:
+        records.append(eventually(
+            lambda j=job_id: (r := get(j, settings=p.settings)).terminal and r,
+            max(1.0, deadline - time.monotonic()), every_s=0.2,
+        ))  # fmt: skip
+    assert all(r.status is JobStatus.COMPLETED for r in records), [r.error for r in records]
+    stats = p.sandbox.stats()
+    assert stats["totals"]["tasks"] == len(ids)
+    assert {r.provider_task_id for r in records} == set(stats["tasks"])
+    for r in records:
+        data = s3_client.get_object(Bucket=BUCKET, Key=r.output.key)["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == r.output.sha256
+        assert data == p.served_bytes(r.provider_task_id or "")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_a_killed_primary_fails_over_and_every_job_completes_billed_once(
@@ -87,28 +114,83 @@ def test_a_killed_primary_fails_over_and_every_job_completes_billed_once(
     resumed_s = time.monotonic() - killed_at
     assert resumed_s < RESUME_GOAL_S
 
-    deadline = time.monotonic() + 60
-    records = []
-    for job_id in ids:
-        records.append(eventually(
-            lambda j=job_id: (r := get(j, settings=p.settings)).terminal and r,
-            max(1.0, deadline - time.monotonic()), every_s=0.2,
-        ))  # fmt: skip
-    assert all(r.status is JobStatus.COMPLETED for r in records), [r.error for r in records]
-    stats = p.sandbox.stats()
-    # One provider task per job, none without its job (a create replayed under its
-    # Idempotency-Key finds the same task: counted in that task's `creates`, billed once).
-    assert stats["totals"]["tasks"] == len(ids)
-    assert {r.provider_task_id for r in records} == set(stats["tasks"])
-    for r in records:
-        data = s3_client.get_object(Bucket=BUCKET, Key=r.output.key)["Body"].read()
-        assert hashlib.sha256(data).hexdigest() == r.output.sha256
-        assert data == p.served_bytes(r.provider_task_id or "")
+    _assert_completed_billed_once_with_the_providers_bytes(p, ids, s3_client)
     for w in p.workers:  # reconnected, not restarted
         assert w.pid in w.alive_pids(), w.log_text()[-3000:]
         log = w.log_text()
         assert "Unrecoverable error" not in log
         assert REDIS_PASSWORD not in log
+
+
+def _notified(p: Pipeline) -> set[str]:
+    """The jobs whose webhook the receiver got."""
+    return {(d.json or {}).get("data", {}).get("id") for d in p.receiver.deliveries}
+
+
+def _first_end_after(p: Pipeline, ids: list[str], since: float, timeout_s: float) -> float:
+    """Seconds from since (epoch) to the first job ending after it, waiting up to timeout_s."""
+
+    def ended_after() -> float | None:
+        try:
+            ends = [datetime.fromisoformat(r.finished_at).timestamp() for j in ids
+                    if (r := get(j, settings=p.settings)).finished_at]  # fmt: skip
+        except redis.RedisError:
+            return None
+        later = [t for t in ends if t >= since]
+        return min(later) - since if later else None
+
+    return float(eventually(lambda: (w := ended_after()) is not None and (w,), timeout_s,
+                            every_s=0.2)[0])  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(170)
+def test_failover_under_load_then_the_old_primary_rejoins_and_a_second_failover(
+    cluster: SentinelCluster, make_pipeline, s3_client
+) -> None:
+    """24 jobs with webhooks, at every step, when the primary is SIGKILLed; it comes back
+    as a replica of the promoted one; then 24 more, and the new primary SIGKILLed too. Work moves
+    again within 30 s of each promotion, every job completes with one provider task and the
+    provider's bytes, and a receiver deduping by webhook-id sees each job's event once."""
+    p = make_pipeline(
+        # A 2 s clip takes ~2.8 s: jobs are spread over submit, poll, finalize and notify.
+        sandbox={"time_scale": 25.0},
+        env=_env(cluster, VIDEOQUEUE_REDIS_WAIT_REPLICAS="1"),
+        workers=2,
+    )
+    ids: list[str] = []
+    for failover in (1, 2):
+        wave = [enqueue(p.request(), settings=p.settings) for _ in range(24)]
+        ids += wave
+        # Mid-run: the wave's first jobs notified, the others at every step before.
+        eventually(lambda w=wave: _notified(p) & set(w), 60, every_s=0.05)
+        assert 0 <= _completed(p, wave) < len(wave)
+        old = cluster.kill_primary()
+        new = cluster.wait_for_failover(old)
+        promoted_at = time.time()
+        waited_s = _first_end_after(p, ids, promoted_at, RESUME_GOAL_S)
+        assert waited_s < RESUME_GOAL_S, (failover, waited_s)
+        # The old primary back, as a replica of the new one (in sync before it serves).
+        cluster.rejoin(old)
+        # Sentinel fails the same master over again only after 2 x failover-timeout.
+        time.sleep(max(0.0, promoted_at + 11 - time.time()) if failover == 1 else 0)
+    assert new in cluster.servers and not cluster.killed
+
+    _assert_completed_billed_once_with_the_providers_bytes(p, ids, s3_client)
+    eventually(lambda: all(get(j, settings=p.settings).webhook.state is WebhookState.DELIVERED
+                           for j in ids), 30, every_s=0.2)  # fmt: skip
+    landed = [d for d in p.receiver.deliveries if d.verified and 200 <= d.status < 300]
+    by_webhook_id: dict[str, set[bytes]] = {}
+    for d in landed:
+        by_webhook_id.setdefault(d.headers["webhook-id"], set()).add(d.body)
+    # Deduped by webhook-id: one event per job, every job's; a replayed delivery (a
+    # "delivered" mark lost with the old primary) is the same event, byte for byte.
+    assert len(by_webhook_id) == len(ids), (len(by_webhook_id), len(landed))
+    assert {json.loads(next(iter(b)))["data"]["id"] for b in by_webhook_id.values()} == set(ids)
+    assert all(len(bodies) == 1 for bodies in by_webhook_id.values())
+    for w in p.workers:  # reconnected twice, not restarted
+        assert w.pid in w.alive_pids(), w.log_text()[-3000:]
+        assert "Unrecoverable error" not in w.log_text()
 
 
 def test_the_cli_and_the_doctor_work_through_sentinel_and_print_no_password(
@@ -162,6 +244,48 @@ def test_lua_scripts_and_replica_waits_work_on_the_promoted_primary(
     assert claimed[Lane.SUBMIT].entries == 2
     # One replica is left: WAIT counts it.
     assert eventually(lambda: st.wait_for_replicas(1, 1000) >= 1, 20)
+
+
+def test_after_a_planned_switchover_writes_reach_the_new_primary_not_the_demoted_one(
+    cluster: SentinelCluster, make_pipeline
+) -> None:
+    """SENTINEL FAILOVER demotes a primary that stays up: it takes writes until the
+    sentinels turn it into a replica, and its resync then discards them. A pooled
+    connection must leave it within about PRIMARY_CHECK_S of the promotion, so writes
+    made after that survive the resync."""
+    p = make_pipeline(workers=0, env=_env(cluster))
+    st = store(p.settings)
+    st.redis.set(f"{p.settings.key_prefix}:probe:before", 1)  # a pooled connection, to it
+    old = cluster.primary_port()
+    assert old is not None
+    sentinel = redis.Redis(port=cluster.sentinel_ports[0], socket_timeout=2)
+    sentinel.execute_command("SENTINEL", "FAILOVER", cluster.master)
+    sentinel.close()
+    new = cluster.wait_for_failover(old)
+    time.sleep(PRIMARY_CHECK_S + 0.5)
+    keys = [f"{p.settings.key_prefix}:probe:{n}" for n in range(20)]
+    for key in keys:  # while the old primary may still answer as one
+        st.redis.set(key, 1)
+        time.sleep(0.1)
+    # The old primary demoted and in sync with the new one: what it alone held is gone.
+    eventually(lambda: _in_sync_with(cluster, old, new), 30, every_s=0.2)
+    on_new = cluster.server(new)
+    try:
+        assert [k for k in keys if not on_new.exists(k)] == []
+    finally:
+        on_new.delete(*keys)
+        on_new.close()
+
+
+def _in_sync_with(cluster: SentinelCluster, port: int, primary: int) -> bool:
+    client = cluster.server(port)
+    try:
+        role = client.execute_command("ROLE")
+        return bool(role[0] == b"slave" and int(role[2]) == primary and role[3] == b"connected")
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def test_the_http_service_answers_through_sentinel(cluster: SentinelCluster, make_pipeline) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import httpx
 import pytest
 
 from tests.e2e.sandbox_helpers import running
+from tests.unit.images import png
 
 SCENE = {"prompt": "a", "duration": 2}
 
@@ -86,3 +90,27 @@ def test_the_same_bodies_are_accepted_once_fixed(served):
     assert client.post("/v1/videos", json=base).status_code == 200
     unified = {k: v for k, v in base.items() if k != "size"} | {"aspect_ratio": "1:1"}
     assert client.post("/v1/video/create", json=unified).status_code == 200
+
+
+def test_an_input_reference_file_is_checked_as_openai_checks_it(served):
+    """An image (by its bytes) of exactly the video's size for OpenAI's models; any image for
+    the router's. The sandbox keeps its digest, never its bytes."""
+    sb, client = served
+    form = {"model": "sora-2", "prompt": "she dances", "size": "720x1280", "seconds": "4"}
+
+    def post(data: bytes, fields: dict[str, str] = form) -> httpx.Response:
+        return client.post("/v1/videos", data=fields,
+                           files={"input_reference": ("a.png", data, "image/png")})  # fmt: skip
+
+    for data, code in [(b"not an image at all", "invalid_image_format"),
+                       (png(1280, 720), "invalid_value")]:  # fmt: skip
+        refused = post(data)
+        assert refused.status_code == 400, refused.text
+        assert (refused.json()["error"]["param"], refused.json()["error"]["code"]) == (
+            "input_reference", code)  # fmt: skip
+    taken = post(image := png(720, 1280))
+    assert taken.status_code == 200, taken.text
+    task = sb.stats()["tasks"][taken.json()["id"]]
+    assert task["input_reference_sha256"] == hashlib.sha256(image).hexdigest()
+    router = post(png(32, 32), {"model": "sora", "prompt": "p", "size": "64x48", "seconds": "2"})
+    assert router.status_code == 200, router.text

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from producer.core.errors import PermanentError
-from producer.core.requests import VideoRequest
+from producer.core.requests import StoredImage, VideoRequest
 from producer.core.settings import ApiFormat, Settings
 from worker.dialect import (
     SHIPPED,
@@ -217,3 +217,98 @@ def test_the_readme_says_what_each_dialect_does_after_an_uncertain_create():
         dialect = load_dialect(name)
         for api_format in dialect.create:
             assert words[dialect.after_uncertain_create(api_format)] in rows[name], name
+
+
+class _Images:
+    """Stored images as a test hands them out: bytes, and a 'presigned' URL."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, image: StoredImage) -> bytes:
+        return self.data
+
+    def url(self, image: StoredImage) -> str:
+        return f"http://s3.test/{image.bucket}/{image.key}?X-Amz-Signature=secret"
+
+
+def _stored(data: bytes) -> StoredImage:
+    digest = hashlib.sha256(data).hexdigest()
+    return StoredImage(bucket="videoqueue", key=f"inputs/{digest}", content_type="image/png",
+                       sha256=digest, size_bytes=len(data))  # fmt: skip
+
+
+def test_a_stored_image_goes_to_openai_as_the_input_reference_file_part():
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "video_1", "status": "queued"})
+
+    client = client_for(
+        Settings(api_dialect="openai"), http=httpx.Client(transport=httpx.MockTransport(answer))
+    )
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    request = VideoRequest(model="sora-2", prompt="she dances", image_object=_stored(data))
+    client.create(request, ApiFormat.OPENAI, "job-1", images=_Images(data))
+    head = b'name="input_reference"; filename="input_reference.png"\r\nContent-Type: image/png'
+    assert head + b"\r\n\r\n" + data + b"\r\n" in seen[0].content
+
+
+def test_a_stored_image_goes_to_the_router_as_a_presigned_image_url_kept_out_of_errors():
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = json.loads(request.content)
+        return httpx.Response(400, json={"error": {"message": f"bad {body['image_url']}"}})
+
+    client = client_for(
+        Settings(api_dialect="router"), http=httpx.Client(transport=httpx.MockTransport(answer))
+    )
+    image = _stored(b"\x89PNG\r\n\x1a\n")
+    request = VideoRequest(prompt="she dances", image_object=image)
+    for api_format in (ApiFormat.OPENAI, ApiFormat.UNIFIED):
+        with pytest.raises(PermanentError) as e:
+            client.create(request, api_format, "job-1", images=_Images(b""))
+        sent = json.loads(seen[-1].content)
+        assert sent["image_url"] == f"http://s3.test/videoqueue/{image.key}?X-Amz-Signature=secret"
+        assert "secret" not in str(e.value) and "[redacted]" in str(e.value)
+    given = VideoRequest(prompt="she dances", image_url="https://example.com/a.jpg")
+    assert (
+        client.create_payload(given, ApiFormat.OPENAI)["image_url"] == "https://example.com/a.jpg"
+    )
+
+
+def test_a_dialect_without_a_place_for_a_stored_image_fails_the_job_naming_it():
+    client = client_for(Settings(api_dialect="replicate"))
+    request = VideoRequest(prompt="a cat", image_object=_stored(b"x"))
+    with pytest.raises(PermanentError) as e:
+        client.create_payload(request, ApiFormat.OPENAI, images=_Images(b"x"))
+    assert e.value.code == "unsupported_request" and "input_reference" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "named"),
+    [
+        ('ref = { from = "image_object" }', 'has type "file" or "url"'),
+        ('ref = { from = "prompt", type = "file" }', 'from "image_object" only'),
+        ("ref = { from = [] }", "at least one field"),
+    ],
+)
+def test_a_bad_image_field_is_refused_naming_it(tmp_path, field, named):
+    (tmp_path / "acme.toml").write_text(
+        MINIMAL.replace("body = { text", f"body = {{ {field}, text")
+    )
+    with pytest.raises(DialectError, match=named):
+        load_dialect("acme", str(tmp_path))
+
+
+def test_a_file_field_in_a_json_create_is_refused(tmp_path):
+    (tmp_path / "acme.toml").write_text(
+        MINIMAL.replace(
+            "body = { text", 'body = { ref = { from = "image_object", type = "file" }, text'
+        )
+    )
+    with pytest.raises(DialectError, match='needs encoding = "multipart"'):
+        load_dialect("acme", str(tmp_path))

@@ -49,8 +49,13 @@ def test_openai_fields_become_ours_and_errors_keep_the_callers_names():
                              "characters": "c1"}, form=True)  # fmt: skip
     assert form["storyboard"] == [{"prompt": "a", "duration": 1}] and form["characters"] == ["c1"]
     upload = Upload("a.png", "image/png", b"x")
+    with_file, names = video_request({"prompt": "p", "input_reference": upload}, form=True)
+    assert with_file["image_object"] is upload and names == {"image_object": "input_reference"}
+    stored = {"bucket": "b", "key": "videos/job_1.mp4"}
     for body, param in [({"seconds": "4.5"}, "seconds"), ({"seconds": 4, "duration": 4}, "seconds"),
-                        ({"input_reference": upload}, "input_reference"),
+                        ({"input_reference": upload, "image_url": "https://e.x/i.png"},
+                         "input_reference"),
+                        ({"image_object": stored}, "image_object"),  # only an upload sets it
                         ({"idempotency_key": "other"}, "Idempotency-Key")]:  # fmt: skip
         with pytest.raises(ApiError) as e:
             video_request({"prompt": "p", **body}, idempotency_key="k1")
@@ -118,9 +123,20 @@ def test_the_access_log_blanks_video_url_signatures():
 
 
 def test_the_services_redis_connections_time_out_unless_the_url_says_otherwise():
+    from producer.core.redis_client import client
     from producer.http.calls import with_redis_timeouts
 
-    plain = with_redis_timeouts(Settings(broker_url="redis://h:6379/0"), 5)
-    assert plain.records_url == "redis://h:6379/0?socket_timeout=5&socket_connect_timeout=5"
-    own = with_redis_timeouts(Settings(redis_url="redis://h/1?socket_timeout=30"), 5)
-    assert own.records_url == "redis://h/1?socket_timeout=30&socket_connect_timeout=5"
+    def timeouts(settings: Settings) -> tuple[float | None, float | None]:
+        kw = client(settings).connection_pool.connection_kwargs
+        return kw.get("socket_timeout"), kw.get("socket_connect_timeout")
+
+    assert timeouts(with_redis_timeouts(Settings(broker_url="redis://h:6379/0"), 5)) == (5, 5)
+    own = Settings(redis_url="redis://h/1?socket_timeout=30")
+    assert timeouts(with_redis_timeouts(own, 5)) == (30, 5)  # the URL's own wins
+    configured = Settings(broker_url="redis://h:6379/0", redis_timeout_s=9)
+    assert timeouts(with_redis_timeouts(configured, 5)) == (9, 9)
+    # Through Sentinel too: the primary's connections, and the sentinels' own.
+    sentinel = with_redis_timeouts(Settings(broker_url="sentinel://s1:26379;sentinel://s2"), 5)
+    assert timeouts(sentinel) == (5, 5)
+    sentinels = client(sentinel).connection_pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["socket_timeout"] for s in sentinels] == [5, 5]

@@ -135,3 +135,11 @@ def test_the_cli_answers_a_bad_sentinel_url_with_one_line_naming_the_setting(
     text = " ".join(result.output.split())  # as printed, wrapped to the console's width
     assert "VIDEOQUEUE_BROKER_URL: sentinel address 2 of 2 does not start with" in text
     assert QUOTED not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("url", ["nope", "http://user:hunter2@h/0", "localhost:6379", ""])
+def test_a_url_that_names_no_redis_is_refused_naming_the_setting_not_the_url(url):
+    with pytest.raises(ValidationError) as caught:
+        Settings(redis_url=url)
+    message = str(caught.value)
+    assert "VIDEOQUEUE_REDIS_URL must be a redis://" in message and "hunter2" not in message
