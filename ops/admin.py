@@ -7,10 +7,18 @@ use, so a worker running at the same moment sees either the old state or the new
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
-from producer.core.errors import OperationRefused, PermanentError, RetryableError
+from producer.core.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    OperationRefused,
+    PermanentError,
+    RetryableError,
+)
+from producer.core.ledger import Estimate, estimate, new_task, reserve
 from producer.core.names import BATCH_COMPLETED, Lane
 from producer.core.records import (
     JobRecord,
@@ -20,6 +28,7 @@ from producer.core.records import (
     WebhookState,
     utcnow_iso,
 )
+from producer.core.requests import VideoRequest
 from producer.core.settings import ApiFormat, Settings
 from producer.core.store import store
 
@@ -105,6 +114,15 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         target = _provider_side_status(settings, record)
     elif record.provider_task_id is not None:
         replaced = _cancel_old_task(settings, record)
+    cost = Estimate(0.0)
+    if target is JobStatus.QUEUED:
+        # (No provider takes it any more: its submit fails it, and it costs nothing.)
+        with suppress(InvalidRequest):
+            cost = estimate(VideoRequest.model_validate(record.request), settings)
+        try:
+            st.ledger.check(record.tenant, cost, f"model {record.request.get('model')!r}")
+        except (BudgetExceeded, InvalidRequest) as e:
+            raise OperationRefused(f"job {job_id} is not run again: {e}") from None
 
     def reopen(r: JobRecord) -> bool:
         if r.status is not JobStatus.FAILED:
@@ -112,7 +130,10 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         r.status, r.error, r.finished_at, r.webhook = target, None, None, None
         r.copy_attempts = r.recoveries = 0
         r.reruns += 1  # its next end is a new event: a new webhook-id and body
+        reserve(r, cost.usd)
         if target is JobStatus.QUEUED:
+            if r.provider_task_id:  # a new task: the old one's charge stays, the new one's is new
+                new_task(r)
             r.resubmits += 1 if r.provider_task_id else 0
             if replaced is not None:
                 r.replaced_tasks.append(replaced)

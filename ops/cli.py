@@ -1,6 +1,6 @@
 """The `videoqueue` command: the producer's commands plus the operational ones (jobs list,
-stats, retry, webhooks dead/replay, keys create/list/revoke, tenants set/show, serve, dev,
-doctor, sandbox).
+stats, retry, webhooks dead/replay, keys create/list/revoke, tenants set/show, usage, serve,
+dev, doctor, sandbox).
 
 Exit codes, for every command: 0 success; 1 a job failed or was not found, an operation was
 refused, a doctor check failed, or Redis or S3 is unreachable (one line says which); 2
@@ -311,6 +311,42 @@ def tenants_show(
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     _show_policy(name, policy.model_dump(), as_json)
+
+
+@app.command()
+def usage(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (one JSON object).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Charges from this UTC day on: 7d, 30d ago or an ISO date or time."),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """What tenants spent (charged), hold (reserved) and have left of their budgets, and what
+    each provider charged them (the ledger's figures, in USD)."""
+    from datetime import UTC
+
+    from producer.usage import usage as usage_of
+
+    when = datetime.fromtimestamp(_since_s(since), UTC) if since else None
+    try:
+        found = usage_of(tenant=tenant, since=when)
+    except InvalidRequest as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    rows = [u.model_dump(mode="json") for u in found]
+    if as_json:
+        return _print_json(rows[0] if tenant is not None else rows)
+    table = Table(title=f"usage{f' since {found[0].since}' if found and since else ''} (USD)")
+    for column in ("tenant", "charged", "reserved", "budget", "spent", "remaining", "providers"):
+        table.add_column(column)
+    for u in found:
+        budget = "-" if u.budget_usd is None else f"{u.budget_usd:g}/{u.budget_period}"
+        left = "-" if u.remaining_usd is None else f"{u.remaining_usd:g}"
+        by = " ".join(f"{k}={v.charged_usd:g}" for k, v in u.providers.items())
+        table.add_row(u.tenant, f"{u.charged_usd:g}", f"{u.reserved_usd:g}", budget,
+                      f"{u.spent_usd:g}", left, by)  # fmt: skip
+    out.print(table)
 
 
 def _show_policy(name: str, fields: dict[str, Any], as_json: bool) -> None:

@@ -210,6 +210,14 @@ def _provider_key(s: Settings) -> str:
         return _providers_keys(s)
     import httpx
 
+    from producer.core.errors import InvalidConfiguration
+    from producer.core.providers import providers
+
+    try:
+        providers(s)  # VIDEOQUEUE_PRICES, read with the single provider
+    except InvalidConfiguration as e:
+        raise Problem(str(e), 'fix VIDEOQUEUE_PRICES (README "Budgets and the ledger")') from None
+
     if not s.api_key.get_secret_value():
         raise Problem("VIDEOQUEUE_API_KEY is empty", "set VIDEOQUEUE_API_KEY")
     url = f"{s.api_base_url.rstrip('/')}/v1/videos/{_PROBE_TASK}"

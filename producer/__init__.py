@@ -9,6 +9,7 @@ It loads no Celery task code and no boto3: jobs reach the workers through Redis 
 
 from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.core.errors import (
+    BudgetExceeded,
     InvalidRequest,
     JobNotFound,
     VideoqueueError,
@@ -22,6 +23,7 @@ from producer.webhooks import verify_webhook
 
 __all__ = [
     "BatchRecord",
+    "BudgetExceeded",
     "CharacterRequest",
     "InvalidRequest",
     "JobNotFound",

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from producer.core.errors import InvalidRequest, JobNotFound
+from producer.core.ledger import Estimate, estimate
 from producer.core.metadata import metadata_problems
-from producer.core.providers import candidates
 from producer.core.records import BatchRecord, BatchState, JobRecord, mark_cancelled, utcnow_iso
 from producer.core.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
@@ -77,6 +77,9 @@ def enqueue_batch(
 
     Raises:
         InvalidRequest: naming every bad item by index and field; nothing was written.
+        BudgetExceeded: the batch's estimated cost, as a whole, would take the tenant past
+            its budget; nothing was written (or, should the budget change while the batch is
+            written, nothing is left).
     """
     s = settings or get_settings()
     owner = check_tenant(tenant)
@@ -94,7 +97,10 @@ def enqueue_batch(
         s.url_policy,
     )  # fmt: skip
     keep = len(items) <= KEEP_MODELS_UP_TO
-    validated = _validate_all(items, keep=keep, settings=s, metadata=metadata, tenant=owner)
+    costs: list[Estimate] = []
+    validated = _validate_all(
+        items, keep=keep, settings=s, metadata=metadata, tenant=owner, costs=costs
+    )
 
     batch_id = batch_id or f"batch_{uuid.uuid4().hex}"
     st = store(s)
@@ -104,6 +110,14 @@ def enqueue_batch(
     state, staged = st.batch_progress(batch_id)
     if state is BatchState.RELEASED:
         return batch_id
+    if staged == 0:
+        # The batch as a whole, before any of it is written; release_batch's reservation is
+        # the atomic check (a retry resuming a staged batch is checked there alone).
+        unpriced = next((c for c in costs if not c.priced), None)
+        total = Estimate(
+            round(sum(c.usd for c in costs), 6), unpriced.unpriced_at if unpriced else None
+        )
+        st.ledger.check(owner, total, "a model of the batch")
     template = _record_template(batch_id, owner)
     now = utcnow_iso()  # one instant for the whole batch
     api_format = s.api_format.value
@@ -117,7 +131,7 @@ def enqueue_batch(
         )
         jobs = [
             _new_job(req, _job_id(batch_id, start + i), now, template, api_format, webhook_url,
-                     metadata)
+                     metadata, costs[start + i])
             for i, req in enumerate(models)
         ]  # fmt: skip
         st.stage_batch_chunk(
@@ -175,7 +189,14 @@ def _validate_all(
     settings: Settings,
     metadata: dict[str, str] | None,
     tenant: str,
+    costs: list[Estimate],
 ) -> list[VideoRequest]:
+    """The batch's requests validated (kept only if keep), each one's estimate appended to
+    costs.
+
+    Raises:
+        InvalidRequest: naming every bad item by index and field.
+    """
     models: list[VideoRequest] = []
     problems: list[dict[str, Any]] = []
     uses: list[tuple[int, int, str]] = []  # (item, position, character id)
@@ -183,7 +204,7 @@ def _validate_all(
         try:
             model = parse_request(item)
             check_outbound(model.webhook_url, "webhook_url", settings.url_policy)
-            candidates(model, settings)  # a provider that can take it
+            costs.append(estimate(model, settings))  # a provider that can take it, and at what
             if metadata and (bad := metadata_problems({**metadata, **model.metadata})):
                 # the batch's metadata merged into the item's must fit S3 as well
                 raise InvalidRequest("metadata", bad)
@@ -221,6 +242,7 @@ def _new_job(
     api_format: str,
     webhook_url: str | None,
     metadata: dict[str, str] | None,
+    cost: Estimate,
 ) -> NewJob:
     # A record is the JobRecord-shaped template with this job's values filled in, its
     # request serialised by pydantic's own (compiled) JSON encoder: at 10,000 jobs a model
@@ -238,8 +260,9 @@ def _new_job(
         "metadata": json.dumps(req.metadata) if req.metadata else "{}",
         "api_format": req.api_format.value if req.api_format else api_format,
         "now": now,
+        "reserved": cost.usd,
     }
-    return NewJob(job_id, record_json, req.idempotency_key)
+    return NewJob(job_id, record_json, req.idempotency_key, cost)
 
 
 def _record_template(batch_id: str, tenant: str) -> str:
@@ -248,10 +271,12 @@ def _record_template(batch_id: str, tenant: str) -> str:
              "updated_at": "\x00now"}  # fmt: skip
     record = JobRecord(id="", request={}, batch_id=batch_id, tenant=tenant).model_dump(mode="json")
     record.update(marks, request="\x00request", metadata="\x00metadata")
+    # Its estimate, reserved when the batch is released (lua/release_batch.lua).
+    record["cost"]["reserved_usd"] = record["billing"]["estimate_usd"] = "\x00reserved"
     text = json.dumps(record, separators=(",", ":")).replace("%", "%%")
     for name in ("id", "api_format", "now"):
         text = text.replace(f'"\\u0000{name}"', f'"%({name})s"')
-    for name in ("request", "metadata"):
+    for name in ("request", "metadata", "reserved"):
         text = text.replace(f'"\\u0000{name}"', f"%({name})s")
     return text
 

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from producer.batches import cancel_batch, enqueue_batch, get_batch
 from producer.characters import create_character
 from producer.core.errors import (
+    BudgetExceeded,
     InvalidConfiguration,
     InvalidRequest,
     JobNotFound,
@@ -303,6 +304,8 @@ def batch(
         )
     except InvalidRequest as e:
         _die(str(e))
+    except BudgetExceeded as e:
+        _die(str(e), 1)
     if not wait_:
         _print_json({"id": queued}) if as_json else typer.echo(queued)
         return

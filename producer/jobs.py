@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from producer.core.errors import InvalidRequest, WaitTimeout
+from producer.core.ledger import estimate, reserve
 from producer.core.providers import candidates
 from producer.core.records import TERMINAL, JobRecord, mark_cancelled
 from producer.core.requests import VideoRequest, parse_request, unencodable_fields
@@ -54,6 +55,8 @@ def enqueue(
 
     Raises:
         InvalidRequest: naming the bad field; nothing was written.
+        BudgetExceeded: its estimated cost would take the tenant past its budget (naming
+            the budget, what was spent and what is reserved); nothing was written.
     """
     job_id, _ = _create(request, tenant, settings)
     return job_id
@@ -69,7 +72,7 @@ def create_job(
     to Redis), or the earlier job that holds the request's idempotency key, as it is now.
 
     Raises:
-        InvalidRequest: as enqueue() does.
+        InvalidRequest, BudgetExceeded: as enqueue() does.
     """
     job_id, record = _create(request, tenant, settings)
     return record if job_id == record.id else get(job_id, settings=settings)
@@ -81,8 +84,10 @@ def _create(
     """(the id of the job that holds the request, the record made for it)."""
     s = settings or get_settings()
     req = check_request(request, tenant=tenant, settings=s)
+    cost = estimate(req, s)  # its cost at the priciest provider it may go to
     record = new_record(req, s, tenant=check_tenant(tenant))
-    return store(s).create(record, req.idempotency_key), record
+    reserve(record, cost.usd)
+    return store(s).create(record, req.idempotency_key, cost), record
 
 
 def check_request(

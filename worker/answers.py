@@ -39,6 +39,8 @@ class ProviderTask:
     poll_after_s: float | None = None
     # What the provider says it charged or counted (seconds billed, credits, a price, tokens).
     usage: dict[str, float] | None = None
+    # What the provider says the task cost, in US dollars, where its dialect reads it.
+    cost_usd: float | None = None
 
 
 # Bounds on what an answer may put into our records, logs and exception messages.
@@ -391,6 +393,7 @@ def read_task(response: httpx.Response, dialect: Dialect, task_id: str, route: s
         error_message=message or None,
         poll_after_s=poll_after_s(response.headers),
         usage=_usage(whole, body, answer.usage),
+        cost_usd=_cost_usd(whole, body, answer.cost),
     )
 
 
@@ -439,6 +442,20 @@ def _usage(whole: Any, body: Any, paths: list[str]) -> dict[str, float] | None:
             if isinstance(key, str) and number is not None and len(found) < _USAGE_FIELDS:
                 found[clip(key, _CODE_CHARS)] = number
     return found or None
+
+
+# A task's cost above this is not believed (a provider's unit mix-up, or garbage).
+_MAX_COST_USD = 100_000.0
+
+
+def _cost_usd(whole: Any, body: Any, paths: list[str]) -> float | None:
+    """The task's cost in US dollars at the first of the dialect's cost paths that holds a
+    number from 0 to _MAX_COST_USD ("$." reads the whole answer); None when none does."""
+    for path in paths:
+        number = _finite(at(whole, path[2:]) if path.startswith("$.") else at(body, path))
+        if number is not None and 0 <= number <= _MAX_COST_USD:
+            return round(number, 6)
+    return None
 
 
 def _url_path(value: Any) -> str | None:

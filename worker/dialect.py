@@ -222,6 +222,9 @@ class Answer(_Strict):
     reasons: list[Reason] | None = None
     # Where the answer says what was charged or counted: a number, or an object of numbers.
     usage: list[str] = Field(default_factory=list)
+    # Where the answer says what the task cost, in US dollars (a number; "$." reads the whole
+    # answer): the ledger charges it instead of the price table's (producer/core/ledger.py).
+    cost: list[str] = Field(default_factory=list)
     # Codes of a create refused in the body (HTTP 200, no task) that mean "try again later"
     # (Kling 1303: concurrency over the resource pack's limit; MiniMax 1002: rate limit).
     retry_codes: list[str] = Field(default_factory=list)

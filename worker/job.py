@@ -143,11 +143,9 @@ class Job:
 
         def after(record: JobRecord, pipe: Any) -> None:
             self.claim.place(self.id, record, 0.0, pipe)
-            if record.batch_id and record.usage:
-                # Summed in the transaction of the end itself: an end that runs twice finds
-                # the job ended and adds nothing.
-                self.rt.store.add_batch_usage(record.batch_id, record.usage, pipe)
 
+        # (The store settles its money and sums its usage into its batch's in the same
+        # transaction: store.update_many.)
         self.update(apply, after)
         if not ended:
             self.revisit()
@@ -155,14 +153,17 @@ class Job:
         self.claim.placed.add(self.id)
         return True
 
-    def fail(self, code: str, message: str) -> None:
+    def fail(self, code: str, message: str, cost_usd: float | None = None) -> None:
         """End the job as failed, with a code and a readable message (redacted: it goes into
-        the record and the webhook, and may quote a signed URL or an echoed secret)."""
+        the record and the webhook, and may quote a signed URL or an echoed secret), and what
+        the provider's failing answer said its task cost, if it did."""
         message = redact(message)
 
         def failed(record: JobRecord) -> None:
             record.status = JobStatus.FAILED
             record.error = ErrorInfo(code=str(code), message=message)
+            if cost_usd is not None:
+                record.billing.reported_usd = cost_usd
 
         if self.end(failed, "video.failed"):
             metrics.job_failed(str(code))
@@ -185,13 +186,18 @@ class Job:
     # --- submit ---
 
     def pin(
-        self, provider: str, resends_safely: bool, after: Callable[[JobRecord, Any], None]
+        self,
+        provider: str,
+        resends_safely: bool,
+        after: Callable[[JobRecord, Any], None],
+        price_usd: float | None = None,
     ) -> Pin:
         """Pin the job to provider just before its create is sent. A cancelled job is left
         alone; a create an earlier worker sent and never recorded an answer to becomes
         uncertain; and where that provider may have a task of this job already, the create is
         sent again only if its dialect resends safely (with the same idempotency key). Each
-        pin counts as an attempt."""
+        pin counts as an attempt. price_usd is a task's cost there by its price table (None:
+        it has no price), what the ledger charges should the provider report none."""
         pin = Pin()
 
         def change(record: JobRecord) -> bool:
@@ -204,6 +210,7 @@ class Job:
             pin.resending = record.uncertain_provider() == provider
             record.attempts += 1
             record.provider = provider
+            record.billing.price_usd = price_usd
             if pin.resending and not resends_safely:
                 return True
             record.provider_attempts.append(
@@ -263,6 +270,8 @@ class Job:
             record.provider = provider
             _settle(record, provider, AttemptOutcome.CREATED, None)
             record.provider_status = task.raw_status
+            if task.cost_usd is not None:
+                record.billing.reported_usd = task.cost_usd
             record.submitted_at = record.submitted_at or utcnow_iso()
             if record.status is JobStatus.QUEUED:
                 record.status = JobStatus.SUBMITTED

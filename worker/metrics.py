@@ -23,7 +23,10 @@ Where each is counted (one place each):
 - videoqueue_job_failures_total{code}: Job.fail (worker/job.py), once the failure is
   committed; code is one of ours (producer/core/errors.py ERROR_CODES) or "other";
 - videoqueue_webhook_deliveries_total{result}: worker/webhooks.py send_event;
-- videoqueue_s3_copied_bytes_total: worker/storage.py, once an upload completed.
+- videoqueue_s3_copied_bytes_total: worker/storage.py, once an upload completed;
+- videoqueue_tenant_charged_usd{tenant} and videoqueue_tenant_reserved_usd{tenant}: the
+  ledger's figures (producer/core/ledger.py), read at scrape time: the TOP_TENANTS tenants
+  charged most by name, the rest summed under "(other)".
 
 Every label value comes from a bounded set (our names, the configuration's): a value a
 provider, a redirect or a caller could choose would add series without end, in every worker.
@@ -46,6 +49,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from producer.core.errors import ERROR_CODES
+from producer.core.ledger import OTHER as OTHER_TENANTS
 from producer.core.providers import providers
 from producer.core.settings import Settings, get_settings
 
@@ -245,9 +249,33 @@ class RedisCollector(Collector):
         )
         dead.add_metric([], stats.dead_letters)
         yield dead
+        yield from _tenant_money(store(self.settings).ledger.top(TOP_TENANTS))
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # the families depend on Redis; no need to collect at registration
+
+
+# Tenants named in the money metrics (the rest are summed): a bounded label set.
+TOP_TENANTS = 10
+
+
+def _tenant_money(top: dict[str, tuple[float, float]]) -> Iterator[Any]:
+    charged = GaugeMetricFamily(
+        "videoqueue_tenant_charged_usd",
+        f"What tenants' jobs were charged, USD, ever: the {TOP_TENANTS} charged most by name, "
+        f'the rest summed as "{OTHER_TENANTS}".',
+        labels=["tenant"],
+    )
+    reserved = GaugeMetricFamily(
+        "videoqueue_tenant_reserved_usd",
+        "What tenants' unfinished jobs hold against their budgets, USD (same tenants).",
+        labels=["tenant"],
+    )
+    for tenant, (spent, held) in top.items():
+        charged.add_metric([tenant], spent)
+        reserved.add_metric([tenant], held)
+    yield charged
+    yield reserved
 
 
 # Names the collector exports (its families are built per scrape).
@@ -261,6 +289,8 @@ _FROM_REDIS = {
     "videoqueue_provider_in_flight_limit": "gauge",
     "videoqueue_provider_parked": "gauge",
     "videoqueue_webhooks_dead": "gauge",
+    "videoqueue_tenant_charged_usd": "gauge",
+    "videoqueue_tenant_reserved_usd": "gauge",
 }
 _SUFFIXES = {
     "counter": ("_total",),

@@ -35,9 +35,10 @@ from producer.core.errors import (
     PermanentError,
     RetryableError,
 )
+from producer.core.ledger import task_price_usd
 from producer.core.metadata import object_metadata
 from producer.core.names import SUBMIT_LANES, Lane
-from producer.core.providers import candidates
+from producer.core.providers import candidates, providers
 from producer.core.records import (
     AttemptOutcome,
     JobRecord,
@@ -147,7 +148,8 @@ def _send(job: Job, name: str) -> ProviderTask | None:
     # its answer is recorded, the job may only go back to this provider; a job cancelled
     # since its step began sends nothing.
     pin = job.pin(name, resends_safely=policy is UncertainCreate.RESEND,
-                  after=lambda r, pipe: rt.limits.set_route(r.id, [name], pipe))  # fmt: skip
+                  after=lambda r, pipe: rt.limits.set_route(r.id, [name], pipe),
+                  price_usd=_price_at(rt.settings, name, job.record))  # fmt: skip
     if pin.sends:
         rt.replicate()  # on the replicas before the create goes (a failover keeps it)
     if pin.sends and job.record.batch_id and rt.store.batch_cancelled(job.record.batch_id):
@@ -170,6 +172,13 @@ def _send(job: Job, name: str) -> ProviderTask | None:
         job.revisit()
         return None
     return _create(job, provider, api_format, resending=True)
+
+
+def _price_at(settings: Settings, name: str, record: JobRecord) -> float | None:
+    """A task of the job's cost at provider `name` by its price table (None: no price)."""
+    found = next((p for p in providers(settings) if p.name == name), None)
+    request = VideoRequest.model_validate(record.request)
+    return None if found is None else task_price_usd(found, request)
 
 
 class _NotThere:
@@ -328,6 +337,8 @@ class _Observed:
         if task.progress is not None:
             record.progress, record.progress_s = task.progress, self.elapsed_s
         record.usage = task.usage or record.usage
+        if task.cost_usd is not None:
+            record.billing.reported_usd = task.cost_usd
         if task.state is TaskState.RUNNING and record.status is JobStatus.SUBMITTED:
             record.status = JobStatus.PROCESSING
         if task.state is TaskState.DONE and record.status in (
@@ -427,6 +438,7 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
         job.fail(
             answer.error_code or "generation_failed",
             answer.error_message or f"the provider reports {answer.raw_status!r}",
+            answer.cost_usd,
         )
         return _Ended.FAILED
     seen = _Observed(answer, elapsed_s)

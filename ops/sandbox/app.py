@@ -410,7 +410,7 @@ class _Handlers:
         now = now if at is None else at
         base = cfg.public_base_url or str(request.base_url).rstrip("/")
         query = self.sb.signer.query(task.id, cfg.url_ttl_s, now)
-        return render_task(
+        body = render_task(
             task,
             now,
             flavor=cfg.flavor,
@@ -420,6 +420,9 @@ class _Handlers:
             numeric_error_code=cfg.numeric_error_code,
             url_as_list=cfg.url_as_list,
         )
+        if cfg.report_cost:
+            body["usage"] = {**(body.get("usage") or {}), "cost": task.charged_usd}
+        return body
 
     def _poll_headers(self, task: Task) -> dict[str, str]:
         cfg, now = self.sb.config, self.sb.clock()

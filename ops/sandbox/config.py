@@ -180,6 +180,16 @@ class SandboxConfig(BaseModel):
     file_unsized: bool = False
     fps: int = Field(default=1, ge=1, le=30)
 
+    # --- billing (what the ledger's charges are checked against) ---
+    # USD per second of video, by model (a model not named bills nothing). Each task is billed
+    # once, when it is made (a create replayed by its Idempotency-Key bills nothing more),
+    # whatever becomes of it: failed, cancelled or deleted tasks stay billed. The stats list
+    # every charge by task id (`charges`).
+    usd_per_second: dict[str, float] = Field(default_factory=dict)
+    # Task answers (router and openai flavors) carry their bill as `usage.cost`, OpenRouter's
+    # place for it, which the router dialect reads.
+    report_cost: bool = False
+
     # --- robustness ---
     max_json_bytes: int = Field(default=1 << 20, ge=1024)
     max_upload_bytes: int = Field(default=20 << 20, ge=1024)
@@ -198,6 +208,13 @@ class SandboxConfig(BaseModel):
         if dialect in flavors and flavor != dialect:
             raise ValueError("flavor and dialect name the same thing: give one, or both alike")
         return data
+
+    @field_validator("usd_per_second")
+    @classmethod
+    def _prices_are_amounts(cls, prices: dict[str, float]) -> dict[str, float]:
+        if any(not 0 <= v <= 1_000_000 for v in prices.values()):
+            raise ValueError("usd_per_second: each price is from 0 to 1000000 USD")
+        return prices
 
     @field_validator("error_codes")
     @classmethod

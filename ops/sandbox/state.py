@@ -77,6 +77,8 @@ class Task:
     status_queries: int = 0
     downloads: int = 0
     downloads_with_auth: int = 0
+    # What the task was billed when it was made (config.usd_per_second x its seconds).
+    charged_usd: float = 0.0
 
     @property
     def ends_at(self) -> float | None:
@@ -145,6 +147,7 @@ def _zero_totals() -> dict[str, Any]:
         "redirects": 0,
         "characters": 0,
         "deleted": 0,
+        "charged_usd": 0.0,
         "responses_by_code": Counter(),
         "rate_limited": Counter(),
         "faults": Counter(),
@@ -162,6 +165,8 @@ class SandboxState:
         # (key, the caller's own task id) -> task id (Kling's external_task_id).
         self._external: dict[tuple[str, str], str] = {}
         self._keys: dict[str, KeyState] = {}
+        # Task id -> what it was billed, kept when the task is deleted (a cancel stays billed).
+        self.charges: dict[str, float] = {}
         self._totals = _zero_totals()
         self._rngs: dict[str, random.Random] = {}
         # How far each route class has got through config.fault_sequence.
@@ -310,6 +315,11 @@ class SandboxState:
                     headers={"Retry-After": str(retry)},
                 )
             task = self._new_task(task_id, key, kind, spec, config, now)
+            task.charged_usd = round(
+                config.usd_per_second.get(spec.model, 0.0) * spec.duration_s, 6
+            )
+            self.charges[task.id] = task.charged_usd
+            self._totals["charged_usd"] = round(self._totals["charged_usd"] + task.charged_usd, 6)
             self.tasks[task.id] = task
             active.append(task)
             state.tasks += 1
@@ -448,7 +458,8 @@ class SandboxState:
                 }
                 for key, st in self._keys.items()
             }
-            out: dict[str, Any] = {"seed": self._seed, "totals": totals, "keys": keys}
+            out: dict[str, Any] = {"seed": self._seed, "totals": totals, "keys": keys,
+                                   "charges": dict(self.charges)}  # fmt: skip
             if include_tasks:
                 out["tasks"] = {t.id: _task_stats(t, now) for t in self.tasks.values()}
             return out
@@ -459,6 +470,7 @@ class SandboxState:
             self._totals = _zero_totals()
             if drop_tasks:
                 self.tasks.clear()
+                self.charges.clear()
                 self.characters.clear()
                 self._idempotency.clear()
                 self._external.clear()
@@ -502,4 +514,5 @@ def _task_stats(task: Task, now: float) -> dict[str, Any]:
         "status_queries": task.status_queries,
         "downloads": task.downloads,
         "downloads_with_auth": task.downloads_with_auth,
+        "charged_usd": task.charged_usd,
     }

@@ -3,6 +3,7 @@
 VideoqueueError
 ├── InvalidRequest        a request (or batch item) failed validation; nothing was written
 ├── InvalidConfiguration  a configuration file (VIDEOQUEUE_PROVIDERS_FILE) failed validation
+├── BudgetExceeded        a request would take its tenant past its budget; nothing was written
 ├── JobNotFound           no job record under that id
 ├── KeyNotFound           no API key of ours under that id
 ├── Unauthenticated       no API key, or one unknown, revoked or malformed
@@ -45,6 +46,41 @@ class InvalidRequest(VideoqueueError, ValueError):
 class InvalidConfiguration(VideoqueueError, ValueError):
     """Raised when a configuration file cannot be read or fails validation; the message names
     the file and the field."""
+
+
+class BudgetExceeded(VideoqueueError):
+    """Raised when a request (or a batch, as a whole) would take its tenant past its budget:
+    spent in the budget's period + reserved + its estimate > budget_usd. Nothing was written.
+    The facts are attributes, and the message says them all."""
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        budget_usd: float,
+        period: str,
+        spent_usd: float,
+        reserved_usd: float,
+        requested_usd: float,
+    ) -> None:
+        self.tenant = tenant
+        self.budget_usd = budget_usd
+        self.period = period
+        self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.requested_usd = requested_usd
+        per = {"day": " per UTC day", "month": " per UTC month"}.get(period, " in total")
+        super().__init__(
+            f"tenant {tenant!r} has a budget of {budget_usd:.6g} USD{per}: spent "
+            f"{spent_usd:.6g}, reserved {reserved_usd:.6g}, and this request needs "
+            f"{requested_usd:.6g} more"
+        )
+
+    def facts(self) -> dict[str, Any]:
+        """The facts as JSON-ready data (the HTTP 402's `budget` object)."""
+        return {"tenant": self.tenant, "budget_usd": self.budget_usd, "period": self.period,
+                "spent_usd": self.spent_usd, "reserved_usd": self.reserved_usd,
+                "requested_usd": self.requested_usd}  # fmt: skip
 
 
 class JobNotFound(VideoqueueError, KeyError):

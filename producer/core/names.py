@@ -270,6 +270,20 @@ class Keys:
         """A set: every tenant a policy was set for."""
         return f"{self.prefix}:tenants"
 
+    def ledger(self, tenant: str) -> str:
+        """A hash: the tenant's money in micro-dollars (producer/core/ledger.py): `reserved`
+        (held by its unfinished jobs), `charged` (ever), `d:<UTC day>` and `m:<UTC month>`
+        (charged then), `p:<provider>` and `pd:<UTC day>:<provider>` (charged there)."""
+        return f"{self.prefix}:ledger:tenant:{tenant}"
+
+    def ledger_tenants(self) -> str:
+        """A sorted set: every tenant the ledger has seen -> its charged micro-dollars."""
+        return f"{self.prefix}:ledger:tenants"
+
+    def ledger_totals(self) -> str:
+        """A hash: `reserved` and `charged` micro-dollars summed over every tenant."""
+        return f"{self.prefix}:ledger:totals"
+
     def console_session(self, session_digest: str) -> str:
         """A console sign-in (producer/http/console/sessions.py): the key id, tenant and CSRF
         token of the session whose cookie hashes (sha256) to session_digest; it expires."""

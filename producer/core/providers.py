@@ -3,18 +3,33 @@ of the VIDEOQUEUE_API_* settings.
 
 A providers file (TOML) lists providers in order of preference; each names its dialect, base
 URL, the *name* of the environment variable holding its key (the key itself never appears in
-the file, a record or a log line), the models it serves and its own limits. Limits are kept
-per account (a fingerprint of the key), so two entries with one key share them.
+the file, a record or a log line), the models it serves, its own limits and its prices (the
+ledger's, producer/core/ledger.py). Limits are kept per account (a fingerprint of the key), so
+two entries with one key share them. Without a file, VIDEOQUEUE_PRICES holds the single
+provider's prices as JSON.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from producer.core.errors import InvalidConfiguration, InvalidRequest
 from producer.core.names import account_of
@@ -24,6 +39,58 @@ from producer.core.settings import ApiFormat, Settings
 # The name of the provider the single-provider settings make.
 DEFAULT_PROVIDER = "default"
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# A price's key by resolution: "WxH" as requests give `size`, or "*" for any other size.
+_RESOLUTION = re.compile(r"^(\d{2,5}x\d{2,5}|\*)$")
+# Any model a provider's prices do not name (as in `models`).
+ANY = "*"
+MAX_USD = 1_000_000
+
+
+def _usd(value: Any, where: str = "") -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_USD
+    ):
+        raise ValueError(f"{where}a price in USD is a number from 0 to {MAX_USD}, not {value!r}")
+    return float(value)
+
+
+class ModelPrice(BaseModel):
+    """What one generation of a model costs at one provider: per second of video, or per job;
+    either one number or a table by resolution ("WxH", and "*" for any other size).
+
+    The seconds are the job's `duration` (its storyboard's total), else default_seconds: what
+    a provider bills when a request names none (4 s is OpenAI's default and the sandbox's).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    usd_per_second: float | dict[str, float] | None = None
+    usd_per_job: float | dict[str, float] | None = None
+    default_seconds: int = Field(4, ge=1, le=600)
+
+    @field_validator("usd_per_second", "usd_per_job", mode="before")
+    @classmethod
+    def _amount(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            return _usd(value)
+        if not value:
+            raise ValueError("a table by resolution needs at least one entry")
+        for key, amount in value.items():
+            if not (isinstance(key, str) and _RESOLUTION.match(key)):
+                raise ValueError(f'resolutions are "WxH" (like "1280x720") or "*", not {key!r}')
+            _usd(amount, f"{key}: ")
+        return {k: float(v) for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _one_basis(self) -> ModelPrice:
+        if (self.usd_per_second is None) == (self.usd_per_job is None):
+            raise ValueError("give exactly one of usd_per_second and usd_per_job")
+        return self
 
 
 class Provider(BaseModel):
@@ -42,10 +109,16 @@ class Provider(BaseModel):
     max_in_flight: int | None = Field(None, ge=1)
     rate_limit_per_s: float | None = Field(None, gt=0)
     rate_burst: int = Field(5, ge=1)
+    # Model (or "*": any other) -> its price; the ledger's estimate and charge.
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
     def serves(self, model: str) -> bool:
         """Whether this provider takes jobs for model."""
         return "*" in self.models or model in self.models
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        """The model's price here, if the provider has one (its own, else its "*" one)."""
+        return self.prices.get(model) or self.prices.get(ANY)
 
 
 class ProvidersFile(BaseModel):
@@ -75,23 +148,70 @@ def _read_file(path: Path) -> tuple[Provider, ...]:
     try:
         return tuple(ProvidersFile.model_validate(data).providers)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = err["loc"]
-            # providers.1.base_url -> providers[1].base_url: the table as the file counts it.
-            field = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
-            problems.append(f"{field.replace('.[', '[')}: {err['msg']}")
-        raise InvalidConfiguration(f"{where}: {'; '.join(problems)}") from None
+        raise InvalidConfiguration(f"{where}: {_problems(e)}") from None
+
+
+def _problems(e: ValidationError) -> str:
+    """Each problem as "field: message", the field as the file counts it."""
+    problems = []
+    for err in e.errors():
+        # providers.1.base_url -> providers[1].base_url; a union's branch names are left out
+        # (usd_per_second.float, usd_per_second.dict[str,...]: one field to the file).
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p[:5] in ("float", "dict["))]
+        field = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
+        problems.append(f"{field.replace('.[', '[')}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(dict.fromkeys(problems))
+
+
+def _env_prices(settings: Settings) -> dict[str, ModelPrice]:
+    """The single provider's prices from VIDEOQUEUE_PRICES (JSON, the file's table).
+
+    Raises:
+        InvalidConfiguration: naming VIDEOQUEUE_PRICES and the field.
+    """
+    raw = settings.prices
+    if raw is None or raw == "":
+        return {}
+    where = "VIDEOQUEUE_PRICES"
+    if settings.providers_file is not None:
+        raise InvalidConfiguration(
+            f"{where}: is for the single provider; with VIDEOQUEUE_PROVIDERS_FILE, give each "
+            "[[providers]] entry its own `prices`"
+        )
+    if isinstance(raw, str):
+        return _parsed_prices(raw)
+    return _validated_prices(raw)
+
+
+@lru_cache(maxsize=8)
+def _parsed_prices(raw: str) -> dict[str, ModelPrice]:
+    """VIDEOQUEUE_PRICES parsed once per value (the single provider is built per enqueue)."""
+    try:
+        table = json.loads(raw)
+    except ValueError as e:
+        raise InvalidConfiguration(f"VIDEOQUEUE_PRICES: not valid JSON ({e})") from None
+    return _validated_prices(table)
+
+
+def _validated_prices(table: Any) -> dict[str, ModelPrice]:
+    try:
+        return _PRICES.validate_python(table)
+    except ValidationError as e:
+        raise InvalidConfiguration(f"VIDEOQUEUE_PRICES: {_problems(e)}") from None
+
+
+_PRICES = TypeAdapter(dict[str, ModelPrice])
 
 
 def providers(settings: Settings) -> tuple[Provider, ...]:
     """The deployment's providers in order of preference.
 
     Raises:
-        InvalidConfiguration: the providers file cannot be read or fails validation (the
-            message names the file and the field).
+        InvalidConfiguration: the providers file (or VIDEOQUEUE_PRICES) cannot be read or fails
+            validation (the message names the file and the field).
     """
     if settings.providers_file is not None:
+        _env_prices(settings)  # refused beside a file
         return _read_file(settings.providers_file)
     return (
         Provider(
@@ -103,6 +223,7 @@ def providers(settings: Settings) -> tuple[Provider, ...]:
             max_in_flight=settings.max_in_flight,
             rate_limit_per_s=settings.rate_limit_per_s,
             rate_burst=settings.rate_burst,
+            prices=_env_prices(settings),
         ),
     )
 

@@ -128,6 +128,39 @@ class ReplacedTask(BaseModel):
     at: str = Field(default_factory=utcnow_iso)
 
 
+class Cost(BaseModel):
+    """What a job costs its tenant, in US dollars (producer/core/ledger.py; README "Budgets
+    and the ledger")."""
+
+    reserved_usd: float = Field(
+        default=0.0,
+        description="Held against the tenant's budget while the job runs: its estimate from "
+        "the price table (the highest of the providers it may go to); 0 once it ended.",
+    )
+    charged_usd: float = Field(
+        default=0.0,
+        description="What its provider tasks cost, settled when it ends: the provider's "
+        "reported cost where its dialect reads one, else the price table's; 0 for a job that "
+        "never reached a provider.",
+    )
+
+
+class Billing(BaseModel):
+    """The ledger's notes on the job's current provider task (producer/core/ledger.py): what
+    settling it charges. Not public."""
+
+    # What this run reserved at enqueue (or its retry), kept after the reservation ends.
+    estimate_usd: float = 0.0
+    # The task's cost by the price table at the provider it was pinned to (None: no price).
+    price_usd: float | None = None
+    # The provider's own figure for the task, the latest it reported (None: none reported).
+    reported_usd: float | None = None
+    # What of the task's cost the ledger has charged already.
+    charged_usd: float = 0.0
+    # The task's usage already summed into its batch's (the rest is added at its next end).
+    usage_counted: dict[str, float] = Field(default_factory=dict)
+
+
 def _schema_leaves_optional(*fields: str) -> Callable[[dict[str, Any]], None]:
     """For a public model's JSON Schema: every field is in every dump (so required) but
     `fields`, which webhooks' `data` leaves out (worker/webhooks.py, worker/tasks.py)."""
@@ -210,6 +243,11 @@ class PublicJob(BaseModel):
     provider_attempts: list[ProviderAttempt] = Field(
         default_factory=list, description="Every create sent, wherever it went, in order."
     )
+    cost: Cost = Field(
+        default_factory=Cost,
+        description="What the job costs its tenant (reserved while it runs, charged when it "
+        "ends), in US dollars.",
+    )
 
     def public(self) -> dict[str, Any]:
         """The public job as JSON-ready data (webhook `data`, status --json): none of the
@@ -237,6 +275,8 @@ class JobRecord(PublicJob):
     # Times an operator ran the failed job again (`videoqueue retry`, with or without
     # --resubmit): each run ends in a new event, with a webhook-id of its own.
     reruns: int = 0
+    # The ledger's notes on its current provider task (producer/core/ledger.py).
+    billing: Billing = Field(default_factory=Billing)
 
     @property
     def terminal(self) -> bool:

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # A TOML file of providers in order of preference; when set, it replaces the single
     # provider above (api_base_url, api_key, api_dialect, api_format and its limits).
     providers_file: Path | None = None
+    # The single provider's prices without a providers file, as JSON: the table a
+    # [[providers]] entry's `prices` holds ({"sora": {"usd_per_second": 0.1}}; README
+    # "Prices"). Parsed with the providers (producer/core/providers.py), which name its field.
+    prices: Annotated[dict[str, Any] | str | None, NoDecode] = None
 
     # --- submit retries (429, 5xx, timeouts) ---
     submit_max_attempts: int = Field(8, ge=1)

@@ -12,6 +12,7 @@ from typing import Any, cast
 import redis
 
 from producer.core.errors import InvalidRequest, JobNotFound
+from producer.core.ledger import Estimate, Ledger, micros, refused, settle, usd
 from producer.core.names import Keys, Lane, batch_member
 from producer.core.records import (
     TERMINAL,
@@ -50,11 +51,12 @@ FILE_URL_TTL_S = 3600.0
 
 @dataclass
 class NewJob:
-    """A validated job ready to be written: its record JSON and idempotency key."""
+    """A validated job ready to be written: its record JSON, idempotency key and estimate."""
 
     id: str
     record_json: str
     idempotency_key: str | None
+    estimate: Estimate = Estimate(0.0)
 
 
 class JobStore:
@@ -78,6 +80,7 @@ class JobStore:
         self.record_ttl_s = record_ttl_s
         self._ttl_ms = max(1, int(record_ttl_s * 1000))
         self.schedule = Schedule(client, self.keys)
+        self.ledger = Ledger(client, self.keys)
         self._create = Script(client, "create")
         self._expire_claim = Script(client, "expire_claim")
         self._stage_batch = Script(client, "stage_batch")
@@ -103,13 +106,28 @@ class JobStore:
 
     # --- jobs ---
 
-    def create(self, record: JobRecord, idempotency_key: str | None) -> str:
-        """Store a new job with its schedule entry, due now; returns the job id that holds
-        the idempotency key (the new one, or an earlier job's: never a staged one, which may
-        never run, see lua/staged_holder.lua)."""
+    def create(
+        self, record: JobRecord, idempotency_key: str | None, estimate: Estimate | None = None
+    ) -> str:
+        """Store a new job with its schedule entry, due now, and reserve its estimate against
+        its tenant's budget in the same step; returns the job id that holds the idempotency
+        key (the new one, or an earlier job's: never a staged one, which may never run, see
+        lua/staged_holder.lua). The record's cost says the estimate reserved.
+
+        Raises:
+            BudgetExceeded: the estimate would take the tenant past its budget.
+            InvalidRequest: naming `model`, when the tenant has a budget and a provider the job
+                may go to has no price for it.
+            (Nothing is written then.)
+        """
         idem = self.keys.idempotency(idempotency_key, record.tenant) if idempotency_key else ""
         lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
+        estimate = estimate or Estimate(0.0)
         held = self._create(
+            **self.ledger.reservation_keys(record.tenant),
+            tenant=record.tenant,
+            reserve=micros(estimate.usd),
+            priced="1" if estimate.priced else "",
             claim=idem,
             job=self.keys.job(record.id),
             lane=self.keys.schedule(lane),
@@ -122,6 +140,9 @@ class JobStore:
             job_prefix=self.keys.job(""),
             batch_prefix=self.keys.batch(""),
         )
+        if isinstance(held, list):
+            model = f"model {record.request.get('model')!r}"
+            raise refused(held, record.tenant, estimate, model)
         return _text(held)
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord | None]:
@@ -192,7 +213,7 @@ class JobStore:
                     pipe.watch(*keys.values())
                     raws = pipe.mget(list(keys.values()))
                     records: dict[str, JobRecord] = {}
-                    written: list[tuple[JobRecord, Any]] = []
+                    written: list[tuple[JobRecord, Any, tuple[float, float], dict[str, float]]] = []
                     for (job_id, change), raw in zip(changes.items(), raws, strict=True):
                         if raw is None:
                             if len(changes) == 1:
@@ -200,16 +221,23 @@ class JobStore:
                             continue
                         record = JobRecord.model_validate_json(raw)
                         before = record.status
+                        cost = (record.cost.reserved_usd, record.cost.charged_usd)
                         records[job_id] = record
                         if change(record) is not False:
-                            written.append((record, before))
+                            if record.status in TERMINAL:
+                                settle(record)  # its money, in this same transaction
+                            written.append((record, before, cost, self._batch_usage(record)))
                     if not written:
                         pipe.unwatch()
                         return records
                     pipe.multi()
-                    for record, before in written:
+                    for record, before, cost, usage in written:
                         record.updated_at = utcnow_iso()
                         self._write(pipe, keys[record.id], record, before)
+                        self.ledger.move(pipe, cost, record)
+                        for name, amount in usage.items():
+                            pipe.hincrbyfloat(self.keys.batch_usage(record.batch_id or ""),
+                                              name, amount)  # fmt: skip
                         if record.status is not before:
                             # Counted in the transaction of the move itself: a step that
                             # runs twice finds the job moved already and counts nothing.
@@ -225,6 +253,19 @@ class JobStore:
                     return records
                 except redis.WatchError:
                     continue
+
+    @staticmethod
+    def _batch_usage(record: JobRecord) -> dict[str, float]:
+        """What of an ended batch job's usage its batch has not summed yet (marked summed in
+        the record): so whoever ends the job (a worker, a producer's cancel), the batch counts
+        its usage, and a job an operator ran again adds only what changed since."""
+        if not record.batch_id or record.status not in TERMINAL or not record.usage:
+            return {}
+        counted = record.billing.usage_counted
+        more = {k: v - counted.get(k, 0.0) for k, v in record.usage.items()
+                if v != counted.get(k, 0.0)}  # fmt: skip
+        record.billing.usage_counted = dict(record.usage)
+        return more
 
     def _write(self, pipe: Any, key: str, record: JobRecord, before: Any) -> None:
         """Queue the record's write; an ended job's keys get their expiry (a running one's
@@ -270,6 +311,7 @@ class JobStore:
                 batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
                 batch_jobs=self.keys.batch_jobs(batch_id),
                 batch_counts=self.keys.batch_counts(batch_id),
+                batch_usage=self.keys.batch_usage(batch_id),
                 batch_member=batch_member(batch_id),
                 now_iso=utcnow_iso(),
                 expire_at_ms=self.expire_at_ms(record.finished_at),
@@ -313,6 +355,8 @@ class JobStore:
                         "id": j.id,
                         "idempotency_key": j.idempotency_key or "",
                         "record": j.record_json,
+                        "reserve": micros(j.estimate.usd),
+                        "priced": "1" if j.estimate.priced else "",
                     }
                     for j in jobs
                 ],
@@ -323,10 +367,21 @@ class JobStore:
             raise InvalidRequest.of_field("batch_id", BATCH_ID_TAKEN)
 
     def release_batch(self, batch_id: str, tenant: str = DEFAULT_TENANT) -> None:
-        """Schedule every staged job of the batch at once and seal it (once); tenant is the
-        batch's (its jobs' idempotency claims are the tenant's)."""
-        self._release_batch(
+        """Schedule every staged job of the batch at once and seal it (once), reserving their
+        estimates against the tenant's budget in the same step; tenant is the batch's (its
+        jobs' idempotency claims are the tenant's).
+
+        Raises:
+            BudgetExceeded: the batch's estimates together would take the tenant past its
+                budget; the staged batch is undone (nothing of it is left).
+            InvalidRequest: naming `model`, when the tenant has a budget and some job of the
+                batch has no price (the batch is undone).
+        """
+        released = self._release_batch(
             **self._batch_keys(batch_id),
+            **self.ledger.reservation_keys(tenant),
+            batch_usage=self.keys.batch_usage(batch_id),
+            tenant=tenant,
             legacy_claims=self.keys.batch_staged_claims(batch_id),
             lane=self.keys.schedule(Lane.SUBMIT_BULK),
             batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
@@ -341,6 +396,10 @@ class JobStore:
             idem_prefix=self.keys.idempotency("", tenant),
             expiring_prefix=self.keys.expiring_status(""),
         )
+        if isinstance(released, list):
+            facts, requested = released[:-1], usd(int(released[-1]))
+            unpriced = "one of them" if _text(facts[0]) == "unpriced" else None
+            raise refused(facts, tenant, Estimate(requested, unpriced), "a model of the batch")
 
     def batch_progress(self, batch_id: str) -> tuple[BatchState | None, int]:
         """(state, requests staged) of a batch: (None, 0) when there is none yet."""
@@ -423,11 +482,6 @@ class JobStore:
                     return True
                 except redis.WatchError:
                     continue
-
-    def add_batch_usage(self, batch_id: str, usage: dict[str, float], client: Any) -> None:
-        """Add an ended job's usage to its batch's, on client's transaction (the job's end)."""
-        for field, amount in usage.items():
-            client.hincrbyfloat(self.keys.batch_usage(batch_id), field, amount)
 
     def reopen_in_batch(self, batch_id: str, client: Any) -> None:
         """One of the batch's jobs runs again (an operator retried it): it has not ended."""

@@ -19,9 +19,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from producer.core import redis_client
-from producer.core.errors import ApiError, InvalidRequest, JobNotFound
+from producer.core.errors import ApiError, BudgetExceeded, InvalidRequest, JobNotFound
 from producer.core.settings import Settings, get_settings
-from producer.http import batches, characters, console, videos
+from producer.http import batches, characters, console, usage, videos
 from producer.http.calls import in_thread, with_redis_timeouts
 from producer.http.content import Bucket
 from producer.http.openapi import ERRORS
@@ -48,12 +48,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(videos.router)
     app.include_router(batches.router)
     app.include_router(characters.router)
+    app.include_router(usage.router)
     console.mount(app)  # the web console at /console (producer/http/console/)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
     app.add_api_route("/readyz", readyz, methods=["GET"], tags=["health"],
                       responses={503: ERRORS[503]})  # fmt: skip
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(InvalidRequest, _invalid_request)
+    app.add_exception_handler(BudgetExceeded, _budget_exceeded)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -111,6 +113,15 @@ async def _api_error(_request: Request, exc: Exception) -> Response:
 async def _invalid_request(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InvalidRequest)
     response: Response = videos.invalid_request(exc).response()
+    return response
+
+
+async def _budget_exceeded(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BudgetExceeded)
+    # 402 Payment Required, in OpenAI's error shape; the facts beside it, as numbers.
+    error = ApiError(402, str(exc), code="budget_exceeded", type_="insufficient_quota",
+                     extra={"budget": exc.facts()})  # fmt: skip
+    response: Response = error.response()
     return response
 
 

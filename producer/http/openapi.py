@@ -13,6 +13,11 @@ _ERROR = {"model": ErrorBody}
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {**_ERROR, "description": "Invalid input; `param` names the field."},
     401: {**_ERROR, "description": "A missing, unknown or revoked API key."},
+    402: {
+        **_ERROR,
+        "description": "Over the tenant's budget: nothing was written; the answer's "
+        "`budget` says the budget, what was spent and reserved, and what the request needs.",
+    },
     403: {**_ERROR, "description": "A video URL whose signature is invalid or expired."},
     404: {**_ERROR, "description": "No such object (or not this key's tenant's)."},
     409: {**_ERROR, "description": "Not in a state that allows it."},

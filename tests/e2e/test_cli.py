@@ -70,8 +70,9 @@ def test_webhook_data_and_status_json_are_the_public_job_and_debug_adds_the_sche
     assert public.keys() == data.keys() | {"webhook"}
 
     debug = json.loads(run(p.env, "status", job_id, "--debug").stdout)
-    # The scheduler's counters and the operator's retries (reruns), the stored record's own.
-    assert debug.keys() == public.keys() | SCHEDULER_FIELDS | {"reruns"}
+    # The scheduler's counters, the operator's retries (reruns) and the ledger's notes on the
+    # job's task (billing), the stored record's own.
+    assert debug.keys() == public.keys() | SCHEDULER_FIELDS | {"reruns", "billing"}
     assert debug["polls"] >= 1 and debug["copy_attempts"] == 1
 
 

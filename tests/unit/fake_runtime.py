@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 
 from producer.core.errors import JobNotFound
+from producer.core.ledger import settle
 from producer.core.names import Keys, Lane
 from producer.core.records import BatchRecord, JobRecord, JobStatus, WebhookDelivery
 from producer.core.settings import Settings
+from producer.core.store import JobStore
 from worker.job import Claim, Job
 from worker.retries import Retries
 from worker.runtime import Runtime
@@ -123,6 +125,13 @@ class FakeStore:
                 continue
             record = self.get(job_id)
             if change(record) is not False:
+                # As the real store's transaction: an ended job's money settled, its usage
+                # summed into its batch's.
+                if record.terminal:
+                    settle(record)
+                for k, v in JobStore._batch_usage(record).items():
+                    total = self.batch_usage.setdefault(record.batch_id or "", {})
+                    total[k] = total.get(k, 0.0) + v
                 self.records[job_id] = record.model_copy(deep=True)
                 if after is not None:
                     after(record, FakePipe())
@@ -143,11 +152,6 @@ class FakeStore:
 
     def count_unknown_status(self, word: str) -> None:
         self.unknown_words.append(word)
-
-    def add_batch_usage(self, batch_id: str, usage: dict[str, float], client: Any) -> None:
-        total = self.batch_usage.setdefault(batch_id, {})
-        for k, v in usage.items():
-            total[k] = total.get(k, 0.0) + v
 
     def expire_at_ms(self, finished_at: str | None) -> int:
         return 0

@@ -275,6 +275,25 @@ def test_usage_is_kept_where_the_dialect_says_it_is(dialect, usage):
     assert client.get("t1", ApiFormat.OPENAI).usage == usage
 
 
+@pytest.mark.parametrize(
+    ("dialect", "cost", "usd"),
+    [
+        ("openrouter", 0.5, 0.5),
+        ("router", 0.1234567, 0.123457),  # to the micro-dollar
+        ("router", "0.2", 0.2),
+        ("router", -1, None),  # not a cost
+        ("router", "NaN", None),
+        ("router", 1e9, None),  # past any task's: a unit mix-up, not believed
+        ("seedance", 0.5, None),  # its dialect reads no cost
+    ],
+)
+def test_a_tasks_cost_is_read_where_the_dialect_says_and_only_when_plausible(dialect, cost, usd):
+    answer = {"id": "t1", "status": "completed", "unsigned_urls": [URL], "video_url": URL,
+              "usage": {"cost": cost}}  # fmt: skip
+    client, _ = _client(dialect, lambda r: httpx.Response(200, json=answer))
+    assert client.get("t1", ApiFormat.OPENAI).cost_usd == usd
+
+
 def test_usage_keeps_only_numbers_and_at_most_sixteen():
     answer = {"id": "j", "status": "completed", "unsigned_urls": [URL],
               "usage": {"cost": "NaN"}}  # fmt: skip

@@ -63,6 +63,32 @@ def test_without_a_file_the_single_provider_settings_make_one_provider():
         (GOOD.replace("max_in_flight = 50", "max_in_flight = 0"), "providers[0].max_in_flight"),
         (GOOD.replace('"backup"', '"primary"'), "primary repeated"),
         ("[[providers]\n", "not valid TOML"),
+        (
+            GOOD.replace("rate_limit_per_s = 10", "rate_limit_per_s = 10\nprices = { sora = 1 }"),
+            "providers[0].prices.sora",
+        ),
+        (
+            GOOD.replace(
+                "rate_limit_per_s = 10",
+                "rate_limit_per_s = 10\nprices = { sora = { usd_per_second = -0.1 } }",
+            ),
+            "providers[0].prices.sora.usd_per_second",
+        ),
+        (
+            GOOD.replace(
+                "rate_limit_per_s = 10",
+                "rate_limit_per_s = 10\nprices = { sora = { usd_per_second = { big = 1 } } }",
+            ),
+            "providers[0].prices.sora.usd_per_second: resolutions",
+        ),
+        (
+            GOOD.replace(
+                "rate_limit_per_s = 10",
+                "rate_limit_per_s = 10\nprices = { sora = { "
+                "usd_per_second = 1, usd_per_job = 1 } }",
+            ),
+            "providers[0].prices.sora: give exactly one",
+        ),
     ],
 )
 def test_a_bad_providers_file_is_refused_naming_the_file_and_the_field(tmp_path, text, field):
@@ -71,6 +97,36 @@ def test_a_bad_providers_file_is_refused_naming_the_file_and_the_field(tmp_path,
         providers(s)
     assert "VIDEOQUEUE_PROVIDERS_FILE" in str(e.value) and str(s.providers_file) in str(e.value)
     assert field in str(e.value)
+
+
+def test_prices_per_second_per_job_and_by_resolution_are_read_from_the_file(tmp_path):
+    priced = GOOD.replace(
+        "rate_limit_per_s = 10",
+        """rate_limit_per_s = 10
+prices = { sora = { usd_per_second = 0.10 }, sora-pro = { usd_per_second = { "720x1280" = 0.3, \
+"1024x1792" = 0.5 } }, "*" = { usd_per_job = 2 } }""",
+    ).replace("\\\n", "")
+    first, second = providers(_settings(tmp_path, priced))
+    assert first.price_of("sora").usd_per_second == 0.1
+    assert first.price_of("sora-pro").usd_per_second == {"720x1280": 0.3, "1024x1792": 0.5}
+    assert first.price_of("veo").usd_per_job == 2.0  # "*": any other model
+    assert second.prices == {} and second.price_of("sora") is None
+
+
+def test_without_a_file_the_prices_are_the_environments_json_refused_naming_the_field():
+    (only,) = providers(Settings(prices='{"sora": {"usd_per_job": 0.5}}'))
+    assert only.price_of("sora").usd_per_job == 0.5
+    for raw, field in (('{"sora": {"usd_per_job": "x"}}', "sora.usd_per_job"),
+                       ("{", "not valid JSON")):  # fmt: skip
+        with pytest.raises(InvalidConfiguration) as e:
+            providers(Settings(prices=raw))
+        assert "VIDEOQUEUE_PRICES" in str(e.value) and field in str(e.value)
+
+
+def test_env_prices_beside_a_providers_file_are_refused(tmp_path):
+    s = _settings(tmp_path, GOOD).model_copy(update={"prices": '{"sora": {"usd_per_job": 1}}'})
+    with pytest.raises(InvalidConfiguration, match="VIDEOQUEUE_PRICES"):
+        providers(s)
 
 
 def test_candidates_are_the_named_provider_or_every_one_serving_the_model(tmp_path):
@@ -143,3 +199,12 @@ def test_metric_labels_map_hostile_hosts_and_codes_into_bounded_sets():
         assert metrics.failure_label(theirs) == "other"
     for ours in ("timeout", "download_failed", "internal_error", "storage_unavailable"):
         assert metrics.failure_label(ours) == ours
+
+
+def test_doctor_names_a_bad_price_table_of_the_single_provider():
+    from ops.doctor import Problem, _provider_key
+
+    s = Settings(api_key="sk-one", prices='{"sora": {"usd_per_job": -2}}')
+    with pytest.raises(Problem) as e:
+        _provider_key(s)
+    assert "VIDEOQUEUE_PRICES" in str(e.value) and "sora.usd_per_job" in str(e.value)

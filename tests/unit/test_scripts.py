@@ -52,9 +52,10 @@ def test_a_script_called_with_a_name_it_does_not_declare_is_refused() -> None:
 
 def test_a_group_of_records_is_flattened_in_its_declared_field_order() -> None:
     jobs = next(f for f in source("stage_batch").args if f.name == "jobs")
-    rows = [{"record": "{}", "id": "a", "idempotency_key": ""}, {"id": "b", "record": "[]",
-            "idempotency_key": "k"}]  # fmt: skip
-    assert jobs.flatten(rows) == ["a", "", "{}", "b", "k", "[]"]
+    rows = [{"record": "{}", "id": "a", "idempotency_key": "", "reserve": 5, "priced": "1"},
+            {"id": "b", "priced": "", "reserve": 0, "record": "[]",
+             "idempotency_key": "k"}]  # fmt: skip
+    assert jobs.flatten(rows) == ["a", "", "{}", 5, "1", "b", "k", "[]", 0, ""]
 
 
 def test_the_lua_files_ship_with_the_package() -> None:

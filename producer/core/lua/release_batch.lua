@@ -1,6 +1,6 @@
---- KEYS: batch batch_jobs batch_counts batch_claims legacy_claims lane batch_lane status_counts expiring_queued job_index tenant_index
---- ARGV: job_prefix now_iso batch_member ttl_ms idem_prefix expiring_prefix
---- uses: redis_now
+--- KEYS: batch batch_jobs batch_counts batch_claims legacy_claims lane batch_lane status_counts expiring_queued job_index tenant_index ledger policy ledger_tenants ledger_totals batch_usage
+--- ARGV: job_prefix now_iso batch_member ttl_ms idem_prefix expiring_prefix tenant
+--- uses: redis_now ledger
 -- Release a staged batch, all of it at once: every job's schedule entry (in `lane`), its keys
 -- made permanent (until they end), the batch sealed. Done once; a retry finds it released. A
 -- batch whose every item was deduplicated ends here (its webhook due in batch_lane). A job
@@ -11,8 +11,19 @@
 -- held when it was written. batch_claims is the hash stage_batch writes; legacy_claims, the
 -- list of claim keys an older producer wrote. A released job's record no longer expires: its
 -- count moves from expiring_queued (stage_batch) to the status counts.
+-- Money: the staged jobs' estimates (stage_batch's `reserve_micros`, less those of the jobs
+-- dropped here) are reserved against the tenant's budget (ledger, policy) for the whole batch
+-- at once. A batch that would pass the budget is not released but undone (every key of it
+-- removed, as if never written; a job cancelled while staged gives back what its end
+-- released) and the refusal's facts returned: {reason, budget, spent, reserved, period,
+-- requested}.
 local batch, jobs, counts = KEY.batch, KEY.batch_jobs, KEY.batch_counts
 if redis.call('HGET', batch, 'state') ~= 'staging' then return 0 end
+local function micros_of(value)
+  return math.floor((tonumber(value) or 0) * 1000000 + 0.5)
+end
+-- What the dropped jobs hold, and what those of them that ended while staged released.
+local dropped_reserve, dropped_released = 0, 0
 local kept, staged = {}, redis.call('HGETALL', KEY.batch_claims)
 for i = 1, #staged, 2 do
   local claim = staged[i]
@@ -24,6 +35,12 @@ for i = 1, #staged, 2 do
     local status = 'queued'
     if ok and type(record) == 'table' and type(record.status) == 'string' then
       status = record.status  -- cancelled, if it was while staged
+      if type(record.cost) == 'table' then
+        dropped_reserve = dropped_reserve + micros_of(record.cost.reserved_usd)
+      end
+      if status ~= 'queued' and type(record.billing) == 'table' then
+        dropped_released = dropped_released + micros_of(record.billing.estimate_usd)
+      end
     end
     redis.call('DEL', key)
     redis.call('LREM', jobs, 1, id)
@@ -44,6 +61,36 @@ for _, claim in ipairs(redis.call('LRANGE', KEY.legacy_claims, 0, -1)) do
   kept[#kept + 1] = claim
 end
 local ids = redis.call('LRANGE', jobs, 0, -1)
+local reserve = tonumber(redis.call('HGET', batch, 'reserve_micros') or '0') - dropped_reserve
+local priced = tonumber(redis.call('HGET', batch, 'unpriced') or '0') == 0
+local refused = ledger_refusal(KEY.ledger, KEY.policy, reserve, priced)
+if refused then
+  local give_back = dropped_released
+  for _, id in ipairs(ids) do
+    local key = ARG.job_prefix .. id
+    local ok, record = pcall(cjson.decode, redis.call('GET', key) or 'null')
+    local status = 'queued'
+    if ok and type(record) == 'table' and type(record.status) == 'string' then
+      status = record.status
+      if status ~= 'queued' and type(record.billing) == 'table' then
+        give_back = give_back + micros_of(record.billing.estimate_usd)
+      end
+    end
+    redis.call('DEL', key)
+    redis.call('ZREM', KEY.job_index, id)
+    redis.call('ZREM', KEY.tenant_index, id)
+    redis.call('ZREM', ARG.expiring_prefix .. status, id)
+  end
+  for i = 1, #staged, 2 do
+    local id = string.match(staged[i + 1], '^%d+ (.+)$')
+    if redis.call('GET', staged[i]) == id then redis.call('DEL', staged[i]) end
+  end
+  ledger_move(KEY.ledger, KEY.ledger_tenants, KEY.ledger_totals, ARG.tenant, give_back, 0, '')
+  redis.call('DEL', batch, jobs, counts, KEY.batch_claims, KEY.legacy_claims, KEY.batch_usage)
+  refused[#refused + 1] = reserve
+  return refused
+end
+ledger_move(KEY.ledger, KEY.ledger_tenants, KEY.ledger_totals, ARG.tenant, reserve, 0, '')
 local some_ended = tonumber(redis.call('HGET', batch, 'ended') or '0') > 0
 local entries, ended_claims, persisted = {}, {}, 0
 for _, id in ipairs(ids) do

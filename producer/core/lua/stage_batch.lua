@@ -1,5 +1,5 @@
 --- KEYS: batch batch_jobs batch_counts batch_claims expiring_queued job_index tenant_index
---- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix tenant batch_fields jobs[id idempotency_key record]
+--- ARGV: idem_prefix job_prefix first_index now_iso ttl_ms batch_prefix tenant batch_fields jobs[id idempotency_key record reserve priced]
 --- uses: redis_now staged_holder
 -- A chunk of a batch in one atomic step, staged: records, idempotency claims and the batch's
 -- bookkeeping, but no schedule entries, so nothing of it runs until release_batch releases
@@ -15,7 +15,10 @@
 -- item whose idempotency key an earlier job holds gets no job: `dedup:<index>` names it; a
 -- claim of another batch's staged job is taken over (staged_holder). A batch belongs to the
 -- tenant that staged it first (one before tenants, with a state but no tenant, to the default
--- one): another tenant's chunk writes nothing and gets -1.
+-- one): another tenant's chunk writes nothing and gets -1. The written jobs' estimates
+-- (`reserve` micro-dollars; `priced` '' for one some provider has no price for) are summed in
+-- the batch's `reserve_micros` (and counted in `unpriced`): release_batch reserves them, the
+-- whole batch at once, so a producer that dies while staging holds no money.
 local batch, first_index, ttl_ms = KEY.batch, tonumber(ARG.first_index), tonumber(ARG.ttl_ms)
 local owner = redis.call('HGET', batch, 'tenant')
 if not owner and redis.call('HGET', batch, 'state') then owner = 'default' end
@@ -31,7 +34,7 @@ if redis.call('HGET', batch, 'state') == 'released'
     or tonumber(redis.call('HGET', batch, 'staged') or '0') > first_index then
   return 0  -- written already (a retry racing its first run)
 end
-local ids = {}
+local ids, reserve, unpriced = {}, 0, 0
 for k, job in ipairs(ARG.jobs) do
   local id, idem = job.id, job.idempotency_key
   local index = first_index + k - 1
@@ -51,6 +54,8 @@ for k, job in ipairs(ARG.jobs) do
   else
     redis.call('SET', ARG.job_prefix .. id, job.record, 'PX', ttl_ms)
     ids[#ids + 1] = id
+    reserve = reserve + tonumber(job.reserve)
+    if job.priced == '' then unpriced = unpriced + 1 end
   end
 end
 for j = 1, #ids, 1000 do
@@ -61,6 +66,8 @@ redis.call('HSET', batch, 'state', 'staging', 'staged', first_index + #ARG.jobs,
            'tenant', ARG.tenant)
 redis.call('HINCRBY', batch, 'total', #ids)
 redis.call('HINCRBY', batch, 'ended', 0)
+redis.call('HINCRBY', batch, 'reserve_micros', string.format('%d', reserve))
+redis.call('HINCRBY', batch, 'unpriced', unpriced)
 redis.call('HINCRBY', KEY.batch_counts, 'queued', #ids)
 local now_ms = math.floor(now * 1000)
 for j = 1, #ids, 1000 do

@@ -81,7 +81,9 @@ def confirm(page: Any, button: str) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_console_lists_filters_plays_cancels_and_retries_in_chromium(make_gateway, browser):
-    gw = make_gateway(env={"VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "1"})
+    # Priced: a tenant with a budget (acme's batch below) may only run priced jobs.
+    prices = '{"sora": {"usd_per_second": 0.01}}'
+    gw = make_gateway(env={"VIDEOQUEUE_DOWNLOAD_MAX_ATTEMPTS": "1", "VIDEOQUEUE_PRICES": prices})
     p = gw.pipeline
     admin = gw.key("ops", admin=True)
     request = p.request(size="640x360", duration=4)
