@@ -72,6 +72,9 @@ log = structlog.get_logger("videoqueue.worker")
 # A generation's time is learned only when the poll that saw it done came within this share
 # of its age after the poll that saw it running.
 HISTORY_BRACKET_SHARE = 0.25
+# A stashed file URL whose signature expires within this long is swapped for a fresh one
+# before use: a download begun in a link's last seconds may be refused half-way.
+URL_EXPIRY_MARGIN_S = 10.0
 
 
 def _seconds_between(iso: str | None, now: float) -> float:
@@ -537,7 +540,6 @@ def _copy(job: Job, key: str) -> tuple[Upload, VideoInfo]:
     record = job.record
     url = rt.store.file_url(job.id)
     if url is not None and (expires_at := url_expires_at(url)) is not None:
-        # A download begun in the last seconds of a link may be refused half-way.
         url = url if expires_at > time.time() + URL_EXPIRY_MARGIN_S else None
     fresh = False
     tried = 0
@@ -560,10 +562,6 @@ def _copy(job: Job, key: str) -> tuple[Upload, VideoInfo]:
             log.info("copy retried", reason=_reason(e))
             if tried >= rt.retries.copy_tries or storage_outage(e):
                 raise
-
-
-# A stashed file URL that expires within this long is swapped for a fresh one before use.
-URL_EXPIRY_MARGIN_S = 10.0
 
 
 def _unreachable(job: Job, failure: FileUnreachable) -> None:
