@@ -326,6 +326,9 @@ def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, 
             failures[rec.error.code] = failures.get(rec.error.code, 0) + 1
     if failures:
         row.notes.append("failed: " + ", ".join(f"{c} x{n}" for c, n in failures.items()))
+    # Jobs whose download met a file host that did not answer, and waited it out.
+    if waited := sum(getattr(rec, "fetch_failures", 0) > 0 for rec in present):
+        row.notes.append(f"{waited} jobs waited out a file host that did not answer")
 
     # Billing: every provider task must belong to a job (at that provider); a second create
     # of a job with the same Idempotency-Key is answered with the same task (a replay, not a
