@@ -1,7 +1,8 @@
 """``python -m bench``: run the benchmark scenarios and write RESULTS.md with its charts.
 
     python -m bench                      # every scenario, full scale -> bench/results/
-    python -m bench --only copy          # one scenario (the others keep their last figures)
+    python -m bench --only copy          # one scenario (the others keep their last figures:
+                                         # raw/*.json, kept in git, or RESULTS.md's own lines)
     python -m bench --smoke --out DIR    # every scenario at tiny scale, a few seconds each
     python -m bench --report-only        # rebuild RESULTS.md from the stored outcomes
 
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         command = _last_command(args.out / "RESULTS.md") or command
         wall_s, fresh_only = sum(r.wall_s for r in results), len({r.machine for r in results}) == 1
+    results_md = args.out / "RESULTS.md"
     path = report.write(
         results,
         args.out,
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         command=command,
         fresh_only=fresh_only,
         conditions=conditions(results),
+        order=list(SCENARIOS),
+        previous=results_md.read_text() if results_md.exists() else "",
     )
     log(f"wrote {path} in {(time.time() - started) / 60:.1f} min")
     print(report.table(results))

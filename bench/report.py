@@ -110,10 +110,14 @@ def _before(row: Row) -> str:
     return found or "—"
 
 
-def table(results: list[ScenarioResult]) -> str:
-    """The markdown results table."""
+def table(results: list[ScenarioResult], carried: dict[str, list[str]] | None = None) -> str:
+    """The markdown results table; `carried` rows (by scenario) go where their scenario's
+    rows would."""
     lines = list(TABLE_HEADER)
+    carried = carried or {}
     for result in results:
+        for name in [n for n in carried if n in _before_names(result.name, carried)]:
+            lines += carried.pop(name)
         if result.error:
             lines.append(f"| {result.name}: did not finish | — | — | — | — | — | **no** |")
         for row in result.rows:
@@ -125,7 +129,44 @@ def table(results: list[ScenarioResult]) -> str:
                 f"| {'—' if result.smoke else _before(row)} "
                 f"| {comparison} | {_ratio(row)} | {row.goal or '—'} | {_met(row)} |"
             )
+    for rows in carried.values():
+        lines += rows
     return "\n".join(lines)
+
+
+# The order of scenarios in a table, set by write() (bench/__main__.py's SCENARIOS).
+_ORDER: list[str] = []
+
+
+def _before_names(name: str, carried: dict[str, list[str]]) -> list[str]:
+    """The carried scenarios that come before `name` in the table's order."""
+    if name not in _ORDER:
+        return []
+    return [n for n in carried if n in _ORDER and _ORDER.index(n) < _ORDER.index(name)]
+
+
+def carried_from(previous: str, names: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """From an earlier RESULTS.md, the table rows and the section of each scenario in names:
+    a scenario with no stored outcome (bench/results/raw/ of another machine) keeps the
+    figures it last had instead of vanishing from the file."""
+    rows: dict[str, list[str]] = {}
+    sections: dict[str, str] = {}
+    lines = previous.splitlines()
+    # The results table is the file's first; the one of the "before" figures repeats names.
+    first_heading = next((k for k, ln in enumerate(lines) if ln.startswith("## ")), len(lines))
+    for name in names:
+        found = [ln for ln in lines[:first_heading] if ln.startswith(f"| {name}: ")]
+        if found:
+            rows[name] = found
+        head = f"## {name}: "
+        start = next((k for k, ln in enumerate(lines) if ln.startswith(head)), None)
+        if start is not None:
+            end = next(
+                (k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")),
+                len(lines),
+            )
+            sections[name] = "\n".join(lines[start:end]).rstrip() + "\n"
+    return rows, sections
 
 
 def _git(*args: str) -> str:
@@ -202,6 +243,8 @@ def write(
     command: str,
     fresh_only: bool = True,
     conditions: str = "",
+    order: list[str] | None = None,
+    previous: str = "",
 ) -> Path:
     """Write RESULTS.md and the charts into out_dir; returns the RESULTS.md path.
 
@@ -212,9 +255,22 @@ def write(
         command: The command that produced it.
         fresh_only: Whether every outcome comes from this invocation.
         conditions: A sentence on what else loaded the host while it ran.
+        order: Every scenario's name in table order.
+        previous: The RESULTS.md this one replaces: the scenarios in `order` with no outcome
+            keep their rows and section from it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    _ORDER[:] = order or [r.name for r in results]
+    have = {r.name for r in results}
+    carried_rows, carried_sections = carried_from(previous, [n for n in _ORDER if n not in have])
+    if carried_rows:
+        fresh_only = False
     charts = charts_for(results, out_dir)
+    drawn = {name for name, _ in charts}
+    for name, title in re.findall(r"^!\[(.*?)\]\((.*?)\)$", previous, flags=re.MULTILINE):
+        # A chart of a carried scenario: kept as it was drawn.
+        if title not in drawn and (out_dir / title).exists() and "/" not in title:
+            charts.append((title, name))
     smoke = any(r.smoke for r in results)
     before_commit = before_figures()[0]
     measured_on = {r.machine for r in results if r.machine}
@@ -237,13 +293,19 @@ def write(
         "schedule (deferred messages, one Celery message per poll): "
         "[before/RESULTS.md](before/RESULTS.md), repeated at the end of this file.",
         "",
-        table(results),
+        table(results, carried_rows),
         "",
     ]
     if charts:
         parts += ["## Charts", ""]
         parts += [f"![{title}]({name})" for name, title in charts] + [""]
-    for r in results:
+    sections = {r.name: r for r in results}
+    for name in _ORDER:
+        if name in carried_sections:
+            parts += [carried_sections[name]]
+        if name not in sections:
+            continue
+        r = sections[name]
         parts += [f"## {r.name}: {r.title}", ""]
         parts += [f"Ran {r.started_at}, {r.wall_s:.0f} s.", ""]
         for note in r.notes:

@@ -163,12 +163,13 @@ def main() -> int:
             time.sleep(0.2)
 
         landed = Table(title="where each MP4 landed")
-        for col in ("feature", "object", "bytes", "WxH", "seconds", "sha256"):
+        for col in ("feature", "object", "bytes", "WxH", "seconds", "sha256", "poster"):
             landed.add_column(col)
         for feature, job_id in jobs.items():
             r = records[job_id]
             if r.output:
                 o = r.output
+                poster = f"{o.poster.width}x{o.poster.height}" if o.poster else "none"
                 landed.add_row(
                     feature,
                     f"s3://{o.bucket}/{o.key}",
@@ -176,10 +177,11 @@ def main() -> int:
                     f"{o.width}x{o.height}",
                     f"{o.duration_s:g}",
                     o.sha256[:12],
+                    poster,
                 )
             else:
                 why = f"{r.error.code}: {r.error.message}" if r.error else r.status.value
-                landed.add_row(feature, f"[red]{why}[/]", "", "", "", "")
+                landed.add_row(feature, f"[red]{why}[/]", "", "", "", "", "")
         console.print(landed)
 
         hooks = Table(title="webhooks received (signature verified with standardwebhooks)")

@@ -55,6 +55,30 @@ def enqueue(
     Raises:
         InvalidRequest: naming the bad field; nothing was written.
     """
+    job_id, _ = _create(request, tenant, settings)
+    return job_id
+
+
+def create_job(
+    request: VideoRequest | dict[str, Any],
+    *,
+    tenant: str | None = None,
+    settings: Settings | None = None,
+) -> JobRecord:
+    """enqueue(), answering the job itself: the new job's record as written (no second trip
+    to Redis), or the earlier job that holds the request's idempotency key, as it is now.
+
+    Raises:
+        InvalidRequest: as enqueue() does.
+    """
+    job_id, record = _create(request, tenant, settings)
+    return record if job_id == record.id else get(job_id, settings=settings)
+
+
+def _create(
+    request: VideoRequest | dict[str, Any], tenant: str | None, settings: Settings | None
+) -> tuple[str, JobRecord]:
+    """(the id of the job that holds the request, the record made for it)."""
     s = settings or get_settings()
     owner = check_tenant(tenant)
     req = parse_request(request)
@@ -66,7 +90,7 @@ def enqueue(
         problems = [{"field": f, "message": NO_SUCH_CHARACTER} for f in fields]
         raise InvalidRequest(f"invalid request: {', '.join(fields)}: {NO_SUCH_CHARACTER}", problems)
     record = new_record(req, s, tenant=owner)
-    return st.create(record, req.idempotency_key)
+    return st.create(record, req.idempotency_key), record
 
 
 def list_jobs(

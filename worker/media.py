@@ -42,7 +42,7 @@ def probe(fileobj: Any) -> VideoInfo:
         Exception: what fileobj itself raises (an S3 read failing, say), unchanged: an
             outage is not a broken video.
     """
-    watched = _Watched(fileobj)
+    watched = Watched(fileobj)
     try:
         with av.open(watched, mode="r", format="mp4") as container:
             return _info(container)
@@ -80,11 +80,11 @@ def _info(container: Any) -> VideoInfo:
     return VideoInfo(width=codec.width, height=codec.height, duration_s=duration_s)
 
 
-class _Watched:
+class Watched:
     """fileobj as PyAV sees it, remembering the last exception fileobj itself raised.
 
-    So probe() tells an S3 outage from a broken video whatever PyAV and FFmpeg make of the
-    failed read.
+    So probe() (and worker/poster.py) tell an S3 outage from a broken video whatever PyAV and
+    FFmpeg make of the failed read.
     """
 
     def __init__(self, fileobj: Any) -> None:

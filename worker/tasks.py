@@ -55,6 +55,7 @@ from worker.app import app
 from worker.dialect import UncertainCreate
 from worker.job import BatchEntry, Job
 from worker.media import S3RangeReader, VideoInfo, probe
+from worker.poster import make_poster
 from worker.provider import ProviderClient, ProviderTask, TaskState
 from worker.steps import BatchStep, Step
 from worker.storage import (
@@ -512,6 +513,9 @@ def finalize(job: Job) -> None:
         return job.fail(e.code, str(e))
     except COPY_FAILURES as e:
         return _copy_failed(job, e)
+    # Best effort: a poster that cannot be made is recorded as such, never fails the job.
+    poster, poster_error = make_poster(rt.s3, s.s3_bucket, key, upload.size_bytes,
+                                       object_metadata(job.id, job.record.metadata))  # fmt: skip
     job.complete(
         Output(
             bucket=s.s3_bucket,
@@ -521,6 +525,8 @@ def finalize(job: Job) -> None:
             width=info.width,
             height=info.height,
             duration_s=info.duration_s,
+            poster=poster,
+            poster_error=poster_error,
         )
     )
     rt.store.forget_file_url(job.id)

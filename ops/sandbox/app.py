@@ -22,7 +22,7 @@ from producer.http.bodies import Upload, is_form, read_form, read_json
 from .errors import ApiError, invalid, not_found
 from .files import Mp4Body, parse_range, send_file
 from .gate import KEY_SCOPE, RAW_SCOPE, Gate
-from .media import break_moov
+from .media import break_moov, garble_frames
 from .oddities import status_response
 from .speech import SHARED_PREFIXES, SPEECHES, Speech, refused_external_id
 from .state import TERMINAL, Phase, Task
@@ -361,6 +361,9 @@ class _Handlers:
         if request.method != "HEAD" and sb.state.roll("broken_moov", cfg.broken_moov_rate):
             sb.state.count_in("faults", "broken_moov")
             clip = break_moov(clip)
+        elif request.method != "HEAD" and sb.state.roll("garbled_frames", cfg.garbled_frames_rate):
+            sb.state.count_in("faults", "garbled_frames")
+            clip = garble_frames(clip)
         body = Mp4Body(clip=clip, task_id=task.id, padding=cfg.file_padding_bytes)
         # The content route wants the key; on a file URL a bearer token is a leak.
         leaked = not via_api and "authorization" in request.headers

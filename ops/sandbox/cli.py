@@ -62,6 +62,9 @@ def sandbox(
     broken_moov_rate: Annotated[
         float | None, typer.Option(help="Downloads with a corrupt moov box.")
     ] = None,
+    garbled_frames_rate: Annotated[
+        float | None, typer.Option(help="Downloads whose frames are garbage (moov intact).")
+    ] = None,
     short_content_length_rate: Annotated[
         float | None, typer.Option(help="Downloads whose Content-Length is half the body.")
     ] = None,

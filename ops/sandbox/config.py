@@ -176,6 +176,9 @@ class SandboxConfig(BaseModel):
     truncate_rate: float = Field(default=0.0, ge=0, le=1)
     # Downloads whose moov box is garbage (ftyp intact, same length): unplayable.
     broken_moov_rate: float = Field(default=0.0, ge=0, le=1)
+    # Downloads whose frames are garbage (ftyp and moov intact, same length): the shape
+    # probes, no frame decodes.
+    garbled_frames_rate: float = Field(default=0.0, ge=0, le=1)
     # Downloads whose Content-Length promises half of the bytes that follow it.
     short_content_length_rate: float = Field(default=0.0, ge=0, le=1)
     cdn_base_url: str | None = None

@@ -1,10 +1,14 @@
 """Real, playable MP4s, cheap to make: encoded once per shape, off the event loop.
 
-A clip is libx264 at a very low frame rate and crf 51, so a 1080p 20 s clip is ~200 KB and
-encodes in a fraction of a second. The bytes are cached per (width, height, duration, fps);
-each task's file is that cached clip followed by a top-level MP4 ``free`` box carrying the task
-id (and any padding), which players and demuxers skip, so every task's bytes differ while
-PyAV/ffprobe still read the requested width, height and duration.
+A clip is libx264 at a very low frame rate and crf 51, so a 1080p 20 s clip is ~40 KB and
+encodes in a fraction of a second. It shows a wash of colour sliding sideways, after a first
+frame of black (as many generated clips open), so that a poster frame shows something and
+proves it was not taken from the first frame.
+
+The bytes are cached per (width, height, duration, fps); each task's file is that cached clip
+followed by a top-level MP4 ``free`` box carrying the task id (and any padding), which players
+and demuxers skip, so every task's bytes differ while PyAV/ffprobe still read the requested
+width, height and duration.
 """
 
 from __future__ import annotations
@@ -39,16 +43,26 @@ def encode_mp4(width: int, height: int, duration_s: int, fps: int = 1) -> bytes:
         whole files anyway).
     """
     buf = io.BytesIO()
+    frames = duration_s * fps
     with av.open(buf, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": "51", "preset": "ultrafast"}
-        # A grey ramp over time on a luma gradient: visibly a video, yet almost free to encode.
-        ramp = np.linspace(16, 235, width, dtype=np.uint8)
-        for i in range(duration_s * fps):
+        # A wash of colour (blue to yellow down, red to green across, dark to light) sliding
+        # sideways over time: visibly a video, yet almost free to encode (one motion vector).
+        y = np.tile(np.linspace(16, 235, width, dtype=np.uint8), (height, 1))
+        u = np.tile(np.linspace(200, 56, height // 2, dtype=np.uint8)[:, None], (1, width // 2))
+        v = np.tile(np.linspace(56, 200, width // 2, dtype=np.uint8), (height // 2, 1))
+        step = 2 * max(1, width // (2 * frames))  # even: chroma moves by whole samples
+        for i in range(frames):
             plane = np.empty((height * 3 // 2, width), dtype=np.uint8)
-            plane[:height] = np.roll(ramp, i * max(1, width // (duration_s * fps)))
-            plane[height:] = 128
+            plane[:height] = np.roll(y, i * step, axis=1)
+            # yuv420p as one array: U then V, each (height/2 x width/2) packed two rows a line.
+            plane[height : height * 5 // 4] = np.roll(u, i * step // 2, axis=1).reshape(-1, width)
+            plane[height * 5 // 4 :] = np.roll(v, i * step // 2, axis=1).reshape(-1, width)
+            if i == 0 and frames > 1:
+                # It opens on black, as many generated clips do: a poster must not be frame 0.
+                plane[:height], plane[height:] = 16, 128
             frame = av.VideoFrame.from_ndarray(plane, format="yuv420p")
             frame.pts = i
             for packet in stream.encode(frame):
@@ -81,24 +95,49 @@ def break_moov(clip: bytes) -> bytes:
     Raises:
         ValueError: when clip has no top-level moov box.
     """
+    pos, _, end = _box(clip, b"moov")
+    out = _garbled(clip, pos + 8, end)
+    struct.pack_into(">I", out, pos, _IMPOSSIBLE_BOX_SIZE)
+    return bytes(out)
+
+
+def garble_frames(clip: bytes) -> bytes:
+    """The clip with the payload of its ``mdat`` box (every frame) replaced by garbage.
+
+    ``ftyp`` and ``moov`` are untouched, so the file opens and reports its width, height and
+    duration, but no frame decodes: a video whose shape is known and whose picture is not.
+
+    Raises:
+        ValueError: when clip has no top-level mdat box.
+    """
+    pos, header_size, end = _box(clip, b"mdat")
+    return bytes(_garbled(clip, pos + header_size, end))
+
+
+def _box(clip: bytes, wanted: bytes) -> tuple[int, int, int]:
+    """Where the first top-level box of type wanted is: (start, header size, end), its end
+    cut at the end of clip (a box that claims more than is there)."""
     pos = 0
     while pos + 8 <= len(clip):
         size, kind = struct.unpack_from(">I4s", clip, pos)
+        header_size = 8
         if size == 1:
-            size = struct.unpack_from(">Q", clip, pos + 8)[0]
+            size, header_size = struct.unpack_from(">Q", clip, pos + 8)[0], 16
         elif size == 0:
             size = len(clip) - pos
-        if kind == b"moov":
-            out = bytearray(clip)
-            end = min(pos + size, len(clip))  # a moov that claims more than is there
-            garbage = _GARBAGE * ((end - pos) // len(_GARBAGE) + 1)
-            out[pos + 8 : end] = garbage[: max(0, end - pos - 8)]
-            struct.pack_into(">I", out, pos, _IMPOSSIBLE_BOX_SIZE)
-            return bytes(out)
+        if kind == wanted:
+            return pos, header_size, min(pos + size, len(clip))
         if size < 8:
             break
         pos += size
-    raise ValueError("no top-level moov box")
+    raise ValueError(f"no top-level {wanted.decode()} box")
+
+
+def _garbled(clip: bytes, start: int, end: int) -> bytearray:
+    out = bytearray(clip)
+    garbage = _GARBAGE * (max(0, end - start) // len(_GARBAGE) + 1)
+    out[start:end] = garbage[: max(0, end - start)]
+    return out
 
 
 class MediaCache:

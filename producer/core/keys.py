@@ -8,7 +8,7 @@ The one writer of the `apikeys*` key family (producer/core/names.py):
   secret byte by byte, so no timing tells how much of a guess was right.
 - `authenticate` reads Redis on every call, no cache: a revoked key is refused by every
   replica from the next request on.
-- Each key's requests are limited by a token bucket in Redis (lua/api_rate.lua), shared by
+- Each key's requests are limited by a token bucket in Redis (lua/token_bucket.lua), shared by
   every replica: VIDEOQUEUE_API_RATE_PER_S, VIDEOQUEUE_API_BURST.
 
 Nothing here logs, and no error or record carries a secret.
@@ -74,6 +74,23 @@ class _StoredKey(ApiKey):
         return ApiKey.model_validate(self.model_dump(exclude={"sha256"}))
 
 
+# Stands for a key's id in the name of its rate bucket, which admit.lua makes from the id it
+# finds (names.py owns the name's shape).
+_KEY_ID = "\x00key-id\x00"
+
+
+def _well_formed(secret: object) -> str:
+    """The secret, if it could be one of ours (else refused before anything is hashed)."""
+    if (
+        not isinstance(secret, str)
+        or not secret.startswith(SECRET_PREFIX)
+        or len(secret) > _MAX_SECRET_CHARS
+        or not secret.isascii()
+    ):
+        raise Unauthenticated(_REFUSED)
+    return secret
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -85,6 +102,7 @@ class _KeyRing:
         self.redis = client
         self.keys = Keys(prefix)
         self._api_rate = Script(client, "api_rate")
+        self._admit = Script(client, "admit")
 
     def create(self, tenant: str, admin: bool) -> tuple[ApiKey, str]:
         secret = SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
@@ -137,17 +155,23 @@ class _KeyRing:
                     continue
 
     def authenticate(self, secret: object) -> Principal:
-        if (
-            not isinstance(secret, str)
-            or not secret.startswith(SECRET_PREFIX)
-            or len(secret) > _MAX_SECRET_CHARS
-            or not secret.isascii()
-        ):
-            raise Unauthenticated(_REFUSED)
-        raw = self.redis.hget(self.keys.api_key_hashes(), _digest(secret))
+        raw = self.redis.hget(self.keys.api_key_hashes(), _digest(_well_formed(secret)))
         if raw is None:
             raise Unauthenticated(_REFUSED)
         return Principal(**json.loads(raw))
+
+    def admit(
+        self, secret: object, rate_per_s: float, burst: int
+    ) -> tuple[Principal, float | None]:
+        head, _, tail = self.keys.api_key_rate(_KEY_ID).partition(_KEY_ID)
+        raw, wait = self._admit(
+            hashes=self.keys.api_key_hashes(), digest=_digest(_well_formed(secret)),
+            bucket_head=head, bucket_tail=tail, rate_per_s=rate_per_s, burst=burst,
+        )  # fmt: skip
+        if not raw:
+            raise Unauthenticated(_REFUSED)
+        wait_s = float(wait)
+        return Principal(**json.loads(raw)), (wait_s if wait_s > 0 else None)
 
     def take_token(self, key_id: str, rate_per_s: float, burst: int) -> float | None:
         bucket = self.keys.api_key_rate(key_id)
@@ -208,6 +232,17 @@ def authenticate(secret: str, settings: Settings | None = None) -> Principal:
             all, whose message never repeats the secret).
     """
     return _ring(settings).authenticate(secret)
+
+
+def admit(secret: str, settings: Settings | None = None) -> tuple[Principal, float | None]:
+    """authenticate() and take_request_token() in one round trip to Redis: the key's
+    principal, and None when the request may go, else the seconds to wait (Retry-After).
+
+    Raises:
+        Unauthenticated: as authenticate() does.
+    """
+    s = settings or get_settings()
+    return _ring(s).admit(secret, s.api_rate_per_s, s.api_burst)
 
 
 def take_request_token(principal: Principal, settings: Settings | None = None) -> float | None:

@@ -44,6 +44,17 @@ def utcnow_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class Poster(BaseModel):
+    """A frame of the finished video, stored as a small image beside the MP4 (worker/poster.py)."""
+
+    bucket: str
+    key: str
+    size_bytes: int
+    width: int = Field(description="Pixels of the image (not of the video).")
+    height: int = Field(description="Pixels of the image (not of the video).")
+    content_type: str = "image/jpeg"
+
+
 class Output(BaseModel):
     """Where the finished MP4 landed, and what it is."""
 
@@ -55,6 +66,16 @@ class Output(BaseModel):
     width: int | None = None
     height: int | None = None
     duration_s: float | None = None
+    # Best effort: a video that decodes for its shape but not for a frame still completes,
+    # with no poster and the reason why.
+    poster: Poster | None = Field(
+        default=None,
+        description="The poster frame (GET /v1/videos/{id}/content?variant=thumbnail); null "
+        "when none could be made, poster_error says why.",
+    )
+    poster_error: str | None = Field(
+        default=None, description="Why the video has no poster frame; null when it has one."
+    )
 
 
 class ErrorInfo(BaseModel):

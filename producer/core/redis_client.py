@@ -211,7 +211,8 @@ def client(settings: Any, url: str | None = None, **kwargs: Any) -> redis.Redis:
     Args:
         settings: a Settings (typed Any: settings.py imports this module).
         url: settings.broker_url to reach the broker's Redis; the records' by default.
-        **kwargs: more connection arguments.
+        **kwargs: more connection arguments (VIDEOQUEUE_REDIS_TIMEOUT_S gives the socket
+            timeouts not given here).
     """
     target = url or settings.records_url
     setting = (
@@ -220,6 +221,9 @@ def client(settings: Any, url: str | None = None, **kwargs: Any) -> redis.Redis:
         else "VIDEOQUEUE_BROKER_URL"
     )
     password = settings.sentinel_password
+    if settings.redis_timeout_s is not None:
+        kwargs.setdefault("socket_timeout", settings.redis_timeout_s)
+        kwargs.setdefault("socket_connect_timeout", settings.redis_timeout_s)
     return connect(
         target,
         master=settings.sentinel_master,

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # (the URL's password is the Redis servers').
     sentinel_master: str = Field("mymaster", min_length=1)
     sentinel_password: SecretStr | None = None
+    # The longest one call to the records' Redis waits (to connect, or for its answer), direct
+    # or through Sentinel; None: no limit. The HTTP service uses 5 s when this is unset
+    # (producer/http/calls.py): its Redis calls run on the event loop. A redis:// URL's own
+    # socket_timeout= wins.
+    redis_timeout_s: float | None = Field(None, gt=0)
     # The writes that guard money (a job pinned to a provider just before its create is sent)
     # wait until this many replicas have them (Redis WAIT), so that a failover cannot lose
     # them; 0: no wait. Costs one round trip to the slowest of them per submit (README

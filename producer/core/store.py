@@ -530,7 +530,10 @@ def store(settings: Settings | None = None) -> JobStore:
     """The job store for these settings (one connection pool per Redis address and prefix)."""
     s = settings or get_settings()
     password = s.sentinel_password.get_secret_value() if s.sentinel_password else None
-    address = (s.records_url, s.sentinel_master, password, s.key_prefix, s.record_ttl_s)
+    address = (
+        s.records_url, s.sentinel_master, password, s.key_prefix, s.record_ttl_s,
+        s.redis_timeout_s,
+    )  # fmt: skip
     found = _stores.get(address)
     if found is None:
         if len(_stores) >= 8:  # as the lru_cache before it: tests make many deployments

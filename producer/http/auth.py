@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from producer.core.errors import ApiError, JobNotFound, Unauthenticated
-from producer.core.keys import Principal, authenticate, take_request_token
+from producer.core.keys import Principal, admit
 from producer.core.settings import Settings
 from producer.http.calls import on_loop
 
@@ -40,7 +40,7 @@ async def identify(request: Request, secret: str | None) -> Principal:
     if not secret:
         raise unauthenticated()
     try:
-        principal, retry_after_s = await on_loop(_admit, secret, settings)
+        principal, retry_after_s = await on_loop(admit, secret, settings)
     except Unauthenticated:
         raise unauthenticated() from None
     if retry_after_s is not None:
@@ -52,11 +52,6 @@ async def identify(request: Request, secret: str | None) -> Principal:
             headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
         )
     return principal
-
-
-def _admit(secret: str, settings: Settings) -> tuple[Principal, float | None]:
-    principal = authenticate(secret, settings)
-    return principal, take_request_token(principal, settings)
 
 
 async def principal(

@@ -4,7 +4,9 @@ A verb that makes a few round trips to Redis (a key's check and rate token, an e
 its read-back, a read, a page, a cancel) runs on the event loop itself: measured on this
 project's 2-core host, a trip to the thread pool and back cost more than the Redis calls, and
 queued under load (50 concurrent creates through one process: p50 129 ms and 343/s through
-the pool; 2 ms and 419/s on the loop). CPU is spread with uvicorn's `--workers`, not threads.
+the pool; 2 ms and 419/s on the loop). CPU is spread with uvicorn's `--workers`, not
+threads. A create is two round trips (producer/core/keys.py admit: the key and its rate
+token in one script; then the create script, whose record is the answer: no read-back).
 So that a Redis which stops answering cannot hold the loop, the service's Redis connections
 time out (REDIS_TIMEOUT_S): a 503, like an unreachable one.
 
@@ -16,11 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.concurrency import run_in_threadpool
 
-from producer.core.redis_client import is_sentinel
 from producer.core.settings import Settings
 
 P = ParamSpec("P")
@@ -40,14 +40,9 @@ async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 def with_redis_timeouts(settings: Settings, timeout_s: float = REDIS_TIMEOUT_S) -> Settings:
-    """settings whose Redis URL (for records and keys) gives up after timeout_s, unless the
-    URL says otherwise. A Sentinel deployment's URL is left as it is: a list of sentinels
-    takes no query (producer/core/redis_client.py gives their connections a timeout)."""
-    if is_sentinel(settings.records_url):
+    """settings whose Redis calls (records and keys, direct or through Sentinel) give up
+    after timeout_s, unless VIDEOQUEUE_REDIS_TIMEOUT_S (or a redis:// URL's own
+    socket_timeout=) says otherwise."""
+    if settings.redis_timeout_s is not None:
         return settings
-    parts = urlsplit(settings.records_url)
-    query = dict(parse_qsl(parts.query))
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        query.setdefault(name, f"{timeout_s:g}")
-    url = urlunsplit(parts._replace(query=urlencode(query)))
-    return settings.model_copy(update={"redis_url": url})
+    return settings.model_copy(update={"redis_timeout_s": timeout_s})

@@ -1,5 +1,6 @@
-"""A finished job's MP4, streamed from our bucket; and `video.url`, the URL that fetches it,
-signed (when the service has a URL secret) so that it works without the caller's key.
+"""A finished job's MP4 (or its poster frame), streamed from our bucket; and `video.url`, the
+URL that fetches it, signed (when the service has a URL secret) so that it works without the
+caller's key.
 
 boto3 is imported on the first download only: the rest of the service never needs it.
 """
@@ -17,7 +18,7 @@ from urllib.parse import quote
 from starlette.responses import StreamingResponse
 
 from producer.core.errors import ApiError
-from producer.core.records import Output
+from producer.core.records import Output, Poster
 from producer.core.settings import S3_CLIENT_OPTIONS, Settings
 
 CHUNK_BYTES = 1024 * 1024
@@ -78,8 +79,11 @@ class Bucket:
                 )
             return self._client
 
-    def open(self, output: Output, range_header: str | None) -> StreamingResponse:
+    def open(self, stored: Output | Poster, range_header: str | None) -> StreamingResponse:
         """The object (or the asked-for range of it) as a streamed answer.
+
+        Args:
+            stored: the job's MP4 (a download: attachment) or its poster (shown: inline).
 
         Raises:
             ApiError: 404 when the object is gone, 416 for a range outside it, 503 when S3
@@ -87,7 +91,8 @@ class Bucket:
         """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        args: dict[str, Any] = {"Bucket": output.bucket, "Key": output.key}
+        what = "video's file" if isinstance(stored, Output) else "poster frame"
+        args: dict[str, Any] = {"Bucket": stored.bucket, "Key": stored.key}
         if range_header:
             args["Range"] = range_header
         try:
@@ -95,22 +100,21 @@ class Bucket:
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise ApiError(
-                    404, "the video's file is no longer stored", code="not_found"
-                ) from None
+                raise ApiError(404, f"the {what} is no longer stored", code="not_found") from None
             if code == "InvalidRange":
                 raise ApiError(
-                    416, f"range not satisfiable (size {output.size_bytes})",
+                    416, f"range not satisfiable (size {stored.size_bytes})",
                     code="range_not_satisfiable",
-                    headers={"Content-Range": f"bytes */{output.size_bytes}"},
+                    headers={"Content-Range": f"bytes */{stored.size_bytes}"},
                 ) from None  # fmt: skip
             raise _unavailable() from None
         except BotoCoreError:
             raise _unavailable() from None
+        disposition = "attachment" if isinstance(stored, Output) else "inline"
         headers = {
             "Content-Length": str(answer["ContentLength"]),
             "Accept-Ranges": "bytes",
-            "Content-Disposition": f'attachment; filename="{output.key.rsplit("/", 1)[-1]}"',
+            "Content-Disposition": f'{disposition}; filename="{stored.key.rsplit("/", 1)[-1]}"',
             "ETag": answer.get("ETag", ""),
         }
         status = 200
@@ -119,7 +123,7 @@ class Bucket:
             headers["Content-Range"] = answer["ContentRange"]
         return StreamingResponse(
             _chunks(answer["Body"]), status_code=status, headers=headers,
-            media_type=output.content_type,
+            media_type=stored.content_type,
         )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from producer.core.errors import ApiError, InvalidRequest, JobNotFound
 from producer.core.keys import Principal
-from producer.core.records import TERMINAL, JobRecord, JobStatus
+from producer.core.records import TERMINAL, JobRecord, JobStatus, Output, Poster
 from producer.core.settings import Settings
 from producer.http.auth import check_owner, identify, principal
 from producer.http.bodies import is_form, read_form, read_json
@@ -18,7 +18,7 @@ from producer.http.calls import in_thread, on_loop
 from producer.http.content import content_url, signature_holds
 from producer.http.openapi import ERRORS, create_body
 from producer.http.shapes import Video, VideoDeleted, VideoList, video_object, video_request
-from producer.jobs import cancel, enqueue, get, list_jobs
+from producer.jobs import cancel, create_job, get, list_jobs
 
 router = APIRouter(tags=["videos"])
 Caller = Annotated[Principal, Depends(principal)]
@@ -34,6 +34,7 @@ MAX_PAGE = 100
 POLL_AFTER = "openai-poll-after-ms"
 MIN_POLL_AFTER_MS = 500
 MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+JPEG = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 
 
 async def create_video(
@@ -70,15 +71,10 @@ async def _create(request: Request, who: Principal, idempotency_key: str | None)
         body = await read_json(request, settings.http_max_body_bytes)
     fields, names = video_request(body, idempotency_key=idempotency_key, form=form)
     try:
-        record = await on_loop(_enqueue, fields, who.tenant, settings)
+        record = await on_loop(create_job, fields, tenant=who.tenant, settings=settings)
     except InvalidRequest as e:
         raise invalid_request(e, names) from None
     return _video(request, record)
-
-
-def _enqueue(fields: dict[str, Any], tenant: str, settings: Settings) -> JobRecord:
-    # The record is read back: an idempotent repeat answers the earlier job as it is now.
-    return get(enqueue(fields, tenant=tenant, settings=settings), settings=settings)
 
 
 def invalid_request(e: InvalidRequest, names: dict[str, str] | None = None) -> ApiError:
@@ -152,18 +148,22 @@ def _ended(video_id: str, record: JobRecord) -> ApiError:
     "/v1/videos/{video_id}/content",
     responses={
         **ERRORS,
-        200: {"content": MP4, "description": "The MP4."},
-        206: {"content": MP4, "description": "The asked-for Range of the MP4."},
-        416: {**ERRORS[400], "description": "A Range outside the MP4."},
+        200: {"content": {**MP4, **JPEG}, "description": "The MP4, or its poster frame."},
+        206: {"content": {**MP4, **JPEG}, "description": "The asked-for Range of it."},
+        416: {**ERRORS[400], "description": "A Range outside it."},
     },
     response_class=Response,
-    summary="Download the MP4 (the bearer key, or video.url's signature)",
+    summary="Download the MP4 or its poster frame (the bearer key, or video.url's signature)",
 )
 async def download_video(
     request: Request,
     video_id: str,
     variant: Annotated[
-        str, Query(description="video (thumbnail and spritesheet are not kept)")
+        str,
+        Query(
+            description="video (the MP4), thumbnail (its poster frame, a JPEG; 404 when none "
+            "could be made) or spritesheet (not kept: 404)"
+        ),
     ] = "video",
     expires: Annotated[str | None, Query(description="From a signed video.url.")] = None,
     signature: Annotated[str | None, Query(description="From a signed video.url.")] = None,
@@ -177,11 +177,12 @@ async def download_video(
     else:
         record = await _owned(request, video_id, await identify(request, secret))
     if variant not in ("video", "thumbnail", "spritesheet"):
-        raise ApiError(400, f"unknown variant {variant!r}; use video", code="invalid_value",
+        raise ApiError(400, f"unknown variant {variant!r}; use video or thumbnail",
+                       code="invalid_value", param="variant")  # fmt: skip
+    if variant == "spritesheet":
+        raise ApiError(404, "variant 'spritesheet' is not available: only the video and its "
+                       "thumbnail are kept", code="variant_not_available",
                        param="variant")  # fmt: skip
-    if variant != "video":
-        raise ApiError(404, f"variant {variant!r} is not available: only the video is kept",
-                       code="variant_not_available", param="variant")  # fmt: skip
     if record.status is not JobStatus.COMPLETED or record.output is None:
         raise ApiError(
             409,
@@ -189,9 +190,15 @@ async def download_video(
             "status is completed",
             code="video_not_ready",
         )
+    stored: Output | Poster = record.output
+    if variant == "thumbnail":
+        if record.output.poster is None:  # best effort: the video completed without one
+            why = record.output.poster_error or "it was stored before posters were made"
+            raise ApiError(404, f"video {video_id} has no thumbnail: {why}",
+                           code="variant_not_available", param="variant")  # fmt: skip
+        stored = record.output.poster
     bucket = request.app.state.bucket
-    output, range_header = record.output, request.headers.get("range")
-    return await in_thread(bucket.open, output, range_header)
+    return await in_thread(bucket.open, stored, request.headers.get("range"))
 
 
 def _bearer(request: Request) -> str | None:

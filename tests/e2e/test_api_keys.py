@@ -14,12 +14,14 @@ import redis
 from producer.core.errors import KeyNotFound, Unauthenticated
 from producer.core.keys import (
     Principal,
+    admit,
     authenticate,
     create_key,
     list_keys,
     revoke_key,
     take_request_token,
 )
+from producer.core.store import store
 from tests.e2e.conftest import env_of
 from tests.e2e.test_cli import run
 
@@ -152,3 +154,27 @@ def test_the_keys_commands_create_list_and_revoke_through_a_real_process(bare_se
     assert run(env, "keys", "create").returncode == 2  # --tenant is required
     pasted = run(env, "keys", "revoke", admin["key"])
     assert pasted.returncode == 2 and admin["key"] not in pasted.stdout + pasted.stderr
+
+
+def test_admit_finds_the_key_and_spends_its_token_in_one_round_trip(bare_settings, monkeypatch):
+    s = bare_settings.model_copy(update={"api_rate_per_s": 4.0, "api_burst": 2})
+    key, secret = create_key("acme", settings=s)
+    client, sent = store(s).redis, []
+    send = client.execute_command
+    monkeypatch.setattr(
+        client, "execute_command", lambda *a, **k: sent.append(a[0]) or send(*a, **k)
+    )
+    assert admit(secret, settings=s) == (Principal(key.id, "acme", False), None)
+    assert sent == ["EVALSHA"]
+    monkeypatch.undo()
+    # The same bucket as take_request_token's: its burst is shared, then a Retry-After.
+    me = authenticate(secret, settings=s)
+    assert take_request_token(me, settings=s) is None
+    principal, retry_after_s = admit(secret, settings=s)
+    assert principal == me and retry_after_s is not None and 0 < retry_after_s <= 0.25
+    for bad in ("vq_nope", "not-a-key", "vq_" + "x" * 200, None):
+        with pytest.raises(Unauthenticated):
+            admit(bad, settings=s)  # type: ignore[arg-type]
+    revoke_key(key.id, settings=s)
+    with pytest.raises(Unauthenticated):
+        admit(secret, settings=s)

@@ -118,9 +118,20 @@ def test_the_access_log_blanks_video_url_signatures():
 
 
 def test_the_services_redis_connections_time_out_unless_the_url_says_otherwise():
+    from producer.core.redis_client import client
     from producer.http.calls import with_redis_timeouts
 
-    plain = with_redis_timeouts(Settings(broker_url="redis://h:6379/0"), 5)
-    assert plain.records_url == "redis://h:6379/0?socket_timeout=5&socket_connect_timeout=5"
-    own = with_redis_timeouts(Settings(redis_url="redis://h/1?socket_timeout=30"), 5)
-    assert own.records_url == "redis://h/1?socket_timeout=30&socket_connect_timeout=5"
+    def timeouts(settings: Settings) -> tuple[float | None, float | None]:
+        kw = client(settings).connection_pool.connection_kwargs
+        return kw.get("socket_timeout"), kw.get("socket_connect_timeout")
+
+    assert timeouts(with_redis_timeouts(Settings(broker_url="redis://h:6379/0"), 5)) == (5, 5)
+    own = Settings(redis_url="redis://h/1?socket_timeout=30")
+    assert timeouts(with_redis_timeouts(own, 5)) == (30, 5)  # the URL's own wins
+    configured = Settings(broker_url="redis://h:6379/0", redis_timeout_s=9)
+    assert timeouts(with_redis_timeouts(configured, 5)) == (9, 9)
+    # Through Sentinel too: the primary's connections, and the sentinels' own.
+    sentinel = with_redis_timeouts(Settings(broker_url="sentinel://s1:26379;sentinel://s2"), 5)
+    assert timeouts(sentinel) == (5, 5)
+    sentinels = client(sentinel).connection_pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["socket_timeout"] for s in sentinels] == [5, 5]

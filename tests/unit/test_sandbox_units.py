@@ -160,7 +160,7 @@ def test_signed_links_expire_and_resist_tampering():
 
 _ODDITY_KNOBS = ["retry_after", "html_rate", "non_json_rate", "missing_status_rate",
                  "nan_progress_rate", "numeric_error_code", "url_as_list", "broken_moov_rate",
-                 "short_content_length_rate"]  # fmt: skip
+                 "garbled_frames_rate", "short_content_length_rate"]  # fmt: skip
 
 
 def test_every_oddity_is_off_by_default_and_a_header_breaking_retry_after_is_refused():
