@@ -122,6 +122,15 @@ def _provider_ok(r: Rig) -> None:
     r.sandbox.configure(error_rate=0.0)
 
 
+def _file_host_refuses(r: Rig) -> bool:
+    """Whether the provider's file host refuses downloads now (the API still answering)."""
+    try:
+        got = httpx.get(f"{r.proxy.url}/files/probe.mp4", timeout=1.5).status_code
+    except httpx.HTTPError:
+        return False
+    return got == 503 and _provider_answer(r) == 404
+
+
 def _power_loss(r: Rig) -> None:
     """The machine under Redis lost: the process killed and the AOF's last second gone."""
     tail = AofTail(r.workdir / "redis" / "appendonlydir")
@@ -186,6 +195,11 @@ SCENARIOS = [
              lambda r: r.proxy.set_mode(Mode.REFUSE), _pass, 10,
              lambda r: _provider_answer(r) in ("ConnectError", "ReadError",
                                                "RemoteProtocolError"), all_complete=True),
+    Scenario("file-host-outage", "the provider's file host answering 503 (its API up), "
+             "for longer than the download's old retry budget",
+             lambda r: r.sandbox.configure(file_outage_s=3600),
+             lambda r: r.sandbox.configure(file_outage_s=0), 30, _file_host_refuses,
+             smoke=False, all_complete=True),
     Scenario("provider-partition", "worker-provider traffic blackholed (silent partition)",
              lambda r: r.proxy.set_mode(Mode.BLACKHOLE), _pass, 10,
              lambda r: _provider_answer(r) == "ReadTimeout"),
