@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 
+from ops.admin import retry_job
 from producer import JobStatus, enqueue, get, wait
 from producer.core.records import JobRecord
 from tests.e2e.conftest import BUCKET, Pipeline, eventually
@@ -97,10 +98,11 @@ def test_a_cdn_that_answers_404_for_a_while_is_asked_again_with_fresh_urls(
 
 @pytest.mark.timeout(90)
 def test_a_file_host_that_never_comes_back_ends_the_job_at_its_deadline_output_unreachable(
-    make_pipeline,
+    make_pipeline, s3_client
 ):
     """Tried until the job's deadline (VIDEOQUEUE_DEADLINE_S after submission), never past
-    it by much, then failed with a code that says the video was made: and its webhook says so."""
+    it by much, then failed with a code that says the video was made, and its webhook says
+    so; once the host is back, `videoqueue retry` collects the video without a new task."""
     deadline_s = 8.0
     p = make_pipeline(env={**BUDGET, "VIDEOQUEUE_DEADLINE_S": str(deadline_s)})
     p.sandbox.configure(file_outage_s=3600)
@@ -115,6 +117,11 @@ def test_a_file_host_that_never_comes_back_ends_the_job_at_its_deadline_output_u
     event = p.receiver.wait_for(lambda d: d.json["data"]["id"] == job_id)
     assert event.verified and event.json["type"] == "video.failed"
     assert event.json["data"]["error"]["code"] == "output_unreachable"
+    # The host back, an operator's retry copies the video it made: no second task.
+    p.sandbox.configure(file_outage_s=0)
+    retried = retry_job(p.settings, job_id)
+    assert retried.status is JobStatus.FINALIZING and retried.fetch_failures == 0
+    _provider_bytes(p, s3_client, wait(job_id, 30, settings=p.settings))
     _one_create_each(p, 1)
 
 
