@@ -80,7 +80,10 @@ _EPOCH_S = (1e9, 1e10)
 def url_expires_at(url: str) -> float | None:
     """When a signed file URL stops working (Unix seconds), as its query says; None when it
     says nothing we can read (an unsigned or opaque URL: only a refusal tells)."""
-    query = {k.lower(): v for k, v in httpx.URL(url).params.multi_items()}
+    try:
+        query = {k.lower(): v for k, v in httpx.URL(url).params.multi_items()}
+    except httpx.InvalidURL:
+        return None  # the download will say what is wrong with it
     for name in _EXPIRES_AT:
         try:
             at = float(query.get(name, ""))
@@ -267,13 +270,11 @@ def copy_url_to_s3(
     headers = {"connection": "close"}
     hard = ConnectionDeadline(s.download_deadline_s)
     response = None
-    answered = False
     try:
         with hard, http.stream(
             "GET", url, headers=headers, follow_redirects=True, timeout=timeout_s,
             extensions={"trace": hard.trace, CREDENTIALS: credentials},
         ) as response:  # fmt: skip
-            answered = True
             metrics.provider_request(provider, "download", response)
             if not response.is_success:
                 raise refusal(response.status_code)
@@ -299,7 +300,7 @@ def copy_url_to_s3(
         if hard.fired:  # the connection was shut down at the deadline (a dripping head)
             raise DownloadTimeout(f"the download took over {s.download_deadline_s:g} s") from None
         if (
-            not answered
+            response is None
             and isinstance(e, httpx.TransportError)
             and not isinstance(e, httpx.UnsupportedProtocol)
         ):
