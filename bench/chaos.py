@@ -90,6 +90,9 @@ class Scenario:
     redis_kind: RedisKind = RedisKind.LOCAL
     # Work must move again within this long of the heal (a Sentinel failover: 30 s).
     recovery_goal_s: float = RECOVERY_GOAL_S
+    # Every job must complete: the fault hides nothing that a wait does not get back (a
+    # provider's file host down for a while loses no video already paid for).
+    all_complete: bool = False
 
 
 def _kill_redis(r: Rig) -> None:
@@ -130,6 +133,15 @@ def _provider_503(r: Rig) -> None:
 
 def _provider_ok(r: Rig) -> None:
     r.sandbox.configure(error_rate=0.0)
+
+
+def _file_host_refuses(r: Rig) -> bool:
+    """Whether the provider's file host refuses downloads now (the API still answering)."""
+    try:
+        got = httpx.get(f"{r.proxy.url}/files/probe.mp4", timeout=1.5).status_code
+    except httpx.HTTPError:
+        return False
+    return got == 503 and _provider_answer(r) == 404
 
 
 def _power_loss(r: Rig) -> None:
@@ -190,11 +202,17 @@ SCENARIOS = [
              lambda r: r.hooks.stop(), lambda r: r.hooks.start(), 10,
              lambda r: _refuses(_port(r.hook_url)), stops="webhooks"),
     Scenario("provider-503", "every provider call answered 503",
-             _provider_503, _provider_ok, 10, lambda r: _provider_answer(r) == 503),
+             _provider_503, _provider_ok, 10, lambda r: _provider_answer(r) == 503,
+             all_complete=True),
     Scenario("provider-refused", "connections to the provider reset",
              lambda r: r.proxy.set_mode(Mode.REFUSE), _pass, 10,
              lambda r: _provider_answer(r) in ("ConnectError", "ReadError",
-                                               "RemoteProtocolError")),
+                                               "RemoteProtocolError"), all_complete=True),
+    Scenario("file-host-outage", "the provider's file host answering 503 (its API up), "
+             "for longer than the download's old retry budget",
+             lambda r: r.sandbox.configure(file_outage_s=3600),
+             lambda r: r.sandbox.configure(file_outage_s=0), 30, _file_host_refuses,
+             smoke=False, all_complete=True),
     Scenario("provider-partition", "worker-provider traffic blackholed (silent partition)",
              lambda r: r.proxy.set_mode(Mode.BLACKHOLE), _pass, 10,
              lambda r: _provider_answer(r) == "ReadTimeout"),
@@ -421,6 +439,7 @@ class Row:
     fault_s: float
     jobs: int
     comparison: bool = False
+    all_complete: bool = False
     outage_s: float = 0.0
     fault_confirmed: bool = False
     completed: int = 0
@@ -449,9 +468,11 @@ class Row:
 
     @property
     def met(self) -> bool:
-        """Every invariant held and the first job moved within RECOVERY_GOAL_S of the heal."""
+        """Every invariant held, the first job moved within RECOVERY_GOAL_S of the heal, and
+        (all_complete) every job completed."""
         return (
             self.fault_confirmed
+            and (not self.all_complete or self.completed == self.jobs)
             and self.lost == 0
             and self.duplicate_creates == 0
             and self.corrupt_objects == 0
@@ -546,6 +567,9 @@ def _measure(r: Rig, row: Row, ids: list[str], healed_at: float, records: dict, 
             failures[rec.error.code] = failures.get(rec.error.code, 0) + 1
     if failures:
         row.notes.append("failed: " + ", ".join(f"{c} x{n}" for c, n in failures.items()))
+    # Jobs whose download met a file host that did not answer, and waited it out.
+    if waited := sum(getattr(rec, "fetch_failures", 0) > 0 for rec in present):
+        row.notes.append(f"{waited} jobs waited out a file host that did not answer")
 
     # Billing: every provider task must belong to a job (at that provider); a second create
     # of a job with the same Idempotency-Key is answered with the same task (a replay, not a
@@ -622,7 +646,8 @@ def _keep_logs(workdir: Path, into: Path) -> None:
 def run_scenario(scenario: Scenario, jobs: int, fault_scale: float, workdir: Path) -> Row:
     """Run one scenario end to end and return its figures."""
     fault_s = scenario.fault_s * fault_scale
-    row = Row(scenario.name, scenario.fault, fault_s, jobs, scenario.comparison)
+    row = Row(scenario.name, scenario.fault, fault_s, jobs, scenario.comparison,
+              scenario.all_complete)  # fmt: skip
     log(f"{scenario.name}: starting the rig")
     row.recovery_goal_s = scenario.recovery_goal_s
     with rig(workdir, scenario.appendfsync, scenario.second_provider, scenario.redis_kind) as r:

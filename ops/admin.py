@@ -128,7 +128,7 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         if r.status is not JobStatus.FAILED:
             return False  # someone else moved it meanwhile
         r.status, r.error, r.finished_at, r.webhook = target, None, None, None
-        r.copy_attempts = r.recoveries = 0
+        r.copy_attempts = r.fetch_failures = r.url_refusals = r.recoveries = 0
         r.reruns += 1  # its next end is a new event: a new webhook-id and body
         reserve(r, cost.usd)
         if target is JobStatus.QUEUED:

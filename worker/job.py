@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -278,6 +279,15 @@ class Job:
 
         return self.update(change)
 
+    @property
+    def deadline_at(self) -> float:
+        """When the job must have ended (Unix seconds): VIDEOQUEUE_DEADLINE_S after its
+        submission (its creation, before one). The steps that wait something out until the
+        deadline (a file host down, our own S3 down) read it here."""
+        started = self.record.submitted_at or self.record.created_at
+        at = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+        return at + self.rt.settings.deadline_s
+
     # --- finalize ---
 
     def count_copy(self, rounds: int = 1) -> JobRecord:
@@ -285,6 +295,25 @@ class Job:
 
         def change(record: JobRecord) -> None:
             record.copy_attempts += rounds
+
+        return self.update(change)
+
+    def unreachable(self) -> JobRecord:
+        """The round's download met a file host that did not answer (or a provider that could
+        not give a fresh URL): counted as such, and the round taken back."""
+
+        def change(record: JobRecord) -> None:
+            record.copy_attempts -= 1
+            record.fetch_failures += 1
+
+        return self.update(change)
+
+    def url_refused(self) -> JobRecord:
+        """The file host refused a fresh file URL: counted as such, and the round taken back."""
+
+        def change(record: JobRecord) -> None:
+            record.copy_attempts -= 1
+            record.url_refusals += 1
 
         return self.update(change)
 

@@ -10,10 +10,21 @@ Every case answers with seconds to wait before the next try, or None: give up.
   at `fault_max_attempts`; waits a backoff (at least 0.1 s).
 - `lost_step`: a claim that never finished (its worker died, its message was lost). Counted
   by the record's `recoveries`; given up past `fault_max_attempts`; due again at once.
-- `copy`: a round of downloads into S3 (`copy_tries` each). Counted by the record's
-  `copy_attempts`; given up at `download_max_attempts`; waits a backoff.
-- `storage_outage`: our own S3 is down. Counts nothing; given up past `deadline_s` after
-  submission; waits the backoff after the last copy round.
+- `copy`: a round of downloads into S3 (`copy_tries` each) whose bytes came short or
+  broken. Counted by the record's `copy_attempts`; given up at `download_max_attempts`;
+  waits a backoff.
+- `file_host`: the provider's file host did not answer (no connection, a reset, a timeout,
+  a 5xx, a 429), or the provider could not be asked for a fresh file URL. Counted by the
+  record's `fetch_failures`; given up past the job's deadline (once `download_max_attempts`
+  of them failed: a video seen done at the deadline still gets its tries); waits a backoff,
+  the last try landing on the deadline. Every `REFRESH_URL_EVERY`-th failure drops the URL
+  in hand, so that the next try asks the provider for a fresh one (the old one may have
+  expired meanwhile, or point at a host the provider has left).
+- `url_refused`: the file host refused a fresh file URL (a 403, 404, 410: a CDN that has not
+  got the file yet, or a file gone). Counted by the record's `url_refusals`; given up at
+  `URL_REFUSALS_MAX`; waits `retry_base_s`, doubling.
+- `storage_outage`: our own S3 is down. Counts nothing; given up past the job's deadline;
+  waits the backoff after the last copy round.
 - `webhook`: a delivery. Counted by the delivery's `attempts`; given up (dead-lettered) when
   `webhook_schedule_s` is spent; waits the schedule's step, or a longer Retry-After.
 
@@ -32,6 +43,11 @@ from worker.timing import bounded_hint_s, retry_delay_s
 
 # A fault's retry is never due at once: a step that raised at once would spin.
 MIN_FAULT_DELAY_S = 0.1
+# A file host that keeps failing: every third try asks the provider for a fresh URL first.
+REFRESH_URL_EVERY = 3
+# Fresh file URLs refused before the video is given up: a 404 right after the provider said
+# done may be a CDN that has not got the file yet, so two more fresh URLs, seconds apart.
+URL_REFUSALS_MAX = 3
 
 
 class Retries:
@@ -84,11 +100,32 @@ class Retries:
             return None
         return self._backoff(copy_attempts - 1)
 
-    def storage_outage(self, since_submitted_s: float) -> float | None:
-        """While our own S3 is down: back off as after the last copy round (an outage is not
-        cured by asking often), without spending the job's rounds; give up past deadline_s
-        after submission, like the generation itself."""
-        if since_submitted_s > self.settings.deadline_s:
+    def file_host(self, fetch_failures: int, left_s: float) -> float | None:
+        """After the job's fetch_failures-th download that the file host did not answer,
+        left_s before the job's deadline: back off, never past the deadline; give up once the
+        deadline has passed and download_max_attempts of them failed."""
+        if left_s <= 0 and fetch_failures >= self.settings.download_max_attempts:
+            return None
+        delay_s = self._backoff(fetch_failures - 1)
+        return min(delay_s, left_s) if left_s > 0 else delay_s
+
+    def refresh_url(self, fetch_failures: int) -> bool:
+        """Whether the next try asks the provider for a fresh file URL first."""
+        return fetch_failures % REFRESH_URL_EVERY == 0
+
+    def url_refused(self, url_refusals: int) -> float | None:
+        """After the url_refusals-th fresh file URL was refused: wait retry_base_s, doubling
+        (a CDN catching up needs seconds, not a lucky zero of jitter); give up at
+        URL_REFUSALS_MAX."""
+        if url_refusals >= URL_REFUSALS_MAX:
+            return None
+        return min(self.settings.retry_base_s * 2 ** (url_refusals - 1), self.settings.retry_cap_s)
+
+    def storage_outage(self, left_s: float) -> float | None:
+        """While our own S3 is down, left_s before the job's deadline: back off as after the
+        last copy round (an outage is not cured by asking often), without spending the job's
+        rounds; give up once the deadline has passed, like the generation itself."""
+        if left_s < 0:
             return None
         return self._backoff(self.settings.download_max_attempts)
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -17,14 +18,22 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from producer.core.errors import DownloadTimeout, InvalidVideo, RetryableError, TooLarge
+from producer.core.errors import (
+    DownloadTimeout,
+    FileRefused,
+    FileUnreachable,
+    InvalidVideo,
+    RetryableError,
+    TooLarge,
+)
 from producer.core.settings import S3_CLIENT_OPTIONS, Settings
 from worker import metrics
 from worker.egress import CREDENTIALS, ConnectionDeadline, Credentials
 from worker.media import check_ftyp
 
-# What a failed copy may raise that another attempt may cure: the provider's CDN or S3
-# down or slow, a body cut short, bytes that do not parse as a video (a truncated transfer).
+# What a failed copy may raise that another attempt may cure: S3 down or slow, a body cut
+# short, bytes that do not parse as a video (a truncated transfer). A file host that does not
+# answer at all, or refuses the URL, raises FileUnreachable or FileRefused instead.
 COPY_FAILURES = (
     httpx.HTTPError, OSError, RetryableError, BotoCoreError, ClientError, InvalidVideo,
 )  # fmt: skip
@@ -45,8 +54,55 @@ def storage_outage(e: BaseException) -> bool:
 _S3_BUSY = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
 
 
-class UrlExpired(Exception):
-    """Raised when the provider's file URL answers 403/410: ask the provider for a new one."""
+# A file host's statuses that say "not now" rather than "not this URL": waited out like a 5xx.
+_NOT_NOW = frozenset({408, 425, 429})
+
+
+def refusal(status_code: int) -> FileUnreachable | FileRefused:
+    """What a file host's answer other than 2xx means: FileUnreachable for a 5xx, 408, 425
+    or 429 (the host is down or busy: the same URL later); FileRefused for any other (401,
+    403: a signature expired or refused; 404, 410: a file deleted, or not yet on the CDN;
+    400: Google Cloud Storage's expired signature; ...): a fresh URL from the provider."""
+    if status_code >= 500 or status_code in _NOT_NOW:
+        return FileUnreachable(f"the file host answered HTTP {status_code}")
+    return FileRefused(f"the file host answered HTTP {status_code}")
+
+
+# Query parameters that carry a signed URL's expiry as Unix seconds (the sandbox's `exp`; S3's
+# SigV2 and CloudFront's `Expires`; ...), and pairs of a start time and a lifetime (S3's and
+# Google Cloud Storage's V4 signatures).
+_EXPIRES_AT = ("exp", "expires", "x-expires")
+_SIGNED_FOR = (("x-amz-date", "x-amz-expires"), ("x-goog-date", "x-goog-expires"))
+# Unix seconds between 2001 and 2286: a number outside is not a time.
+_EPOCH_S = (1e9, 1e10)
+
+
+def url_expires_at(url: str) -> float | None:
+    """When a signed file URL stops working (Unix seconds), as its query says; None when it
+    says nothing we can read (an unsigned or opaque URL: only a refusal tells)."""
+    try:
+        query = {k.lower(): v for k, v in httpx.URL(url).params.multi_items()}
+    except httpx.InvalidURL:
+        return None  # the download will say what is wrong with it
+    for name in _EXPIRES_AT:
+        try:
+            at = float(query.get(name, ""))
+        except ValueError:
+            continue
+        if _EPOCH_S[0] <= at < _EPOCH_S[1]:
+            return at
+    for start, lifetime in _SIGNED_FOR:
+        try:
+            signed = datetime.strptime(query.get(start, ""), "%Y%m%dT%H%M%SZ")
+            return signed.replace(tzinfo=UTC).timestamp() + float(query.get(lifetime, ""))
+        except ValueError:
+            continue
+    if "sig" in query and (end := query.get("se")):  # an Azure SAS: an ISO 8601 end time
+        try:
+            return datetime.fromisoformat(end.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def s3_client(settings: Settings, **config: Any) -> Any:
@@ -201,7 +257,10 @@ def copy_url_to_s3(
     API key, whatever header or query parameter carries it).
 
     Raises:
-        UrlExpired: the URL answered 403 or 410.
+        FileUnreachable: no answer came (no connection, a reset, a timeout before the answer's
+            head), or a 5xx, 408, 425 or 429 did.
+        FileRefused: another answer that is not a success (refusal()).
+        httpx.HTTPError, OSError: the body broke off or came short, after a 2xx.
     """
     s = settings
     deadline = time.monotonic() + s.download_deadline_s
@@ -217,10 +276,8 @@ def copy_url_to_s3(
             extensions={"trace": hard.trace, CREDENTIALS: credentials},
         ) as response:  # fmt: skip
             metrics.provider_request(provider, "download", response)
-            if response.status_code in (403, 410):
-                raise UrlExpired(f"HTTP {response.status_code}")
             if not response.is_success:
-                raise OSError(f"download answered HTTP {response.status_code}")
+                raise refusal(response.status_code)
             expected = response.headers.get("content-length")
             encoded = response.headers.get("content-encoding", "identity") != "identity"
             try:
@@ -239,9 +296,16 @@ def copy_url_to_s3(
                 parts_in_flight=s.s3_parts_in_flight,
                 expected_size_bytes=expected_size,
             )
-    except httpx.HTTPError:
+    except httpx.HTTPError as e:
         if hard.fired:  # the connection was shut down at the deadline (a dripping head)
             raise DownloadTimeout(f"the download took over {s.download_deadline_s:g} s") from None
+        if (
+            response is None
+            and isinstance(e, httpx.TransportError)
+            and not isinstance(e, httpx.UnsupportedProtocol)
+        ):
+            # Nothing came back: the host is down, resetting or silent, not the file broken.
+            raise FileUnreachable(f"{type(e).__name__}: {str(e)[:200]}") from None
         raise
     finally:
         if response is None:  # no answer came: counted once, as "error"

@@ -29,6 +29,9 @@ from producer.core import names
 from producer.core.errors import (
     BlockedUrl,
     BoundExceeded,
+    FileNotFetched,
+    FileRefused,
+    FileUnreachable,
     InvalidRequest,
     InvalidVideo,
     JobNotFound,
@@ -56,7 +59,13 @@ from worker.media import S3RangeReader, VideoInfo, probe
 from worker.poster import make_poster
 from worker.provider import ProviderClient, ProviderTask, TaskState
 from worker.steps import BatchStep, Step
-from worker.storage import COPY_FAILURES, Upload, UrlExpired, copy_url_to_s3, storage_outage
+from worker.storage import (
+    COPY_FAILURES,
+    Upload,
+    copy_url_to_s3,
+    storage_outage,
+    url_expires_at,
+)
 from worker.timing import PollTiming, bounded_hint_s, estimate_from_progress, next_poll_s
 from worker.webhooks import record_attempt, record_dead_letter, send_event
 
@@ -65,6 +74,9 @@ log = structlog.get_logger("videoqueue.worker")
 # A generation's time is learned only when the poll that saw it done came within this share
 # of its age after the poll that saw it running.
 HISTORY_BRACKET_SHARE = 0.25
+# A stashed file URL whose signature expires within this long is swapped for a fresh one
+# before use: a download begun in a link's last seconds may be refused half-way.
+URL_EXPIRY_MARGIN_S = 10.0
 
 
 def _seconds_between(iso: str | None, now: float) -> float:
@@ -486,7 +498,13 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
 
 @app.task(name=names.FINALIZE, base=Step, lanes=frozenset({Lane.FINALIZE}))
 def finalize(job: Job) -> None:
-    """Copy the finished MP4 into S3, read its shape, and complete the job."""
+    """Copy the finished MP4 into S3, read its shape, and complete the job.
+
+    The video is paid for by now, so a file host that does not answer is waited out until the
+    job's deadline, and a refused URL is asked of the provider again, before the job fails
+    "output_unreachable"; bytes that come short or broken are retried for a few rounds, then
+    fail it "download_failed" (or "invalid_video"). No wait is a sleep: the job's entry comes
+    due again (worker/retries.py says when)."""
     rt = job.rt
     s = rt.settings
     job.count_copy()  # a round of tries; the lease covers the whole round
@@ -501,9 +519,13 @@ def finalize(job: Job) -> None:
     key = s.s3_key_template.format(job_id=job.id)
     try:
         upload, info = _copy(job, key)
+    except FileUnreachable as e:
+        return _unreachable(job, e)
+    except FileRefused as e:
+        return _refused(job, e)
     except (PermanentError, BlockedUrl, BoundExceeded) as e:
         return job.fail(e.code, str(e))
-    except (UrlExpired, *COPY_FAILURES) as e:
+    except COPY_FAILURES as e:
         return _copy_failed(job, e)
     # Best effort: a poster that cannot be made is recorded as such, never fails the job.
     poster, poster_error = make_poster(rt.s3, s.s3_bucket, key, upload.size_bytes,
@@ -527,28 +549,76 @@ def finalize(job: Job) -> None:
 
 def _copy(job: Job, key: str) -> tuple[Upload, VideoInfo]:
     """Stream the provider's file into S3 under key and read its shape, in up to copy_tries
-    tries; raises the last try's failure (at once when it is an outage of our own S3: another
-    download now would only meet the same outage)."""
+    tries; raises the last try's failure (at once when it is an outage of our own S3, a file
+    host that did not answer or a fresh URL refused: another download now would meet the same).
+
+    The URL in hand (stashed by the poll that saw the video done, or by an earlier fresh
+    query) is swapped for a fresh one from the provider, without spending a try, when its
+    signature says it has expired or the file host refuses it."""
     rt = job.rt
     s = rt.settings
     record = job.record
     url = rt.store.file_url(job.id)
-    tries = rt.retries.copy_tries
-    for tried in range(1, tries + 1):
+    if url is not None and (expires_at := url_expires_at(url)) is not None:
+        url = url if expires_at > time.time() + URL_EXPIRY_MARGIN_S else None
+    fresh = False
+    tried = 0
+    while True:
+        if url is None:
+            url, fresh = _fresh_file_url(job), True
         try:
-            url = url or _fresh_file_url(job)
             provider = rt.provider(record.provider)
             upload = copy_url_to_s3(rt.http, url, provider.credentials(), rt.s3, key,
                                     object_metadata(record.id, record.metadata), s,
                                     provider=provider.name)  # fmt: skip
             return upload, probe(S3RangeReader(rt.s3, s.s3_bucket, key, upload.size_bytes))
-        except (UrlExpired, *COPY_FAILURES) as e:
-            log.info("copy retried", reason=_reason(e))
-            if tried == tries or storage_outage(e):
+        except FileRefused as e:
+            if fresh:
                 raise
-            if isinstance(e, UrlExpired):
-                url = None  # a fresh query gives a fresh URL
-    raise AssertionError("unreachable: the last try returns or raises")
+            log.info("file URL refused; asking for a fresh one", reason=_reason(e))
+            url = None  # the stashed URL may have expired: the provider gives a fresh one
+        except COPY_FAILURES as e:
+            tried += 1
+            log.info("copy retried", reason=_reason(e))
+            if tried >= rt.retries.copy_tries or storage_outage(e):
+                raise
+
+
+def _unreachable(job: Job, failure: FileUnreachable) -> None:
+    """The file host (or the provider, asked for a fresh URL) did not answer: another try
+    after a backoff, until the job's deadline, without spending the job's copy rounds."""
+    rt = job.rt
+    record = job.unreachable()
+    if rt.retries.refresh_url(record.fetch_failures):
+        rt.store.forget_file_url(job.id)
+    delay_s = rt.retries.file_host(record.fetch_failures, job.deadline_at - time.time())
+    if delay_s is None:
+        return job.fail(
+            failure.code,
+            f"the video was generated but could not be fetched by the job's deadline "
+            f"({record.fetch_failures} tries): {_reason(failure)}",
+        )
+    log.warning("file host unavailable; copy postponed", reason=_reason(failure),
+                tries=record.fetch_failures, delay_s=round(delay_s, 2))  # fmt: skip
+    job.revisit(delay_s)
+
+
+def _refused(job: Job, failure: FileRefused) -> None:
+    """The file host refused a fresh URL (or the provider gave none): another fresh URL after
+    a wait, a few times (a CDN may not have the file yet), then the job fails."""
+    rt = job.rt
+    record = job.url_refused()
+    rt.store.forget_file_url(job.id)
+    delay_s = rt.retries.url_refused(record.url_refusals)
+    if delay_s is None:
+        return job.fail(
+            failure.code,
+            f"the video was generated but could not be fetched: {record.url_refusals} fresh "
+            f"URLs of it were refused ({_reason(failure)})",
+        )
+    log.warning("fresh file URL refused; asking again later", reason=_reason(failure),
+                delay_s=round(delay_s, 2))  # fmt: skip
+    job.revisit(delay_s)
 
 
 def _copy_failed(job: Job, failure: Exception) -> None:
@@ -569,9 +639,9 @@ def _wait_for_storage(job: Job, failure: Exception) -> None:
 
     An outage of our own bucket says nothing about the provider's file; counted as a failed
     download it would fail every finalizing job, and throw away videos already paid for.
-    The wait is bounded by VIDEOQUEUE_DEADLINE_S after submission, like the generation.
+    The wait is bounded by the job's deadline, like the generation.
     """
-    delay_s = job.rt.retries.storage_outage(_seconds_between(job.record.submitted_at, time.time()))
+    delay_s = job.rt.retries.storage_outage(job.deadline_at - time.time())
     if delay_s is None:
         return job.fail("storage_unavailable", f"S3 still failing: {_reason(failure)}")
     job.count_copy(-1)
@@ -580,17 +650,28 @@ def _wait_for_storage(job: Job, failure: Exception) -> None:
 
 
 def _reason(e: Exception) -> str:
-    if isinstance(e, UrlExpired):
-        return f"file URL expired ({e})"
+    if isinstance(e, FileNotFetched):
+        return str(e)[:300]
     return f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def _fresh_file_url(job: Job) -> str:
+    """The file's URL, asked of the provider now, and stashed for the next tries.
+
+    Raises:
+        FileUnreachable: the provider could not be asked (a 5xx, 429, timeout, ...).
+        FileRefused: it refused for good, or answered without a URL (the task gone, say).
+    """
     task = _ask(job)
+    if isinstance(task, RetryableError):
+        raise FileUnreachable(f"asking the provider for a fresh file URL: {task}")
+    if isinstance(task, PermanentError):
+        raise FileRefused(f"asking the provider for a fresh file URL: {task}")
     if isinstance(task, Exception):
         raise task
     if not task.video_url:
-        raise OSError("the provider gave no file URL")
+        raise FileRefused(f"the provider gave no file URL (status {task.raw_status!r})")
+    job.rt.store.stash_file_url(job.id, task.video_url)
     return task.video_url
 
 

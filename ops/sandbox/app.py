@@ -284,10 +284,15 @@ class _Handlers:
         base = self.sb.config.public_base_url or str(request.base_url).rstrip("/")
         return speech.links(f"{base}/{match['app']}/requests/{task.id}", task)
 
-    def _file_url(self, request: Request, task: Task, now: float) -> str:
+    def _file_url(self, request: Request, task: Task, now: float, shown: bool = True) -> str:
+        """A fresh signed URL of task's file; counted when shown in an answer that says the
+        task completed."""
         cfg = self.sb.config
         base = cfg.public_base_url or str(request.base_url).rstrip("/")
-        return f"{base}/files/{task.id}.mp4?{self.sb.signer.query(task.id, cfg.url_ttl_s, now)}"
+        if shown and task.phase(now) is Phase.COMPLETED:
+            self.sb.state.note_file_url(task)
+        query = self.sb.signer.query(task.id, cfg.url_ttl_s, now, opaque=cfg.opaque_urls)
+        return f"{base}/files/{task.id}.mp4?{query}"
 
     # --- characters ---
 
@@ -337,14 +342,11 @@ class _Handlers:
         if not name.endswith(".mp4"):
             raise not_found(f"no such file {name!r}")
         task_id = name.removesuffix(".mp4")
-        refused = self.sb.signer.check(
-            task_id,
-            request.query_params.get("exp"),
-            request.query_params.get("sig"),
-            self.sb.clock(),
-        )
+        refused = self.sb.signer.check_query(task_id, request.query_params, self.sb.clock())
         if refused is not None:
             code = "url_expired" if refused == "link expired" else "invalid_signature"
+            if code == "url_expired":
+                self.sb.state.note_expired_download(task_id)
             raise ApiError(403, f"{refused}: fetch the task again for a fresh URL", code=code)
         task = self.sb.state.task_for_file(task_id)
         if task is None or task.phase(self.sb.clock()) is not Phase.COMPLETED:
@@ -408,14 +410,15 @@ class _Handlers:
     ) -> dict[str, Any]:
         cfg, now = self.sb.config, self.sb.clock()
         now = now if at is None else at
-        base = cfg.public_base_url or str(request.base_url).rstrip("/")
-        query = self.sb.signer.query(task.id, cfg.url_ttl_s, now)
+        # The openai flavor's answer carries no URL (its bytes come from /content) but in the
+        # alt vocabulary.
+        shown = cfg.flavor != "openai" or cfg.vocabulary == "alt"
         body = render_task(
             task,
             now,
             flavor=cfg.flavor,
             vocabulary=cfg.vocabulary,
-            file_url=f"{base}/files/{task.id}.mp4?{query}",
+            file_url=self._file_url(request, task, now, shown),
             unified=unified,
             numeric_error_code=cfg.numeric_error_code,
             url_as_list=cfg.url_as_list,

@@ -58,6 +58,12 @@ def sandbox(
     fail_rate: Annotated[float | None, typer.Option(help="Tasks that end failed.")] = None,
     stuck_rate: Annotated[float | None, typer.Option(help="Tasks queued forever.")] = None,
     url_ttl_s: Annotated[float | None, typer.Option(help="File URLs expire after this.")] = None,
+    file_outage_s: Annotated[
+        float | None, typer.Option(help="Downloads refused this long from the start.")
+    ] = None,
+    file_outage: Annotated[
+        str | None, typer.Option(help="How downloads are refused then: 503 | reset | timeout.")
+    ] = None,
     truncate_rate: Annotated[float | None, typer.Option(help="Downloads cut short.")] = None,
     broken_moov_rate: Annotated[
         float | None, typer.Option(help="Downloads with a corrupt moov box.")

@@ -47,6 +47,9 @@ RouteClass = Literal["create", "status", "content", "file", "characters"]
 # effect ("429" with Retry-After: 1, "503", "404" as if its task were not there yet); or
 # taken, its answer then held until the client gives up ("hang") or replaced by a 502 ("lost").
 SequencedFault = Literal["pass", "429", "503", "404", "hang", "lost"]
+# How a file host that is down refuses a download: a 503 (with Retry-After: 1), a connection
+# reset before any answer, or no answer at all until the client gives up.
+FileOutage = Literal["503", "reset", "timeout"]
 
 ALL_ROUTE_CLASSES: list[RouteClass] = ["create", "status", "content", "file", "characters"]
 
@@ -161,6 +164,15 @@ class SandboxConfig(BaseModel):
     # --- file faults and shape ---
     # File URLs expire this long after the task query that handed them out (0: at once).
     url_ttl_s: float | None = Field(default=None, ge=0)
+    # File URLs carry their expiry inside one opaque token (`?token=`), as many CDNs' do: a
+    # client learns that one has expired only from the 403.
+    opaque_urls: bool = False
+    # Downloads (file URLs, the CDN route, /content) refused for this many seconds from when
+    # the knob is set (the sandbox's start, for a profile or a flag), then served again: a
+    # file host down for longer than a client's retry budget. 0: no outage.
+    file_outage_s: float = Field(default=0.0, ge=0)
+    # How the file host refuses meanwhile (FileOutage).
+    file_outage: FileOutage = "503"
     truncate_rate: float = Field(default=0.0, ge=0, le=1)
     # Downloads whose moov box is garbage (ftyp intact, same length): unplayable.
     broken_moov_rate: float = Field(default=0.0, ge=0, le=1)

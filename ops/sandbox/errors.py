@@ -4,7 +4,7 @@ Hierarchy::
 
     ApiError                an answer with an HTTP status and {"error": {...}} (the gateway's
                             too: producer/core/errors.py)
-    DeliberateTruncation    raised mid-body to cut a download short (a fault, not a bug)
+    DeliberateTruncation    raised to cut a download short or reset it (a fault, not a bug)
 
 Both flavors answer errors as ``{"error": {"message", "type", "code", "param"}}``: OpenAI's
 shape, which the router copies.
@@ -28,7 +28,7 @@ def not_found(message: str, *, code: str = "not_found") -> ApiError:
 
 
 class DeliberateTruncation(Exception):
-    """Raised when a download is cut short on purpose (the truncate_rate fault)."""
+    """Raised when a download is cut short or reset on purpose (truncate_rate, file_outage)."""
 
 
 class _DropDeliberateTruncation(logging.Filter):

@@ -9,11 +9,12 @@ because that token would leak to a third party on a real CDN.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from starlette.types import Receive, Send
@@ -39,10 +40,24 @@ class UrlSigner:
         msg = f"{task_id}:{expires_at}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
 
-    def query(self, task_id: str, ttl_s: float | None, now: float) -> str:
-        """The query string of a fresh link."""
+    def query(self, task_id: str, ttl_s: float | None, now: float, *, opaque: bool = False) -> str:
+        """The query string of a fresh link: `exp` and `sig`, or (opaque) both in one `token`
+        that does not say when it expires."""
         expires_at = 0 if ttl_s is None else int(now + ttl_s)
-        return f"exp={expires_at}&sig={self.sign(task_id, expires_at)}"
+        sig = self.sign(task_id, expires_at)
+        if opaque:
+            return "token=" + base64.urlsafe_b64encode(f"{expires_at}.{sig}".encode()).decode()
+        return f"exp={expires_at}&sig={sig}"
+
+    def check_query(self, task_id: str, params: Mapping[str, str], now: float) -> str | None:
+        """check() of a link's query parameters, in either form query() writes."""
+        if (token := params.get("token")) is not None:
+            try:
+                exp, _, sig = base64.urlsafe_b64decode(token.encode()).decode().partition(".")
+            except (ValueError, UnicodeError):
+                return "missing or malformed signature"
+            return self.check(task_id, exp, sig, now)
+        return self.check(task_id, params.get("exp"), params.get("sig"), now)
 
     def check(self, task_id: str, exp: str | None, sig: str | None, now: float) -> str | None:
         """Why the link is refused ("invalid signature", "expired"), or None when it is good."""

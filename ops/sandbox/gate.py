@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import socket
+import struct
+from contextlib import suppress
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError
+from .errors import ApiError, DeliberateTruncation
 from .oddities import drip_bytes
 from .speech import SPEECHES, Speech, kling_key, route_class
 from .state import RPM_WINDOW_S, RPS_WINDOW_S
@@ -49,6 +52,8 @@ _CLASSES: list[tuple[str | None, re.Pattern[str], str]] = [
     (None, re.compile(r"^/v1/video/query/?$"), "status"),
 ]
 _NEEDS_KEY = frozenset({"create", "status", "content", "characters"})
+# The routes a file host serves: what file_outage_s refuses.
+_DOWNLOADS = frozenset({"file", "content"})
 _POLL_S = 0.05
 
 
@@ -107,6 +112,9 @@ class Gate:
             return
 
         cfg = sb.config
+        if route in _DOWNLOADS and sb.clock() < sb.file_outage_until:
+            await self._file_outage(scope, receive, counting_send, transport)
+            return
         if route in cfg.drip_routes and state.roll("drip_error", cfg.drip_error_rate):
             state.count_in("faults", "drip_error")
             await self._drip_error(scope, receive, counting_send, transport)
@@ -209,6 +217,38 @@ class Gate:
                 type_="server_error",
                 headers={"Retry-After": "1"} if status == 503 else None,
             )
+
+    async def _file_outage(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        transport: asyncio.WriteTransport | None,
+    ) -> None:
+        """A download while the file host is down (file_outage_s), refused as file_outage
+        says: a 503; the connection reset before any answer; or no answer until the client
+        gives up (a 504 if the outage ends first). Counted in faults as file_outage_<how>."""
+        sb = self.sandbox
+        how = sb.config.file_outage
+        sb.state.count_in("faults", f"file_outage_{how}")
+        if how == "reset" and transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # SO_LINGER 0: the close sends RST, the client sees a reset
+                with suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+            # The only way out of an ASGI app that has sent nothing, which uvicorn logs
+            # quietly (quiet_deliberate_truncations).
+            raise DeliberateTruncation("connection reset (file_outage)")
+        if how == "timeout":
+            if await self._hold(sb.file_outage_until - sb.clock(), receive):
+                return  # the client gave up
+            err = ApiError(504, "the file host timed out (file_outage)", code="gateway_timeout",
+                           type_="server_error")  # fmt: skip
+        else:
+            err = ApiError(503, "the file host is down (file_outage)", code="file_host_down",
+                           type_="server_error", headers={"Retry-After": "1"})  # fmt: skip
+        await err.response()(scope, receive, send)
 
     async def _drip_error(
         self,

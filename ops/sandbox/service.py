@@ -39,6 +39,9 @@ class Sandbox:
         self.state = SandboxState(self.config)
         self.media = MediaCache()
         self.signer = UrlSigner()
+        # Until when (the clock's seconds) file downloads are refused: file_outage_s from
+        # when that knob was last set.
+        self.file_outage_until = self.clock() + self.config.file_outage_s
         # Set while no server is running, so hangs and slow answers give up at shutdown
         # instead of holding uvicorn's graceful exit for hang_s.
         self.closing = threading.Event()
@@ -62,6 +65,8 @@ class Sandbox:
             self.state.reseed(new.seed)
         if "fault_sequence" in patch:
             self.state.restart_sequences()
+        if "file_outage_s" in patch:
+            self.file_outage_until = self.clock() + new.file_outage_s
         self.config = new
         return new
 

@@ -75,6 +75,10 @@ class Task:
     failure: tuple[str, str] | None = None
     creates: int = 1
     status_queries: int = 0
+    # File URLs handed out (in answers that show it completed), and downloads refused because
+    # the link they came with had expired.
+    file_urls: int = 0
+    expired_downloads: int = 0
     downloads: int = 0
     downloads_with_auth: int = 0
     # What the task was billed when it was made (config.usd_per_second x its seconds).
@@ -141,6 +145,8 @@ def _zero_totals() -> dict[str, Any]:
         "idempotent_replays": 0,
         "tasks": 0,
         "status_queries": 0,
+        "file_urls": 0,
+        "expired_downloads": 0,
         "downloads": 0,
         "file_downloads_with_auth": 0,
         "cdn_downloads_with_key": 0,
@@ -402,6 +408,19 @@ class SandboxState:
             task.status_queries += 1
             self._totals["status_queries"] += 1
 
+    def note_file_url(self, task: Task) -> None:
+        """Count one file URL of task handed out."""
+        with self._lock:
+            task.file_urls += 1
+            self._totals["file_urls"] += 1
+
+    def note_expired_download(self, task_id: str) -> None:
+        """Count one download refused because its link had expired."""
+        with self._lock:
+            if (task := self.tasks.get(task_id)) is not None:
+                task.expired_downloads += 1
+            self._totals["expired_downloads"] += 1
+
     def note_download(self, task: Task, *, with_auth: bool) -> None:
         """Count one download of task's file (and whether it carried a bearer token)."""
         with self._lock:
@@ -478,6 +497,7 @@ class SandboxState:
                 return
             for task in self.tasks.values():
                 task.creates = task.status_queries = task.downloads = 0
+                task.file_urls = task.expired_downloads = 0
                 task.downloads_with_auth = 0
             for st in self._keys.values():
                 st.requests = st.tasks = 0
@@ -512,6 +532,8 @@ def _task_stats(task: Task, now: float) -> dict[str, Any]:
         "ready_at": task.ready_at if phase is Phase.COMPLETED else None,
         "creates": task.creates,
         "status_queries": task.status_queries,
+        "file_urls": task.file_urls,
+        "expired_downloads": task.expired_downloads,
         "downloads": task.downloads,
         "downloads_with_auth": task.downloads_with_auth,
         "charged_usd": task.charged_usd,

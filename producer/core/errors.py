@@ -13,6 +13,9 @@ VideoqueueError
 ├── ApiError              an HTTP request answered with OpenAI's error object (gateway, sandbox)
 ├── InvalidVideo          the provider's file is not a readable MP4 (raised in the worker)
 ├── BlockedUrl            a URL leads to an address the outbound policy refuses (worker)
+├── FileNotFetched        the provider's finished video could not be fetched, for now (worker)
+│   ├── FileUnreachable   no answer, a timeout, a 5xx or a 429: waited out until the deadline
+│   └── FileRefused       another 4xx (an expired or missing file): asked for a fresh URL
 ├── BoundExceeded         a download broke a bound (worker)
 │   ├── TooLarge          bigger than VIDEOQUEUE_MAX_VIDEO_BYTES
 │   └── DownloadTimeout   slower than VIDEOQUEUE_DOWNLOAD_DEADLINE_S
@@ -175,6 +178,24 @@ class BlockedUrl(VideoqueueError):
     code = "blocked_url"
 
 
+class FileNotFetched(VideoqueueError):
+    """Raised when the provider says a video is done and its file did not come: trying again
+    may help (worker/tasks.py's finalize says how often); given up, the job fails with `code`,
+    "output_unreachable": the video was generated, and paid for, but could not be fetched."""
+
+    code = "output_unreachable"
+
+
+class FileUnreachable(FileNotFetched):
+    """Raised when the provider's file host (or the provider, asked for a fresh file URL) did
+    not answer: no connection, a reset, a timeout, a 5xx, a 408, 425 or 429."""
+
+
+class FileRefused(FileNotFetched):
+    """Raised when the file host refused the file URL with another 4xx (a signature expired, a
+    file deleted or not yet on the CDN), or the provider gave no URL when asked for one."""
+
+
 class BoundExceeded(VideoqueueError):
     """Raised when a download breaks one of the worker's bounds; `code` names the bound, and
     trying again would only spend the same time and bytes again."""
@@ -236,5 +257,5 @@ ERROR_CODES = frozenset({
     "task_not_found", "unsupported_request", "unknown_provider", "no_provider",
     "download_failed", "download_timeout", "too_large", "bound_exceeded", "blocked_url",
     "not_mp4", "invalid_video", "storage_unavailable", "internal_error", "uncertain_create",
-    "input_reference_missing", "invalid_input_reference",
+    "input_reference_missing", "invalid_input_reference", "output_unreachable",
 })  # fmt: skip

@@ -270,8 +270,14 @@ class JobRecord(PublicJob):
     progress_s: float | None = None
     # Seconds after submission of the latest status query.
     polled_s: float | None = None
-    # Attempts to copy the finished video into S3.
+    # Rounds of tries to copy the finished video into S3 (a round that met a file host that
+    # did not answer, or refused a fresh URL, or our own S3 down, is taken back).
     copy_attempts: int = 0
+    # Downloads the provider's file host did not answer (no connection, a timeout, a 5xx) or
+    # the provider could not be asked for a fresh file URL: waited out until the deadline.
+    fetch_failures: int = 0
+    # Fresh file URLs (just given by the provider) the file host refused (a 403, 404, 410...).
+    url_refusals: int = 0
     # Times an operator ran the failed job again (`videoqueue retry`, with or without
     # --resubmit): each run ends in a new event, with a webhook-id of its own.
     reruns: int = 0

@@ -209,6 +209,42 @@ def test_an_expired_url_is_403_and_a_fresh_query_gives_a_working_one():
         assert httpx.get(forged).json()["error"]["code"] == "invalid_signature"
 
 
+def test_an_opaque_url_hides_its_expiry_and_still_expires_and_is_counted():
+    with running(url_ttl_s=0, opaque_urls=True) as (sb, client):
+        task = wait_terminal(client, create(client)["id"])
+        url = httpx.URL(task["video"]["url"])
+        assert set(url.params) == {"token"} and str(int(time.time())) not in str(url)
+        assert httpx.get(url).json()["error"]["code"] == "url_expired"
+        sb.configure(url_ttl_s=60)
+        fresh = client.get(f"/v1/videos/{task['id']}").json()["video"]["url"]
+        assert httpx.get(fresh).status_code == 200
+        counted = sb.stats()["tasks"][task["id"]]
+        assert (counted["file_urls"], counted["expired_downloads"], counted["downloads"]) == (
+            2, 1, 1,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("how", "seen"),
+    [("503", "503"), ("reset", "ReadError"), ("timeout", "ReadTimeout")],
+)
+def test_a_file_outage_refuses_downloads_for_its_time_then_serves_them(how, seen):
+    with running() as (sb, client):
+        task = wait_terminal(client, create(client)["id"])
+        sb.configure(file_outage_s=1.5, file_outage=how)
+        ended_at = time.monotonic() + 1.5
+        for route in (task["video"]["url"], f"{client.base_url}/v1/videos/{task['id']}/content"):
+            try:
+                got = str(client.get(route, timeout=0.5).status_code)
+            except httpx.HTTPError as e:
+                got = type(e).__name__
+            assert got == seen, route
+        assert client.get(f"/v1/videos/{task['id']}").status_code == 200  # the API stays up
+        time.sleep(max(0.0, ended_at - time.monotonic()) + 0.05)
+        assert client.get(task["video"]["url"]).status_code == 200
+        assert sb.stats()["totals"]["faults"][f"file_outage_{how}"] == 2
+
+
 def test_a_truncated_download_sends_fewer_bytes_than_content_length_then_closes():
     with running(truncate_rate=1.0) as (sb, client):
         url = wait_terminal(client, create(client)["id"])["video"]["url"]

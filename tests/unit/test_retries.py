@@ -72,9 +72,32 @@ def test_copy_rounds_give_up_at_download_max_attempts():
 
 
 def test_storage_outage_waits_until_the_deadline_then_gives_up():
-    retries = _retries(deadline_s=600, download_max_attempts=2, retry_base_s=2, retry_cap_s=120)
-    assert 0 <= retries.storage_outage(599) <= 2 * 2**2  # as after the last copy round
-    assert retries.storage_outage(601) is None
+    retries = _retries(download_max_attempts=2, retry_base_s=2, retry_cap_s=120)
+    assert 0 <= retries.storage_outage(1) <= 2 * 2**2  # as after the last copy round
+    assert retries.storage_outage(-1) is None
+
+
+def test_a_file_host_is_waited_out_with_backoff_never_past_the_deadline():
+    retries = _retries(download_max_attempts=4, retry_base_s=2, retry_cap_s=60)
+    assert all(0 <= retries.file_host(1, 600) <= 2 for _ in range(50))
+    assert max(retries.file_host(20, 600) for _ in range(200)) > 40  # grows to the cap
+    assert all(retries.file_host(20, 3) <= 3 for _ in range(50))  # the last lands on it
+
+
+def test_a_file_host_is_given_up_past_the_deadline_once_its_tries_are_spent():
+    retries = _retries(download_max_attempts=4)
+    assert retries.file_host(3, -1) is not None  # seen done late: still its tries
+    assert retries.file_host(4, -1) is None
+    assert retries.file_host(400, 1) is not None  # before the deadline: never
+
+
+def test_every_third_failure_of_a_file_host_refreshes_its_url():
+    assert [n for n in range(1, 10) if _retries().refresh_url(n)] == [3, 6, 9]
+
+
+def test_a_refused_fresh_url_waits_seconds_doubling_then_gives_up():
+    retries = _retries(retry_base_s=2, retry_cap_s=60)
+    assert [retries.url_refused(n) for n in (1, 2, 3)] == [2, 4, None]
 
 
 def test_webhook_follows_its_schedule_with_up_to_ten_percent_jitter():

@@ -205,3 +205,14 @@ def test_html_beats_non_json_and_missing_status_and_nan_share_an_answer():
     assert faults == {"missing_status": 1, "nan_progress": 1}
     _, text, faults = answer()
     assert json.loads(text)["status"] == "completed" and faults == {}
+
+
+def test_an_opaque_link_hides_its_expiry_and_is_checked_like_a_plain_one():
+    signer = UrlSigner()
+    token = signer.query("t1", 60, now=1000.0, opaque=True).removeprefix("token=")
+    assert "1060" not in token  # the expiry is not in the URL in clear
+    assert signer.check_query("t1", {"token": token}, now=1059.0) is None
+    assert signer.check_query("t1", {"token": token}, now=1061.0) == "link expired"
+    assert signer.check_query("t2", {"token": token}, now=1000.0) == "invalid signature"
+    for garbage in ("%%%", "bm90IGEgdG9rZW4", "//8="):
+        assert signer.check_query("t1", {"token": garbage}, now=1000.0) is not None
