@@ -11,6 +11,11 @@ from typing import Any
 
 import uvicorn
 
+# The sandbox's deliberate faults on the wire (a Content-Length that lies, a reset mid-body:
+# ops/sandbox/gate.py) are written for h11 on asyncio's loop, not httptools on uvloop, which
+# `uvicorn[standard]` would pick for speed (the HTTP service's own choice, in `serve`).
+SANDBOX_HTTP: dict[str, Any] = {"http": "h11", "loop": "asyncio"}
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on host."""
@@ -30,8 +35,9 @@ def serve_in_thread(
     """
     port = port or free_port(host)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
-    )
+        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False,
+        **SANDBOX_HTTP,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
     thread.start()

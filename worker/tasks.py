@@ -689,10 +689,14 @@ def notify(job: Job) -> None:
     msg_id, result = send_event(
         rt.store, rt.http, rt.settings, job.id, body_key, hook, job.record.public(), rerun
     )
+    upcoming = hook.model_copy()
+    record_attempt(upcoming, result, rt.retries.webhook_attempts)
+    if upcoming.state is WebhookState.DEAD:
+        # The letter before the record says dead: a worker that dies between the two leaves
+        # a delivery to retry, never a dead webhook that `videoqueue webhooks dead` lacks.
+        record_dead_letter(rt.store, job.id, upcoming, rerun)
+        log.warning("webhook dead-lettered", msg_id=msg_id, attempts=upcoming.attempts)
     hook = job.delivery_attempted(result)
-    if hook.state is WebhookState.DEAD:
-        record_dead_letter(rt.store, job.id, hook, rerun)
-        log.warning("webhook dead-lettered", msg_id=msg_id, attempts=hook.attempts)
     delay_s = rt.retries.webhook(hook.attempts, result.retry_after_s)
     job.revisit(delay_s if hook.state is WebhookState.PENDING and delay_s is not None else 0.0)
 
@@ -717,11 +721,11 @@ def notify_batch(entry: BatchEntry) -> None:
     body_key = st.keys.batch_event_body(entry.id)
     _, result = send_event(st, rt.http, rt.settings, entry.id, body_key, hook, data)
     record_attempt(hook, result, rt.retries.webhook_attempts)
+    if hook.state is WebhookState.DEAD:  # the letter first, as for a job's
+        record_dead_letter(st, entry.id, hook)
     # One claim holds a batch's entry at a time: a plain write.
     if not st.set_batch_fields(entry.id, {"webhook": hook.model_dump_json()}):
         return _batch_expired(entry)
-    if hook.state is WebhookState.DEAD:
-        record_dead_letter(st, entry.id, hook)
     delay_s = rt.retries.webhook(hook.attempts, result.retry_after_s)
     if hook.state is WebhookState.PENDING and delay_s is not None:
         return entry.revisit(delay_s)

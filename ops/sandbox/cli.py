@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
+from ops.serve import SANDBOX_HTTP
+
 from .config import SandboxConfig
 from .service import Sandbox
 
@@ -130,6 +132,8 @@ def sandbox(
         f"on http://{host}:{port}  (stats: http://{host}:{port}/_sandbox/stats)"
     )
     try:
-        uvicorn.run(sb.app, host=host, port=port, log_level="warning", lifespan="off")
+        uvicorn.run(
+            sb.app, host=host, port=port, log_level="warning", lifespan="off", **SANDBOX_HTTP
+        )
     finally:
         sb.close()

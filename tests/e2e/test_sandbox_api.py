@@ -7,6 +7,7 @@ import pytest
 
 from ops.sandbox.state import key_fingerprint
 from tests.e2e.sandbox_helpers import API_KEY, OTHER_KEY, create, probe, running, wait_terminal
+from tests.unit.images import png
 
 
 def test_router_video_goes_from_processing_to_completed_with_a_playable_file():
@@ -168,7 +169,7 @@ def test_openai_flavor_accepts_multipart_and_the_routers_fields():
         form = client.post(
             "/v1/videos",
             data={"prompt": "a cat", "model": "sora-2-pro", "seconds": "8", "size": "1280x720"},
-            files={"input_reference": ("ref.png", b"\x89PNG fake", "image/png")},
+            files={"input_reference": ("ref.png", png(1280, 720), "image/png")},
         )
         assert form.status_code == 200, form.text
         assert (form.json()["seconds"], form.json()["size"]) == ("8", "1280x720")

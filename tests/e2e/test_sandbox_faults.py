@@ -522,14 +522,23 @@ def test_short_content_length_declares_half_of_the_body_really_sent():
         # An HTTP client believes the header: a 200 with half a file, and no error at all.
         short = httpx.get(url)
         assert short.status_code == 200 and short.content == body[:declared]
-        with av.open(io.BytesIO(short.content)) as half:
-            assert not half.streams.video  # it opens, cut inside its moov: nothing to play
+        assert not _playable(short.content)  # cut inside its boxes: nothing to play
         status, headers, part = raw_get(url, {"Range": "bytes=100-199"})
         assert status == 206 and headers["content-length"] == "50" and part == body[100:200]
         assert sb.stats()["totals"]["faults"] == {"short_content_length": 3}
         sb.configure(short_content_length_rate=0.0)
         _, headers, honest = raw_get(url)
         assert int(headers["content-length"]) == len(honest) == len(body)
+
+
+def _playable(data: bytes) -> bool:
+    """Whether data opens as a video with a stream to decode (half an MP4 either fails to
+    open or opens with none, depending on where its cut falls)."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return bool(container.streams.video)
+    except av.error.FFmpegError:
+        return False
 
 
 def test_slow_routes_slow_only_the_routes_named():
