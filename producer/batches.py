@@ -17,12 +17,20 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from producer.core.errors import InvalidRequest, JobNotFound
 from producer.core.metadata import metadata_problems
 from producer.core.providers import candidates
-from producer.core.records import BatchRecord, BatchState, JobRecord, mark_cancelled, utcnow_iso
+from producer.core.records import (
+    BatchRecord,
+    BatchState,
+    JobRecord,
+    mark_cancelled,
+    schedule_fields,
+    utcnow_iso,
+)
 from producer.core.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
 from producer.core.store import BATCH_ID_TAKEN, NO_SUCH_CHARACTER, NewJob, store
@@ -232,8 +240,12 @@ def _new_job(
                 "metadata": {**(metadata or {}), **req.metadata},
             }
         )
+    schedule = json.dumps(
+        schedule_fields(req.priority, req.deadline_s, in_batch=True, now=_parse_iso(now))
+    )[1:-1]  # its fields, spliced in after the template's
     record_json = template % {
         "id": job_id,
+        "schedule": schedule,
         "request": req.model_dump_json(exclude_none=True),
         "metadata": json.dumps(req.metadata) if req.metadata else "{}",
         "api_format": req.api_format.value if req.api_format else api_format,
@@ -248,12 +260,18 @@ def _record_template(batch_id: str, tenant: str) -> str:
              "updated_at": "\x00now"}  # fmt: skip
     record = JobRecord(id="", request={}, batch_id=batch_id, tenant=tenant).model_dump(mode="json")
     record.update(marks, request="\x00request", metadata="\x00metadata")
+    for name in ("priority", "deadline_s", "deadline_at", "deadline_unix_s"):
+        del record[name]  # each job's own, spliced in at its end (%(schedule)s)
     text = json.dumps(record, separators=(",", ":")).replace("%", "%%")
     for name in ("id", "api_format", "now"):
         text = text.replace(f'"\\u0000{name}"', f'"%({name})s"')
     for name in ("request", "metadata"):
         text = text.replace(f'"\\u0000{name}"', f"%({name})s")
-    return text
+    return text[:-1] + ",%(schedule)s}"
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def get_batch(batch_id: str, *, settings: Settings | None = None) -> BatchRecord:

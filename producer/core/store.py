@@ -108,11 +108,10 @@ class JobStore:
         the idempotency key (the new one, or an earlier job's: never a staged one, which may
         never run, see lua/staged_holder.lua)."""
         idem = self.keys.idempotency(idempotency_key, record.tenant) if idempotency_key else ""
-        lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         held = self._create(
             claim=idem,
             job=self.keys.job(record.id),
-            lane=self.keys.schedule(lane),
+            lane=self.keys.schedule(Lane.SUBMIT),
             status_counts=self.keys.status_counts(),
             job_index=self.keys.job_index(),
             tenant_index=self.keys.tenant_job_index(record.tenant),
@@ -326,7 +325,7 @@ class JobStore:
         self._release_batch(
             **self._batch_keys(batch_id),
             legacy_claims=self.keys.batch_staged_claims(batch_id),
-            lane=self.keys.schedule(Lane.SUBMIT_BULK),
+            lane=self.keys.schedule(Lane.SUBMIT),
             batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
             status_counts=self.keys.status_counts(),
             expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),

@@ -66,9 +66,14 @@ class _Policies:
         return _from_hash(self.redis.hgetall(self.keys.tenant_policy(tenant)))  # type: ignore[arg-type]
 
     def put(self, tenant: str, policy: TenantPolicy) -> None:
-        with self.redis.pipeline() as pipe:  # both or neither
+        with self.redis.pipeline() as pipe:  # all or nothing
             pipe.hset(self.keys.tenant_policy(tenant), mapping=_to_hash(policy))  # type: ignore[arg-type]
             pipe.sadd(self.keys.tenants(), tenant)
+            # The submit claim reads the reservations of these tenants only (few, by nature).
+            if policy.reserved:
+                pipe.sadd(self.keys.fair_reserving(), tenant)
+            else:
+                pipe.srem(self.keys.fair_reserving(), tenant)
             pipe.execute()
 
     def names(self) -> list[str]:

@@ -48,6 +48,8 @@ def create_body(*, form: bool) -> dict[str, Any]:
     if form:
         fields = {name: {"type": "string"} for name in _FORM_FIELDS}
         fields["seconds"] = {"type": "string", "pattern": "^[0-9]+$"}
+        fields["priority"] = {"type": "string", "pattern": "^-?[0-9]+$"}
+        fields["deadline_s"] = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
         fields["input_reference"] = {
             "type": "string", "format": "binary",
             "description": "A file: not supported yet (400); pass image_url.",

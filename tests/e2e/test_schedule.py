@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -32,10 +33,12 @@ def deployment(redis_url: str) -> Iterator[tuple[Settings, JobStore]]:
         st.redis.delete(key)
 
 
-def _jobs(settings: Settings, st: JobStore, n: int, lane: Lane = Lane.POLL) -> list[str]:
+def _jobs(
+    settings: Settings, st: JobStore, n: int, lane: Lane = Lane.POLL, **request: Any
+) -> list[str]:
     ids = []
     for _ in range(n):
-        record = new_record(parse_request({"prompt": "x"}), settings)
+        record = new_record(parse_request({"prompt": "x", **request}), settings)
         st.create(record, None)
         st.schedule.place(record.id, lane)
         ids.append(record.id)
@@ -102,20 +105,20 @@ def test_placing_an_entry_in_one_lane_removes_it_from_every_other(deployment):
         assert st.schedule.total() == 1
 
 
-def test_submits_take_provider_slots_in_order_single_jobs_first(deployment):
+def test_submits_take_provider_slots_higher_priority_first_then_in_due_order(deployment):
     settings, st = deployment
     settings = settings.model_copy(update={"max_in_flight": 3, "dispatch_ahead": 10})
-    bulk = _jobs(settings, st, 3, Lane.SUBMIT_BULK)
-    single = _jobs(settings, st, 2, Lane.SUBMIT)
+    low = _jobs(settings, st, 3, Lane.SUBMIT, priority=-1)  # a batch job's default
+    high = _jobs(settings, st, 2, Lane.SUBMIT)
     claimed = Pump(st.redis, settings).claim_due()
-    assert claimed[Lane.SUBMIT].entries == 2 and claimed[Lane.SUBMIT_BULK].entries == 1
+    assert claimed[Lane.SUBMIT].entries == 3
     limits = ProviderLimits(st.redis, settings)
     holders = {m.decode() for m in st.redis.zrange(limits.in_flight, 0, -1)}
-    assert holders == {*single, bulk[0]}
+    assert holders == {*high, low[0]}
     # a slot given back goes to the next job in order
-    limits.release(single[0])
-    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT_BULK].entries == 1
-    assert st.redis.zscore(limits.in_flight, bulk[1]) is not None
+    limits.release(high[0], "default")
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
+    assert st.redis.zscore(limits.in_flight, low[1]) is not None
 
 
 def test_a_dead_submits_slot_frees_with_its_lease(deployment):
@@ -187,7 +190,7 @@ def test_a_submit_takes_a_slot_at_the_first_provider_of_its_route_with_one_free(
     assert limits.route(second) == ["b"] and limits.route(first) == ["a", "b"]
     assert limits.route(unrouted) is None
     assert st.redis.hget(st.keys.leases(), pinned) is None
-    limits.release(first)
+    limits.release(first, "default")
     assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
     assert st.redis.zscore(slots_a, pinned) is not None
 
@@ -261,7 +264,7 @@ def test_jobs_for_a_full_provider_do_not_hold_back_another_providers_jobs(
     assert set(behind) <= claimed
     assert len(claimed & set(waiting)) == 1 and waiting[0] in claimed
     # A slot given back goes to the next of the full provider's jobs, in order.
-    limits.release(waiting[0])
+    limits.release(waiting[0], "default")
     pump.claim_due()
     assert [m for msg in _messages(st, settings.queue) for m in msg[0]] == [waiting[1]]
 

@@ -31,7 +31,7 @@ def _attempt(provider: str, outcome: AttemptOutcome) -> ProviderAttempt:
     ("fields", "lane"),
     [
         ({"status": JobStatus.QUEUED}, Lane.SUBMIT),
-        ({"status": JobStatus.QUEUED, "batch_id": "b1"}, Lane.SUBMIT_BULK),
+        ({"status": JobStatus.QUEUED, "batch_id": "b1"}, Lane.SUBMIT),
         ({"status": JobStatus.SUBMITTED}, Lane.POLL),
         ({"status": JobStatus.PROCESSING}, Lane.POLL),
         ({"status": JobStatus.FINALIZING}, Lane.FINALIZE),
