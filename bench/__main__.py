@@ -23,7 +23,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import copy_to_s3, end_to_end, enqueue, gateway, in_flight, polling, report
+from bench import (
+    copy_to_s3,
+    end_to_end,
+    enqueue,
+    fair_share,
+    gateway,
+    in_flight,
+    polling,
+    report,
+)
 from bench.harness import (
     DEFAULT_REDIS_URL,
     Sampler,
@@ -43,6 +52,7 @@ SCENARIOS: dict[str, Any] = {
     end_to_end.NAME: end_to_end,
     enqueue.NAME: enqueue,
     gateway.NAME: gateway,
+    fair_share.NAME: fair_share,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMOKE_DIR = RESULTS_DIR / "raw" / "smoke"
