@@ -165,4 +165,5 @@ def test_a_staged_job_cancelled_after_its_key_was_taken_leaves_the_takers_claim_
     batch = get_batch("cut-short", settings=p.settings)
     assert batch.deduplicated == {"0": taker} and batch.total == 1 and batch.ended == 0
     assert batch.counts == {JobStatus.QUEUED.value: 1}
-    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT)) == 1
+    submits = {m.decode() for m in st.redis.zrange(st.keys.schedule(Lane.SUBMIT), 0, -1)}
+    assert submits == {taker, *batch.job_ids}  # the taker's, and the batch's one job

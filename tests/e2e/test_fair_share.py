@@ -6,17 +6,21 @@ order in which scarce slots went, not how fast the host is."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import datetime
 from typing import Any
 
 import pytest
+import redis
 
 from producer import JobStatus, enqueue, enqueue_batch, get, get_batch, wait
+from producer.core.errors import InvalidRequest
 from producer.core.records import JobRecord
 from producer.core.tenant_policies import set_policy
-from tests.e2e.conftest import eventually
+from tests.e2e.conftest import env_of, eventually
+from tests.e2e.test_cli import run
 
 
 def _pipeline(make_pipeline: Any, cap: int, generation_s: float, **env: str) -> Any:
@@ -176,3 +180,38 @@ def test_a_job_still_waiting_for_a_slot_at_its_deadline_fails_without_reaching_t
     assert len(p.sandbox.stats()["tasks"]) == 1  # the blocker's only
     delivery = p.receiver.wait_for(lambda d: d.json["data"]["id"] == job_id, 10)
     assert delivery.json["data"]["error"]["code"] == "deadline_exceeded"
+
+
+def test_priority_and_deadline_s_reach_every_record_and_bad_ones_write_nothing(bare_settings):
+    s = bare_settings
+    client = redis.Redis.from_url(s.broker_url)
+    batch_id = enqueue_batch(
+        [{"prompt": "a"}, {"prompt": "b", "priority": 4, "deadline_s": 60}], settings=s
+    )
+    plain, urgent = (get(j, settings=s) for j in get_batch(batch_id, settings=s).job_ids)
+    assert (plain.priority, plain.deadline_s, plain.deadline_at) == (-1, None, None)
+    assert (urgent.priority, urgent.deadline_s) == (4, 60.0)
+    created = datetime.fromisoformat(urgent.created_at.replace("Z", "+00:00"))
+    deadline_at = datetime.fromisoformat(urgent.deadline_at.replace("Z", "+00:00"))
+    assert (deadline_at - created).total_seconds() == 60
+    single = get(enqueue({"prompt": "c", "priority": -5}, settings=s), settings=s)
+    assert single.priority == -5 and single.public()["priority"] == -5
+    keys_before = set(client.scan_iter(f"{s.key_prefix}*"))
+    with pytest.raises(InvalidRequest) as refused:
+        enqueue({"prompt": "x", "deadline_s": -1}, settings=s)
+    assert "deadline_s" in str(refused.value)
+    with pytest.raises(InvalidRequest) as refused:
+        enqueue_batch([{"prompt": "ok"}, {"prompt": "x", "priority": "9"}], settings=s)
+    assert "item 1: priority" in str(refused.value)
+    assert set(client.scan_iter(f"{s.key_prefix}*")) == keys_before
+    client.close()
+
+
+def test_the_submit_command_takes_priority_and_deadline_s(bare_settings):
+    env = env_of(bare_settings)
+    made = run(env, "submit", "--prompt", "x", "--priority", "3", "--deadline-s", "120", "--json")
+    assert made.returncode == 0, made.stderr
+    record = get(json.loads(made.stdout)["id"], settings=bare_settings)
+    assert (record.priority, record.deadline_s) == (3, 120.0)
+    refused = run(env, "submit", "--prompt", "x", "--deadline-s", "0")
+    assert refused.returncode == 2 and "deadline_s" in refused.stderr

@@ -48,6 +48,11 @@ def test_openai_fields_become_ours_and_errors_keep_the_callers_names():
     form, _ = video_request({"prompt": "p", "storyboard": '[{"prompt": "a", "duration": 1}]',
                              "characters": "c1"}, form=True)  # fmt: skip
     assert form["storyboard"] == [{"prompt": "a", "duration": 1}] and form["characters"] == ["c1"]
+    numbers, _ = video_request({"prompt": "p", "priority": "-3", "deadline_s": "90.5"}, form=True)
+    assert numbers["priority"] == -3 and numbers["deadline_s"] == 90.5
+    # Not numbers: left for the request's validation, which names the field.
+    kept, _ = video_request({"prompt": "p", "priority": "high"}, form=True)
+    assert kept["priority"] == "high"
     upload = Upload("a.png", "image/png", b"x")
     for body, param in [({"seconds": "4.5"}, "seconds"), ({"seconds": 4, "duration": 4}, "seconds"),
                         ({"input_reference": upload}, "input_reference"),
