@@ -18,10 +18,17 @@ of ~30 s take ~100 minutes). Measured from the job records and Redis:
 - each tenant's share of the creates made after `warmup_s` (when every tenant had a queue),
   against its share of the weights;
 - slot utilisation: our held slots over N, sampled every 0.5 s while submits were due.
+
+And the claim's cost at scale, without workers: `claim_tenants` tenants with
+`claim_jobs` due submits between them and slots scarce (each claim's jobs give their slots
+back before the next, as if their generations ended), the time of each pump pass, in which
+Redis runs the submit claim's script (and every other lane's, empty here): Redis runs one
+script at a time, so this is how long a poll claim can wait behind a submit claim.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +41,7 @@ from producer import enqueue, enqueue_batch, get_batch
 from producer.core.limits import ProviderLimits
 from producer.core.names import Lane
 from producer.core.store import store
+from worker.pump import Pump
 
 NAME = "fair-share"
 HEAVY = "heavy"
@@ -64,12 +72,16 @@ class Scale:
     light_tenants: int = 2
     poll_scale: float = 1.0
     concurrency: int = 4
+    claim_tenants: int = 1_000
+    claim_jobs: int = 10_000
+    claim_passes: int = 500
 
 
 FULL = Scale(flood=10_000, light_every_s=1.0, cap=50, generation_s=(20, 40), window_s=360,
              warmup_s=60)  # fmt: skip
 SMOKE = Scale(flood=120, light_every_s=0.5, cap=4, generation_s=(1.0, 2.0), window_s=15,
-              warmup_s=4, poll_scale=0.1)  # fmt: skip
+              warmup_s=4, poll_scale=0.1, claim_tenants=20, claim_jobs=200,
+              claim_passes=50)  # fmt: skip
 
 POLICIES = {"fair share": True, "due order": False}
 
@@ -84,6 +96,7 @@ def run(services: Services, scale: Scale) -> ScenarioResult:
     )
     figures = {label: _one(services, scale, fair) for label, fair in POLICIES.items()}
     result.params["figures"] = figures
+    result.params["claim_cost"] = _claim_cost(services, scale)
     result.rows = rows(result)
     result.notes = notes(result)
     return result
@@ -112,6 +125,13 @@ def rows(result: ScenarioResult) -> list[Row]:
     out.append(Row(NAME, "slot utilisation while submits were due", 100 * fair["utilisation"],
                    "%", 100 * due["utilisation"], "due order", ">= 95 %",
                    fair["utilisation"] >= 0.95))  # fmt: skip
+    cost = result.params.get("claim_cost")
+    if cost:
+        load = f"{scale['claim_tenants']:,} tenants, {scale['claim_jobs']:,} due submits"
+        out.append(Row(NAME, f"pump pass with the submit claim, {load}, p50", cost["p50_ms"],
+                       "ms"))  # fmt: skip
+        out.append(Row(NAME, f"pump pass with the submit claim, {load}, p99", cost["p99_ms"],
+                       "ms"))  # fmt: skip
     return out
 
 
@@ -150,7 +170,59 @@ def notes(result: ScenarioResult) -> list[str]:
         f"submits were due (fair share {fair['utilisation']:.1%}, due order "
         f"{due['utilisation']:.1%}); a slot is held from the claim of its submit until the poll "
         "that sees the generation end, so the provider's own busy time is a little lower.",
+        *_claim_note(p),
     ]
+
+
+def _claim_note(p: dict[str, Any]) -> list[str]:
+    cost = p.get("claim_cost")
+    if not cost:
+        return []
+    return [
+        f"The claim's cost: {p['claim_tenants']:,} tenants with {p['claim_jobs']:,} due "
+        f"submits between them, 50 slots, {cost['passes']} pump passes with no workers (each "
+        "pass's jobs give their slots back before the next, as if their generations ended; "
+        "the first passes take 1,000 jobs each into their tenants' queues): a pass took "
+        f"{cost['p50_ms']:g} ms at the median, {cost['p99_ms']:g} ms at p99, "
+        f"{cost['max_ms']:g} ms at most, measured from Python (a round trip included). Redis "
+        "runs one script at a time, so that is the longest a poll's claim waits behind a "
+        "submit's; polls are never fair-shared and their lane is claimed first each tick."
+    ]
+
+
+def _claim_cost(services: Services, scale: Scale) -> dict[str, Any]:
+    """Pump passes against many tenants' due submits, slots scarce; no workers."""
+    cap = 50
+    with deployment(services, f"{NAME}-claims", sandbox={"fast": True},
+                    env={"VIDEOQUEUE_MAX_IN_FLIGHT": str(cap)}) as dep:  # fmt: skip
+        client = dep.redis()
+        request = {"model": "sora", "prompt": "claim cost", "size": "64x48", "duration": 2}
+        owner: dict[str, str] = {}
+        for i in range(scale.claim_jobs):
+            tenant = f"t{i % scale.claim_tenants:05d}"
+            owner[enqueue(request, tenant=tenant, settings=dep.settings)] = tenant
+        pump = Pump(client, dep.settings)
+        limits = ProviderLimits(client, dep.settings)
+        queue = Lane.SUBMIT.queue(dep.settings.queue)
+        passes_ms: list[float] = []
+        for _ in range(scale.claim_passes):
+            started = time.perf_counter()
+            claimed = pump.claim_due()[Lane.SUBMIT].entries
+            passes_ms.append(1000 * (time.perf_counter() - started))
+            # The workers took the messages and the generations ended: their slots free up.
+            for raw in client.lrange(queue, 0, -1):
+                for job_id in json.loads(json.loads(raw)["body"])[0][0]:
+                    limits.release(job_id, owner[job_id])
+            client.delete(queue)
+            if not claimed and not client.zcard(store(dep.settings).keys.schedule(Lane.SUBMIT)):
+                break
+        client.close()
+    return {
+        "passes": len(passes_ms),
+        "p50_ms": round(percentile(passes_ms, 50), 2),
+        "p99_ms": round(percentile(passes_ms, 99), 2),
+        "max_ms": round(max(passes_ms), 2),
+    }
 
 
 def _iso_s(text: str | None) -> float | None:

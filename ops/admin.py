@@ -7,7 +7,8 @@ use, so a worker running at the same moment sees either the old state or the new
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from producer.core.errors import OperationRefused, PermanentError, RetryableError
@@ -18,6 +19,7 @@ from producer.core.records import (
     ReplacedTask,
     WebhookDelivery,
     WebhookState,
+    schedule_fields,
     utcnow_iso,
 )
 from producer.core.settings import ApiFormat, Settings
@@ -112,6 +114,10 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         r.status, r.error, r.finished_at, r.webhook = target, None, None, None
         r.copy_attempts = r.recoveries = 0
         r.reruns += 1  # its next end is a new event: a new webhook-id and body
+        if r.deadline_s is not None and r.past_deadline(time.time()):
+            # A job past its own deadline gets a new one, as long, counted from now.
+            fresh = schedule_fields(r.priority, r.deadline_s, in_batch=False, now=datetime.now(UTC))
+            r.deadline_at, r.deadline_unix_s = fresh["deadline_at"], fresh["deadline_unix_s"]
         if target is JobStatus.QUEUED:
             r.resubmits += 1 if r.provider_task_id else 0
             if replaced is not None:

@@ -31,9 +31,11 @@ from producer.core.scripts import Script
 # A parked entry's score is its due time plus this: due, but out of every claim's due range
 # until its provider has room (lua/claim.lua). Any placement or nudge takes it out.
 PARKED_BAND_S = 1e10
-# Due submits one claim takes into their tenants' queues at most: a batch of 10,000 released
-# at once is in within a few claims, each a few milliseconds of Redis.
-INTAKE_PER_CLAIM = 1000
+# Due submits one claim takes into their tenants' queues at most: each costs a read and
+# decode of its record and three writes (~0.1 ms of Redis on the benchmark's shared host: 1,000
+# held Redis for up to 160 ms, which a poll's claim would wait behind). A 10,000-job batch
+# released at once is in within 50 claims, a second or two.
+INTAKE_PER_CLAIM = 200
 # How often a tenant at its max_in_flight is looked at again, at most (one of its jobs giving
 # back its slot makes it at once).
 CAPPED_RECHECK_S = 1.0

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+from ops.admin import retry_job
 from producer import JobStatus, enqueue, enqueue_batch, get, get_batch, wait
 from producer.core.errors import InvalidRequest
 from producer.core.records import JobRecord
@@ -180,6 +181,9 @@ def test_a_job_still_waiting_for_a_slot_at_its_deadline_fails_without_reaching_t
     assert len(p.sandbox.stats()["tasks"]) == 1  # the blocker's only
     delivery = p.receiver.wait_for(lambda d: d.json["data"]["id"] == job_id, 10)
     assert delivery.json["data"]["error"]["code"] == "deadline_exceeded"
+    # An operator's retry gives it a new deadline, as long, from now.
+    again = retry_job(p.settings, job_id)
+    assert again.status is JobStatus.QUEUED and again.deadline_at > record.deadline_at
 
 
 def test_priority_and_deadline_s_reach_every_record_and_bad_ones_write_nothing(bare_settings):

@@ -52,7 +52,10 @@ local function policy(x, field)
   return tonumber(v)
 end
 local vtime = tonumber(redis.call('GET', KEY.vtime) or '0')
+local activated = {}
 local function activate(q)
+  if activated[q] then return end
+  activated[q] = true
   if redis.call('ZSCORE', KEY.capped, q) then return end
   local tag = tonumber(redis.call('HGET', KEY.tags, q) or '0')
   redis.call('ZADD', KEY.active, 'NX', math.max(tag, vtime), q)
