@@ -299,3 +299,44 @@ def test_jobs_parked_under_limits_since_removed_are_claimed_again(
         claimed |= {m for msg in _messages(st, settings.queue) for m in msg[0]}
         st.redis.delete(settings.queue)
     assert claimed == set(waiting) - {waiting[0]}  # the first holds its slot, leased
+
+
+def test_a_job_waiting_for_a_slot_at_its_deadline_is_claimed_once_without_a_slot(deployment):
+    settings, st = deployment
+    settings = settings.model_copy(update={"max_in_flight": 1, "dispatch_ahead": 10})
+    (running,) = _jobs(settings, st, 1, Lane.SUBMIT)
+    pump = Pump(st.redis, settings)
+    assert pump.claim_due()[Lane.SUBMIT].entries == 1
+    (late,) = _jobs(settings, st, 1, Lane.SUBMIT, deadline_s=0.3)
+    assert pump.claim_due()[Lane.SUBMIT].entries == 0  # taken into its tenant's queue
+    time.sleep(0.4)
+    limits = ProviderLimits(st.redis, settings)
+    limits.release(running, "default")  # a slot is free as its deadline has passed
+    st.redis.delete(settings.queue)
+    assert pump.claim_due()[Lane.SUBMIT].entries == 1
+    assert [m for msg in _messages(st, settings.queue) for m in msg[0]] == [late]
+    assert st.redis.zscore(limits.in_flight, late) is None  # its step ends it: no slot
+
+
+def test_a_tenant_with_a_backlog_does_not_hold_back_another_tenants_next_job(deployment):
+    """Claims without workers: tenant a's 50 due jobs and tenant b's 2, one slot freed at a
+    time: b's jobs take the second and fourth slots (alternating tags), not the 51st."""
+    settings, st = deployment
+    settings = settings.model_copy(update={"max_in_flight": 1, "dispatch_ahead": 10})
+    a = [_create(settings, st, "a") for _ in range(50)]
+    b = [_create(settings, st, "b") for _ in range(2)]
+    pump, limits = Pump(st.redis, settings), ProviderLimits(st.redis, settings)
+    order = []
+    for _ in range(5):
+        pump.claim_due()
+        (claimed,) = [m for msg in _messages(st, settings.queue) for m in msg[0]]
+        order.append(claimed)
+        st.redis.delete(settings.queue)
+        limits.release(claimed, "a" if claimed in a else "b")
+    assert [m in b for m in order] == [False, True, False, True, False], order
+
+
+def _create(settings: Settings, st: JobStore, tenant: str) -> str:
+    record = new_record(parse_request({"prompt": "x"}), settings, tenant=tenant)
+    st.create(record, None)
+    return record.id

@@ -60,7 +60,9 @@ local function activate(q)
   local tag = tonumber(redis.call('HGET', KEY.tags, q) or '0')
   redis.call('ZADD', KEY.active, 'NX', math.max(tag, vtime), q)
 end
+local taken = {}  -- claimed by this claim: never handed out twice
 local function claim_now(m, at)
+  taken[m] = true
   chosen[#chosen + 1] = m
   late[#late + 1] = math.max(0, now - at)
 end
@@ -121,8 +123,9 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEY.deadlines, '-inf', now, 'LIMI
   if #chosen >= room then break end
   redis.call('ZREM', KEY.deadlines, m)
   local score = redis.call('ZSCORE', lane, m)
-  if score and redis.call('HEXISTS', KEY.leases, m) == 0 then
+  if score and redis.call('HEXISTS', KEY.leases, m) == 0 and not taken[m] then
     score = tonumber(score)
+    redis.call('ZREM', ready(queue_of(m)), m)
     claim_now(m, score >= band and score - band or score)
   end
 end
@@ -195,7 +198,7 @@ for i = 1, n do
           local m = back[j]
           redis.call('ZREM', set, m)
           local score = redis.call('ZSCORE', lane, m)
-          if score and tonumber(score) >= band then
+          if score and tonumber(score) >= band and not taken[m] then
             local q = queue_of(m)
             redis.call('ZADD', ready(q), back[j + 1], m)
             activate(q)
@@ -231,8 +234,8 @@ while #chosen < room and guard > 0 do
   if not head then
     redis.call('ZREM', KEY.active, q)  -- its queue ran dry: its tag waits in tags
     owed[q] = nil
-  elseif not score or tonumber(score) < band then
-    redis.call('ZREM', ready(q), head)  -- moved since it was taken in
+  elseif not score or tonumber(score) < band or taken[head] then
+    redis.call('ZREM', ready(q), head)  -- moved since it was taken in, or claimed already
   else
     local owner = fair and q or (redis.call('HGET', KEY.owners, head) or 'default')
     local ceiling = fair and policy(owner, 'max_in_flight')
