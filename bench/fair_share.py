@@ -182,7 +182,7 @@ def _claim_note(p: dict[str, Any]) -> list[str]:
         f"The claim's cost: {p['claim_tenants']:,} tenants with {p['claim_jobs']:,} due "
         f"submits between them, 50 slots, {cost['passes']} pump passes with no workers (each "
         "pass's jobs give their slots back before the next, as if their generations ended; "
-        "the first passes take 1,000 jobs each into their tenants' queues): a pass took "
+        "the first passes take 200 jobs each into their tenants' queues): a pass took "
         f"{cost['p50_ms']:g} ms at the median, {cost['p99_ms']:g} ms at p99, "
         f"{cost['max_ms']:g} ms at most, measured from Python (a round trip included). Redis "
         "runs one script at a time, so that is the longest a poll's claim waits behind a "

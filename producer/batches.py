@@ -6,8 +6,8 @@ of 20,000), staged: nothing of it runs until a last atomic step releases every j
 So a producer that dies half-way leaves no job running that its caller cannot name, and a
 retry with the same batch id resumes after the last whole chunk (job ids follow from the
 batch id and the request's index, so a chunk written twice is still one set of jobs). Its jobs
-wait in the bulk submit lane, behind single jobs, for provider slots, so one campaign cannot
-starve everyone else.
+default to priority -1, behind their tenant's single jobs, and provider slots are shared by
+tenant (producer/core/lua/claim_submit.lua), so one campaign cannot starve everyone else.
 """
 
 from __future__ import annotations

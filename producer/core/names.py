@@ -247,7 +247,8 @@ class Keys:
         return f"{self.prefix}:fair:owners"
 
     def fair_reserving(self) -> str:
-        """A set: the tenants whose policy reserves slots."""
+        """A set: the tenants whose policy reserves slots (written with the policy,
+        producer/core/tenant_policies.py)."""
         return f"{self.prefix}:fair:reserving"
 
     def tenant_prefix(self) -> str:

@@ -13,7 +13,8 @@ submit lane's fair-share state (tenants' ready queues and tags, the deadlines se
 are in producer/core/lua/: place, nudge, extend, claim, claim_submit), which is what keeps one
 entry per job: placing an entry in one lane removes it from every other. The claims also spend
 the providers' limits (producer/core/limits.py builds what they may spend, and gives back
-what a job held).
+what a job held: a give-back also forgets the job's owner and makes a tenant waiting at its
+ceiling due for a look).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What each tenant may use: its fair-share weight, its ceilings and its budget.
 
-The one writer of the `tenant:*:policy` key family (producer/core/names.py). A policy is a
+The one writer of the `tenant:*:policy` key family and of the set of tenants that reserve
+slots (`fair:reserving`, which the submit claim reads: producer/core/names.py). A policy is a
 Redis hash so that the Lua scripts that claim provider slots and reserve money read its
 fields directly (HGET), on the same connection and in the same script as the claim.
 
