@@ -240,9 +240,10 @@ def _new_job(
                 "metadata": {**(metadata or {}), **req.metadata},
             }
         )
-    schedule = json.dumps(
-        schedule_fields(req.priority, req.deadline_s, in_batch=True, now=_parse_iso(now))
-    )[1:-1]  # its fields, spliced in after the template's
+    schedule = _DEFAULT_SCHEDULE  # the common item: no priority, no deadline of its own
+    if req.priority is not None or req.deadline_s is not None:
+        fields = schedule_fields(req.priority, req.deadline_s, in_batch=True, now=_parse_iso(now))
+        schedule = json.dumps(fields)[1:-1]  # its fields, spliced in after the template's
     record_json = template % {
         "id": job_id,
         "schedule": schedule,
@@ -268,6 +269,9 @@ def _record_template(batch_id: str, tenant: str) -> str:
     for name in ("request", "metadata"):
         text = text.replace(f'"\\u0000{name}"', f"%({name})s")
     return text[:-1] + ",%(schedule)s}"
+
+
+_DEFAULT_SCHEDULE = json.dumps(schedule_fields(None, None, in_batch=True, now=datetime.now()))[1:-1]
 
 
 def _parse_iso(text: str) -> datetime:
