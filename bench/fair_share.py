@@ -215,9 +215,12 @@ def _within_share_note(p: dict[str, Any]) -> list[str]:
         f"s ({p['light_tenants'] / every:.2f}/s together, below their share of the capacity), "
         f"over a {p['within_share_window_s']:g} s window: here a light tenant's queue is empty "
         "when its job comes, so under fair share the job starts at the virtual time and takes "
-        "the next slot that frees up. Shares of creates after the warm-up (the light tenants "
-        f"take only what they ask for, the flood the rest): fair share {shares['fair share']}, "
-        f"due order {shares['due order']}."
+        "the next slot that frees up (the p50). Its p99 is the window's start: the flood, due "
+        f"first, takes all {p['cap']} slots at once, and the first of them frees only after "
+        f"the shortest generation ({p['generation_s'][0]:g} s), so the light jobs sent before "
+        "then wait for it; a light tenant that must never wait so sets `reserved`. Shares of "
+        "creates after the warm-up (the light tenants take only what they ask for, the flood "
+        f"the rest): fair share {shares['fair share']}, due order {shares['due order']}."
     ]
 
 

@@ -67,8 +67,10 @@ def test_a_light_tenants_jobs_get_slots_promptly_past_a_heavy_tenants_backlog(ma
 def test_shares_of_slots_follow_the_tenants_weights(make_pipeline):
     p = _pipeline(make_pipeline, cap=2, generation_s=1.0)
     set_policy("gold", {"weight": 3}, settings=p.settings)
-    gold = [enqueue(p.request(), tenant="gold", settings=p.settings) for _ in range(12)]
-    tin = [enqueue(p.request(), tenant="tin", settings=p.settings) for _ in range(12)]
+    gold, tin = [], []
+    for _ in range(12):  # interleaved: due order would give each half
+        gold.append(enqueue(p.request(), tenant="gold", settings=p.settings))
+        tin.append(enqueue(p.request(), tenant="tin", settings=p.settings))
     order = _order(p, gold + tin)
     # While both had a backlog (the first 16 of 24): 3 to 1, give or take one.
     first = order[:16]
