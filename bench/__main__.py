@@ -30,6 +30,7 @@ from bench import (
     copy_to_s3,
     end_to_end,
     enqueue,
+    fair_share,
     gateway,
     in_flight,
     polling,
@@ -54,6 +55,7 @@ SCENARIOS: dict[str, Any] = {
     end_to_end.NAME: end_to_end,
     enqueue.NAME: enqueue,
     gateway.NAME: gateway,
+    fair_share.NAME: fair_share,
     console.NAME: console,
     ceiling.NAME: ceiling,
 }

@@ -353,7 +353,7 @@ class Claim:
 
     Attributes:
         at: Epoch seconds the pass returned.
-        lane: The schedule lane: poll, submit, submit_bulk, finalize, notify, notify_batch.
+        lane: The schedule lane: poll, submit, finalize, notify, notify_batch.
         entries: Entries claimed (due jobs handed to Celery).
         lateness_total_s: Their lateness (claim time minus due time, by Redis's clock), summed.
         lateness_max_s: The worst of them.

@@ -262,7 +262,7 @@ def _figures(
     tasks = [t for t in stats["tasks"].values() if t["creates"]]
     duplicates = sum(t["creates"] - 1 for t in tasks) + max(0, ours.get("tasks", 0) - n)
     claims = [c for c in trace.claims if c.lane == "poll"]
-    submit_claims = [c for c in trace.claims if c.lane in ("submit", "submit_bulk")]
+    submit_claims = [c for c in trace.claims if c.lane == "submit"]
     watched_s = t_end - t0
     submitted_at = t0 + submitted_s
 

@@ -7,8 +7,9 @@ use, so a worker running at the same moment sees either the old state or the new
 from __future__ import annotations
 
 import json
+import time
 from contextlib import suppress
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from producer.core.errors import (
@@ -26,6 +27,7 @@ from producer.core.records import (
     ReplacedTask,
     WebhookDelivery,
     WebhookState,
+    schedule_fields,
     utcnow_iso,
 )
 from producer.core.requests import VideoRequest
@@ -131,6 +133,10 @@ def retry_job(settings: Settings, job_id: str, *, resubmit: bool = False) -> Job
         r.copy_attempts = r.fetch_failures = r.url_refusals = r.recoveries = 0
         r.reruns += 1  # its next end is a new event: a new webhook-id and body
         reserve(r, cost.usd)
+        if r.deadline_s is not None and r.past_deadline(time.time()):
+            # A job past its own deadline gets a new one, as long, counted from now.
+            fresh = schedule_fields(r.priority, r.deadline_s, in_batch=False, now=datetime.now(UTC))
+            r.deadline_at, r.deadline_unix_s = fresh["deadline_at"], fresh["deadline_unix_s"]
         if target is JobStatus.QUEUED:
             if r.provider_task_id:  # a new task: the old one's charge stays, the new one's is new
                 new_task(r)

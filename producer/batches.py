@@ -6,8 +6,8 @@ of 20,000), staged: nothing of it runs until a last atomic step releases every j
 So a producer that dies half-way leaves no job running that its caller cannot name, and a
 retry with the same batch id resumes after the last whole chunk (job ids follow from the
 batch id and the request's index, so a chunk written twice is still one set of jobs). Its jobs
-wait in the bulk submit lane, behind single jobs, for provider slots, so one campaign cannot
-starve everyone else.
+default to priority -1, behind their tenant's single jobs, and provider slots are shared by
+tenant (producer/core/lua/claim_submit.lua), so one campaign cannot starve everyone else.
 """
 
 from __future__ import annotations
@@ -17,12 +17,21 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from producer.core.errors import InvalidRequest, JobNotFound
 from producer.core.ledger import Estimate, estimate
 from producer.core.metadata import metadata_problems
-from producer.core.records import BatchRecord, BatchState, JobRecord, mark_cancelled, utcnow_iso
+from producer.core.providers import candidates
+from producer.core.records import (
+    BatchRecord,
+    BatchState,
+    JobRecord,
+    mark_cancelled,
+    schedule_fields,
+    utcnow_iso,
+)
 from producer.core.requests import VideoRequest, http_url, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
 from producer.core.store import BATCH_ID_TAKEN, NO_SUCH_CHARACTER, NewJob, store
@@ -254,8 +263,13 @@ def _new_job(
                 "metadata": {**(metadata or {}), **req.metadata},
             }
         )
+    schedule = _DEFAULT_SCHEDULE  # the common item: no priority, no deadline of its own
+    if req.priority is not None or req.deadline_s is not None:
+        fields = schedule_fields(req.priority, req.deadline_s, in_batch=True, now=_parse_iso(now))
+        schedule = json.dumps(fields)[1:-1]  # its fields, spliced in after the template's
     record_json = template % {
         "id": job_id,
+        "schedule": schedule,
         "request": req.model_dump_json(exclude_none=True),
         "metadata": json.dumps(req.metadata) if req.metadata else "{}",
         "api_format": req.api_format.value if req.api_format else api_format,
@@ -273,12 +287,21 @@ def _record_template(batch_id: str, tenant: str) -> str:
     record.update(marks, request="\x00request", metadata="\x00metadata")
     # Its estimate, reserved when the batch is released (lua/release_batch.lua).
     record["cost"]["reserved_usd"] = record["billing"]["estimate_usd"] = "\x00reserved"
+    for name in ("priority", "deadline_s", "deadline_at", "deadline_unix_s"):
+        del record[name]  # each job's own, spliced in at its end (%(schedule)s)
     text = json.dumps(record, separators=(",", ":")).replace("%", "%%")
     for name in ("id", "api_format", "now"):
         text = text.replace(f'"\\u0000{name}"', f'"%({name})s"')
     for name in ("request", "metadata", "reserved"):
         text = text.replace(f'"\\u0000{name}"', f"%({name})s")
-    return text
+    return text[:-1] + ",%(schedule)s}"
+
+
+_DEFAULT_SCHEDULE = json.dumps(schedule_fields(None, None, in_batch=True, now=datetime.now()))[1:-1]
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def get_batch(batch_id: str, *, settings: Settings | None = None) -> BatchRecord:

@@ -143,6 +143,12 @@ def submit(
     idempotency_key: Annotated[str | None, typer.Option(help="Dedupe key.")] = None,
     api_format: Annotated[str | None, typer.Option(help="openai | unified")] = None,
     tenant: Annotated[str | None, typer.Option(help='Who the job belongs to ("default").')] = None,
+    priority: Annotated[
+        int | None, typer.Option(help="Among the tenant's waiting jobs, higher first (0).")
+    ] = None,
+    deadline_s: Annotated[
+        float | None, typer.Option(help="Fail it (deadline_exceeded) if not done this long after.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     wait_: Annotated[bool, typer.Option("--wait", help="Block until the job ends.")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many s.")] = 900,
@@ -154,7 +160,8 @@ def submit(
     flags = {
         "prompt": prompt, "model": model, "size": size, "aspect_ratio": aspect_ratio,
         "duration": duration, "image_url": image_url, "webhook_url": webhook_url,
-        "idempotency_key": idempotency_key, "api_format": api_format,
+        "idempotency_key": idempotency_key, "api_format": api_format, "priority": priority,
+        "deadline_s": deadline_s,
     }  # fmt: skip
     request.update({k: v for k, v in flags.items() if v is not None})
     try:

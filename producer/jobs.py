@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from producer.core.errors import InvalidRequest, WaitTimeout
 from producer.core.ledger import estimate, reserve
 from producer.core.providers import candidates
-from producer.core.records import TERMINAL, JobRecord, mark_cancelled
+from producer.core.records import TERMINAL, JobRecord, iso, mark_cancelled, schedule_fields
 from producer.core.requests import VideoRequest, parse_request, unencodable_fields
 from producer.core.settings import Settings, get_settings
 from producer.core.store import NO_SUCH_CHARACTER, store
@@ -25,12 +26,16 @@ def new_job_id() -> str:
 
 
 def new_record(request: VideoRequest, settings: Settings, **fields: Any) -> JobRecord:
-    """A fresh job record for a validated request."""
+    """A fresh job record for a validated request (a single job's: not in a batch)."""
+    now = datetime.now(UTC)
     return JobRecord(
         id=new_job_id(),
         request=request.model_dump(mode="json", exclude_none=True),
         metadata=request.metadata,
         api_format=(request.api_format or settings.api_format).value,
+        created_at=iso(now),
+        updated_at=iso(now),
+        **schedule_fields(request.priority, request.deadline_s, in_batch=False, now=now),
         **fields,
     )
 

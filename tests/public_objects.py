@@ -10,7 +10,15 @@ from producer.core.schemas import schema
 
 # The scheduler's counters, which issue 16's contract keeps out of webhooks and status --json.
 SCHEDULER_FIELDS = frozenset(
-    {"polls", "polled_s", "progress_s", "estimate_s", "recoveries", "copy_attempts"}
+    {
+        "polls",
+        "polled_s",
+        "progress_s",
+        "estimate_s",
+        "recoveries",
+        "copy_attempts",
+        "deadline_unix_s",
+    }
 )
 
 

@@ -37,8 +37,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue,
-        # Three queues a worker consumes in turn (kombu rotates between them): polls on their
-        # own, so due polls never wait behind submits; batch submits apart from single jobs'.
+        # Two queues a worker consumes in turn (kombu rotates between them): polls on their
+        # own, so due polls never wait behind submits (which the pump hands out fairly).
         "task_queues": [Queue(q, routing_key=q) for q in queues(settings.queue)],
         # A message is acknowledged after its step ran, and every step ends by writing its
         # job's next due time, so no message is acknowledged while its job is left unplaced.

@@ -46,7 +46,7 @@ AT_PROVIDER_LANES = SUBMIT_LANES | {Lane.POLL}
 def route(record: JobRecord) -> Lane | None:
     """The lane the job's status calls for; None when nothing is left to do for it."""
     if record.status is JobStatus.QUEUED:
-        return Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
+        return Lane.SUBMIT
     if record.status in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
         return Lane.POLL
     if record.status is JobStatus.FINALIZING:
@@ -75,9 +75,9 @@ class Claim:
         lane = route(record)
         rt.store.schedule.place(job_id, lane, delay_s, token=self.token, client=pipe)
         if lane is Lane.POLL:
-            rt.limits.hold_for_generation(job_id, pipe)
+            rt.limits.hold_for_generation(job_id, record.tenant, pipe)
         else:
-            rt.limits.release(job_id, pipe)
+            rt.limits.release(job_id, record.tenant, pipe)
         if lane not in AT_PROVIDER_LANES:
             rt.limits.forget_route(job_id, pipe)
 

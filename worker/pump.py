@@ -4,16 +4,17 @@ Every worker's main process runs one (a bootstep thread); one Lua script per lan
 number of them safe together, on any number of hosts. The script, atomically:
 1. takes as many due entries as the lane's Celery queue has room for (dispatch_ahead
    messages at most wait there: the rest of the due work waits in the schedule, where a lost
-   message costs nothing and the order is by due time),
+   message costs nothing), in due order; the submit lane's by fair share across tenants and
+   by priority within one (lua/claim_submit.lua: polls never wait behind it),
 2. spends the shared limits: a rate token per entry of a rate-limited lane, a provider slot
    per submit (and per poll of a job holding none: producer/core/limits.py), and parks the
-   entries whose providers are all full,
+   entries whose providers are all full (a submit in its tenant's queue),
 3. leases each entry (its score moves lease_s ahead and the lease hash notes the claim's
    token; an entry already noted there is a recovery: its last claim never finished),
 4. pushes one message per claim: poll_batch_size entries for polls, one for the rest.
 A SIGKILL anywhere in or around it leaves entries due or leased, never lost. The script is
-producer/core/lua/claim.lua, run through the schedule (producer/core/schedule.py), which owns
-every key it writes.
+producer/core/lua/claim.lua (claim_submit.lua for submits), run through the schedule
+(producer/core/schedule.py), which owns every key it writes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from celery import bootsteps
 
 from producer.core.limits import ClaimTerms, ProviderLimits
 from producer.core.names import LANES, Keys, Lane
-from producer.core.schedule import Schedule
+from producer.core.schedule import FairTerms, Schedule
 from producer.core.settings import Settings
 from worker.messages import claim_envelope
 
@@ -61,6 +62,7 @@ class Pump:
         self.token_prefix = os.urandom(4).hex() + "."
         limits = ProviderLimits(client, settings)
         self._terms: dict[Lane, ClaimTerms] = {lane: limits.claim_terms(lane) for lane in LANES}
+        self._fair = FairTerms(settings.fair_share, settings.priority_aging_s)
 
     def claim_due(self) -> dict[Lane, Claimed]:
         """One pass over every lane, in one round trip; what each lane handed out."""
@@ -77,6 +79,7 @@ class Pump:
                     token_prefix=self.token_prefix,
                     envelope=claim_envelope(lane.task, queue),
                     limits=terms,
+                    fair=self._fair,
                     client=pipe,
                 )
             results = pipe.execute()

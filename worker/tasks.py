@@ -102,6 +102,9 @@ def submit(job: Job) -> None:
     if record.batch_id and rt.store.batch_cancelled(record.batch_id):
         job.cancel()
         return job.revisit()
+    if record.deadline_unix_s is not None and record.past_deadline(_redis_now(rt.store.redis)):
+        # Still waiting for a slot (or for its create's retry) at its own deadline.
+        return _deadline_exceeded(job)
     if record.provider_task_id is None:
         name = _provider_of(job)
         task = _send(job, name) if name is not None else None
@@ -113,6 +116,18 @@ def submit(job: Job) -> None:
             rt.provider(name).cancel(task.id)
     job.revisit(next_poll_s(_timing(rt.settings), polls=0, elapsed_s=0.0,
                             usual_s=rt.history.usual_s(record.request)))  # fmt: skip
+
+
+def _redis_now(client: Any) -> float:
+    """Redis's clock (Unix s): one clock for every host's deadlines, the claim's included."""
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1e6
+
+
+def _deadline_exceeded(job: Job) -> None:
+    """End a job past its own deadline (the request's deadline_s, counted from enqueue)."""
+    deadline_s = job.record.deadline_s or 0.0
+    job.fail("deadline_exceeded", f"not finished {deadline_s:g} s after it was enqueued")
 
 
 def _provider_of(job: Job) -> str | None:
@@ -323,7 +338,7 @@ class _Ended(Enum):
     """An answer that ended its job."""
 
     FAILED = "failed"  # the provider failed it, or refused the query for good
-    TIMED_OUT = "timed_out"  # past the deadline: its task is cancelled upstream too
+    TIMED_OUT = "timed_out"  # past a deadline: its task is cancelled upstream too
 
 
 @dataclass
@@ -366,8 +381,7 @@ def poll(self: Step, jobs: list[Job]) -> None:
     """Ask the provider how each job is doing, all at once: one read of their records, the
     status queries concurrently, one write of what they said and when to ask next."""
     rt = jobs[0].rt
-    seconds, micros = rt.store.redis.time()  # one clock for every host's deadlines
-    now = seconds + micros / 1e6
+    now = _redis_now(rt.store.redis)
     # Asked even past the deadline: a video done since the last poll is paid for.
     answers = dict(zip([job.id for job in jobs], self.each_in_threads(_ask, jobs), strict=True))
     seen = self.each(jobs, lambda job: _observe(job, answers[job.id], now))
@@ -471,6 +485,9 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
             last_progress=record.progress,
             last_elapsed_s=record.progress_s,
         )
+    if record.past_deadline(now):
+        _deadline_exceeded(job)
+        return _Ended.TIMED_OUT
     if elapsed_s > s.deadline_s:
         job.fail("timeout", f"not finished {s.deadline_s:g} s after submission")
         return _Ended.TIMED_OUT
@@ -488,8 +505,10 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
         # backoff step later, which would land long after an end that fell in between.
         since_s = max(0.0, elapsed_s - record.polled_s)
         delay_s = min(delay_s, max(s.poll_first_s / 4, 0.25 * since_s))
-    # Never sleep past the deadline: the last poll lands on it.
+    # Never sleep past a deadline: the last poll lands on it.
     seen.delay_s = min(delay_s, max(0.0, s.deadline_s - elapsed_s) + 0.05)
+    if record.deadline_unix_s is not None:
+        seen.delay_s = min(seen.delay_s, max(0.0, record.deadline_unix_s - now) + 0.05)
     return seen
 
 

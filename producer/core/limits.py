@@ -5,11 +5,9 @@ rate. Here one token bucket and one set of in-flight slots per account (API key 
 live in Redis, and both are spent where work is handed out: the schedule's claim script
 (lua/claim.lua, run by Schedule.claim with the terms this module builds) claims a
 rate-limited step only with a token in hand, and a submit only with a free slot, taken in the
-same script at the first provider of the job's route that has both.
-A job that finds none stays due in its submit lane (parked, with several providers, so that
-it does not hold back jobs for others: lua/claim.lua); single jobs' lane is served before
-the batch lane, so a freed slot goes to a single job first. Nothing is handed over, and no
-worker waits.
+same script at the first provider of the job's route that has both. A submit that finds none
+waits in its tenant's queue, and freed slots go to tenants by weight, within a tenant by
+priority (lua/claim_submit.lua). Nothing is handed over, and no worker waits.
 
 - Rate: a token bucket per account refilled by Redis's clock at the provider's
   rate_limit_per_s up to its rate_burst.
@@ -22,11 +20,14 @@ worker waits.
   generation, and it competes for a slot again, in order, when it is due.
 - Routes: job -> the providers its work may go to, in order of preference (producer/core/
   providers.py decides them, the submit step writes them, the claim script cuts them).
+- Tenants: every job holding a slot (or claimed for a submit) is noted in its tenant's
+  in-flight set too, held and given back with its slot: a tenant's max_in_flight counts it
+  across every provider. Giving one back makes a tenant waiting at its ceiling due for a look.
 - Accounts: providers-file entries that share a key share one cap and one bucket; where
   their limits differ, the strictest of them holds for all.
 
-This module is the only writer of the slots and routes outside the claim script, which alone
-spends tokens and parks entries.
+This module is the only writer of the slots, tenants' in-flight sets and routes outside the
+claim scripts, which alone spend tokens and park entries.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ class ClaimTerms:
 
     routes: str
     limited: bool  # some provider has slots or a bucket in this lane
-    submit: bool  # a submit lane: its jobs may go to any provider of their route
     default_route: str  # '' none: an unrouted job is claimed as is
     hold_s: float  # how long a slot taken at the claim is held
     providers: list[ProviderTerms]
@@ -151,7 +151,6 @@ class ProviderLimits:
         return ClaimTerms(
             routes=self.routes,
             limited=any(t.slots or t.bucket for t in terms),
-            submit=submit,
             default_route=self.default_route,
             # A submit's slot is held under its claim's lease until the provider has the
             # job; a poll's, for the generation (as hold_for_generation holds it).
@@ -159,16 +158,21 @@ class ProviderLimits:
             providers=terms,
         )
 
-    def hold_for_generation(self, job_id: str, client: Any = None) -> None:
+    def hold_for_generation(self, job_id: str, tenant: str, client: Any = None) -> None:
         """Keep the job's slot (if it holds one) while the provider generates its video."""
         until = time.time() + self.stale_after_s
-        for key in self.slot_keys:
+        for key in [*self.slot_keys, self.keys.tenant_in_flight(tenant)]:
             (client or self.redis).zadd(key, {job_id: until}, xx=True, gt=True)
 
-    def release(self, job_id: str, client: Any = None) -> None:
-        """Give the job's slot back (a no-op if it holds none), on client's transaction."""
+    def release(self, job_id: str, tenant: str, client: Any = None) -> None:
+        """Give the job's slot back (a no-op if it holds none), on client's transaction; its
+        tenant, if waiting at its ceiling, is looked at by the next claim."""
+        c = client or self.redis
         for key in self.slot_keys:
-            (client or self.redis).zrem(key, job_id)
+            c.zrem(key, job_id)
+        c.zrem(self.keys.tenant_in_flight(tenant), job_id)
+        c.hdel(self.keys.fair_owners(), job_id)
+        c.zadd(self.keys.fair_capped(), {tenant: 0}, xx=True)
 
     def route(self, job_id: str) -> list[str] | None:
         """The providers the job's work may go to, in order; None if it has no route."""

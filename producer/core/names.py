@@ -17,12 +17,6 @@ NOTIFY = "videoqueue.notify"
 NOTIFY_BATCH = "videoqueue.notify_batch"
 
 
-def bulk_queue(queue: str) -> str:
-    """The queue batch jobs' submits travel on, so that a single job is not stuck behind a
-    batch."""
-    return f"{queue}.bulk"
-
-
 def poll_queue(queue: str) -> str:
     """The queue poll batches travel on, so that due polls never wait behind submits."""
     return f"{queue}.poll"
@@ -30,7 +24,7 @@ def poll_queue(queue: str) -> str:
 
 def queues(queue: str) -> list[str]:
     """Every Celery queue a deployment's workers consume."""
-    return [queue, bulk_queue(queue), poll_queue(queue)]
+    return [queue, poll_queue(queue)]
 
 
 class Lane(StrEnum):
@@ -41,8 +35,9 @@ class Lane(StrEnum):
     """
 
     POLL = "poll"  # at the provider: its next status query
-    SUBMIT = "submit"  # a single job waiting to be submitted (or for a slot, a token)
-    SUBMIT_BULK = "submit_bulk"  # the same for a batch's jobs, served after single jobs
+    # Waiting to be submitted: due, then in its tenant's queue for a slot or a token, taken
+    # by fair share across tenants and by priority within one (lua/claim_submit.lua).
+    SUBMIT = "submit"
     FINALIZE = "finalize"  # done at the provider: the copy into S3
     NOTIFY = "notify"  # ended: its webhook's next delivery attempt (keyed by job)
     NOTIFY_BATCH = "notify_batch"  # a batch's batch.completed webhook (keyed by batch)
@@ -53,22 +48,20 @@ class Lane(StrEnum):
 
     def queue(self, queue: str) -> str:
         """The Celery queue this lane's messages travel on."""
-        if self is Lane.POLL:
-            return poll_queue(queue)
-        return bulk_queue(queue) if self is Lane.SUBMIT_BULK else queue
+        return poll_queue(queue) if self is Lane.POLL else queue
 
 
 _LANE_TASKS = {
-    Lane.POLL: POLL, Lane.SUBMIT: SUBMIT, Lane.SUBMIT_BULK: SUBMIT, Lane.FINALIZE: FINALIZE,
-    Lane.NOTIFY: NOTIFY, Lane.NOTIFY_BATCH: NOTIFY_BATCH,
+    Lane.POLL: POLL, Lane.SUBMIT: SUBMIT, Lane.FINALIZE: FINALIZE, Lane.NOTIFY: NOTIFY,
+    Lane.NOTIFY_BATCH: NOTIFY_BATCH,
 }  # fmt: skip
 
 # The order the pump serves lanes in each tick: polls first (they free provider slots and
-# notice finished videos), then single jobs before batch jobs.
+# notice finished videos), then submits.
 LANES = list(Lane)
 # Lanes whose steps call the provider's API, and so spend the shared rate limit.
-RATE_LIMITED = frozenset({Lane.POLL, Lane.SUBMIT, Lane.SUBMIT_BULK})
-SUBMIT_LANES = frozenset({Lane.SUBMIT, Lane.SUBMIT_BULK})
+RATE_LIMITED = frozenset({Lane.POLL, Lane.SUBMIT})
+SUBMIT_LANES = frozenset({Lane.SUBMIT})
 
 
 # The event type of a batch's webhook (a job's are video.completed, video.failed, ...).
@@ -219,6 +212,60 @@ class Keys:
         """A sorted set: entry (a job's id, or batch_member()) -> when it is next due, by
         Redis's clock."""
         return f"{self.prefix}:schedule:{lane.value}"
+
+    def legacy_bulk_schedule(self) -> str:
+        """The lane batch jobs waited in before priorities (submit_bulk): the submit claim
+        moves what a deployment left there into the submit lane."""
+        return f"{self.prefix}:schedule:submit_bulk"
+
+    def deadlines(self) -> str:
+        """A sorted set: job -> its own deadline (Unix s), for the jobs the submit claim has
+        taken in (a job still waiting for a slot at its deadline is claimed to end it)."""
+        return f"{self.prefix}:schedule:deadlines"
+
+    def fair_active(self) -> str:
+        """A sorted set: tenant queue with waiting jobs -> its virtual start tag (the claim
+        serves the lowest: lua/claim_submit.lua)."""
+        return f"{self.prefix}:fair:active"
+
+    def fair_capped(self) -> str:
+        """A sorted set: tenant at its max_in_flight -> when the claim looks at it again (0:
+        at the next claim, set when one of its jobs gives back its slot)."""
+        return f"{self.prefix}:fair:capped"
+
+    def fair_tags(self) -> str:
+        """A hash: tenant queue -> its next virtual start tag (kept while it is idle)."""
+        return f"{self.prefix}:fair:tags"
+
+    def fair_vtime(self) -> str:
+        """The virtual time: the start tag of the last job a claim handed out."""
+        return f"{self.prefix}:fair:vtime"
+
+    def fair_owners(self) -> str:
+        """A hash: job taken in by the submit claim -> its tenant (until it gives back its
+        tenant slot)."""
+        return f"{self.prefix}:fair:owners"
+
+    def fair_reserving(self) -> str:
+        """A set: the tenants whose policy reserves slots (written with the policy,
+        producer/core/tenant_policies.py)."""
+        return f"{self.prefix}:fair:reserving"
+
+    def tenant_prefix(self) -> str:
+        """What every tenant's own keys start with (the scripts append name and suffix)."""
+        return f"{self.prefix}:tenant:"
+
+    def tenant_ready(self, queue: str) -> str:
+        """A sorted set: the tenant's due jobs waiting for a slot -> due time minus priority
+        times the aging step (lowest first); queue "*" holds every tenant's without fair
+        share."""
+        return f"{self.prefix}:tenant:{queue}:ready"
+
+    def tenant_in_flight(self, tenant: str) -> str:
+        """A sorted set: the tenant's jobs holding a slot (at any provider, or claimed for a
+        submit) -> until when (as the accounts' in_flight sets): its max_in_flight counts
+        these."""
+        return f"{self.prefix}:tenant:{tenant}:in_flight"
 
     def schedules(self) -> list[str]:
         """Every lane's sorted set, in LANES order (the order scripts take them in)."""

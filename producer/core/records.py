@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -39,9 +39,14 @@ class WebhookState(StrEnum):
     GONE = "gone"  # the receiver answered 410 Gone; we stopped
 
 
+def iso(moment: datetime) -> str:
+    """moment, as ISO 8601 UTC with a Z."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utcnow_iso() -> str:
     """Now, as ISO 8601 UTC with a Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
 
 
 class Poster(BaseModel):
@@ -248,6 +253,19 @@ class PublicJob(BaseModel):
         description="What the job costs its tenant (reserved while it runs, charged when it "
         "ends), in US dollars.",
     )
+    priority: int = Field(
+        default=0,
+        description="Its place among its tenant's jobs waiting for a provider slot, higher "
+        "first: the request's priority, else 0 for a single job and -1 for a batch's.",
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        description="The request's deadline_s: seconds after created_at by which the job must "
+        'have finished, or it fails "deadline_exceeded".',
+    )
+    deadline_at: str | None = Field(
+        default=None, description="created_at plus deadline_s: ISO 8601 UTC, with a Z."
+    )
 
     def public(self) -> dict[str, Any]:
         """The public job as JSON-ready data (webhook `data`, status --json): none of the
@@ -283,6 +301,12 @@ class JobRecord(PublicJob):
     reruns: int = 0
     # The ledger's notes on its current provider task (producer/core/ledger.py).
     billing: Billing = Field(default_factory=Billing)
+    # deadline_at as Unix seconds, for the schedule's scripts (lua/claim_submit.lua).
+    deadline_unix_s: float | None = None
+
+    def past_deadline(self, now: float) -> bool:
+        """Whether the job's own deadline (deadline_s) has passed at now (Unix seconds)."""
+        return self.deadline_unix_s is not None and now >= self.deadline_unix_s
 
     @property
     def terminal(self) -> bool:
@@ -304,6 +328,19 @@ class JobRecord(PublicJob):
         """The Idempotency-Key the provider sees: the job id, new for each resubmission (the
         provider would answer a repeated key with the task it already made)."""
         return self.id if not self.resubmits else f"{self.id}.r{self.resubmits}"
+
+
+def schedule_fields(
+    priority: int | None, deadline_s: float | None, *, in_batch: bool, now: datetime
+) -> dict[str, Any]:
+    """A new record's priority (the request's, else the default of its kind) and deadline
+    fields (deadline_s counted from now, its created_at)."""
+    fields: dict[str, Any] = {"priority": priority if priority is not None else -in_batch}
+    if deadline_s is not None:
+        at = now + timedelta(seconds=deadline_s)
+        fields.update(deadline_s=deadline_s, deadline_unix_s=round(at.timestamp(), 3),
+                      deadline_at=iso(at))  # fmt: skip
+    return fields
 
 
 def mark_cancelled(record: JobRecord) -> bool:

@@ -23,6 +23,9 @@ _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 MAX_REQUEST_BYTES = 128 * 1024
 # Validation adds at most this much to a request's JSON (defaults such as `metadata: {}`).
 _SIZE_SLACK_BYTES = 4096
+# A job's priority within its tenant's queue (higher first), and the longest deadline_s.
+PRIORITY_BOUND = 1000
+MAX_DEADLINE_S = 7 * 86_400
 ASPECT_RATIOS = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)}
 
 
@@ -137,6 +140,14 @@ class VideoRequest(BaseModel):
     api_format: ApiFormat | None = None
     # The provider (by name, VIDEOQUEUE_PROVIDERS_FILE) to send it to; none: the first free one.
     provider: str | None = Field(None, min_length=1, max_length=64)
+    # Within its tenant's jobs, higher first (aged: VIDEOQUEUE_PRIORITY_AGING_S); none: 0
+    # for a single job, -1 for a batch's (so single jobs go first, as before priorities).
+    priority: int | None = Field(None, ge=-PRIORITY_BOUND, le=PRIORITY_BOUND, strict=True)
+    # Seconds after enqueue by which the job must have finished, or it fails
+    # "deadline_exceeded" (its provider task cancelled): waiting for a slot counts too.
+    deadline_s: float | None = Field(
+        None, gt=0, le=MAX_DEADLINE_S, strict=True, allow_inf_nan=False
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("size")

@@ -8,15 +8,19 @@ claims due entries (worker/pump.py), which pushes each entry's score forward by 
 finishing the step writes the next due time. A claim that never finishes comes due again when
 its lease runs out, whatever was lost: the worker, the message, the task's own exception.
 
-This module is the only writer of the lanes, the leases, the faults and the parked sets (its
-scripts are in producer/core/lua/: place, nudge, extend, claim), which is what keeps one entry
-per job: placing an entry in one lane removes it from every other. The claim also spends the
-providers' limits (producer/core/limits.py builds what it may spend).
+This module is the only writer of the lanes, the leases, the faults, the parked sets and the
+submit lane's fair-share state (tenants' ready queues and tags, the deadlines set; its scripts
+are in producer/core/lua/: place, nudge, extend, claim, claim_submit), which is what keeps one
+entry per job: placing an entry in one lane removes it from every other. The claims also spend
+the providers' limits (producer/core/limits.py builds what they may spend, and gives back
+what a job held: a give-back also forgets the job's owner and makes a tenant waiting at its
+ceiling due for a look).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -28,6 +32,30 @@ from producer.core.scripts import Script
 # A parked entry's score is its due time plus this: due, but out of every claim's due range
 # until its provider has room (lua/claim.lua). Any placement or nudge takes it out.
 PARKED_BAND_S = 1e10
+# Due submits one claim takes into their tenants' queues at most: each costs a read and
+# decode of its record and three writes (~0.1 ms of Redis on the benchmark's shared host: 1,000
+# held Redis for up to 160 ms, which a poll's claim would wait behind). A 10,000-job batch
+# released at once is in within 50 claims, a second or two.
+INTAKE_PER_CLAIM = 200
+# How often a tenant at its max_in_flight is looked at again, at most (one of its jobs giving
+# back its slot makes it at once).
+CAPPED_RECHECK_S = 1.0
+
+
+@dataclass(frozen=True)
+class FairTerms:
+    """How the submit lane's claim shares slots out (Settings.fair_share,
+    Settings.priority_aging_s)."""
+
+    enabled: bool
+    priority_aging_s: float
+
+
+def _providers(limits: ClaimTerms) -> list[dict[str, Any]]:
+    return [
+        {"name": p.name, "cap": p.cap, "rate": p.rate_per_s, "burst": p.burst}
+        for p in limits.providers
+    ]
 
 
 class Schedule:
@@ -45,6 +73,7 @@ class Schedule:
         self._nudge = Script(client, "nudge")
         self._extend = Script(client, "extend")
         self._claim = Script(client, "claim")
+        self._claim_submit = Script(client, "claim_submit")
 
     def place(
         self,
@@ -94,10 +123,12 @@ class Schedule:
         token_prefix: str,
         envelope: Sequence[str],
         limits: ClaimTerms,
+        fair: FairTerms,
         client: Any = None,
     ) -> Any:
         """Claim the lane's due entries, spending their providers' limits, and push their
-        Celery messages onto queue (lua/claim.lua says how; worker/pump.py runs it).
+        Celery messages onto queue (lua/claim.lua says how, and lua/claim_submit.lua for the
+        submit lane, fairly across tenants; worker/pump.py runs them).
 
         Args:
             queue: the Celery queue the lane's messages go to (at most dispatch_ahead wait).
@@ -106,11 +137,45 @@ class Schedule:
             token_prefix: the claiming process's; each claim's token is it and a counter.
             envelope: the message's six pieces around its body and ids (worker/messages.py).
             limits: what the lane's claim spends at each provider.
+            fair: how the submit lane's claim shares slots out.
             client: a pipeline to queue the call on.
 
         Returns:
             [entries claimed, their total lateness, their worst lateness] (ms).
         """
+        if lane is Lane.SUBMIT:
+            return self._claim_submit(
+                lane=self.keys.schedule(lane),
+                legacy_lane=self.keys.legacy_bulk_schedule(),
+                leases=self.keys.leases(),
+                queue=queue,
+                claim_seq=self.keys.claim_seq(),
+                routes=limits.routes,
+                deadlines=self.keys.deadlines(),
+                active=self.keys.fair_active(),
+                capped=self.keys.fair_capped(),
+                tags=self.keys.fair_tags(),
+                vtime=self.keys.fair_vtime(),
+                owners=self.keys.fair_owners(),
+                reserving=self.keys.fair_reserving(),
+                provider_keys=[vars(p) for p in limits.providers],
+                lease_s=lease_s,
+                dispatch_ahead=dispatch_ahead,
+                token_prefix=token_prefix,
+                lane_name=lane.value,
+                envelope=envelope,
+                default_route=limits.default_route,
+                parked_band=PARKED_BAND_S,
+                hold_s=limits.hold_s,
+                fair=int(fair.enabled),
+                aging_s=fair.priority_aging_s,
+                recheck_s=CAPPED_RECHECK_S,
+                intake=INTAKE_PER_CLAIM,
+                job_prefix=self.keys.job(""),
+                tenant_prefix=self.keys.tenant_prefix(),
+                providers=_providers(limits),
+                client=client,
+            )
         return self._claim(
             lane=self.keys.schedule(lane),
             leases=self.keys.leases(),
@@ -125,14 +190,10 @@ class Schedule:
             lane_name=lane.value,
             envelope=envelope,
             limited=int(limits.limited),
-            submit=int(limits.submit),
             default_route=limits.default_route,
             parked_band=PARKED_BAND_S,
             hold_s=limits.hold_s,
-            providers=[
-                {"name": p.name, "cap": p.cap, "rate": p.rate_per_s, "burst": p.burst}
-                for p in limits.providers
-            ],
+            providers=_providers(limits),
             client=client,
         )
 
@@ -140,14 +201,17 @@ class Schedule:
         self, lane: Lane, token: str, members: Sequence[str], lease_s: float, slots: Sequence[str]
     ) -> int:
         """Push the entries still held by token lease_s ahead, and the provider slots they
-        hold under their lease (slots: every account's); returns how many are still held."""
+        hold under their lease (slots: every account's; and their tenants'); returns how
+        many are still held."""
         return int(
             self._extend(
                 lane=self.keys.schedule(lane),
                 leases=self.keys.leases(),
+                owners=self.keys.fair_owners(),
                 slots=list(slots),
                 lease_s=lease_s,
                 token=token,
+                tenant_prefix=self.keys.tenant_prefix(),
                 members=list(members),
             )
         )

@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     poll_factor: float = Field(1.2, ge=1.0)
     # The longest wait between two status queries, the provider's poll hint included.
     poll_cap_s: float = Field(30.0, gt=0)
-    # A job not finished at the provider this long after submission fails with "timeout".
+    # A job not finished at the provider this long after submission fails with "timeout"
+    # (a request's own deadline_s counts from enqueue, and fails it "deadline_exceeded").
     deadline_s: float = Field(3600.0, gt=0)
     # Jobs one poll task queries at once (one message, one read, one write for all).
     poll_batch_size: int = Field(50, ge=1, le=500)
@@ -131,6 +132,14 @@ class Settings(BaseSettings):
     # claimed poll waits behind every message ahead of it (16 gave a 2.3 s p99 queue wait at
     # 10,000 in flight in the benchmark, 4 gave 0.4 s at the same throughput).
     dispatch_ahead: int = Field(4, ge=1)
+    # Scarce provider slots and rate tokens go to tenants by weight (producer/core/lua/
+    # claim_submit.lua); false: one queue for every tenant, by priority and due time (the
+    # order before fair share), with no tenant's ceiling or reservation applied.
+    fair_share: bool = True
+    # What one step of a job's priority is worth in waiting time, within its tenant's queue:
+    # a job waiting this much longer than another goes first at one step lower (aging, so
+    # that no priority starves). Batch jobs default to one step below single jobs.
+    priority_aging_s: float = Field(60.0, gt=0, le=86_400)
 
     # --- broker redelivery ---
     # On Redis a message delivered but not acknowledged is handed out again after this long.

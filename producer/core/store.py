@@ -121,7 +121,6 @@ class JobStore:
             (Nothing is written then.)
         """
         idem = self.keys.idempotency(idempotency_key, record.tenant) if idempotency_key else ""
-        lane = Lane.SUBMIT_BULK if record.batch_id else Lane.SUBMIT
         estimate = estimate or Estimate(0.0)
         held = self._create(
             **self.ledger.reservation_keys(record.tenant),
@@ -130,7 +129,7 @@ class JobStore:
             priced="1" if estimate.priced else "",
             claim=idem,
             job=self.keys.job(record.id),
-            lane=self.keys.schedule(lane),
+            lane=self.keys.schedule(Lane.SUBMIT),
             status_counts=self.keys.status_counts(),
             job_index=self.keys.job_index(),
             tenant_index=self.keys.tenant_job_index(record.tenant),
@@ -383,7 +382,7 @@ class JobStore:
             batch_usage=self.keys.batch_usage(batch_id),
             tenant=tenant,
             legacy_claims=self.keys.batch_staged_claims(batch_id),
-            lane=self.keys.schedule(Lane.SUBMIT_BULK),
+            lane=self.keys.schedule(Lane.SUBMIT),
             batch_lane=self.keys.schedule(Lane.NOTIFY_BATCH),
             status_counts=self.keys.status_counts(),
             expiring_queued=self.keys.expiring_status(JobStatus.QUEUED.value),

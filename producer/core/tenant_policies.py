@@ -1,6 +1,7 @@
 """What each tenant may use: its fair-share weight, its ceilings and its budget.
 
-The one writer of the `tenant:*:policy` key family (producer/core/names.py). A policy is a
+The one writer of the `tenant:*:policy` key family and of the set of tenants that reserve
+slots (`fair:reserving`, which the submit claim reads: producer/core/names.py). A policy is a
 Redis hash so that the Lua scripts that claim provider slots and reserve money read its
 fields directly (HGET), on the same connection and in the same script as the claim.
 
@@ -66,9 +67,14 @@ class _Policies:
         return _from_hash(self.redis.hgetall(self.keys.tenant_policy(tenant)))  # type: ignore[arg-type]
 
     def put(self, tenant: str, policy: TenantPolicy) -> None:
-        with self.redis.pipeline() as pipe:  # both or neither
+        with self.redis.pipeline() as pipe:  # all or nothing
             pipe.hset(self.keys.tenant_policy(tenant), mapping=_to_hash(policy))  # type: ignore[arg-type]
             pipe.sadd(self.keys.tenants(), tenant)
+            # The submit claim reads the reservations of these tenants only (few, by nature).
+            if policy.reserved:
+                pipe.sadd(self.keys.fair_reserving(), tenant)
+            else:
+                pipe.srem(self.keys.fair_reserving(), tenant)
             pipe.execute()
 
     def names(self) -> list[str]:

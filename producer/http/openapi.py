@@ -52,6 +52,8 @@ def create_body() -> dict[str, Any]:
     schema["properties"].pop("image_object")  # set by the service from an upload, never sent
     fields = {name: {"type": "string"} for name in _FORM_FIELDS}
     fields["seconds"] = {"type": "string", "pattern": "^[0-9]+$"}
+    fields["priority"] = {"type": "string", "pattern": "^-?[0-9]+$"}
+    fields["deadline_s"] = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
     fields["input_reference"] = {
         "type": "string", "format": "binary",
         "description": "The reference image, a file: JPEG, PNG or WebP (by its bytes), "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -32,6 +33,8 @@ OPENAI_STATUS = {
 CANCELLED_ERROR = {"code": "cancelled", "message": "the job was cancelled"}
 # A form can carry these only as JSON text (or bracketed names, which bodies.unflatten reads).
 _JSON_IN_FORMS = ("storyboard", "metadata", "extra")
+# A form's fields are text; these are numbers in the request (validated strictly there).
+_NUMBERS_IN_FORMS: dict[str, Callable[[str], Any]] = {"priority": int, "deadline_s": float}
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 
@@ -234,6 +237,11 @@ def video_request(
                     request[field] = json.loads(text)
         if isinstance(request.get("characters"), str):
             request["characters"] = [request["characters"]]
+        for field, number in _NUMBERS_IN_FORMS.items():
+            if isinstance(text := request.get(field), str):
+                # Left as it is if it is no number: the request's validation names the field.
+                with contextlib.suppress(ValueError):
+                    request[field] = number(text.strip())
     if "seconds" in request:
         seconds = request.pop("seconds")
         if "duration" in request:

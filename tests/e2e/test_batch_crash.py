@@ -82,7 +82,7 @@ def test_a_producer_killed_mid_batch_runs_nothing_and_a_retry_writes_each_reques
     batch = get_batch("campaign-7", settings=p.settings)
     assert batch.state is BatchState.RELEASED and batch.total == n
     assert len(set(batch.job_ids)) == n and batch.job_ids[:5000] == staged.job_ids
-    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT_BULK)) == n
+    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT)) == n
     records = st.get_many(batch.job_ids)
     assert [r.request["prompt"] for r in records.values()] == [f"item {i}" for i in range(n)]
     assert st.redis.pttl(st.keys.job(batch.job_ids[0])) == -1  # released: kept while it runs
@@ -95,7 +95,7 @@ def test_a_producer_killed_mid_batch_runs_nothing_and_a_retry_writes_each_reques
     keys_before = sorted(client.scan_iter(f"{p.settings.key_prefix}*"))
     assert enqueue_batch(requests, batch_id="campaign-7", settings=p.settings) == "campaign-7"
     assert sorted(client.scan_iter(f"{p.settings.key_prefix}*")) == keys_before
-    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT_BULK)) == n
+    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT)) == n
     client.close()
 
 
@@ -165,4 +165,5 @@ def test_a_staged_job_cancelled_after_its_key_was_taken_leaves_the_takers_claim_
     batch = get_batch("cut-short", settings=p.settings)
     assert batch.deduplicated == {"0": taker} and batch.total == 1 and batch.ended == 0
     assert batch.counts == {JobStatus.QUEUED.value: 1}
-    assert st.redis.zcard(st.keys.schedule(Lane.SUBMIT_BULK)) == 1
+    submits = {m.decode() for m in st.redis.zrange(st.keys.schedule(Lane.SUBMIT), 0, -1)}
+    assert submits == {taker, *batch.job_ids}  # the taker's, and the batch's one job

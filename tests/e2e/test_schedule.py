@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -32,10 +33,12 @@ def deployment(redis_url: str) -> Iterator[tuple[Settings, JobStore]]:
         st.redis.delete(key)
 
 
-def _jobs(settings: Settings, st: JobStore, n: int, lane: Lane = Lane.POLL) -> list[str]:
+def _jobs(
+    settings: Settings, st: JobStore, n: int, lane: Lane = Lane.POLL, **request: Any
+) -> list[str]:
     ids = []
     for _ in range(n):
-        record = new_record(parse_request({"prompt": "x"}), settings)
+        record = new_record(parse_request({"prompt": "x", **request}), settings)
         st.create(record, None)
         st.schedule.place(record.id, lane)
         ids.append(record.id)
@@ -102,20 +105,20 @@ def test_placing_an_entry_in_one_lane_removes_it_from_every_other(deployment):
         assert st.schedule.total() == 1
 
 
-def test_submits_take_provider_slots_in_order_single_jobs_first(deployment):
+def test_submits_take_provider_slots_higher_priority_first_then_in_due_order(deployment):
     settings, st = deployment
     settings = settings.model_copy(update={"max_in_flight": 3, "dispatch_ahead": 10})
-    bulk = _jobs(settings, st, 3, Lane.SUBMIT_BULK)
-    single = _jobs(settings, st, 2, Lane.SUBMIT)
+    low = _jobs(settings, st, 3, Lane.SUBMIT, priority=-1)  # a batch job's default
+    high = _jobs(settings, st, 2, Lane.SUBMIT)
     claimed = Pump(st.redis, settings).claim_due()
-    assert claimed[Lane.SUBMIT].entries == 2 and claimed[Lane.SUBMIT_BULK].entries == 1
+    assert claimed[Lane.SUBMIT].entries == 3
     limits = ProviderLimits(st.redis, settings)
     holders = {m.decode() for m in st.redis.zrange(limits.in_flight, 0, -1)}
-    assert holders == {*single, bulk[0]}
+    assert holders == {*high, low[0]}
     # a slot given back goes to the next job in order
-    limits.release(single[0])
-    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT_BULK].entries == 1
-    assert st.redis.zscore(limits.in_flight, bulk[1]) is not None
+    limits.release(high[0], "default")
+    assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
+    assert st.redis.zscore(limits.in_flight, low[1]) is not None
 
 
 def test_a_dead_submits_slot_frees_with_its_lease(deployment):
@@ -187,7 +190,7 @@ def test_a_submit_takes_a_slot_at_the_first_provider_of_its_route_with_one_free(
     assert limits.route(second) == ["b"] and limits.route(first) == ["a", "b"]
     assert limits.route(unrouted) is None
     assert st.redis.hget(st.keys.leases(), pinned) is None
-    limits.release(first)
+    limits.release(first, "default")
     assert Pump(st.redis, settings).claim_due()[Lane.SUBMIT].entries == 1
     assert st.redis.zscore(slots_a, pinned) is not None
 
@@ -261,7 +264,7 @@ def test_jobs_for_a_full_provider_do_not_hold_back_another_providers_jobs(
     assert set(behind) <= claimed
     assert len(claimed & set(waiting)) == 1 and waiting[0] in claimed
     # A slot given back goes to the next of the full provider's jobs, in order.
-    limits.release(waiting[0])
+    limits.release(waiting[0], "default")
     pump.claim_due()
     assert [m for msg in _messages(st, settings.queue) for m in msg[0]] == [waiting[1]]
 
@@ -296,3 +299,44 @@ def test_jobs_parked_under_limits_since_removed_are_claimed_again(
         claimed |= {m for msg in _messages(st, settings.queue) for m in msg[0]}
         st.redis.delete(settings.queue)
     assert claimed == set(waiting) - {waiting[0]}  # the first holds its slot, leased
+
+
+def test_a_job_waiting_for_a_slot_at_its_deadline_is_claimed_once_without_a_slot(deployment):
+    settings, st = deployment
+    settings = settings.model_copy(update={"max_in_flight": 1, "dispatch_ahead": 10})
+    (running,) = _jobs(settings, st, 1, Lane.SUBMIT)
+    pump = Pump(st.redis, settings)
+    assert pump.claim_due()[Lane.SUBMIT].entries == 1
+    (late,) = _jobs(settings, st, 1, Lane.SUBMIT, deadline_s=0.3)
+    assert pump.claim_due()[Lane.SUBMIT].entries == 0  # taken into its tenant's queue
+    time.sleep(0.4)
+    limits = ProviderLimits(st.redis, settings)
+    limits.release(running, "default")  # a slot is free as its deadline has passed
+    st.redis.delete(settings.queue)
+    assert pump.claim_due()[Lane.SUBMIT].entries == 1
+    assert [m for msg in _messages(st, settings.queue) for m in msg[0]] == [late]
+    assert st.redis.zscore(limits.in_flight, late) is None  # its step ends it: no slot
+
+
+def test_a_tenant_with_a_backlog_does_not_hold_back_another_tenants_next_job(deployment):
+    """Claims without workers: tenant a's 50 due jobs and tenant b's 2, one slot freed at a
+    time: b's jobs take the second and fourth slots (alternating tags), not the 51st."""
+    settings, st = deployment
+    settings = settings.model_copy(update={"max_in_flight": 1, "dispatch_ahead": 10})
+    a = [_create(settings, st, "a") for _ in range(50)]
+    b = [_create(settings, st, "b") for _ in range(2)]
+    pump, limits = Pump(st.redis, settings), ProviderLimits(st.redis, settings)
+    order = []
+    for _ in range(5):
+        pump.claim_due()
+        (claimed,) = [m for msg in _messages(st, settings.queue) for m in msg[0]]
+        order.append(claimed)
+        st.redis.delete(settings.queue)
+        limits.release(claimed, "a" if claimed in a else "b")
+    assert [m in b for m in order] == [False, True, False, True, False], order
+
+
+def _create(settings: Settings, st: JobStore, tenant: str) -> str:
+    record = new_record(parse_request({"prompt": "x"}), settings, tenant=tenant)
+    st.create(record, None)
+    return record.id

@@ -192,10 +192,10 @@ class FakeLimits:
     def forget_route(self, job_id: str, client: Any = None) -> None:
         self.routes.pop(job_id, None)
 
-    def hold_for_generation(self, job_id: str, client: Any = None) -> None:
+    def hold_for_generation(self, job_id: str, tenant: str, client: Any = None) -> None:
         self.held.add(job_id)
 
-    def release(self, job_id: str, client: Any = None) -> None:
+    def release(self, job_id: str, tenant: str, client: Any = None) -> None:
         self.held.discard(job_id)
         self.released.append(job_id)
 

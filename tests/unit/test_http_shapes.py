@@ -48,6 +48,11 @@ def test_openai_fields_become_ours_and_errors_keep_the_callers_names():
     form, _ = video_request({"prompt": "p", "storyboard": '[{"prompt": "a", "duration": 1}]',
                              "characters": "c1"}, form=True)  # fmt: skip
     assert form["storyboard"] == [{"prompt": "a", "duration": 1}] and form["characters"] == ["c1"]
+    numbers, _ = video_request({"prompt": "p", "priority": "-3", "deadline_s": "90.5"}, form=True)
+    assert numbers["priority"] == -3 and numbers["deadline_s"] == 90.5
+    # Not numbers: left for the request's validation, which names the field.
+    kept, _ = video_request({"prompt": "p", "priority": "high"}, form=True)
+    assert kept["priority"] == "high"
     upload = Upload("a.png", "image/png", b"x")
     with_file, names = video_request({"prompt": "p", "input_reference": upload}, form=True)
     assert with_file["image_object"] is upload and names == {"image_object": "input_reference"}

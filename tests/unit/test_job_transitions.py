@@ -1,5 +1,7 @@
 """A job's moves (worker/job.py): which statuses may go where, and what each move sets."""
 
+from datetime import UTC, datetime
+
 import pytest
 
 from producer.core.names import Lane
@@ -11,6 +13,7 @@ from producer.core.records import (
     ProviderAttempt,
     WebhookDelivery,
     WebhookState,
+    schedule_fields,
 )
 from tests.unit.fake_runtime import Provider, add_job, fake_runtime
 from worker.answers import ProviderTask
@@ -31,7 +34,7 @@ def _attempt(provider: str, outcome: AttemptOutcome) -> ProviderAttempt:
     ("fields", "lane"),
     [
         ({"status": JobStatus.QUEUED}, Lane.SUBMIT),
-        ({"status": JobStatus.QUEUED, "batch_id": "b1"}, Lane.SUBMIT_BULK),
+        ({"status": JobStatus.QUEUED, "batch_id": "b1"}, Lane.SUBMIT),
         ({"status": JobStatus.SUBMITTED}, Lane.POLL),
         ({"status": JobStatus.PROCESSING}, Lane.POLL),
         ({"status": JobStatus.FINALIZING}, Lane.FINALIZE),
@@ -190,3 +193,16 @@ def test_count_copy_takes_back_a_round_an_outage_spent(rt):
     job = add_job(rt, status=JobStatus.FINALIZING, copy_attempts=2)
     assert job.count_copy().copy_attempts == 3
     assert job.count_copy(-1).copy_attempts == 2
+
+
+def test_a_new_records_priority_defaults_by_its_kind_and_its_deadline_counts_from_now():
+    now = datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
+    assert schedule_fields(None, None, in_batch=False, now=now) == {"priority": 0}
+    assert schedule_fields(None, None, in_batch=True, now=now) == {"priority": -1}
+    fields = schedule_fields(7, 90.5, in_batch=True, now=now)
+    assert fields == {"priority": 7, "deadline_s": 90.5, "deadline_at": "2026-12-06T01:01:30.500Z",
+                      "deadline_unix_s": now.timestamp() + 90.5}  # fmt: skip
+    record = JobRecord(id="j", request={}, **fields)
+    assert not record.past_deadline(now.timestamp() + 90.4)
+    assert record.past_deadline(now.timestamp() + 90.5)
+    assert not JobRecord(id="j", request={}).past_deadline(now.timestamp() + 10**9)

@@ -23,6 +23,15 @@ def _fields(error: InvalidRequest) -> set[str]:
         ({"prompt": "x", "colour": "red"}, "colour"),
         ({"storyboard": [{"prompt": "a", "duration": 0}]}, "storyboard.0.duration"),
         ({"prompt": "x", "characters": "char_1"}, "characters"),
+        ({"prompt": "x", "priority": "5"}, "priority"),
+        ({"prompt": "x", "priority": 1.5}, "priority"),
+        ({"prompt": "x", "priority": True}, "priority"),
+        ({"prompt": "x", "priority": 1001}, "priority"),
+        ({"prompt": "x", "deadline_s": 0}, "deadline_s"),
+        ({"prompt": "x", "deadline_s": -3}, "deadline_s"),
+        ({"prompt": "x", "deadline_s": "60"}, "deadline_s"),
+        ({"prompt": "x", "deadline_s": float("inf")}, "deadline_s"),
+        ({"prompt": "x", "deadline_s": 8 * 86_400}, "deadline_s"),
     ],
 )
 def test_a_bad_field_is_named_in_the_error(request_, field):
@@ -90,3 +99,9 @@ def test_text_that_is_not_valid_unicode_is_refused_naming_the_field(request_, fi
     with pytest.raises(InvalidRequest) as e:
         parse_request(request_)
     assert field in _fields(e.value)
+
+
+def test_priority_and_deadline_s_in_range_are_kept():
+    request = parse_request({"prompt": "x", "priority": -1000, "deadline_s": 0.5})
+    assert request.priority == -1000 and request.deadline_s == 0.5
+    assert parse_request({"prompt": "x", "deadline_s": 90}).deadline_s == 90.0

@@ -15,7 +15,7 @@ from producer.core.scripts import Script, source
 ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "producer" / "core" / "lua"
 # Files a script includes (`--- uses:`), not scripts of their own.
-FRAGMENTS = {"redis_now", "staged_holder"}
+FRAGMENTS = {"redis_now", "staged_holder", "claim_limits", "claim_push", "parked_strays"}
 SCRIPTS = sorted(p.stem for p in LUA.glob("*.lua") if p.stem not in FRAGMENTS)
 
 

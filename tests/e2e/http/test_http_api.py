@@ -372,3 +372,28 @@ def test_the_list_pages_oldest_first_with_order_asc_as_openais_sdk_asks(make_gat
     with gw.client("acme") as http:
         bad = http.get("/v1/videos", params={"order": "sideways"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "order"
+
+
+def test_priority_and_deadline_s_go_through_json_and_form_bodies_and_bad_ones_are_named(
+    make_gateway,
+):
+    gw = make_gateway(workers=0)
+    s = gw.pipeline.settings
+    with gw.client("acme") as http:
+        made = http.post("/v1/videos", json={"prompt": "x", "priority": 7, "deadline_s": 90})
+        assert made.status_code == 200, made.text
+        record = get(made.json()["id"], settings=s)
+        assert (record.priority, record.deadline_s) == (7, 90.0) and record.deadline_at
+        form = http.post("/v1/videos", data={"prompt": "x", "priority": "-2", "deadline_s": "30.5"})
+        assert form.status_code == 200, form.text
+        record = get(form.json()["id"], settings=s)
+        assert (record.priority, record.deadline_s) == (-2, 30.5)
+        assert get(http.post("/v1/videos", json={"prompt": "x"}).json()["id"],
+                   settings=s).priority == 0  # fmt: skip
+        for body, param in [({"priority": "high"}, "priority"), ({"priority": 1.5}, "priority"),
+                            ({"deadline_s": 0}, "deadline_s"), ({"deadline_s": "soon"},
+                            "deadline_s")]:  # fmt: skip
+            answer = http.post("/v1/videos", json={"prompt": "x", **body})
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == param, body
+        bad_form = http.post("/v1/videos", data={"prompt": "x", "priority": "high"})
+        assert bad_form.status_code == 400 and bad_form.json()["error"]["param"] == "priority"
