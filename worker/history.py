@@ -1,5 +1,7 @@
 """How long earlier generations took, per model, clip length and size: what the poll
-schedule aims at when the provider reports no progress (worker/timing.py)."""
+schedule aims at when the provider reports no progress (worker/timing.py); and how often a
+provider's callbacks have failed to come (what decides whether its jobs are polled as a
+reconciler or as before)."""
 
 from __future__ import annotations
 
@@ -37,16 +39,23 @@ class GenerationTimes:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._cache: dict[str, tuple[float, float | None]] = {}
+        self._cache: dict[str, tuple[float, list[float]]] = {}
 
     def usual_s(self, request: dict[str, Any]) -> float | None:
         """When to first poll a new job of this shape (None: no history yet)."""
+        return usual_generation_s(self._durations(request))
+
+    def late_s(self, request: dict[str, Any]) -> float | None:
+        """By when 19 in 20 recent jobs of this shape had ended (None: no history yet)."""
+        return usual_generation_s(self._durations(request), quantile=0.95)
+
+    def _durations(self, request: dict[str, Any]) -> list[float]:
         shape = shape_of(request)
         cached = self._cache.get(shape)
         if cached is not None and time.monotonic() - cached[0] < CACHE_S:
             return cached[1]
         raw = self.redis.lrange(self.keys.durations(shape), 0, -1)
-        value = usual_generation_s([_float(x) for x in raw])
+        value = [_float(x) for x in raw]
         self._cache[shape] = (time.monotonic(), value)
         return value
 
@@ -64,3 +73,29 @@ def _float(raw: bytes | str) -> float:
         return float(raw)
     except ValueError:
         return -1.0
+
+
+# How fast the share of missing callbacks follows what the polls see (per finished job).
+LOSS_WEIGHT = 0.1
+# Past this share of finished jobs whose callback did not come, a provider's jobs are polled
+# as if it could not call back: a lost callback then costs what polling costs, not the
+# reconciler's long first wait (issue 20: with 30 % lost, p95 detection no worse than polling).
+LOSS_TOLERATED = 0.1
+
+
+class CallbackLoss:
+    """Per provider, the share of recently finished jobs whose end no callback announced (an
+    exponentially weighted average, kept in this process: each worker learns it from the
+    polls it runs)."""
+
+    def __init__(self) -> None:
+        self._share: dict[str, float] = {}
+
+    def saw(self, provider: str, called_back: bool) -> None:
+        """One job of provider was found ended, after its callback or without one."""
+        share = self._share.get(provider, 0.0)
+        self._share[provider] = share + LOSS_WEIGHT * ((0.0 if called_back else 1.0) - share)
+
+    def too_high(self, provider: str) -> bool:
+        """Whether so many of provider's callbacks go missing that its jobs are polled."""
+        return self._share.get(provider, 0.0) > LOSS_TOLERATED

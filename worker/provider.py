@@ -260,10 +260,15 @@ class ProviderClient:
         return body
 
     def create(
-        self, request: VideoRequest, api_format: ApiFormat, idempotency_key: str
+        self,
+        request: VideoRequest,
+        api_format: ApiFormat,
+        idempotency_key: str,
+        callback_url: str | None = None,
     ) -> ProviderTask:
         """Submit a generation; the Idempotency-Key makes a repeated call return the same task
-        (where the dialect has one)."""
+        (where the dialect has one). With callback_url (only where the dialect has a
+        [callback] table), the create carries it where the dialect says."""
         fmt = self.dialect.format_for(api_format.value)
         if any(part in ("", ".", "..") for part in request.model.split("/")):
             raise PermanentError(
@@ -275,11 +280,28 @@ class ProviderClient:
         headers = dict(fmt.headers)
         if fmt.idempotency_header:
             headers[fmt.idempotency_header] = idempotency_key
+        params: dict[str, str] = {}
+        spec = self.dialect.callback
+        if callback_url is not None and spec is not None:
+            if spec.url_in == "query":
+                params[spec.url_field] = callback_url  # fal: ?fal_webhook=
+            else:
+                _put(body, spec.url_field, callback_url)
+                body.update(spec.send)
         sent: dict[str, Any] = {"json": body}
+        if params:
+            sent["params"] = params
         if fmt.encoding == "multipart":
             # (None, value) parts are plain form fields; a list makes httpx send multipart.
-            sent = {"files": [(k, (None, _form_value(v))) for k, v in body.items()]}
-        response = self._call(fmt.method, path, headers=headers, operation="create", **sent)
+            sent = {"files": [(k, (None, _form_value(v))) for k, v in body.items()], **(
+                {"params": params} if params else {})}  # fmt: skip
+        try:
+            response = self._call(fmt.method, path, headers=headers, operation="create", **sent)
+        except (RetryableError, PermanentError) as e:
+            if callback_url and callback_url in str(e):
+                # A provider that echoes our request: the URL's token is a credential.
+                e.args = (str(e).replace(callback_url, "[callback URL]"),)
+            raise
         task = self.parse_task(response)
         if not task.id:
             # Kling and MiniMax refuse a create with HTTP 200 and a code in the body.

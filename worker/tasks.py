@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from producer.core import names
+from producer.core.callbacks import TOKEN_GRACE_S, callback_url
 from producer.core.errors import (
     BlockedUrl,
     BoundExceeded,
@@ -55,7 +56,13 @@ from worker.media import S3RangeReader, VideoInfo, probe
 from worker.provider import ProviderClient, ProviderTask, TaskState
 from worker.steps import BatchStep, Step
 from worker.storage import COPY_FAILURES, Upload, UrlExpired, copy_url_to_s3, storage_outage
-from worker.timing import PollTiming, bounded_hint_s, estimate_from_progress, next_poll_s
+from worker.timing import (
+    PollTiming,
+    bounded_hint_s,
+    estimate_from_progress,
+    next_poll_s,
+    reconcile_poll_s,
+)
 from worker.webhooks import record_attempt, record_dead_letter, send_event
 
 log = structlog.get_logger("videoqueue.worker")
@@ -97,8 +104,29 @@ def submit(job: Job) -> None:
         log.info("submitted", provider=name, provider_task_id=task.id)
         if record.terminal:  # cancelled while the provider answered
             rt.provider(name).cancel(task.id)
-    job.revisit(next_poll_s(_timing(rt.settings), polls=0, elapsed_s=0.0,
-                            usual_s=rt.history.usual_s(record.request)))  # fmt: skip
+    if _reconciles(job):
+        job.revisit(reconcile_poll_s(_timing(rt.settings), elapsed_s=0.0,
+                                     late_s=rt.history.late_s(record.request)))  # fmt: skip
+    else:
+        job.revisit(next_poll_s(_timing(rt.settings), polls=0, elapsed_s=0.0,
+                                usual_s=rt.history.usual_s(record.request)))  # fmt: skip
+
+
+def _calls_back(job: Job) -> bool:
+    """Whether the job's creates carry a callback URL: VIDEOQUEUE_PUBLIC_URL is set and its
+    provider's dialect has a [callback] table."""
+    rt = job.rt
+    return (
+        bool(rt.settings.public_url)
+        and rt.provider(job.record.provider).dialect.callback is not None
+    )
+
+
+def _reconciles(job: Job) -> bool:
+    """Whether the job's polls are the reconciler (worker/timing.py reconcile_poll_s): its
+    provider calls back, and few of its callbacks have gone missing lately."""
+    name = job.rt.provider(job.record.provider).name
+    return _calls_back(job) and not job.rt.callback_loss.too_high(name)
 
 
 def _provider_of(job: Job) -> str | None:
@@ -180,8 +208,16 @@ def _create(
 ) -> ProviderTask | None:
     """The task the create made; None when it did not (the job retried later, or ended)."""
     request = VideoRequest.model_validate(job.record.request)
+    rt = job.rt
+    callback = None
+    if rt.settings.public_url and provider.dialect.callback is not None:
+        # A token of its own for this create: only its hash is stored, and it is never logged.
+        token = rt.callbacks.issue(job.id, provider.name, rt.settings.deadline_s + TOKEN_GRACE_S)
+        callback = callback_url(rt.settings.public_url, provider.name, token)
     try:
-        return provider.create(request, api_format, idempotency_key=job.record.submit_key)
+        return provider.create(
+            request, api_format, idempotency_key=job.record.submit_key, callback_url=callback
+        )
     except RetryableError as e:
         _retry(job, provider, e)
     except PermanentError as e:
@@ -342,6 +378,10 @@ def poll(self: Step, jobs: list[Job]) -> None:
     rt = jobs[0].rt
     seconds, micros = rt.store.redis.time()  # one clock for every host's deadlines
     now = seconds + micros / 1e6
+    if rt.settings.public_url:
+        # The callbacks that came for these jobs: a placement passes back the mark it saw,
+        # and one that came while we asked makes the next poll due now (Schedule.place).
+        jobs[0].claim.hastened.update(rt.store.schedule.hastened_marks([j.id for j in jobs]))
     # Asked even past the deadline: a video done since the last poll is paid for.
     answers = dict(zip([job.id for job in jobs], self.each_in_threads(_ask, jobs), strict=True))
     seen = self.each(jobs, lambda job: _observe(job, answers[job.id], now))
@@ -429,7 +469,13 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
     seen = _Observed(answer, elapsed_s)
     done = isinstance(answer, ProviderTask) and answer.state is TaskState.DONE
     if done:
-        seen.duration_s = _generation_s(record.polled_s, elapsed_s, s.poll_first_s)
+        mark = job.claim.hastened.get(job.id)
+        if _calls_back(job):
+            rt.callback_loss.saw(rt.provider(record.provider).name, called_back=mark is not None)
+        if mark is not None:  # its callback came then: the end, within a network hop
+            seen.duration_s = _seconds_between(record.submitted_at, float(mark))
+        else:
+            seen.duration_s = _generation_s(record.polled_s, elapsed_s, s.poll_first_s)
         return seen  # finalize is due at once
     hint_s = answer.delay_s if isinstance(answer, RetryableError) else answer.poll_after_s
     if isinstance(answer, ProviderTask):
@@ -447,14 +493,19 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
     if elapsed_s > s.deadline_s:
         job.fail("timeout", f"not finished {s.deadline_s:g} s after submission")
         return _Ended.TIMED_OUT
-    delay_s = next_poll_s(
-        _timing(s),
-        polls=record.polls + 1,
-        elapsed_s=elapsed_s,
-        estimate_s=seen.estimate_s if seen.estimate_s is not None else record.estimate_s,
-        usual_s=rt.history.usual_s(record.request),
-        hint_s=bounded_hint_s(hint_s, s.poll_cap_s),
-    )
+    if _reconciles(job):
+        delay_s = reconcile_poll_s(
+            _timing(s), elapsed_s=elapsed_s, late_s=rt.history.late_s(record.request)
+        )
+    else:
+        delay_s = next_poll_s(
+            _timing(s),
+            polls=record.polls + 1,
+            elapsed_s=elapsed_s,
+            estimate_s=seen.estimate_s if seen.estimate_s is not None else record.estimate_s,
+            usual_s=rt.history.usual_s(record.request),
+            hint_s=bounded_hint_s(hint_s, s.poll_cap_s),
+        )
     if isinstance(answer, RetryableError) and answer.delay_s is None and record.polled_s:
         # A refused query without a hint is noise in the provider, not news about the job:
         # ask again soon (a share of the time since the last answer) rather than a whole

@@ -11,6 +11,7 @@ from typing import Any
 from ops.serve import serve_in_thread
 
 from .app import build_app
+from .callbacks import Callbacks
 from .config import SandboxConfig
 from .errors import quiet_deliberate_truncations
 from .files import UrlSigner
@@ -39,6 +40,7 @@ class Sandbox:
         self.state = SandboxState(self.config)
         self.media = MediaCache()
         self.signer = UrlSigner()
+        self.callbacks = Callbacks(self)
         # Set while no server is running, so hangs and slow answers give up at shutdown
         # instead of holding uvicorn's graceful exit for hang_s.
         self.closing = threading.Event()

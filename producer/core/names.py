@@ -232,6 +232,11 @@ class Keys:
         """A hash: entry -> how many unexpected exceptions its steps raised."""
         return f"{self.prefix}:schedule:faults"
 
+    def hastened(self, member: str) -> str:
+        """When (Redis's clock, s) a provider's callback said the member's task ended: its next
+        poll is due now, even if a step held its entry then (producer/core/schedule.py)."""
+        return f"{self.prefix}:schedule:hastened:{member}"
+
     def claim_seq(self) -> str:
         """A counter that makes every claim's token unique."""
         return f"{self.prefix}:schedule:seq"
@@ -269,6 +274,15 @@ class Keys:
     def tenants(self) -> str:
         """A set: every tenant a policy was set for."""
         return f"{self.prefix}:tenants"
+
+    def callback_token(self, token_digest: str) -> str:
+        """ "<provider> <job id>" of a callback URL's token, under the token's sha256 (the token
+        itself is never stored; producer/core/callbacks.py)."""
+        return f"{self.prefix}:callback:token:{token_digest}"
+
+    def callback_delivery(self, provider: str, delivery_digest: str) -> str:
+        """Set while a provider's delivery (by the sha256 of its id) counts as seen: a replay."""
+        return f"{self.prefix}:callback:seen:{provider}:{delivery_digest}"
 
     def character(self, character_id: str) -> str:
         """The tenant a character made through videoqueue belongs to (a string)."""
