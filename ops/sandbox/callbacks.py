@@ -143,12 +143,12 @@ class Callbacks:
         await asyncio.sleep(max(0.0, at - self.sb.clock()))
 
     async def _send(self, task: Task, url: str, caller: Caller, phase: Phase) -> None:
-        sb, cfg, state = self.sb, self.sb.config, self.sb.state
+        cfg, state = self.sb.config, self.sb.state
         if state.roll("callback_lost", cfg.callback_lost_rate):
             state.count_in("callbacks", "lost")
             return
-        body = json.dumps(self._body(task, phase)).encode()
         forged = state.roll("callback_forged", cfg.callback_forged_rate)
+        body, headers = self.delivery(task, phase, forged=forged)
         target = url
         if state.roll("callback_wrong_job", cfg.callback_wrong_job_rate):
             others = [u for t, u in self.urls.items() if t != task.id]
@@ -159,7 +159,6 @@ class Callbacks:
             state.count_in("callbacks", "forged")
             if caller.scheme == "none":
                 target = _with_token(target, secrets.token_urlsafe(24))
-        headers = self._headers(task, phase, caller, body, forged=forged)
         times = 2 if state.roll("callback_duplicate", cfg.callback_duplicate_rate) else 1
         if times == 2:
             state.count_in("callbacks", "duplicated")
@@ -171,7 +170,15 @@ class Callbacks:
                 except httpx.HTTPError:
                     state.count_in("callbacks", "failed")
                 state.count_in("callbacks", "sent")
-        del sb
+
+    def delivery(
+        self, task: Task, phase: Phase, *, forged: bool = False
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of a callback about task in phase, signed as the provider
+        signs (forged: with another secret or key)."""
+        caller = CALLERS[self.sb.config.dialect]
+        body = json.dumps(self._body(task, phase)).encode()
+        return body, self._headers(task, phase, caller, body, forged=forged)
 
     def _body(self, task: Task, phase: Phase) -> dict[str, Any]:
         dialect = self.sb.config.dialect
