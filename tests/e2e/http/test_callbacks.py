@@ -70,7 +70,7 @@ class Stack:
 
 
 @pytest.fixture
-def callback_stack(make_pipeline) -> Iterator[Callable[..., Stack]]:
+def callback_stack(make_pipeline, tmp_path) -> Iterator[Callable[..., Stack]]:
     """`callback_stack(dialect, env={...}, **sandbox knobs)`: a pipeline whose creates carry
     callback URLs of a served HTTP service (VIDEOQUEUE_PUBLIC_URL), the sandbox calling back."""
     with ExitStack() as stack:
@@ -92,9 +92,9 @@ def callback_stack(make_pipeline) -> Iterator[Callable[..., Stack]]:
                 sandbox["api_key"] = env["VIDEOQUEUE_API_KEY"] = case["api_key"]
             p = make_pipeline(sandbox=sandbox, env=env)
             jwks = json.dumps({"fal": f"{p.settings.api_base_url}/_sandbox/jwks.json"})
-            logfile = p.env["VIDEOQUEUE_KEY_PREFIX"] + "-http.log"
+            logfile = tmp_path / f"http-{port}.log"
             serve_env = {**p.env, "VIDEOQUEUE_CALLBACK_KEYS_URLS": jwks}
-            url = stack.enter_context(http_service(serve_env, port=port))
+            url = stack.enter_context(http_service(serve_env, port=port, logfile=logfile))
             return Stack(p, url, dialect, logfile)
 
         yield make
@@ -102,9 +102,11 @@ def callback_stack(make_pipeline) -> Iterator[Callable[..., Stack]]:
 
 def _ended(st: Stack, job_ids: list[str], timeout_s: float) -> list[Any]:
     return eventually(
-        lambda: (rs := [get(j, settings=st.pipeline.settings) for j in job_ids])
-        and all(r.terminal for r in rs)
-        and rs,
+        lambda: (
+            (rs := [get(j, settings=st.pipeline.settings) for j in job_ids])
+            and all(r.terminal for r in rs)
+            and rs
+        ),
         timeout_s=timeout_s,
     )
 
@@ -229,7 +231,9 @@ def test_forged_misdirected_oversized_and_replayed_callbacks_are_refused_and_cha
     assert mark is not None
     assert post(url_a, body_a, headers_a) == 409
     assert st.refused().get("replay") == 1
-    assert store(st.pipeline.settings).redis.get(store(st.pipeline.settings).keys.hastened(a)) == mark
+    assert (
+        store(st.pipeline.settings).redis.get(store(st.pipeline.settings).keys.hastened(a)) == mark
+    )
     assert _state(st, b) == before[1]
     # The poll it made due asked the provider at once, which says "still running".
     eventually(lambda: get(a, settings=st.pipeline.settings).polls > before[0][1], timeout_s=10)
@@ -245,5 +249,6 @@ def test_a_callback_token_never_reaches_the_logs(callback_stack):
     token = url.rsplit("/", 1)[-1]
     httpx.post(url + "-unknown", content=b"{}")
     for worker in st.pipeline.workers:
-        assert token not in worker.logfile.read_text()
+        assert token not in worker.log_path.read_text()
+    assert token not in st.logfile.read_text()
     assert token not in json.dumps(get(job, settings=st.pipeline.settings).public())
