@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import copy_to_s3, end_to_end, enqueue, gateway, in_flight, polling, report
+from bench import callbacks, copy_to_s3, end_to_end, enqueue, gateway, in_flight, polling, report
 from bench.harness import (
     DEFAULT_REDIS_URL,
     Sampler,
@@ -43,6 +43,7 @@ SCENARIOS: dict[str, Any] = {
     end_to_end.NAME: end_to_end,
     enqueue.NAME: enqueue,
     gateway.NAME: gateway,
+    callbacks.NAME: callbacks,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMOKE_DIR = RESULTS_DIR / "raw" / "smoke"
