@@ -1,0 +1,41 @@
+"""Polling as the reconciler of jobs whose provider calls back (worker/timing.py
+reconcile_poll_s, worker/history.py CallbackLoss)."""
+
+import random
+
+from worker.history import LOSS_TOLERATED, CallbackLoss
+from worker.timing import RECONCILE_SHARE, PollTiming, next_poll_s, reconcile_poll_s
+
+TIMING = PollTiming(first_s=2.0, factor=1.2, cap_s=30.0)
+
+
+def test_the_first_poll_comes_just_after_nearly_every_job_of_the_shape_ended():
+    """A 90 s shape is not polled until ~101 s (beyond the 30 s cap: the callback is what
+    notices it on time), where polling alone would ask at 2 s and on."""
+    delay_s = reconcile_poll_s(TIMING, elapsed_s=0.0, late_s=90.0, rng=random.Random(1))
+    assert delay_s == 90.0 * 1.1 + 2.0
+    assert next_poll_s(TIMING, polls=0, elapsed_s=0.0, rng=random.Random(1)) < 3
+
+
+def test_past_its_expected_end_a_job_is_polled_every_quarter_of_its_age_at_most_the_cap():
+    for elapsed_s in (110.0, 400.0):
+        delay_s = reconcile_poll_s(TIMING, elapsed_s=elapsed_s, late_s=90.0, rng=random.Random(2))
+        assert 0.85 * min(30.0, RECONCILE_SHARE * elapsed_s) <= delay_s <= 30.0
+
+
+def test_without_history_the_reconciler_waits_about_the_cap():
+    delay_s = reconcile_poll_s(TIMING, elapsed_s=0.0, late_s=None, rng=random.Random(3))
+    assert 0.85 * 30.0 <= delay_s <= 30.0
+
+
+def test_a_provider_whose_callbacks_go_missing_is_polled_as_before_and_back_when_they_come():
+    loss = CallbackLoss()
+    assert not loss.too_high("p")
+    for _ in range(10):  # 3 in 10 lost
+        for called_back in (True, True, False, True, True, False, True, True, True, False):
+            loss.saw("p", called_back)
+    assert loss.too_high("p") and not loss.too_high("other")
+    for _ in range(40):
+        loss.saw("p", True)
+    assert not loss.too_high("p")
+    assert LOSS_TOLERATED == 0.1
