@@ -178,7 +178,7 @@ def run(svc: Services, scale: Scale) -> ScenarioResult:
         "(unscaled). Status calls are the sandbox's answered status queries per task. With "
         "callbacks, a job's poll is made due by its callback and its first reconciler poll "
         "aims just past the time 19 in 20 jobs of its clip length took; a worker that sees "
-        "more than 10 % of a provider's finished jobs arrive without a callback polls that "
-        "provider's jobs as before (worker/history.py CallbackLoss).",
+        "more than 15 % of a provider's finished jobs arrive without a callback polls that "
+        "provider's jobs as before, until it falls under 5 % (worker/history.py CallbackLoss).",
     ]
     return result

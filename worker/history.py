@@ -75,12 +75,21 @@ def _float(raw: bytes | str) -> float:
         return -1.0
 
 
-# How fast the share of missing callbacks follows what the polls see (per finished job).
-LOSS_WEIGHT = 0.1
+# How fast the share of missing callbacks follows what the polls see (per finished job): slow
+# enough that a run of delivered callbacks among 30 % lost does not swing it back (at 0.1, a
+# dozen in a row did, and the jobs placed meanwhile waited out the reconciler: p95 16 s in the
+# benchmark), and that the reconciler's own early finds (about 1 job in 20 ends after its
+# first poll, before its callback) do not switch a healthy provider to polling (simulated:
+# 1.5 % of the time at these values; 99 % of the time with 30 % lost). It takes about 20
+# finished jobs per worker process to notice a provider whose callbacks stopped.
+LOSS_WEIGHT = 0.03
 # Past this share of finished jobs whose callback did not come, a provider's jobs are polled
 # as if it could not call back: a lost callback then costs what polling costs, not the
 # reconciler's long first wait (issue 20: with 30 % lost, p95 detection no worse than polling).
-LOSS_TOLERATED = 0.1
+# They go back to the reconciler once the share is under LOSS_RECOVERED (the gap between the
+# two keeps a share near either from flapping).
+LOSS_TOLERATED = 0.15
+LOSS_RECOVERED = 0.05
 
 
 class CallbackLoss:
@@ -90,12 +99,18 @@ class CallbackLoss:
 
     def __init__(self) -> None:
         self._share: dict[str, float] = {}
+        self._polled: set[str] = set()
 
     def saw(self, provider: str, called_back: bool) -> None:
         """One job of provider was found ended, after its callback or without one."""
         share = self._share.get(provider, 0.0)
-        self._share[provider] = share + LOSS_WEIGHT * ((0.0 if called_back else 1.0) - share)
+        share += LOSS_WEIGHT * ((0.0 if called_back else 1.0) - share)
+        self._share[provider] = share
+        if share > LOSS_TOLERATED:
+            self._polled.add(provider)
+        elif share < LOSS_RECOVERED:
+            self._polled.discard(provider)
 
     def too_high(self, provider: str) -> bool:
         """Whether so many of provider's callbacks go missing that its jobs are polled."""
-        return self._share.get(provider, 0.0) > LOSS_TOLERATED
+        return provider in self._polled
