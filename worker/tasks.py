@@ -506,6 +506,13 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
             usual_s=rt.history.usual_s(record.request),
             hint_s=bounded_hint_s(hint_s, s.poll_cap_s),
         )
+    mark = job.claim.hastened.get(job.id)
+    if mark is not None and _seconds_between(record.submitted_at, float(mark)) > (
+        record.polled_s or 0.0
+    ):
+        # A callback said it ended, and this poll, the first since, says it has not: a
+        # provider whose status lags its callback. Asked once more soon, not a backoff later.
+        delay_s = min(delay_s, s.poll_first_s)
     if isinstance(answer, RetryableError) and answer.delay_s is None and record.polled_s:
         # A refused query without a hint is noise in the provider, not news about the job:
         # ask again soon (a share of the time since the last answer) rather than a whole
