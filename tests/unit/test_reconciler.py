@@ -41,10 +41,16 @@ def test_a_provider_whose_callbacks_go_missing_is_polled_as_before_and_back_when
     for _ in range(60):
         loss.saw("p", True)
     assert not loss.too_high("p")
-    stopped = CallbackLoss()  # a provider whose callbacks stop altogether: noticed in ~20 jobs
-    for _ in range(20):
+    stopped = CallbackLoss()  # after 100 good ones, callbacks stop: noticed within 6 jobs
+    for _ in range(100):
+        stopped.saw("p", True)
+    for _ in range(6):
         stopped.saw("p", False)
     assert stopped.too_high("p")
+    fresh = CallbackLoss()  # a worker that starts among 30 % lost knows it within 10 jobs
+    for called_back in (True, False, True, True, False, True, True, False, True, True):
+        fresh.saw("p", called_back)
+    assert fresh.too_high("p")
 
 
 def test_the_reconciler_s_own_early_finds_do_not_switch_a_healthy_provider_to_polling():
