@@ -157,6 +157,9 @@ def run(svc: Services, scale: Scale) -> ScenarioResult:
     )
     found = {mode: _mode(svc, scale, mode, lost) for mode, lost in MODES.items()}
     result.series = found
+    for mode, figures in found.items():  # each mode's figures, printed in its section
+        result.params[mode] = {k: round(v, 3) if isinstance(v, float) else v
+                               for k, v in figures.items()}  # fmt: skip
     cb, polling, lost = found["callbacks"], found["polling"], found["lost30"]
     result.rows = [
         Row(NAME, "status calls per job, with callbacks", cb["calls_per_job"], "calls",
