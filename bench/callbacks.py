@@ -180,8 +180,9 @@ def run(svc: Services, scale: Scale) -> ScenarioResult:
         "Detection latency is the sandbox's `ready_at` to the start of `finalize` for the job "
         "(unscaled). Status calls are the sandbox's answered status queries per task. With "
         "callbacks, a job's poll is made due by its callback and its first reconciler poll "
-        "aims just past the time 19 in 20 jobs of its clip length took; a worker that sees "
-        "more than 15 % of a provider's finished jobs arrive without a callback polls that "
-        "provider's jobs as before, until it falls under 5 % (worker/history.py CallbackLoss).",
+        "aims just past the time 19 in 20 jobs of its clip length took; when more than 15 % "
+        "of a provider's last 50 finished jobs (shared in Redis) ended with no callback, its "
+        "jobs are polled as before, until that falls under 5 % (worker/history.py "
+        "CallbackLoss).",
     ]
     return result

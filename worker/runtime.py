@@ -102,7 +102,7 @@ class Runtime:
 
     @cached_property
     def callback_loss(self) -> CallbackLoss:
-        return CallbackLoss()
+        return CallbackLoss(self.store.redis, self.store.keys)
 
     @cached_property
     def limits(self) -> ProviderLimits:

@@ -347,6 +347,7 @@ class _Observed:
     delay_s: float = 0.0
     estimate_s: float | None = None
     duration_s: float | None = None  # the generation's time, once it is done
+    called_back: bool | None = None  # done: whether its callback came (where it calls back)
 
     def apply(self, record: JobRecord) -> bool:
         if record.terminal:
@@ -401,6 +402,8 @@ def poll(self: Step, jobs: list[Job]) -> None:
                 rt.store.stash_file_url(record.id, answer.video_url, pipe)
             if duration_s is not None:
                 rt.history.record(record.request, duration_s, pipe)
+            if (called_back := observed[record.id].called_back) is not None:
+                rt.callback_loss.saw(rt.provider(record.provider).name, called_back, pipe)
 
     # One write for all (a failure here is each observed job's fault: Step's boundary).
     records = rt.store.update_many({job_id: o.apply for job_id, o in observed.items()}, after=after)
@@ -471,7 +474,7 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
     if done:
         mark = job.claim.hastened.get(job.id)
         if _calls_back(job):
-            rt.callback_loss.saw(rt.provider(record.provider).name, called_back=mark is not None)
+            seen.called_back = mark is not None
         if mark is not None:  # its callback came then: the end, within a network hop
             seen.duration_s = _seconds_between(record.submitted_at, float(mark))
         else:

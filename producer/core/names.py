@@ -245,6 +245,11 @@ class Keys:
         """A list of the latest generation times (s) seen for one model and size."""
         return f"{self.prefix}:durations:{model}"
 
+    def callback_outcomes(self, provider: str) -> str:
+        """A list: "1" for each of the provider's latest finished jobs that no callback
+        announced, "0" for the others (worker/history.py CallbackLoss)."""
+        return f"{self.prefix}:callback:outcomes:{provider}"
+
     def events(self, job_id: str) -> str:
         """A pub/sub channel that announces each change of a job (for wait())."""
         return f"{self.prefix}:events:{job_id}"

@@ -41,10 +41,10 @@ def test_a_provider_whose_callbacks_go_missing_is_polled_as_before_and_back_when
     for _ in range(60):
         loss.saw("p", True)
     assert not loss.too_high("p")
-    stopped = CallbackLoss()  # after 100 good ones, callbacks stop: noticed within 6 jobs
+    stopped = CallbackLoss()  # after 100 good ones, callbacks stop: noticed within 8 jobs
     for _ in range(100):
         stopped.saw("p", True)
-    for _ in range(6):
+    for _ in range(8):
         stopped.saw("p", False)
     assert stopped.too_high("p")
     fresh = CallbackLoss()  # a worker that starts among 30 % lost knows it within 10 jobs
