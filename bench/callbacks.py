@@ -61,7 +61,7 @@ class Scale:
 
 
 FULL = Scale(jobs=200, time_scale=1.0, timeout_s=600)
-SMOKE = Scale(jobs=9, time_scale=0.1, timeout_s=120, warmup=False)
+SMOKE = Scale(jobs=6, time_scale=0.05, timeout_s=90, warmup=False)
 MODES = {"callbacks": 0.0, "polling": None, "lost30": 0.3}
 
 
