@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    callbacks,
     ceiling,
     console,
     copy_to_s3,
@@ -58,6 +59,7 @@ SCENARIOS: dict[str, Any] = {
     fair_share.NAME: fair_share,
     console.NAME: console,
     ceiling.NAME: ceiling,
+    callbacks.NAME: callbacks,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMOKE_DIR = RESULTS_DIR / "raw" / "smoke"

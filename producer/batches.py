@@ -23,7 +23,6 @@ from typing import Any
 from producer.core.errors import InvalidRequest, JobNotFound
 from producer.core.ledger import Estimate, estimate
 from producer.core.metadata import metadata_problems
-from producer.core.providers import candidates
 from producer.core.records import (
     BatchRecord,
     BatchState,

@@ -4,7 +4,8 @@ A dialect is a TOML file (the shipped ones in ``worker/dialects/``, a user's in
 ``VIDEOQUEUE_DIALECTS_DIR``) that says how to create a task (route, body mapping from our
 VideoRequest, auth scheme), how to query it, which words mean waiting / running / done /
 failed, where the progress, file URL and failure reason live in an answer, how to cancel, and
-where the bytes are when an answer gives no URL. worker/provider.py interprets it; nothing
+where the bytes are when an answer gives no URL, and whether and how the provider calls back
+([callback]). worker/provider.py interprets it; nothing
 about a particular API is written in code.
 
 A user's file with a shipped dialect's name replaces the shipped one.
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from producer.core.callbacks import CallbackSpec
 
 SHIPPED = [
     "router",
@@ -282,6 +285,9 @@ class Dialect(_Strict):
     # Where the bytes are when a finished task's answer gives no URL (OpenAI's /content).
     content: Route | None = None
     result: Result | None = None
+    # Whether and how the provider calls back when a task changes (producer/core/callbacks.py;
+    # README "Provider callbacks"); None: it cannot, and its jobs are polled.
+    callback: CallbackSpec | None = None
 
     @field_validator("name")
     @classmethod

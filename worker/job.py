@@ -60,20 +60,23 @@ def route(record: JobRecord) -> Lane | None:
 class Claim:
     """One message's claim on its entries: the runtime its step runs with, the lane and the
     claim's token, the records it loaded (for each job's log context), and the entries the
-    step has placed since (the failure boundary leaves those alone: they have moved on)."""
+    step has placed since (the failure boundary leaves those alone: they have moved on), and
+    the providers' callback marks it read (a placement passes them back: Schedule.place)."""
 
     rt: Runtime
     lane: Lane
     token: str
     records: dict[str, JobRecord] = field(default_factory=dict)
     placed: set[str] = field(default_factory=set)
+    hastened: dict[str, str] = field(default_factory=dict)
 
     def place(self, job_id: str, record: JobRecord, delay_s: float, pipe: Any) -> None:
         """Queue on pipe: the job's entry to the lane its record calls for, due in delay_s;
         its provider slot kept while the provider generates its video, else given back."""
         rt = self.rt
         lane = route(record)
-        rt.store.schedule.place(job_id, lane, delay_s, token=self.token, client=pipe)
+        rt.store.schedule.place(job_id, lane, delay_s, token=self.token, client=pipe,
+                                seen=self.hastened.get(job_id, ""))  # fmt: skip
         if lane is Lane.POLL:
             rt.limits.hold_for_generation(job_id, record.tenant, pipe)
         else:

@@ -295,10 +295,12 @@ class ProviderClient:
         api_format: ApiFormat,
         idempotency_key: str,
         images: StoredImages | None = None,
+        callback_url: str | None = None,
     ) -> ProviderTask:
         """Submit a generation; the Idempotency-Key makes a repeated call return the same task
         (where the dialect has one). A stored reference image is read (or presigned) through
-        images."""
+        images. With callback_url (only where the dialect has a [callback] table), the create
+        carries it where the dialect says."""
         fmt = self.dialect.format_for(api_format.value)
         if any(part in ("", ".", "..") for part in request.model.split("/")):
             raise PermanentError(
@@ -310,13 +312,24 @@ class ProviderClient:
         headers = dict(fmt.headers)
         if fmt.idempotency_header:
             headers[fmt.idempotency_header] = idempotency_key
+        params: dict[str, str] = {}
+        spec = self.dialect.callback
+        if callback_url is not None and spec is not None:
+            if spec.url_in == "query":
+                params[spec.url_field] = callback_url  # fal: ?fal_webhook=
+            else:
+                _put(body, spec.url_field, callback_url)
+                body.update(spec.send)
         sent: dict[str, Any] = {"json": body}
+        if params:
+            sent["params"] = params
         if fmt.encoding == "multipart":
             # (None, value) parts are plain form fields; a list makes httpx send multipart.
-            sent = {"files": [(k, _form_part(v)) for k, v in body.items()]}
-        # A presigned URL of the image is a credential until it expires: kept out of errors,
-        # should the provider echo it.
-        secrets = tuple(_presigned(body))
+            sent = {"files": [(k, _form_part(v)) for k, v in body.items()], **(
+                {"params": params} if params else {})}  # fmt: skip
+        # A presigned URL of the image is a credential until it expires, and so is the
+        # callback URL's token: kept out of errors, should the provider echo our request.
+        secrets = (*_presigned(body), *((callback_url,) if callback_url else ()))
         response = self._call(fmt.method, path, headers=headers, operation="create",
                               secrets=secrets, **sent)  # fmt: skip
         task = self.parse_task(response)

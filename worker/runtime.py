@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 import structlog
 
+from producer.core.callbacks import CallbackTokens
 from producer.core.errors import PermanentError
 from producer.core.limits import ProviderLimits
 from producer.core.providers import providers
 from producer.core.settings import Settings, get_settings
 from producer.core.store import JobStore, store
 from worker.egress import GuardedTransport
-from worker.history import GenerationTimes
+from worker.history import CallbackLoss, GenerationTimes
 from worker.inputs import BucketImages
 from worker.provider import ProviderClient, client_for
 from worker.pump import Pump
@@ -94,6 +95,15 @@ class Runtime:
     @cached_property
     def history(self) -> GenerationTimes:
         return GenerationTimes(self.store.redis, self.store.keys)
+
+    @cached_property
+    def callbacks(self) -> CallbackTokens:
+        """The per-job callback tokens (producer/core/callbacks.py)."""
+        return CallbackTokens(self.store.redis, self.store.keys)
+
+    @cached_property
+    def callback_loss(self) -> CallbackLoss:
+        return CallbackLoss(self.store.redis, self.store.keys)
 
     @cached_property
     def limits(self) -> ProviderLimits:

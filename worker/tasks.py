@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from producer.core import names
+from producer.core.callbacks import TOKEN_GRACE_S, callback_url
 from producer.core.errors import (
     BlockedUrl,
     BoundExceeded,
@@ -66,7 +67,13 @@ from worker.storage import (
     storage_outage,
     url_expires_at,
 )
-from worker.timing import PollTiming, bounded_hint_s, estimate_from_progress, next_poll_s
+from worker.timing import (
+    PollTiming,
+    bounded_hint_s,
+    estimate_from_progress,
+    next_poll_s,
+    reconcile_poll_s,
+)
 from worker.webhooks import record_attempt, record_dead_letter, send_event
 
 log = structlog.get_logger("videoqueue.worker")
@@ -114,8 +121,29 @@ def submit(job: Job) -> None:
         log.info("submitted", provider=name, provider_task_id=task.id)
         if record.terminal:  # cancelled while the provider answered
             rt.provider(name).cancel(task.id)
-    job.revisit(next_poll_s(_timing(rt.settings), polls=0, elapsed_s=0.0,
-                            usual_s=rt.history.usual_s(record.request)))  # fmt: skip
+    if _reconciles(job):
+        job.revisit(reconcile_poll_s(_timing(rt.settings), elapsed_s=0.0,
+                                     late_s=rt.history.late_s(record.request)))  # fmt: skip
+    else:
+        job.revisit(next_poll_s(_timing(rt.settings), polls=0, elapsed_s=0.0,
+                                usual_s=rt.history.usual_s(record.request)))  # fmt: skip
+
+
+def _calls_back(job: Job) -> bool:
+    """Whether the job's creates carry a callback URL: VIDEOQUEUE_PUBLIC_URL is set and its
+    provider's dialect has a [callback] table."""
+    rt = job.rt
+    return (
+        bool(rt.settings.public_url)
+        and rt.provider(job.record.provider).dialect.callback is not None
+    )
+
+
+def _reconciles(job: Job) -> bool:
+    """Whether the job's polls are the reconciler (worker/timing.py reconcile_poll_s): its
+    provider calls back, and few of its callbacks have gone missing lately."""
+    name = job.rt.provider(job.record.provider).name
+    return _calls_back(job) and not job.rt.callback_loss.too_high(name)
 
 
 def _redis_now(client: Any) -> float:
@@ -217,9 +245,19 @@ def _create(
 ) -> ProviderTask | None:
     """The task the create made; None when it did not (the job retried later, or ended)."""
     request = VideoRequest.model_validate(job.record.request)
+    rt = job.rt
+    callback = None
+    if rt.settings.public_url and provider.dialect.callback is not None:
+        # A token of its own for this create: only its hash is stored, and it is never logged.
+        token = rt.callbacks.issue(job.id, provider.name, rt.settings.deadline_s + TOKEN_GRACE_S)
+        callback = callback_url(rt.settings.public_url, provider.name, token)
     try:
         return provider.create(
-            request, api_format, idempotency_key=job.record.submit_key, images=job.rt.images
+            request,
+            api_format,
+            idempotency_key=job.record.submit_key,
+            images=job.rt.images,
+            callback_url=callback,
         )
     except RetryableError as e:
         _retry(job, provider, e)
@@ -350,6 +388,7 @@ class _Observed:
     delay_s: float = 0.0
     estimate_s: float | None = None
     duration_s: float | None = None  # the generation's time, once it is done
+    called_back: bool | None = None  # done: whether its callback came (where it calls back)
 
     def apply(self, record: JobRecord) -> bool:
         if record.terminal:
@@ -382,6 +421,10 @@ def poll(self: Step, jobs: list[Job]) -> None:
     status queries concurrently, one write of what they said and when to ask next."""
     rt = jobs[0].rt
     now = _redis_now(rt.store.redis)
+    if rt.settings.public_url:
+        # The callbacks that came for these jobs: a placement passes back the mark it saw,
+        # and one that came while we asked makes the next poll due now (Schedule.place).
+        jobs[0].claim.hastened.update(rt.store.schedule.hastened_marks([j.id for j in jobs]))
     # Asked even past the deadline: a video done since the last poll is paid for.
     answers = dict(zip([job.id for job in jobs], self.each_in_threads(_ask, jobs), strict=True))
     seen = self.each(jobs, lambda job: _observe(job, answers[job.id], now))
@@ -401,6 +444,8 @@ def poll(self: Step, jobs: list[Job]) -> None:
                 rt.store.stash_file_url(record.id, answer.video_url, pipe)
             if duration_s is not None:
                 rt.history.record(record.request, duration_s, pipe)
+            if (called_back := observed[record.id].called_back) is not None:
+                rt.callback_loss.saw(rt.provider(record.provider).name, called_back, pipe)
 
     # One write for all (a failure here is each observed job's fault: Step's boundary).
     records = rt.store.update_many({job_id: o.apply for job_id, o in observed.items()}, after=after)
@@ -470,7 +515,13 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
     seen = _Observed(answer, elapsed_s)
     done = isinstance(answer, ProviderTask) and answer.state is TaskState.DONE
     if done:
-        seen.duration_s = _generation_s(record.polled_s, elapsed_s, s.poll_first_s)
+        mark = job.claim.hastened.get(job.id)
+        if _calls_back(job):
+            seen.called_back = mark is not None
+        if mark is not None:  # its callback came then: the end, within a network hop
+            seen.duration_s = _seconds_between(record.submitted_at, float(mark))
+        else:
+            seen.duration_s = _generation_s(record.polled_s, elapsed_s, s.poll_first_s)
         return seen  # finalize is due at once
     hint_s = answer.delay_s if isinstance(answer, RetryableError) else answer.poll_after_s
     if isinstance(answer, ProviderTask):
@@ -491,14 +542,26 @@ def _observe(job: Job, answer: ProviderTask | Exception, now: float) -> _Observe
     if elapsed_s > s.deadline_s:
         job.fail("timeout", f"not finished {s.deadline_s:g} s after submission")
         return _Ended.TIMED_OUT
-    delay_s = next_poll_s(
-        _timing(s),
-        polls=record.polls + 1,
-        elapsed_s=elapsed_s,
-        estimate_s=seen.estimate_s if seen.estimate_s is not None else record.estimate_s,
-        usual_s=rt.history.usual_s(record.request),
-        hint_s=bounded_hint_s(hint_s, s.poll_cap_s),
-    )
+    if _reconciles(job):
+        delay_s = reconcile_poll_s(
+            _timing(s), elapsed_s=elapsed_s, late_s=rt.history.late_s(record.request)
+        )
+    else:
+        delay_s = next_poll_s(
+            _timing(s),
+            polls=record.polls + 1,
+            elapsed_s=elapsed_s,
+            estimate_s=seen.estimate_s if seen.estimate_s is not None else record.estimate_s,
+            usual_s=rt.history.usual_s(record.request),
+            hint_s=bounded_hint_s(hint_s, s.poll_cap_s),
+        )
+    mark = job.claim.hastened.get(job.id)
+    if mark is not None and _seconds_between(record.submitted_at, float(mark)) > (
+        record.polled_s or 0.0
+    ):
+        # A callback said it ended, and this poll, the first since, says it has not: a
+        # provider whose status lags its callback. Asked once more soon, not a backoff later.
+        delay_s = min(delay_s, s.poll_first_s)
     if isinstance(answer, RetryableError) and answer.delay_s is None and record.polled_s:
         # A refused query without a hint is noise in the provider, not news about the job:
         # ask again soon (a share of the time since the last answer) rather than a whole

@@ -10,6 +10,11 @@ moment the video is expected to be done, from the best evidence there is:
 3. failing both, a geometric backoff from poll_first_s to poll_cap_s.
 Once a job is past its expected end, it is polled every ``LATE_SHARE`` of its age, so a video
 is noticed within that share of its generation time (or poll_first_s, whichever is more).
+
+A job whose provider calls back (README "Provider callbacks") is polled as a reconciler
+instead (`reconcile_poll_s`): the callback makes its poll due when the video is done, so the
+schedule only has to catch a callback that never came: first just after nearly every job of
+its shape has ended, then with a backoff.
 """
 
 from __future__ import annotations
@@ -118,11 +123,52 @@ def next_poll_s(
     return min(delay, timing.cap_s)
 
 
-def usual_generation_s(durations_s: Sequence[float], min_samples: int = 5) -> float | None:
+def usual_generation_s(
+    durations_s: Sequence[float], min_samples: int = 5, quantile: float = 0.05
+) -> float | None:
     """The time to first poll a new job of a model at: the 5th percentile of how long its
-    recent jobs took, so that 19 jobs in 20 are polled first before they end. None until
-    there are min_samples to go by."""
+    recent jobs took, so that 19 jobs in 20 are polled first before they end (another
+    quantile: the reconciler's 95th, by which nearly every job has ended). None until there
+    are min_samples to go by."""
     clean = sorted(d for d in durations_s if math.isfinite(d) and d > 0)
     if len(clean) < min_samples:
         return None
-    return clean[int(0.05 * (len(clean) - 1))]
+    return clean[int(quantile * (len(clean) - 1))]
+
+
+# The reconciler's first poll comes this share after the time by which 19 jobs in 20 of the
+# shape ended (plus poll_first_s): a callback is normally there well before, and one poll per
+# job is the goal (issue 20: at most 1.2 status calls per job with callbacks).
+RECONCILE_MARGIN_SHARE = 0.1
+# Past that, a job whose callback has not come is polled every this share of its age.
+RECONCILE_SHARE = 0.25
+
+
+def reconcile_poll_s(
+    timing: PollTiming,
+    *,
+    elapsed_s: float,
+    late_s: float | None,
+    rng: random.Random | None = None,
+) -> float:
+    """How long to wait before the next status query of a job whose provider calls back.
+
+    Args:
+        elapsed_s: seconds since the provider accepted the job.
+        late_s: by when (s after submission) 19 in 20 recent jobs of its shape had ended;
+            None: no history yet.
+
+    Returns:
+        Seconds: up to the expected end plus a margin (not bounded by poll_cap_s: the
+        callback, not this poll, is what notices a video on time), then a backoff of
+        RECONCILE_SHARE of the job's age, at most poll_cap_s.
+    """
+    r = rng or random
+    if late_s is None:
+        return timing.cap_s * r.uniform(0.85, 1.0)
+    due_s = late_s * (1 + RECONCILE_MARGIN_SHARE) + timing.first_s
+    if due_s > elapsed_s + timing.first_s:
+        return due_s - elapsed_s
+    return min(
+        timing.cap_s, max(timing.first_s, RECONCILE_SHARE * elapsed_s) * r.uniform(0.85, 1.0)
+    )

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from producer.http.bodies import Upload, is_form, read_form, read_json
 
+from .callbacks import callback_url_of
 from .errors import ApiError, invalid, not_found
 from .files import Mp4Body, parse_range, send_file
 from .gate import KEY_SCOPE, RAW_SCOPE, Gate
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from .service import Sandbox
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Replicate's account webhook secret (GET, with the API key).
+REPLICATE_SECRET = "/v1/webhooks/default/secret"
 
 
 def build_app(sandbox: Sandbox) -> Gate:
@@ -61,6 +64,7 @@ def build_app(sandbox: Sandbox) -> Gate:
         Route("/_sandbox/stats", h.admin_stats, methods=["GET"]),
         Route("/_sandbox/config", h.admin_config, methods=["GET", "POST"]),
         Route("/_sandbox/reset", h.admin_reset, methods=["POST"]),
+        Route("/_sandbox/jwks.json", h.jwks, methods=["GET"]),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
@@ -226,6 +230,12 @@ class _Handlers:
             url = self._file_url(request, task, now) if phase is Phase.COMPLETED else None
             body = speech.render(task, phase, task.progress(now), url)
             return JSONResponse({**body, **self._links(request, speech, match, task)})
+        if method == "GET" and cfg.dialect == "replicate" and path == REPLICATE_SECRET:
+            # Replicate's account webhook secret, for the key's holder only.
+            bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if bearer not in cfg.api_keys:
+                raise ApiError(401, "Unauthenticated", code="unauthenticated")
+            return JSONResponse({"key": cfg.webhook_secret})
         if method == "GET" and speech.lookup and (match := speech.lookup.match(path)):
             assert speech.external_id is not None
             found = sb.state.task_by_external_id(
@@ -267,6 +277,9 @@ class _Handlers:
             if external_id is not None:
                 sb.state.note_external_id(key, external_id, task)
             sb.media.prefetch((spec.width, spec.height, spec.duration_s, cfg.fps))
+            callback = callback_url_of(cfg.dialect, body, dict(request.query_params))
+            if callback is not None and not await sb.callbacks.created(task, callback):
+                raise invalid("callback_url did not echo the challenge", code="callback_failed")
             if sb.state.roll("lost_create", cfg.lost_create_rate):
                 sb.state.count_in("faults", "lost_create")  # the task exists; its answer is lost
                 raise ApiError(502, "bad gateway", code="bad_gateway", type_="server_error")
@@ -372,6 +385,10 @@ class _Handlers:
         return _FileResponse(body, request.headers.get("range"), sb)
 
     # --- admin ---
+
+    async def jwks(self, _request: Request) -> Response:
+        """The key set fal-style callbacks are signed with (fal publishes its own)."""
+        return JSONResponse(self.sb.callbacks.jwks())
 
     async def health(self, _request: Request) -> Response:
         return JSONResponse({"ok": True, "flavor": self.sb.config.flavor})

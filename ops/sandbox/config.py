@@ -202,6 +202,24 @@ class SandboxConfig(BaseModel):
     # place for it, which the router dialect reads.
     report_cost: bool = False
 
+    # --- callbacks (callbacks.py): for dialects whose provider calls back ---
+    # Call back a create that carries a callback URL (in the provider's field for it).
+    callbacks: bool = True
+    # Shares of deliveries lost, sent twice, forged (a bad signature; for an unsigned
+    # provider, to a made-up token) and sent to another task's URL (a wrong job).
+    callback_lost_rate: float = Field(default=0.0, ge=0, le=1)
+    callback_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+    callback_forged_rate: float = Field(default=0.0, ge=0, le=1)
+    callback_wrong_job_rate: float = Field(default=0.0, ge=0, le=1)
+    # Every final callback this long after its task ended.
+    callback_late_s: float = Field(default=0.0, ge=0)
+    # After the final callback, a stale "running" one.
+    callback_out_of_order: bool = False
+    # What Standard Webhooks and OpenRouter-style callbacks are signed with (Replicate's is
+    # also served at GET /v1/webhooks/default/secret).
+    webhook_secret: str = Field(default="whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC0xMjM0NQ==",
+                                pattern=r"^whsec_[A-Za-z0-9+/=]+$")  # fmt: skip
+
     # --- robustness ---
     max_json_bytes: int = Field(default=1 << 20, ge=1024)
     max_upload_bytes: int = Field(default=20 << 20, ge=1024)

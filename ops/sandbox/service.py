@@ -11,6 +11,7 @@ from typing import Any
 from ops.serve import serve_in_thread
 
 from .app import build_app
+from .callbacks import Callbacks
 from .config import SandboxConfig
 from .errors import quiet_deliberate_truncations
 from .files import UrlSigner
@@ -42,6 +43,7 @@ class Sandbox:
         # Until when (the clock's seconds) file downloads are refused: file_outage_s from
         # when that knob was last set.
         self.file_outage_until = self.clock() + self.config.file_outage_s
+        self.callbacks = Callbacks(self)
         # Set while no server is running, so hangs and slow answers give up at shutdown
         # instead of holding uvicorn's graceful exit for hang_s.
         self.closing = threading.Event()

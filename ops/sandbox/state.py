@@ -157,6 +157,7 @@ def _zero_totals() -> dict[str, Any]:
         "responses_by_code": Counter(),
         "rate_limited": Counter(),
         "faults": Counter(),
+        "callbacks": Counter(),
     }
 
 
@@ -466,7 +467,7 @@ class SandboxState:
         """A JSON-ready snapshot of every counter (the shape is documented in README.md)."""
         with self._lock:
             totals = dict(self._totals)
-            for group in ("responses_by_code", "rate_limited", "faults"):
+            for group in ("responses_by_code", "rate_limited", "faults", "callbacks"):
                 totals[group] = {str(k): v for k, v in sorted(self._totals[group].items())}
             keys = {
                 key_fingerprint(key): {

@@ -279,6 +279,11 @@ class Keys:
         """A hash: entry -> how many unexpected exceptions its steps raised."""
         return f"{self.prefix}:schedule:faults"
 
+    def hastened(self, member: str) -> str:
+        """When (Redis's clock, s) a provider's callback said the member's task ended: its next
+        poll is due now, even if a step held its entry then (producer/core/schedule.py)."""
+        return f"{self.prefix}:schedule:hastened:{member}"
+
     def claim_seq(self) -> str:
         """A counter that makes every claim's token unique."""
         return f"{self.prefix}:schedule:seq"
@@ -286,6 +291,11 @@ class Keys:
     def durations(self, model: str) -> str:
         """A list of the latest generation times (s) seen for one model and size."""
         return f"{self.prefix}:durations:{model}"
+
+    def callback_outcomes(self, provider: str) -> str:
+        """A list: "1" for each of the provider's latest finished jobs that no callback
+        announced, "0" for the others (worker/history.py CallbackLoss)."""
+        return f"{self.prefix}:callback:outcomes:{provider}"
 
     def events(self, job_id: str) -> str:
         """A pub/sub channel that announces each change of a job (for wait())."""
@@ -335,6 +345,15 @@ class Keys:
         """A console sign-in (producer/http/console/sessions.py): the key id, tenant and CSRF
         token of the session whose cookie hashes (sha256) to session_digest; it expires."""
         return f"{self.prefix}:console:session:{session_digest}"
+
+    def callback_token(self, token_digest: str) -> str:
+        """ "<provider> <job id>" of a callback URL's token, under the token's sha256 (the token
+        itself is never stored; producer/core/callbacks.py)."""
+        return f"{self.prefix}:callback:token:{token_digest}"
+
+    def callback_delivery(self, provider: str, delivery_digest: str) -> str:
+        """Set while a provider's delivery (by the sha256 of its id) counts as seen: a replay."""
+        return f"{self.prefix}:callback:seen:{provider}:{delivery_digest}"
 
     def character(self, character_id: str) -> str:
         """The tenant a character made through videoqueue belongs to (a string)."""

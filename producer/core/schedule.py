@@ -9,12 +9,12 @@ finishing the step writes the next due time. A claim that never finishes comes d
 its lease runs out, whatever was lost: the worker, the message, the task's own exception.
 
 This module is the only writer of the lanes, the leases, the faults, the parked sets and the
-submit lane's fair-share state (tenants' ready queues and tags, the deadlines set; its scripts
-are in producer/core/lua/: place, nudge, extend, claim, claim_submit), which is what keeps one
-entry per job: placing an entry in one lane removes it from every other. The claims also spend
-the providers' limits (producer/core/limits.py builds what they may spend, and gives back
-what a job held: a give-back also forgets the job's owner and makes a tenant waiting at its
-ceiling due for a look).
+submit lane's fair-share state (tenants' ready queues and tags, the deadlines set) and the
+callbacks' marks (its scripts are in producer/core/lua/: place, nudge, hasten, extend, claim,
+claim_submit), which is what keeps one entry per job: placing an entry in one lane removes it
+from every other. The claims also spend the providers' limits (producer/core/limits.py builds
+what they may spend, and gives back what a job held: a give-back also forgets the job's owner
+and makes a tenant waiting at its ceiling due for a look).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from producer.core.scripts import Script
 # A parked entry's score is its due time plus this: due, but out of every claim's due range
 # until its provider has room (lua/claim.lua). Any placement or nudge takes it out.
 PARKED_BAND_S = 1e10
+# A callback's mark lasts this long: past any poll it could still hasten.
+HASTENED_TTL_S = 3600.0
 # Due submits one claim takes into their tenants' queues at most: each costs a read and
 # decode of its record and three writes (~0.1 ms of Redis on the benchmark's shared host: 1,000
 # held Redis for up to 160 ms, which a poll's claim would wait behind). A 10,000-job batch
@@ -71,6 +73,7 @@ class Schedule:
         self.keys = keys
         self._place = Script(client, "place")
         self._nudge = Script(client, "nudge")
+        self._hasten = Script(client, "hasten")
         self._extend = Script(client, "extend")
         self._claim = Script(client, "claim")
         self._claim_submit = Script(client, "claim_submit")
@@ -84,6 +87,7 @@ class Schedule:
         token: str = "",
         client: Any = None,
         keep_faults: bool = False,
+        seen: str = "",
     ) -> Any:
         """Make the entry due in delay_s seconds in lane (None: remove it, the job is done).
 
@@ -92,17 +96,22 @@ class Schedule:
             client: a pipeline to queue the call on (it then runs in that transaction).
             keep_faults: the placement retries a fault: the member's fault count stands
                 (any other placement resets it).
+            seen: the callback mark (hastened_marks) the placing step read, if any: a mark
+                it did not see makes a poll entry due now.
         """
         index = LANES.index(lane) + 1 if lane is not None else 0
         return self._place(
             leases=self.keys.leases(),
             faults=self.keys.faults(),
+            hastened=self.keys.hastened(member),
             lanes=self.keys.schedules(),
             member=member,
             lane=index,
             delay_s=f"{max(0.0, delay_s):.3f}",
             token=token,
             keep_faults="1" if keep_faults else "",
+            seen=seen,
+            hasten_lane=LANES.index(Lane.POLL) + 1,
             client=client,
         )
 
@@ -111,6 +120,30 @@ class Schedule:
         return self._nudge(
             leases=self.keys.leases(), lanes=self.keys.schedules(), member=member, client=client
         )
+
+    def hasten(self, member: str, ttl_s: float = HASTENED_TTL_S) -> int:
+        """A provider's callback said the member's task ended: make its next poll due now
+        (lua/hasten.lua: 1 due now, 2 a step holds it and will place it due now, 0 it has no
+        poll entry yet: the submit placing it will make it due now)."""
+        return int(
+            self._hasten(
+                leases=self.keys.leases(),
+                hastened=self.keys.hastened(member),
+                lane=self.keys.schedule(Lane.POLL),
+                member=member,
+                ttl_s=int(ttl_s),
+            )
+        )
+
+    def hastened_marks(self, members: Sequence[str]) -> dict[str, str]:
+        """The callback marks of the members that have one: member -> when it came (Redis's
+        clock, seconds, as text: what a placement passes back as `seen`)."""
+        values = self.redis.mget([self.keys.hastened(m) for m in members]) if members else []
+        return {
+            m: v.decode() if isinstance(v, bytes) else str(v)
+            for m, v in zip(members, values, strict=True)
+            if v is not None
+        }
 
     def claim(
         self,

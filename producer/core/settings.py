@@ -223,6 +223,22 @@ class Settings(BaseSettings):
     # are frames of the video (1792x1024 at most), a few MB as PNG.
     http_max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 
+    # --- provider callbacks (producer/http/callbacks.py; README "Provider callbacks") ---
+    # The HTTP service's base URL as the providers reach it; when set, each create to a
+    # provider whose dialect has a [callback] table carries the URL
+    # {public_url}/callbacks/{provider}/{token}, and polling becomes the safety net.
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    # Signing secrets (never logged): Replicate's (else fetched from its
+    # GET /v1/webhooks/default/secret with the API key), OpenRouter's workspace secret, and
+    # any other dialect's by name (JSON: {"mydialect": "whsec_..."}).
+    replicate_webhook_secret: SecretStr | None = None
+    openrouter_webhook_secret: SecretStr | None = None
+    callback_secrets: dict[str, SecretStr] = {}
+    # A dialect's published key set (JWKS) elsewhere than its file says (JSON: {"fal": URL}).
+    callback_keys_urls: dict[str, str] = {}
+    # The largest callback body read (413 past it, read no further).
+    callback_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
     # --- operations: metrics, logs, the job index ---
     # The port every worker host serves Prometheus metrics on (its main process); None: none.
     metrics_port: int | None = Field(None, ge=0, le=65535)

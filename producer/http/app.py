@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from producer.core import redis_client
 from producer.core.errors import ApiError, BudgetExceeded, InvalidRequest, JobNotFound
 from producer.core.settings import Settings, get_settings
-from producer.http import batches, characters, console, usage, videos
+from producer.http import batches, callbacks, characters, console, usage, videos
 from producer.http.calls import in_thread, with_redis_timeouts
 from producer.http.content import Bucket
 from producer.http.openapi import ERRORS
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(characters.router)
     app.include_router(usage.router)
     console.mount(app)  # the web console at /console (producer/http/console/)
+    app.include_router(callbacks.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
     app.add_api_route("/readyz", readyz, methods=["GET"], tags=["health"],
                       responses={503: ERRORS[503]})  # fmt: skip
@@ -167,12 +168,15 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def _path(request: Request) -> str:
-    # Without its query: a signed video URL's signature is a credential.
-    return request.url.path
+    # Without its query (a signed video URL's signature is a credential), nor a callback
+    # URL's token (as much of one).
+    return _CALLBACK_TOKEN.sub(r"\1[redacted]", request.url.path)
 
 
-# The signature of a video URL, as uvicorn's access log would print it.
+# The signature of a video URL, and a callback URL's token, as uvicorn's access log would
+# print them.
 _SIGNED = re.compile(r"(signature=)[^&\s\"]+")
+_CALLBACK_TOKEN = re.compile(r"(/callbacks/[^/\s]+/)[^/\s?\"]+")
 
 
 def log_config() -> dict[str, Any]:
@@ -193,6 +197,9 @@ class RedactSignatures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                _SIGNED.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
+                _CALLBACK_TOKEN.sub(r"\1[redacted]", _SIGNED.sub(r"\1[redacted]", a))
+                if isinstance(a, str)
+                else a
+                for a in record.args
             )
         return True

@@ -158,6 +158,28 @@ def test_a_cancel_nudges_an_unclaimed_entry_to_now_and_leaves_a_claimed_one(depl
     assert st.schedule.entry(b)[1] > time.time() + 200
 
 
+def test_a_callback_makes_an_unclaimed_poll_due_now_and_a_claimed_one_due_when_placed(deployment):
+    """A callback that lands while a poll holds the entry is not lost to the poll's backoff:
+    the placement sees a mark it did not read and makes the entry due now; a placement that
+    read the mark (the poll that answered it) keeps its own delay."""
+    settings, st = deployment
+    a, b, c = _jobs(settings, st, 3, Lane.POLL)
+    st.schedule.place(a, Lane.POLL, 300.0)
+    assert st.schedule.hasten(a) == 1
+    assert st.schedule.entry(a)[1] <= time.time() + 0.5
+    st.redis.hset(st.keys.leases(), b, "claim")
+    assert st.schedule.hasten(b) == 2
+    st.schedule.place(b, Lane.POLL, 300.0, token="claim")  # the poll read no mark
+    assert st.schedule.entry(b)[1] <= time.time() + 0.5
+    st.redis.hset(st.keys.leases(), c, "claim")
+    st.schedule.hasten(c)
+    mark = st.schedule.hastened_marks([a, b, c])[c]
+    st.schedule.place(c, Lane.POLL, 300.0, token="claim", seen=mark)  # it read this one
+    assert st.schedule.entry(c)[1] > time.time() + 200
+    st.schedule.place(c, Lane.FINALIZE, 0.0)  # only the poll lane is hastened
+    assert st.schedule.entry(c)[0] is Lane.FINALIZE
+
+
 def _two_providers(settings: Settings, tmp_path, cap_a: int) -> Settings:
     path = tmp_path / "providers.toml"
     path.write_text(

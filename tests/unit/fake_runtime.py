@@ -66,6 +66,7 @@ class FakeSchedule:
         token: str = "",
         client: Any = None,
         keep_faults: bool = False,
+        seen: str = "",
     ) -> int:
         if token and self.leases.get(member) != token:
             return 0
@@ -205,6 +206,9 @@ class FakeHistory:
     recorded: list[float] = field(default_factory=list)
 
     def usual_s(self, request: dict[str, Any]) -> float | None:
+        return None
+
+    def late_s(self, request: dict[str, Any]) -> float | None:
         return None
 
     def record(self, request: dict[str, Any], seconds: float, client: Any = None) -> None:
