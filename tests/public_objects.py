@@ -17,6 +17,8 @@ SCHEDULER_FIELDS = frozenset(
         "estimate_s",
         "recoveries",
         "copy_attempts",
+        "fetch_failures",
+        "url_refusals",
         "deadline_unix_s",
     }
 )

@@ -5,6 +5,7 @@ own key prefix and queue so that nothing leaks between tests."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import time
 import uuid
@@ -189,6 +190,24 @@ def eventually(check: Callable[[], Any], timeout_s: float = 30.0, every_s: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(every_s)
+
+
+@pytest.fixture
+def alone_among_the_heavy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run the test while no other test holding this fixture runs, on any xdist worker.
+
+    The chaos smoke run and a failover under load each start dozens of processes and hold
+    Redis busy; on a 2-core host, run side by side, each starves the other past the recovery
+    goal it asserts (30 s after a failover), which is a figure about videoqueue, not about
+    the host's load. A lock file in the session's shared temp directory orders them.
+    """
+    shared = tmp_path_factory.getbasetemp().parent  # popen-gwN's parent: one per session
+    with open(shared / "heavy-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture
