@@ -357,13 +357,17 @@ def notes(result: ScenarioResult) -> list[str]:
         f"Cores used during each load (CPU seconds / wall seconds): {cores}. "
         f"Non-2xx answers, timeouts and socket errors: {errors} in all (a load with any misses "
         "its rate goal).",
-        "What bounds it: each create is about four Redis round trips (the key, its rate token, "
-        "the enqueue, the read-back, made on the server's event loop) plus FastAPI's request "
-        "handling in Python, against `enqueue()`'s one; with 2 cores the server's processes "
-        "share them with Redis and the load generator, so a second uvicorn worker helps only "
-        "while a core is idle. The clients are a closed loop: by Little's law the mean latency "
-        "is clients / rate, so p99 < 50 ms at 200 clients needs well over 4,000 creates/s; at a"
-        " lower rate the latency measures the queue of waiting clients, not a create.",
+        "What bounds it: the server's CPU. A create is two Redis round trips (the key and its "
+        "rate token in one script, then the create script, whose record is the answer), made on "
+        "the event loop, plus FastAPI's request handling in Python (httptools parses HTTP), "
+        "against `enqueue()`'s one trip and no HTTP: about 0.8 ms of server CPU per create, "
+        "so one uvicorn worker tops out near 1,000-1,250/s on this host. A second worker "
+        "takes the rest of the second core, shared with Redis and the load generator; with 50 "
+        "clients it gets few of the connections (they are all accepted at the start, mostly "
+        "by the first process), with 200 it gets its share. The clients are a closed loop: by "
+        "Little's law the mean latency is clients / rate, so p99 < 50 ms at 200 clients needs "
+        "over 4,000 creates/s, more than `enqueue()` itself does in one process here; at a "
+        "lower rate the latency measures the queue of waiting clients, not a create.",
     ]
 
 

@@ -374,7 +374,7 @@ def serve(
     providers(get_settings())
     uvicorn.run(
         "producer.http.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, log_config=log_config(),
+        log_level=log_level, log_config=log_config(), http="httptools", loop="asyncio",
     )  # fmt: skip
 
 

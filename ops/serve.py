@@ -12,8 +12,8 @@ from typing import Any
 import uvicorn
 
 # The sandbox's deliberate faults on the wire (a Content-Length that lies, a reset mid-body:
-# ops/sandbox/gate.py) are written for h11 on asyncio's loop, not httptools on uvloop, which
-# `uvicorn[standard]` would pick for speed (the HTTP service's own choice, in `serve`).
+# ops/sandbox/gate.py) are written for h11 on asyncio's loop, not httptools, which uvicorn
+# picks when it is installed (the HTTP service asks for it, in `serve`, for speed).
 SANDBOX_HTTP: dict[str, Any] = {"http": "h11", "loop": "asyncio"}
 
 
