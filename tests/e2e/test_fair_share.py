@@ -58,8 +58,9 @@ def test_a_light_tenants_jobs_get_slots_promptly_past_a_heavy_tenants_backlog(ma
     order = _order(p, heavy + light)
     light_places = sorted(order.index(j) for j in light)
     if fair:
-        # The first two slots were the heavy tenant's; the light jobs take the next ones.
-        assert light_places[-1] <= 4, order
+        # The first two slots were the heavy tenant's; the light jobs take the next ones (give
+        # or take one: a slot may free before the light tenant's second job is in).
+        assert light_places[-1] <= 5, order
     else:
         assert light_places == [10, 11], order
 
