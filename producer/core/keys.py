@@ -103,6 +103,8 @@ class _KeyRing:
         self.keys = Keys(prefix)
         self._api_rate = Script(client, "api_rate")
         self._admit = Script(client, "admit")
+        # A key's rate bucket is named around its id: admit.lua puts the id it finds between.
+        self._bucket_head, _, self._bucket_tail = self.keys.api_key_rate(_KEY_ID).partition(_KEY_ID)
 
     def create(self, tenant: str, admin: bool) -> tuple[ApiKey, str]:
         secret = SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
@@ -172,10 +174,10 @@ class _KeyRing:
     def admit(
         self, secret: object, rate_per_s: float, burst: int
     ) -> tuple[Principal, float | None]:
-        head, _, tail = self.keys.api_key_rate(_KEY_ID).partition(_KEY_ID)
         raw, wait = self._admit(
             hashes=self.keys.api_key_hashes(), digest=_digest(_well_formed(secret)),
-            bucket_head=head, bucket_tail=tail, rate_per_s=rate_per_s, burst=burst,
+            bucket_head=self._bucket_head, bucket_tail=self._bucket_tail,
+            rate_per_s=rate_per_s, burst=burst,
         )  # fmt: skip
         if not raw:
             raise Unauthenticated(_REFUSED)
