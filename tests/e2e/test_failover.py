@@ -160,10 +160,13 @@ def test_failover_under_load_then_the_old_primary_rejoins_and_a_second_failover(
     )
     ids: list[str] = []
     for failover in (1, 2):
-        wave = [enqueue(p.request(), settings=p.settings) for _ in range(24)]
-        ids += wave
-        # Mid-run: the wave's first jobs notified, the others at every step before.
+        # Mid-run: the first half's first jobs notified, the rest at every step before, and
+        # the second half just enqueued (all 24 at once could all end before the first
+        # webhook is seen on a fast host).
+        wave = [enqueue(p.request(), settings=p.settings) for _ in range(12)]
         eventually(lambda w=wave: _notified(p) & set(w), 60, every_s=0.05)
+        wave += [enqueue(p.request(), settings=p.settings) for _ in range(12)]
+        ids += wave
         assert 0 <= _completed(p, wave) < len(wave)
         old = cluster.kill_primary()
         new = cluster.wait_for_failover(old)

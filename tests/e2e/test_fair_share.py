@@ -106,8 +106,8 @@ def test_a_tenant_at_its_ceiling_waits_while_others_run(make_pipeline):
 
 
 def test_reserved_slots_go_to_their_tenant_ahead_of_a_heavier_weight(make_pipeline):
-    """Without its reservation the vip's second job would wait for the whale's next ~100
-    (weight 100 to 1); with `reserved: 2` both its jobs take the next two free slots."""
+    """Without its reservation the vip's second job would wait behind the whale's whole
+    backlog (weight 100 to 1); with `reserved: 2` both its jobs take the next free slots."""
     p = _pipeline(make_pipeline, cap=3, generation_s=1.5)
     set_policy("whale", {"weight": 100}, settings=p.settings)
     set_policy("vip", {"reserved": 2}, settings=p.settings)
@@ -115,7 +115,11 @@ def test_reserved_slots_go_to_their_tenant_ahead_of_a_heavier_weight(make_pipeli
     eventually(lambda: get(whale[2], settings=p.settings).submitted_at, 30)
     vip = [enqueue(p.request(), tenant="vip", settings=p.settings) for _ in range(2)]
     order = _order(p, whale + vip)
-    assert sorted(order.index(j) for j in vip) == [3, 4], order
+    # The whale's first three were submitted together, so their slots free together: the vip
+    # jobs are claimed for the first two, but a whale job claimed a moment later for the third
+    # may reach the provider first (submitted_at is when the provider answered).
+    places = sorted(order.index(j) for j in vip)
+    assert places[0] == 3 and places[1] <= 5, order
 
 
 def test_a_tenants_jobs_take_slots_by_priority_higher_first(make_pipeline):
