@@ -30,7 +30,7 @@ from producer.core.providers import providers
 from producer.core.records import JobRecord, JobStatus
 from producer.core.settings import get_settings
 from producer.core.store import store
-from producer.core.tenant_policies import get_policy, list_policies, set_policy
+from producer.core.tenant_policies import TenantPolicy, get_policy, list_policies, set_policy
 
 app.command("sandbox", help="Serve the sandbox provider API (a stand-in for the video API).")(
     sandbox
@@ -275,6 +275,15 @@ def tenants_set(
     budget_period: Annotated[
         str | None, typer.Option(help="day, month or total (default total).")
     ] = None,
+    clear: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--clear",
+            metavar="FIELD",
+            help="Put a field back to its default (repeatable): --clear budget-usd lifts the "
+            "budget, --clear max-in-flight the ceiling.",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Set some of a tenant's policy; the fields not given keep their values."""
@@ -282,8 +291,19 @@ def tenants_set(
         "weight": weight, "max_in_flight": max_in_flight, "reserved": reserved,
         "budget_usd": budget_usd, "budget_period": budget_period,
     }  # fmt: skip
+    changes = {k: v for k, v in given.items() if v is not None}
     try:
-        policy = set_policy(name, {k: v for k, v in given.items() if v is not None})
+        for field in clear or []:
+            key = field.replace("-", "_")
+            if key not in given:
+                raise InvalidRequest.of_field(
+                    "--clear",
+                    f"no field {field!r}; one of " + ", ".join(k.replace("_", "-") for k in given),
+                )
+            if key in changes:
+                raise InvalidRequest.of_field("--clear", f"{field} is also given a value")
+            changes[key] = TenantPolicy.model_fields[key].default
+        policy = set_policy(name, changes)
     except InvalidRequest as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None

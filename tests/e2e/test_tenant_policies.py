@@ -49,3 +49,18 @@ def test_the_tenants_commands_set_and_show_through_a_real_process(bare_settings)
     assert run(env, "tenants", "set", "a b", "--weight", "1").returncode == 2
     every = json.loads(run(env, "tenants", "show", "--json").stdout)
     assert [t["tenant"] for t in every] == ["acme"]
+
+
+def test_clear_puts_a_field_back_to_its_default_and_a_wrong_name_writes_nothing(bare_settings):
+    env = env_of(bare_settings)
+    set_ = ["tenants", "set", "acme", "--json"]
+    assert run(env, *set_, "--budget-usd", "5", "--max-in-flight", "3").returncode == 0
+    wrong = run(env, *set_, "--clear", "budget", "--weight", "9")
+    assert wrong.returncode == 2 and "--clear" in wrong.stderr and "budget-usd" in wrong.stderr
+    both = run(env, *set_, "--clear", "budget-usd", "--budget-usd", "1")
+    assert both.returncode == 2 and "--clear" in both.stderr
+    cleared = run(env, *set_, "--clear", "budget-usd", "--clear", "max-in-flight")
+    assert cleared.returncode == 0, cleared.stderr
+    policy = json.loads(run(env, "tenants", "show", "acme", "--json").stdout)
+    assert policy["budget_usd"] is None and policy["max_in_flight"] is None
+    assert policy["weight"] == 1.0  # the refused calls wrote nothing
