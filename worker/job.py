@@ -9,6 +9,7 @@ step: the job's one schedule entry moves to the lane its record calls for (`rout
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -285,11 +286,13 @@ class Job:
     @property
     def deadline_at(self) -> float:
         """When the job must have ended (Unix seconds): VIDEOQUEUE_DEADLINE_S after its
-        submission (its creation, before one). The steps that wait something out until the
-        deadline (a file host down, our own S3 down) read it here."""
+        submission (its creation, before one), or its own deadline_s if that comes first. The
+        steps that wait something out until the deadline (a file host down, our own S3 down)
+        read it here."""
         started = self.record.submitted_at or self.record.created_at
         at = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
-        return at + self.rt.settings.deadline_s
+        own = self.record.deadline_unix_s
+        return min(at + self.rt.settings.deadline_s, own if own is not None else math.inf)
 
     # --- finalize ---
 

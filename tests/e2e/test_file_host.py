@@ -128,3 +128,19 @@ def test_a_file_host_that_never_comes_back_ends_the_job_at_its_deadline_output_u
 def _seconds(iso: str | None) -> float:
     assert iso is not None
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.timeout(120)
+def test_a_jobs_own_deadline_bounds_its_wait_for_the_file_host(make_pipeline):
+    """A request's deadline_s, shorter than VIDEOQUEUE_DEADLINE_S (an hour here), ends the wait
+    for a file host that is down at that deadline, not an hour later."""
+    deadline_s = 8.0
+    p = make_pipeline(env={**BUDGET, "VIDEOQUEUE_DEADLINE_S": "3600"})
+    p.sandbox.configure(file_outage_s=3600)
+    job_id = enqueue(p.request(deadline_s=deadline_s), settings=p.settings)
+    record = wait(job_id, 60, settings=p.settings)
+    assert record.status is JobStatus.FAILED and record.error is not None
+    assert record.error.code == "output_unreachable"
+    took_s = _seconds(record.finished_at) - _seconds(record.created_at)
+    assert deadline_s - 0.5 <= took_s <= deadline_s + 5, took_s
+    _one_create_each(p, 1)
