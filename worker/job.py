@@ -156,6 +156,7 @@ class Job:
             self.revisit()
             return False
         self.claim.placed.add(self.id)
+        self.rt.replicate()  # its charge on the replicas, as its pin was (a failover keeps it)
         return True
 
     def fail(self, code: str, message: str, cost_usd: float | None = None) -> None:

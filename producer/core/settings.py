@@ -67,10 +67,11 @@ class Settings(BaseSettings):
     # (producer/http/calls.py): its Redis calls run on the event loop. A redis:// URL's own
     # socket_timeout= wins.
     redis_timeout_s: float | None = Field(None, gt=0)
-    # The writes that guard money (a job pinned to a provider just before its create is sent)
-    # wait until this many replicas have them (Redis WAIT), so that a failover cannot lose
-    # them; 0: no wait. Costs one round trip to the slowest of them per submit (README
-    # "Redis Sentinel"). A WAIT that times out is logged and the create still goes.
+    # The writes that guard money (a job pinned to a provider just before its create is sent;
+    # a job's end, which settles its charge) wait until this many replicas have them (Redis
+    # WAIT), so that a failover cannot lose them; 0: no wait. Costs one round trip to the
+    # slowest of them, twice per job (README "Redis Sentinel"). A WAIT that times out is
+    # logged and the step goes on.
     redis_wait_replicas: int = Field(0, ge=0)
     redis_wait_timeout_ms: int = Field(500, ge=1)
     # Every key videoqueue writes starts with this; tests give each run its own.

@@ -196,6 +196,23 @@ def test_failover_under_load_then_the_old_primary_rejoins_and_a_second_failover(
         assert "Unrecoverable error" not in w.log_text()
 
 
+def test_with_wait_replicas_each_job_waits_for_a_replica_at_its_pin_and_at_its_end(
+    cluster: SentinelCluster, make_pipeline
+) -> None:
+    """VIDEOQUEUE_REDIS_WAIT_REPLICAS=1: the pin before each create and the end that settles
+    each job's charge are each followed by a WAIT on the primary (its own command counts)."""
+    p = make_pipeline(env=_env(cluster, VIDEOQUEUE_REDIS_WAIT_REPLICAS="1"))
+    primary = cluster.server(cluster.primary_port() or 0)
+    waits_before = _wait_calls(primary)
+    ids = [enqueue(p.request(webhook_url=None), settings=p.settings) for _ in range(3)]
+    eventually(lambda: _completed(p, ids) == len(ids), 60, every_s=0.2)
+    assert _wait_calls(primary) - waits_before >= 2 * len(ids)
+
+
+def _wait_calls(server: redis.Redis) -> int:
+    return int(server.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
 def test_the_cli_and_the_doctor_work_through_sentinel_and_print_no_password(
     cluster: SentinelCluster, make_pipeline
 ) -> None:
