@@ -12,7 +12,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from ops.serve import reset_on_close
 
 __all__ = ["AofTail", "Mode", "Restartable", "TcpProxy", "kill_redis"]
 
@@ -171,9 +172,8 @@ class TcpProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0): the peer gets ECONNRESET, as from a refusing host."""
-    with suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    """Close with RST: the peer gets ECONNRESET, as from a refusing host."""
+    reset_on_close(sock)
     with suppress(OSError):
         sock.close()
 

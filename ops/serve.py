@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import uvicorn
@@ -15,6 +16,13 @@ import uvicorn
 # ops/sandbox/gate.py) are written for h11 on asyncio's loop, not httptools, which uvicorn
 # picks when it is installed (the HTTP service asks for it, in `serve`, for speed).
 SANDBOX_HTTP: dict[str, Any] = {"http": "h11", "loop": "asyncio"}
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make the socket's close send RST (SO_LINGER 0): its peer sees ECONNRESET, as from a
+    host that refuses it, rather than an orderly end of the stream."""
+    with suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

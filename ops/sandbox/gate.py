@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import socket
-import struct
-from contextlib import suppress
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ops.serve import reset_on_close
 
 from .errors import ApiError, DeliberateTruncation
 from .oddities import drip_bytes
@@ -233,9 +232,8 @@ class Gate:
         sb.state.count_in("faults", f"file_outage_{how}")
         if how == "reset" and transport is not None:
             sock = transport.get_extra_info("socket")
-            if sock is not None:  # SO_LINGER 0: the close sends RST, the client sees a reset
-                with suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if sock is not None:
+                reset_on_close(sock)
             transport.abort()
             # The only way out of an ASGI app that has sent nothing, which uvicorn logs
             # quietly (quiet_deliberate_truncations).
