@@ -10,6 +10,14 @@ primary's memory (diskless), so a failover, not a restart, is what keeps the dat
         ...
         old = cluster.kill_primary()          # SIGKILL, as a machine dying
         new = cluster.wait_for_failover(old)  # a replica promoted, answering as primary
+
+With `min_replicas_to_write=1` every server refuses writes (NOREPLICAS) while it is a primary
+without a replica in sync; `stop_replicas()` leaves the primary so, `rejoin()` ends it:
+
+    with sentinel_cluster(tmp_path, min_replicas_to_write=1) as cluster:
+        stopped = cluster.stop_replicas()     # returns once the primary refuses writes
+        for port in stopped:
+            cluster.rejoin(port)              # back, in sync: writes are taken again
 """
 
 from __future__ import annotations
@@ -42,6 +50,10 @@ __all__ = ["SentinelCluster", "sentinel_cluster"]
 # Redis's 30 s default or a few seconds; the tests take 1 s so that a failover fits in a test.
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
+# With min-replicas-to-write: a replica that has not acknowledged the replication stream for
+# longer than this no longer counts (Redis's default is 10 s). A replica that exits is counted
+# out at once, whatever this says; 3 s keeps one merely slow on a loaded host counted in.
+MIN_REPLICAS_MAX_LAG_S = 3
 
 
 @dataclass
@@ -53,12 +65,14 @@ class SentinelCluster:
         servers: port -> process of each redis-server (the primary and its replicas).
         sentinel_ports: each sentinel's port.
         password: the redis-servers' password (requirepass), or None.
+        killed: the ports of the servers killed or stopped and not started again.
     """
 
     master: str
     servers: dict[int, subprocess.Popen[bytes]]
     sentinel_ports: list[int]
     password: str | None = None
+    min_replicas_to_write: int = 0
     killed: list[int] = field(default_factory=list)
     # Starts a redis-server of this deployment again: (port, argv) -> its process.
     _respawn: Callable[[int, list[str]], subprocess.Popen[bytes]] | None = None
@@ -114,6 +128,30 @@ class SentinelCluster:
         self.killed.append(port)
         return port
 
+    def stop_replicas(self, timeout_s: float = 30.0) -> list[int]:
+        """Stop every replica (SIGTERM) and wait until the primary counts none in sync (with
+        min_replicas_to_write, until it refuses writes); their ports, for rejoin().
+
+        Raises:
+            StackError: when the sentinels do not agree on a primary, or it still counts a
+                replica after timeout_s.
+        """
+        primary = self.primary_port()
+        if primary is None:
+            raise StackError("the sentinels do not agree on a primary")
+        stopped = [port for port in self.servers if port != primary and port not in self.killed]
+        for port in stopped:
+            _stop(self.servers[port], self.servers[port].pid, REDIS_STOP_GRACE_S)
+            self.killed.append(port)
+        _wait_until(
+            partial(_without_replicas, self, primary), self.servers[primary],
+            f"redis-server on port {primary}", self._log(primary), timeout_s, interval_s=0.05,
+        )  # fmt: skip
+        return stopped
+
+    def _log(self, port: int) -> Path:
+        return (self._workdir or Path(".")) / f"redis-{port}" / "log"
+
     def rejoin(self, port: int, timeout_s: float = 30.0) -> None:
         """Start a killed server again on its port as a replica of the current primary (an old
         primary coming back: configured as a replica before it serves, so that no client
@@ -126,7 +164,8 @@ class SentinelCluster:
         if primary is None or self._respawn is None or self._workdir is None:
             raise StackError("no primary to follow: the sentinels do not agree on one")
         home = self._workdir / f"redis-{port}"
-        self.servers[port] = self._respawn(port, _server_argv(port, home, self.password, primary))
+        argv = _server_argv(port, home, self.password, primary, self.min_replicas_to_write)
+        self.servers[port] = self._respawn(port, argv)
         _wait_until(
             partial(_in_sync, self, port), self.servers[port], f"redis-server on port {port}",
             home / "log", timeout_s, interval_s=0.1,
@@ -148,7 +187,9 @@ class SentinelCluster:
         raise StackError(f"no replica was promoted within {timeout_s:.0f} s of {old_port}")
 
 
-def _server_argv(port: int, workdir: Path, password: str | None, primary: int | None) -> list[str]:
+def _server_argv(
+    port: int, workdir: Path, password: str | None, primary: int | None, min_replicas: int = 0
+) -> list[str]:
     argv = [
         _redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
         "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
@@ -158,6 +199,10 @@ def _server_argv(port: int, workdir: Path, password: str | None, primary: int | 
     if password:
         # Every server may become the primary: each asks for the password and knows it.
         argv += ["--requirepass", password, "--masterauth", password]
+    if min_replicas:
+        # Every server may become the primary: each refuses writes without enough replicas.
+        argv += ["--min-replicas-to-write", str(min_replicas),
+                 "--min-replicas-max-lag", str(MIN_REPLICAS_MAX_LAG_S)]  # fmt: skip
     if primary is not None:
         argv += ["--replicaof", "127.0.0.1", str(primary)]
     return argv
@@ -180,7 +225,12 @@ def _sentinel_conf(
 
 @contextmanager
 def sentinel_cluster(
-    workdir: Path, *, master: str = "mymaster", password: str | None = None, replicas: int = 2
+    workdir: Path,
+    *,
+    master: str = "mymaster",
+    password: str | None = None,
+    replicas: int = 2,
+    min_replicas_to_write: int = 0,
 ) -> Iterator[SentinelCluster]:
     """Run a primary, its replicas and three sentinels on loopback for the block.
 
@@ -189,6 +239,9 @@ def sentinel_cluster(
         master: the name the sentinels monitor the primary under.
         password: requirepass (and masterauth, auth-pass) of the redis-servers; None: none.
         replicas: how many replicas follow the primary.
+        min_replicas_to_write: each server's `min-replicas-to-write` (and a short
+            `min-replicas-max-lag`, MIN_REPLICAS_MAX_LAG_S): a primary with fewer replicas in
+            sync refuses writes with NOREPLICAS. 0: off, Redis's default.
 
     Yields:
         The cluster, once every replica is in sync and every sentinel sees them all.
@@ -214,8 +267,9 @@ def sentinel_cluster(
         for n, port in enumerate(ports):
             home = workdir / f"redis-{port}"
             primary = None if n == 0 else ports[0]
-            servers[port] = start(f"redis-{port}", _server_argv(port, home, password, primary))
-        cluster = SentinelCluster(master, servers, sentinel_ports, password,
+            argv = _server_argv(port, home, password, primary, min_replicas_to_write)
+            servers[port] = start(f"redis-{port}", argv)
+        cluster = SentinelCluster(master, servers, sentinel_ports, password, min_replicas_to_write,
                                   _respawn=lambda port, argv: start(f"redis-{port}", argv),
                                   _workdir=workdir)  # fmt: skip
         for port in ports:
@@ -249,6 +303,18 @@ def _in_sync(cluster: SentinelCluster, port: int) -> bool:
     try:
         role = client.execute_command("ROLE")
         return bool(role[0] == b"slave" and role[3] == b"connected")
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _without_replicas(cluster: SentinelCluster, primary: int) -> bool:
+    """The primary counts no replica: none connected, none in sync enough to take writes."""
+    client = cluster.server(primary)
+    try:
+        info = client.info("replication")
+        return int(info.get("connected_slaves", 0)) == 0 and not info.get("min_slaves_good_slaves")
     except redis.RedisError:
         return False
     finally:

@@ -22,6 +22,7 @@ from producer.core.errors import (
     InvalidConfiguration,
     InvalidRequest,
     JobNotFound,
+    NotEnoughReplicas,
     VideoqueueError,
     WaitTimeout,
 )
@@ -33,7 +34,8 @@ from producer.jobs import cancel, enqueue, get, wait
 
 class _Commands(TyperGroup):
     """Every command answers an outage of Redis or S3 with one line naming what is
-    unreachable, and exit code 1, never a traceback."""
+    unreachable (or, for a Redis that refuses writes, what it refused), and exit code 1,
+    never a traceback."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -42,6 +44,9 @@ class _Commands(TyperGroup):
             s = get_settings()
             what = f"Redis at {describe(s.records_url, s.sentinel_master)}"
             _unreachable(what, e)
+        except NotEnoughReplicas as e:
+            s = get_settings()
+            _die(f"Redis at {describe(s.records_url, s.sentinel_master)}: {e}", code=1)
         except ValidationError as e:
             if e.title != "Settings":
                 raise
@@ -108,8 +113,8 @@ def _main(
 ) -> None:
     """Queue video generation jobs; workers submit, poll, store the MP4 in S3 and call back.
 
-    Exit codes: 0 success; 1 the job failed or was not found, a check failed, or Redis or S3
-    is unreachable; 2 invalid input.
+    Exit codes: 0 success; 1 the job failed or was not found, a check failed, Redis or S3
+    is unreachable, or Redis refused a write; 2 invalid input.
     """
 
 

@@ -62,6 +62,9 @@ def enqueue(
         InvalidRequest: naming the bad field; nothing was written.
         BudgetExceeded: its estimated cost would take the tenant past its budget (naming
             the budget, what was spent and what is reserved); nothing was written.
+        NotEnoughReplicas: Redis refused the write, its primary having fewer replicas in
+            sync than its min-replicas-to-write; nothing was written, try again later.
+        redis.ConnectionError, redis.TimeoutError: Redis is unreachable.
     """
     job_id, _ = _create(request, tenant, settings)
     return job_id

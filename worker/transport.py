@@ -14,17 +14,34 @@ schedule is the truth).
 
 A failover under Redis Sentinel is the same event seen from here (the connection to the old
 primary dies), so the Sentinel transport below gets the same two fixes.
+
+A primary left without replicas under `min-replicas-to-write` stays up and refuses every write
+with NOREPLICAS, and BRPOP, a pop, is a write: kombu raises the refusal from its event loop,
+and Celery, taking it as unrecoverable, exits (every worker at once, seen in the failover
+suite's replicas-stopped test). So both channels wait REFUSED_PAUSE_S after a refused BRPOP
+and ask again, and a refused acknowledgement is settled here like one through a closed
+channel: what the step did is in the schedule already, the message is only a hint.
 """
 
 from __future__ import annotations
 
+import time
+from queue import Empty
 from typing import Any
 
 import redis
+import structlog
 from kombu.transport import redis as kombu_redis
 from redis import sentinel
 
-from producer.core.redis_client import PrimaryCheckingPool
+from producer.core.errors import NotEnoughReplicas
+from producer.core.redis_client import PrimaryCheckingPool, RefusalParser
+
+log = structlog.get_logger("videoqueue.worker")
+
+# How long a channel whose BRPOP was refused (NOREPLICAS) waits before it asks again: the
+# refusal comes back at once, and asking without a pause would spin the event loop on it.
+REFUSED_PAUSE_S = 1.0
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -37,17 +54,50 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
     def ack(self, delivery_tag: str) -> None:
         if self.channel.closed:
             self._quick_ack(delivery_tag)
-        else:
+            return
+        try:
             super().ack(delivery_tag)
+        except NotEnoughReplicas:  # kept in the unacked hash, as above
+            log.warning("broker refused an acknowledgement (NOREPLICAS)")
+            self._quick_ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if self.channel.closed:
             self._quick_ack(delivery_tag)
-        else:
+            return
+        try:
             super().reject(delivery_tag, requeue)
+        except NotEnoughReplicas:
+            log.warning("broker refused a rejection (NOREPLICAS)")
+            self._quick_ack(delivery_tag)
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class _PausesWhenRefused:
+    """What both channels add to kombu's: NOREPLICAS answered as NotEnoughReplicas, and a
+    refused BRPOP paused for REFUSED_PAUSE_S instead of raised (see the module's docstring)."""
+
+    _refused_until = 0.0
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)  # type: ignore[misc]
+        params["parser_class"] = RefusalParser
+        return params
+
+    def _brpop_start(self, timeout: int | None = None) -> None:
+        # Skipped, the poller sends it again on a later turn of the event loop.
+        if time.monotonic() >= self._refused_until:
+            super()._brpop_start(timeout)  # type: ignore[misc]
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))  # type: ignore[misc]
+        except NotEnoughReplicas:
+            self._refused_until = time.monotonic() + REFUSED_PAUSE_S
+            log.warning("broker refused a pop (NOREPLICAS): asking again shortly")
+            raise Empty() from None
+
+
+class Channel(_PausesWhenRefused, kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
     do_restore = False
 
@@ -56,7 +106,7 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
+class SentinelChannel(_PausesWhenRefused, kombu_redis.SentinelChannel):  # type: ignore[misc]
     """kombu's Sentinel channel with the fixes above, reading its sentinels from the
     `sentinels` transport option.
 

@@ -8,6 +8,7 @@ VideoqueueError
 ├── KeyNotFound           no API key of ours under that id
 ├── Unauthenticated       no API key, or one unknown, revoked or malformed
 ├── WaitTimeout           wait() gave up before the job ended
+├── NotEnoughReplicas     Redis refused a write: its primary has too few replicas (NOREPLICAS)
 ├── OperationRefused      an operator's command cannot do what it was asked (retry, replay)
 ├── WebhookVerificationError   a webhook's signature or timestamp did not verify
 ├── ApiError              an HTTP request answered with OpenAI's error object (gateway, sandbox)
@@ -27,6 +28,8 @@ VideoqueueError
 from __future__ import annotations
 
 from typing import Any
+
+import redis
 
 
 class VideoqueueError(Exception):
@@ -107,6 +110,23 @@ class Unauthenticated(VideoqueueError):
 
 class WaitTimeout(VideoqueueError, TimeoutError):
     """Raised when wait() reaches its timeout before the job ends."""
+
+
+class NotEnoughReplicas(VideoqueueError, redis.ResponseError):
+    """Raised when Redis refuses a write because its primary has fewer replicas in sync than
+    its `min-replicas-to-write` (a NOREPLICAS answer): the refused command, script or
+    transaction wrote nothing, and the same call may succeed once a replica is back.
+
+    A redis-py ResponseError too (redis-py raises only those for an answer of Redis), made in
+    place of the bare one by every client of ours (producer/core/redis_client.py)."""
+
+    def __init__(self, *_: Any, status_code: str | None = "NOREPLICAS") -> None:
+        # Redis's own text may add the script's SHA and line: this one says what to do.
+        super().__init__(
+            "Redis refused the write (NOREPLICAS): its primary has fewer replicas in sync than "
+            "its min-replicas-to-write; nothing was written, try again once a replica is back",
+            status_code=status_code,
+        )
 
 
 class OperationRefused(VideoqueueError):

@@ -24,9 +24,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.connection import DefaultParser
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from producer.core.errors import InvalidConfiguration
+from producer.core.errors import InvalidConfiguration, NotEnoughReplicas
 
 SENTINEL_SCHEME = "sentinel"
 DEFAULT_SENTINEL_PORT = 26379
@@ -59,6 +60,15 @@ class PrimaryCheckingPool(SentinelConnectionPool):  # type: ignore[misc]
             with suppress(redis.RedisError):
                 self.get_master_address()
         return super().get_connection(*args, **kwargs)
+
+
+class RefusalParser(DefaultParser):  # type: ignore[misc,valid-type]
+    """redis-py's parser, which answers a NOREPLICAS refusal (a primary with fewer replicas
+    than its min-replicas-to-write) with NotEnoughReplicas instead of a bare ResponseError
+    that only quotes Redis: a caller of enqueue() learns what happened and that it may try
+    again."""
+
+    EXCEPTION_CLASSES = {**DefaultParser.EXCEPTION_CLASSES, "NOREPLICAS": NotEnoughReplicas}
 
 
 @dataclass(frozen=True)
@@ -232,6 +242,7 @@ def connect(
     Raises:
         InvalidConfiguration: a Sentinel URL that does not parse.
     """
+    kwargs.setdefault("parser_class", RefusalParser)
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url, setting)

@@ -19,7 +19,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from producer.core import redis_client
-from producer.core.errors import ApiError, BudgetExceeded, InvalidRequest, JobNotFound
+from producer.core.errors import (
+    ApiError,
+    BudgetExceeded,
+    InvalidRequest,
+    JobNotFound,
+    NotEnoughReplicas,
+)
 from producer.core.settings import Settings, get_settings
 from producer.http import batches, callbacks, characters, console, usage, videos
 from producer.http.calls import in_thread, with_redis_timeouts
@@ -62,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(redis.ConnectionError, _redis_down)
     app.add_exception_handler(redis.TimeoutError, _redis_down)
+    app.add_exception_handler(NotEnoughReplicas, _redis_refused)
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -154,6 +161,16 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 async def _redis_down(_request: Request, exc: Exception) -> Response:
     log.warning("redis unreachable: %s", type(exc).__name__)
     response: Response = _redis_unavailable().response()
+    return response
+
+
+async def _redis_refused(_request: Request, exc: Exception) -> Response:
+    log.warning("redis refused a write: %s", exc)
+    response: Response = ApiError(
+        503, "the job store (Redis) refuses writes: its primary has too few replicas in sync; "
+        "try again shortly", code="redis_unavailable", type_="server_error",
+        headers={"Retry-After": "1"},
+    ).response()  # fmt: skip
     return response
 
 

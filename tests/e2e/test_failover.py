@@ -21,6 +21,7 @@ import redis
 
 from ops.sentinel import SentinelCluster, sentinel_cluster
 from producer import JobStatus, enqueue, get
+from producer.core.errors import NotEnoughReplicas
 from producer.core.names import Lane
 from producer.core.records import WebhookState
 from producer.core.redis_client import PRIMARY_CHECK_S
@@ -211,6 +212,88 @@ def test_with_wait_replicas_each_job_waits_for_a_replica_at_its_pin_and_at_its_e
 
 def _wait_calls(server: redis.Redis) -> int:
     return int(server.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+@pytest.fixture
+def refusing_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    """The same deployment, whose servers refuse writes as a primary without a replica in
+    sync (min-replicas-to-write 1), stopped whatever happens."""
+    with sentinel_cluster(
+        tmp_path / "sentinel", password=REDIS_PASSWORD, min_replicas_to_write=1
+    ) as c:
+        yield c
+
+
+# What worker/transport.py logs when the broker refuses a worker's BRPOP.
+BROKER_REFUSED = "broker refused a pop (NOREPLICAS)"
+
+
+def _a_step_was_refused(p: Pipeline) -> bool:
+    """A worker's step met NOREPLICAS and came back through its fault boundary."""
+    return any("unexpected exception" in line and NotEnoughReplicas.__name__ in line
+               for w in p.workers for line in w.log_text().splitlines())  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_primary_without_replicas_refuses_enqueue_and_in_flight_jobs_complete_billed_once(
+    refusing_cluster: SentinelCluster, make_pipeline, s3_client
+) -> None:
+    """min-replicas-to-write 1 and every replica stopped while a finalize streams the
+    provider's file: enqueue raises NotEnoughReplicas (NOREPLICAS named, no password) and
+    queues nothing, the HTTP service answers 503 and the CLI one line; the finalize's
+    write is refused into its fault boundary, every worker's broker pop is refused, and the
+    workers live on; once a replica is back every job completes, one provider task each,
+    with the provider's bytes."""
+    from starlette.testclient import TestClient
+
+    from producer.core.keys import create_key
+    from producer.http.app import create_app
+
+    cluster = refusing_cluster
+    p = make_pipeline(
+        # A download drips for 5 s: the replicas are gone before the first one ends.
+        sandbox={"time_scale": 60.0, "file_stream_s": 5.0},
+        env=_env(cluster),
+        workers=2,
+    )
+    _, secret = create_key("acme", settings=p.settings)
+    ids = [enqueue(p.request(), settings=p.settings) for _ in range(6)]
+    eventually(lambda: p.sandbox.stats(include_tasks=False)["totals"]["downloads"] >= 1, 30,
+               every_s=0.05)  # fmt: skip
+    assert _completed(p, ids) == 0  # mid-run: a finalize streaming, none finished
+    stopped = cluster.stop_replicas()  # returns once the primary counts none in sync
+    assert len(stopped) == 2
+
+    with pytest.raises(NotEnoughReplicas) as refused:
+        enqueue(p.request(), settings=p.settings)
+    assert "NOREPLICAS" in str(refused.value) and "replica" in str(refused.value)
+    assert REDIS_PASSWORD not in str(refused.value)
+    with TestClient(create_app(p.settings)) as http:
+        made = http.post("/v1/videos", json={"model": "sora", "prompt": "a fox"},
+                         headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    assert made.status_code == 503, made.text
+    assert made.json()["error"]["code"] == "redis_unavailable"
+    cli = run(p.env, "submit", "--prompt", "a fox", "--size", "64x48", "--duration", "1")
+    assert cli.returncode == 1, cli.stderr
+    assert "NOREPLICAS" in cli.stderr and "Traceback" not in cli.stderr
+    assert REDIS_PASSWORD not in cli.stderr + cli.stdout
+    # The streaming finalize ends in a refused write: it comes back through its boundary.
+    # And every worker's broker pop (a write) is refused: a worker used to exit on that.
+    eventually(lambda: _a_step_was_refused(p), 30, every_s=0.2)
+    eventually(lambda: all(BROKER_REFUSED in w.log_text() for w in p.workers), 30, every_s=0.2)
+    p.sandbox.configure(file_stream_s=0)  # the drip has done its part: downloads at full speed
+
+    for port in stopped:
+        cluster.rejoin(port)  # in sync when it returns: writes are taken again
+    ids.append(enqueue(p.request(), settings=p.settings))
+    # Nothing of the refused enqueue or request was queued: one provider task per job here.
+    _assert_completed_billed_once_with_the_providers_bytes(p, ids, s3_client)
+    for w in p.workers:  # lived through the refusals, not restarted
+        assert w.pid in w.alive_pids(), w.log_text()[-3000:]
+        log = w.log_text()
+        assert "Unrecoverable error" not in log
+        assert REDIS_PASSWORD not in log
 
 
 def test_the_cli_and_the_doctor_work_through_sentinel_and_print_no_password(

@@ -10,9 +10,9 @@ import producer
 def test_producer_exports_exactly_the_intended_names():
     assert set(producer.__all__) == {
         "BatchRecord", "BudgetExceeded", "cancel_batch", "enqueue_batch", "get_batch",
-        "CharacterRequest", "InvalidRequest", "JobNotFound", "JobRecord", "JobStatus", "Scene",
-        "VideoRequest", "VideoqueueError", "WaitTimeout", "WebhookVerificationError", "cancel",
-        "enqueue", "get", "verify_webhook", "wait",
+        "CharacterRequest", "InvalidRequest", "JobNotFound", "JobRecord", "JobStatus",
+        "NotEnoughReplicas", "Scene", "VideoRequest", "VideoqueueError", "WaitTimeout",
+        "WebhookVerificationError", "cancel", "enqueue", "get", "verify_webhook", "wait",
     }  # fmt: skip
 
 

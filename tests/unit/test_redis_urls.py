@@ -5,12 +5,13 @@ kombu's failover keeps our transport."""
 from __future__ import annotations
 
 import pytest
+import redis
 from kombu import Connection
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from producer.core.errors import InvalidConfiguration
-from producer.core.redis_client import describe, parse_sentinel_url, url_secrets
+from producer.core.errors import InvalidConfiguration, NotEnoughReplicas
+from producer.core.redis_client import RefusalParser, describe, parse_sentinel_url, url_secrets
 from producer.core.settings import Settings, get_settings
 from worker import redaction
 from worker.config import celery_config
@@ -143,3 +144,19 @@ def test_a_url_that_names_no_redis_is_refused_naming_the_setting_not_the_url(url
         Settings(redis_url=url)
     message = str(caught.value)
     assert "VIDEOQUEUE_REDIS_URL must be a redis://" in message and "hunter2" not in message
+
+
+@pytest.mark.parametrize("answer", [
+    "NOREPLICAS Not enough good replicas to write.",
+    "NOREPLICAS Not enough good replicas to write. script: 3f1c, on @user_script:12.",
+])  # fmt: skip
+def test_a_noreplicas_answer_is_raised_as_not_enough_replicas_saying_what_to_do(
+    answer: str,
+) -> None:
+    """A command's refusal and a script's alike; a ResponseError still for redis-py, which
+    raises only those for an answer of Redis."""
+    error = RefusalParser.parse_error(answer)
+    assert isinstance(error, NotEnoughReplicas) and isinstance(error, redis.ResponseError)
+    assert error.status_code == "NOREPLICAS"
+    assert "NOREPLICAS" in str(error) and "try again once a replica is back" in str(error)
+    assert type(RefusalParser.parse_error("READONLY You can't write")) is redis.ReadOnlyError
