@@ -701,7 +701,7 @@ def http_service(
 
     Args:
         env: Added to os.environ for it (the same VIDEOQUEUE_* settings as the workers).
-        port: 0 for a free one.
+        port: 0 for a free one (another one if something takes it before the server binds it).
         workers: uvicorn worker processes.
         logfile: Where its output goes; a temporary file removed after the block if None.
 
@@ -711,21 +711,61 @@ def http_service(
     Raises:
         StackError: with the log tail, when it exits or does not answer in time.
     """
-    port = port or free_port(host)
-    argv = [sys.executable, "-m", "ops", "serve", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
-    url = f"http://{host}:{port}"
     with ExitStack() as cleanup:
         if logfile is None:
             tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="videoqueue-http-"))
             logfile = Path(tmp) / "http.log"
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        proc, log = _spawn(argv, logfile, env=full_env, cwd=PROJECT_ROOT)
-        cleanup.callback(log.close)
-        cleanup.callback(_stop, proc, proc.pid, HTTP_STOP_GRACE_S)
-        _wait_until(lambda: _answers(f"{url}/healthz"), proc, f"videoqueue serve on {url}",
-                    logfile, startup_timeout_s)  # fmt: skip
+        for attempt in range(PORT_ATTEMPTS):
+            chosen = port or free_port(host)
+            argv = [sys.executable, "-m", "ops", "serve", "--host", host, "--port", str(chosen),
+                    "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
+            url = f"http://{host}:{chosen}"
+            since = _log_size(logfile)
+            proc, log = _spawn(argv, logfile, env=full_env, cwd=PROJECT_ROOT)
+            # Ours listening, not another service that took the port while ours started.
+            ready = partial(_serves_http, proc.pid, chosen, url)
+            try:
+                _wait_until(ready, proc, f"videoqueue serve on {url}", logfile,
+                            startup_timeout_s, log_since=since)  # fmt: skip
+            except BaseException as e:
+                _stop(proc, proc.pid, HTTP_STOP_GRACE_S)
+                log.close()
+                if isinstance(e, PortTaken) and not port and attempt < PORT_ATTEMPTS - 1:
+                    continue
+                raise
+            cleanup.callback(log.close)
+            cleanup.callback(_stop, proc, proc.pid, HTTP_STOP_GRACE_S)
+            break
         yield url
+
+
+def _serves_http(pid: int, port: int, url: str) -> bool:
+    return _listens_on(pid, port) and _answers(f"{url}/healthz")
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Process pid holds the socket listening on TCP port (read off Linux's /proc; where
+    there is none, True: nothing to tell it from another process)."""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        return True
+    inodes = set()
+    for table in tables:
+        with suppress(OSError):
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()  # local address (hex ip:port), ..., state, ..., inode
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
 
 
 def _answers(url: str) -> bool:
