@@ -33,11 +33,15 @@ from pathlib import Path
 
 import redis
 
-from ops.serve import free_port
+from ops.serve import free_ports
 from ops.stack import (
+    PORT_ATTEMPTS,
     REDIS_STARTUP_TIMEOUT_S,
     REDIS_STOP_GRACE_S,
+    PortTaken,
     StackError,
+    _log_size,
+    _owned_by,
     _redis_binary,
     _spawn,
     _stop,
@@ -249,48 +253,89 @@ def sentinel_cluster(
     Raises:
         StackError: when a process does not start or the deployment does not form in time.
     """
-    ports = [free_port() for _ in range(1 + replicas)]
-    sentinel_ports = [free_port() for _ in range(3)]
+    for attempt in range(PORT_ATTEMPTS):
+        with ExitStack() as stack:
+            try:
+                cluster = _start_cluster(
+                    stack, workdir, master, password, replicas, min_replicas_to_write
+                )
+            except PortTaken:  # the block stopped what had started: again on fresh ports
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                continue
+            yield cluster
+            return
+
+
+def _start_cluster(
+    stack: ExitStack,
+    workdir: Path,
+    master: str,
+    password: str | None,
+    replicas: int,
+    min_replicas_to_write: int,
+) -> SentinelCluster:
+    """Start the deployment on fresh ports, each process stopped when stack closes.
+
+    Raises:
+        PortTaken: when a process exits because another took its port since it was picked.
+    """
+    ports = free_ports(1 + replicas + 3)
+    ports, sentinel_ports = ports[: 1 + replicas], ports[1 + replicas :]
     servers: dict[int, subprocess.Popen[bytes]] = {}
-    with ExitStack() as stack:
+    log_since: dict[int, int] = {}
 
-        def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-            home = workdir / name
-            home.mkdir(parents=True, exist_ok=True)
-            # Appends: a server started again keeps the log of its first life.
-            proc, log = _spawn(argv, home / "log", cwd=home)
-            stack.callback(log.close)
-            # A killed server is reaped at once; _kill_group after _stop reaps any other.
-            stack.callback(_stop, proc, proc.pid, REDIS_STOP_GRACE_S)
-            return proc
+    def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        home = workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        log_since[int(name.rsplit("-", 1)[1])] = _log_size(home / "log")
+        # Appends: a server started again keeps the log of its first life.
+        proc, log = _spawn(argv, home / "log", cwd=home)
+        stack.callback(log.close)
+        # A killed server is reaped at once; _kill_group after _stop reaps any other.
+        stack.callback(_stop, proc, proc.pid, REDIS_STOP_GRACE_S)
+        return proc
 
-        for n, port in enumerate(ports):
-            home = workdir / f"redis-{port}"
-            primary = None if n == 0 else ports[0]
-            argv = _server_argv(port, home, password, primary, min_replicas_to_write)
-            servers[port] = start(f"redis-{port}", argv)
-        cluster = SentinelCluster(master, servers, sentinel_ports, password, min_replicas_to_write,
-                                  _respawn=lambda port, argv: start(f"redis-{port}", argv),
-                                  _workdir=workdir)  # fmt: skip
-        for port in ports:
-            _wait_until(
-                partial(_serving, cluster, port), servers[port], f"redis-server on port {port}",
-                workdir / f"redis-{port}" / "log", REDIS_STARTUP_TIMEOUT_S, interval_s=0.05,
-            )  # fmt: skip
-        sentinels = {}
-        for port in sentinel_ports:
-            home = workdir / f"sentinel-{port}"
-            home.mkdir(parents=True, exist_ok=True)
-            conf = home / "sentinel.conf"  # a sentinel rewrites its config: it must own it
-            conf.write_text(_sentinel_conf(port, home, master, ports[0], password))
-            sentinels[port] = start(f"sentinel-{port}", [_redis_binary(), str(conf), "--sentinel"])
-        for port, proc in sentinels.items():  # they find each other through the primary
-            _wait_until(
-                partial(_sees_everyone, cluster, port, replicas), proc,
-                f"redis-sentinel on port {port}", workdir / f"sentinel-{port}" / "log",
-                REDIS_STARTUP_TIMEOUT_S * 2, interval_s=0.1,
-            )  # fmt: skip
-        yield cluster
+    for n, port in enumerate(ports):
+        home = workdir / f"redis-{port}"
+        primary = None if n == 0 else ports[0]
+        argv = _server_argv(port, home, password, primary, min_replicas_to_write)
+        servers[port] = start(f"redis-{port}", argv)
+    cluster = SentinelCluster(master, servers, sentinel_ports, password, min_replicas_to_write,
+                              _respawn=lambda port, argv: start(f"redis-{port}", argv),
+                              _workdir=workdir)  # fmt: skip
+
+    def wait(
+        name: str, kind: str, procs: dict[int, subprocess.Popen[bytes]], auth: str | None,
+        joined: Callable[[int], bool], timeout_s: float, interval_s: float,
+    ) -> None:  # fmt: skip
+        def until(ready: Callable[[], bool], port: int, limit_s: float) -> None:
+            _wait_until(ready, procs[port], f"{kind} on port {port}",
+                        workdir / f"{name}-{port}" / "log", limit_s, interval_s=interval_s,
+                        log_since=log_since[port])  # fmt: skip
+
+        # Each answers as itself first (not another process that took its port: then it
+        # exits, PortTaken), all of them before any is waited for to join the others: a wait
+        # for one to see the rest must not outlast a sibling that died for its port.
+        for port, proc in procs.items():
+            until(partial(_owned_by, port, proc.pid, auth), port, REDIS_STARTUP_TIMEOUT_S)
+        for port in procs:
+            until(partial(joined, port), port, timeout_s)
+
+    wait("redis", "redis-server", servers, password, partial(_serving, cluster),
+         REDIS_STARTUP_TIMEOUT_S, 0.05)  # fmt: skip
+    sentinels = {}
+    for port in sentinel_ports:
+        home = workdir / f"sentinel-{port}"
+        home.mkdir(parents=True, exist_ok=True)
+        conf = home / "sentinel.conf"  # a sentinel rewrites its config: it must own it
+        conf.write_text(_sentinel_conf(port, home, master, ports[0], password))
+        sentinels[port] = start(f"sentinel-{port}", [_redis_binary(), str(conf), "--sentinel"])
+    sees_everyone = partial(_sees_everyone, cluster, replicas=replicas)
+    # They find each other through the primary.
+    wait("sentinel", "redis-sentinel", sentinels, None, sees_everyone,
+         REDIS_STARTUP_TIMEOUT_S * 2, 0.1)  # fmt: skip
+    return cluster
 
 
 def _serving(cluster: SentinelCluster, port: int) -> bool:

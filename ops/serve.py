@@ -32,6 +32,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct TCP ports that were free a moment ago on host."""
+    ports: list[int] = []
+    while len(ports) < n:  # free_port can repeat itself: keep them distinct
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @contextmanager
 def serve_in_thread(
     app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 10.0

@@ -28,13 +28,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 import redis
 
-from ops.serve import free_port
+from ops.serve import free_port, free_ports
 
 __all__ = [
     "LocalStack",
@@ -70,6 +71,16 @@ LOG_TAIL_CHARS = 4000
 
 class StackError(RuntimeError):
     """Raised when a local service cannot be found, fails to start, or exits early."""
+
+
+class PortTaken(StackError):
+    """Raised when a server exits at its start because another process holds its port."""
+
+
+# A port from free_port() is only free until someone binds it: another test's server, or a
+# client connection's ephemeral port, may take it before the server it was picked for starts.
+# A server started on picked ports is started again on fresh ones this many times at most.
+PORT_ATTEMPTS = 5
 
 
 # --- process ownership --------------------------------------------------------------------
@@ -158,11 +169,22 @@ def _spawn(
     return proc, log
 
 
-def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+def _tail(path: Path, chars: int = LOG_TAIL_CHARS, *, since: int = 0) -> str:
+    """The log's last chars, of what was written after its first `since` bytes."""
     try:
-        return path.read_text(errors="replace")[-chars:]
+        with open(path, "rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")[-chars:]
     except OSError:
         return "(no log)"
+
+
+def _log_size(path: Path) -> int:
+    """Where what a process appends to the log will start."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _wait_until(
@@ -172,15 +194,21 @@ def _wait_until(
     log_path: Path,
     timeout_s: float,
     interval_s: float = 0.1,
+    *,
+    log_since: int = 0,
 ) -> None:
-    """Poll ready() until true; raise StackError with the log tail if proc dies or time runs out."""
+    """Poll ready() until true; raise StackError with the log tail if proc dies or time runs
+    out (PortTaken if it died for its port: its log from byte log_since on says so)."""
     deadline = time.monotonic() + timeout_s
     while True:
         if ready():
             return
         code = proc.poll()
         if code is not None:
-            raise StackError(f"{what} exited with code {code}; log tail:\n{_tail(log_path)}")
+            tail = _tail(log_path, since=log_since)
+            # Redis's words, and Python's ("[Errno 98] ... address already in use").
+            error = PortTaken if "address already in use" in tail.lower() else StackError
+            raise error(f"{what} exited with code {code}; log tail:\n{tail}")
         if time.monotonic() > deadline:
             raise StackError(
                 f"{what} not ready after {timeout_s:.0f} s; log tail:\n{_tail(log_path)}"
@@ -231,6 +259,20 @@ def _redis_binary() -> str:
     return str(bundled)
 
 
+def _owned_by(port: int, pid: int, password: str | None = None) -> bool:
+    """The Redis (server or sentinel) answering on port is process pid: a ready check must not
+    be answered by another process that holds the port this one failed to bind."""
+    client = redis.Redis(
+        port=port, password=password, socket_connect_timeout=0.5, socket_timeout=0.5
+    )
+    try:
+        return int(client.info("server")["process_id"]) == pid
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return False
+    finally:
+        client.close()
+
+
 def _pings(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
@@ -252,7 +294,8 @@ def redis_server(
     are off: AOF alone covers restarts and keeps shutdown fast.
 
     Args:
-        port: TCP port; a free one when None.
+        port: TCP port; a free one when None (another one if something takes it before the
+            server binds it).
         workdir: Where the AOF files and ``redis.log`` go; a temporary directory when None.
             A server started again on the same port and workdir replays the AOF there.
         appendfsync: ``everysec`` (production) or ``always``; None runs without any
@@ -264,33 +307,52 @@ def redis_server(
     Raises:
         StackError: when no binary is found or the server does not answer PING in time.
     """
-    port = port or free_port()
-    url = f"redis://127.0.0.1:{port}/0"
     with _workdir(workdir, "videoqueue-redis-") as wd:
         log_path = wd / "redis.log"
-        argv = [
-            _redis_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(wd),
-            "--save", "",
-            "--appendonly", "yes" if appendfsync else "no",
-            "--appendfsync", appendfsync or "everysec",
-            "--maxmemory-policy", "noeviction",
-            "--daemonize", "no",  # logs go to stdout, which _spawn sends to log_path
-        ]  # fmt: skip
-        proc, log = _spawn(argv, log_path, cwd=wd)
-        pgid = proc.pid
+        for attempt in range(PORT_ATTEMPTS):
+            chosen = port or free_port()
+            try:
+                proc, log = _start_redis(chosen, wd, log_path, appendfsync)
+            except PortTaken:
+                if port or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                continue
+            break
         try:
-            _wait_until(
-                lambda: _pings(url), proc, f"redis-server on port {port}", log_path,
-                REDIS_STARTUP_TIMEOUT_S, interval_s=0.05,
-            )  # fmt: skip
-            yield url
+            yield f"redis://127.0.0.1:{chosen}/0"
         finally:
             # SIGTERM makes Redis fsync the AOF and exit; it is quick.
-            _stop(proc, pgid, REDIS_STOP_GRACE_S)
+            _stop(proc, proc.pid, REDIS_STOP_GRACE_S)
             log.close()
+
+
+def _start_redis(
+    port: int, wd: Path, log_path: Path, appendfsync: str | None
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """A redis-server on port, serving (stopped again if it does not come up)."""
+    argv = [
+        _redis_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(wd),
+        "--save", "",
+        "--appendonly", "yes" if appendfsync else "no",
+        "--appendfsync", appendfsync or "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--daemonize", "no",  # logs go to stdout, which _spawn sends to log_path
+    ]  # fmt: skip
+    since = _log_size(log_path)
+    proc, log = _spawn(argv, log_path, cwd=wd)
+    try:
+        _wait_until(
+            partial(_owned_by, port, proc.pid), proc, f"redis-server on port {port}", log_path,
+            REDIS_STARTUP_TIMEOUT_S, interval_s=0.05, log_since=since,
+        )  # fmt: skip
+    except BaseException:
+        _stop(proc, proc.pid, REDIS_STOP_GRACE_S)
+        log.close()
+        raise
+    return proc, log
 
 
 @contextmanager
@@ -447,11 +509,7 @@ def _weed_ports(workdir: Path) -> dict[str, int]:
             return before  # else (something else took one since) the data moves to new ports
     names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
              "filer", "filer.port.grpc"]  # fmt: skip
-    ports: dict[str, int] = {}
-    while len(ports) < len(names):  # free_port can repeat itself: keep them distinct
-        port = free_port()
-        if port not in ports.values():
-            ports[names[len(ports)]] = port
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     saved.write_text(json.dumps(ports))
     return ports
 
@@ -643,7 +701,7 @@ def http_service(
 
     Args:
         env: Added to os.environ for it (the same VIDEOQUEUE_* settings as the workers).
-        port: 0 for a free one.
+        port: 0 for a free one (another one if something takes it before the server binds it).
         workers: uvicorn worker processes.
         logfile: Where its output goes; a temporary file removed after the block if None.
 
@@ -653,21 +711,61 @@ def http_service(
     Raises:
         StackError: with the log tail, when it exits or does not answer in time.
     """
-    port = port or free_port(host)
-    argv = [sys.executable, "-m", "ops", "serve", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
-    url = f"http://{host}:{port}"
     with ExitStack() as cleanup:
         if logfile is None:
             tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="videoqueue-http-"))
             logfile = Path(tmp) / "http.log"
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        proc, log = _spawn(argv, logfile, env=full_env, cwd=PROJECT_ROOT)
-        cleanup.callback(log.close)
-        cleanup.callback(_stop, proc, proc.pid, HTTP_STOP_GRACE_S)
-        _wait_until(lambda: _answers(f"{url}/healthz"), proc, f"videoqueue serve on {url}",
-                    logfile, startup_timeout_s)  # fmt: skip
+        for attempt in range(PORT_ATTEMPTS):
+            chosen = port or free_port(host)
+            argv = [sys.executable, "-m", "ops", "serve", "--host", host, "--port", str(chosen),
+                    "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
+            url = f"http://{host}:{chosen}"
+            since = _log_size(logfile)
+            proc, log = _spawn(argv, logfile, env=full_env, cwd=PROJECT_ROOT)
+            # Ours listening, not another service that took the port while ours started.
+            ready = partial(_serves_http, proc.pid, chosen, url)
+            try:
+                _wait_until(ready, proc, f"videoqueue serve on {url}", logfile,
+                            startup_timeout_s, log_since=since)  # fmt: skip
+            except BaseException as e:
+                _stop(proc, proc.pid, HTTP_STOP_GRACE_S)
+                log.close()
+                if isinstance(e, PortTaken) and not port and attempt < PORT_ATTEMPTS - 1:
+                    continue
+                raise
+            cleanup.callback(log.close)
+            cleanup.callback(_stop, proc, proc.pid, HTTP_STOP_GRACE_S)
+            break
         yield url
+
+
+def _serves_http(pid: int, port: int, url: str) -> bool:
+    return _listens_on(pid, port) and _answers(f"{url}/healthz")
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Process pid holds the socket listening on TCP port (read off Linux's /proc; where
+    there is none, True: nothing to tell it from another process)."""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        return True
+    inodes = set()
+    for table in tables:
+        with suppress(OSError):
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()  # local address (hex ip:port), ..., state, ..., inode
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
 
 
 def _answers(url: str) -> bool:

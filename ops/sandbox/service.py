@@ -82,6 +82,16 @@ class Sandbox:
         """Zero every counter; with drop_tasks also forget tasks, characters and idempotency."""
         self.state.reset_stats(drop_tasks=drop_tasks, now=self.clock())
 
+    def end_generation(self, task_id: str) -> None:
+        """End a task's generation now, whatever its timing said: a test decides when the
+        provider is done, so that what it watches meanwhile does not hang on the host's
+        speed (a generation long enough for the slowest host is then no slower on a fast one).
+
+        Raises:
+            KeyError: no such task.
+        """
+        self.state.end_generation(task_id, self.clock())
+
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Serve the API on uvicorn in a background thread until the block ends.

@@ -403,6 +403,13 @@ class SandboxState:
             self._totals["deleted"] += 1
             return task
 
+    def end_generation(self, task_id: str, now: float) -> None:
+        """The task's generation ends at now if it had not yet (its fate stands)."""
+        with self._lock:
+            task = self.tasks[task_id]
+            task.generation_s = min(task.generation_s, max(0.0, now - task.created_at))
+            task.queued_s = min(task.queued_s, task.generation_s)
+
     def note_status_query(self, task: Task) -> None:
         """Count one status query of task."""
         with self._lock:

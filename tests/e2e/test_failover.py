@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import redis
 
+import ops.sentinel
 from ops.sentinel import SentinelCluster, sentinel_cluster
+from ops.stack import redis_server
 from producer import JobStatus, enqueue, get
 from producer.core.errors import NotEnoughReplicas
 from producer.core.names import Lane
@@ -406,3 +408,20 @@ def test_the_http_service_answers_through_sentinel(cluster: SentinelCluster, mak
                          headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
         assert made.status_code == 200, made.text
         assert get(made.json()["id"], settings=p.settings).tenant == "acme"
+
+
+def test_a_cluster_whose_picked_ports_were_taken_forms_on_fresh_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ports picked free and taken before the servers bind them (another xdist worker's
+    servers): the cluster is started again on fresh ports, and no ready check is answered by
+    the process that took a port."""
+    with redis_server(workdir=tmp_path / "other") as other_url:
+        taken = int(other_url.rsplit(":", 1)[1].split("/")[0])
+        real = ops.sentinel.free_ports
+        picks = iter([[taken, *real(5)], [*real(5), taken]])  # the primary's, then a sentinel's
+        monkeypatch.setattr("ops.sentinel.free_ports", lambda n: next(picks, None) or real(n))
+        with sentinel_cluster(tmp_path / "sentinel", password=REDIS_PASSWORD) as c:
+            assert taken not in [*c.servers, *c.sentinel_ports]
+            port = c.primary_port()
+            assert port is not None and c.answers_as_primary(port)

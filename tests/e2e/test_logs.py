@@ -8,7 +8,9 @@ import json
 import pytest
 
 from producer import enqueue, get
+from producer.core.names import Lane
 from producer.core.records import TERMINAL
+from producer.core.store import store
 from tests.e2e.conftest import API_KEY, WEBHOOK_SECRET, eventually
 
 
@@ -66,10 +68,31 @@ def test_every_line_of_a_jobs_threads_names_its_job(make_pipeline):
     """A poll's status queries and an upload's parts run on threads, which start with no log
     context: every line they write (here httpx's and urllib3's request lines, turned on) names
     the job whose task it asks about or whose video it uploads, redacted like every line."""
-    p = make_pipeline(env={"VIDEOQUEUE_LOG_FORMAT": "json"}, workers=0,
-                      sandbox={"fast": False, "time_scale": 0.2, "jitter": 0})  # fmt: skip
+    # Polls first due a minute after submission: none comes due on its own during the test.
+    # The jobs' polls are made due together below, so one poll queries all four at once on
+    # any host; left to their own timing, their polls met in one batch only by chance.
+    env = {"VIDEOQUEUE_LOG_FORMAT": "json", "VIDEOQUEUE_POLL_FIRST_S": "60",
+           "VIDEOQUEUE_POLL_CAP_S": "60"}  # fmt: skip
+    p = make_pipeline(env=env, workers=0, sandbox={"fast": False, "time_scale": 0.2, "jitter": 0})
     p.start_worker(app="tests.e2e.chatty_worker")
-    job_ids = run_jobs(p, 4)
+    job_ids = [enqueue(p.request(), settings=p.settings) for _ in range(4)]
+    schedule = store(p.settings).schedule
+
+    def waiting_to_poll(job_id: str) -> bool:
+        entry = schedule.entry(job_id)
+        return entry is not None and entry[0] is Lane.POLL and schedule.holders([job_id]) == [None]
+
+    eventually(lambda: all(waiting_to_poll(j) for j in job_ids), 60)
+    # Each video done at the provider, so that the one poll of all four is each job's last.
+    eventually(lambda: all(t["status"] == "completed"
+                           for t in p.sandbox.stats()["tasks"].values()), 30)  # fmt: skip
+    # One transaction: the pump's claim (one script) sees all four due, or none.
+    with schedule.redis.pipeline(transaction=True) as pipe:
+        for job_id in job_ids:
+            schedule.nudge(job_id, client=pipe)
+        assert pipe.execute() == [1] * len(job_ids)
+    eventually(lambda: all(get(j, settings=p.settings).status in TERMINAL for j in job_ids), 60)
+    eventually(lambda: len(p.receiver.verified_events()) >= len(job_ids), 30)
     tasks = {get(j, settings=p.settings).provider_task_id: j for j in job_ids}
     p.workers[0].stop()
     text = p.workers[0].log_path.read_text()

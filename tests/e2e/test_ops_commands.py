@@ -12,7 +12,7 @@ from standardwebhooks.webhooks import Webhook
 
 from ops.stack import free_port, redis_server
 from producer import enqueue, enqueue_batch, get
-from producer.core.names import account_of
+from producer.core.names import Lane, account_of
 from producer.core.records import (
     TERMINAL,
     ErrorInfo,
@@ -21,6 +21,7 @@ from producer.core.records import (
     WebhookState,
     utcnow_iso,
 )
+from producer.core.schedule import PARKED_BAND_S
 from producer.core.store import store
 from tests.e2e.conftest import WEBHOOK_SECRET, eventually
 from tests.e2e.test_cli import run
@@ -133,7 +134,11 @@ def test_a_job_retried_into_polling_counts_against_max_in_flight(
     """A failed job whose task still runs, retried while another job holds the only slot:
     it is not polled until it has a slot of its own (with a providers file too, where a
     failed job's route is forgotten)."""
-    p = make_pipeline(sandbox={"fast": False, "time_scale": 1.0, "jitter": 0},
+    # Generations that outlast any stall of the host (15 min): the test ends them when it has
+    # seen what it watches. At 9 s, the first job's task could end before the retry on a
+    # loaded host (then it is copied, not polled: status finalizing) and the second's before
+    # the retried job was due (then nothing was watched).
+    p = make_pipeline(sandbox={"fast": False, "time_scale": 100.0, "jitter": 0},
                       env={"VIDEOQUEUE_MAX_IN_FLIGHT": "1"}, workers=0)  # fmt: skip
     if providers_file:
         path = tmp_path / "providers.toml"
@@ -161,6 +166,11 @@ def test_a_job_retried_into_polling_counts_against_max_in_flight(
     assert retried.returncode == 0, retried.stderr
     assert json.loads(retried.stdout)["status"] in ("submitted", "processing")
     polls = get(first, settings=p.settings).polls
+    # Due at once, its poll is claimed and parked: no slot is free for it.
+    polls_lane = st.keys.schedule(Lane.POLL)
+    eventually(lambda: (st.redis.zscore(polls_lane, first) or 0) >= PARKED_BAND_S)
+    for job_id in (first, second):
+        p.sandbox.end_generation(get(job_id, settings=p.settings).provider_task_id or "")
     while True:
         seen = get(first, settings=p.settings).polls, st.redis.zscore(slots, first)
         if st.redis.zscore(slots, second) is None:

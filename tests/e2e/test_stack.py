@@ -153,6 +153,27 @@ def test_redis_server_is_private_persistent_and_gone_after_the_block(tmp_path: P
     assert (tmp_path / "redis.log").read_text()
 
 
+def test_redis_server_whose_picked_port_another_redis_took_runs_on_another_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port picked free and taken before the server binds it (another test's server, on
+    another xdist worker): the server is started on another port, and the block never gets
+    the URL of the Redis that took it."""
+    with redis_server(workdir=tmp_path / "other") as other_url:
+        taken = int(other_url.rsplit(":", 1)[1].split("/")[0])
+        picks = iter([taken])
+        monkeypatch.setattr("ops.stack.free_port", lambda: next(picks, None) or free_port())
+        with redis_server(workdir=tmp_path / "mine") as url:
+            assert url != other_url
+            mine, other = redis.Redis.from_url(url), redis.Redis.from_url(other_url)
+            try:
+                assert mine.info("server")["process_id"] != other.info("server")["process_id"]
+            finally:
+                mine.close()
+                other.close()
+        assert "Address already in use" in (tmp_path / "mine" / "redis.log").read_text()
+
+
 def test_ensure_redis_starts_one_only_where_none_answers(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with ensure_redis(url, workdir=tmp_path) as started:

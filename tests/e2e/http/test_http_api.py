@@ -13,7 +13,7 @@ import pytest
 import redis
 from openai import OpenAI
 
-from ops.serve import free_port
+from ops.serve import free_port, serve_in_thread
 from ops.stack import http_service
 from producer import get
 from producer.core.keys import create_key, revoke_key
@@ -397,3 +397,26 @@ def test_priority_and_deadline_s_go_through_json_and_form_bodies_and_bad_ones_ar
             assert answer.status_code == 400 and answer.json()["error"]["param"] == param, body
         bad_form = http.post("/v1/videos", data={"prompt": "x", "priority": "high"})
         assert bad_form.status_code == 400 and bad_form.json()["error"]["param"] == "priority"
+
+
+async def _answers_everything(scope, receive, send) -> None:
+    """An HTTP service that answers 200 to any request (/healthz too)."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_a_served_gateway_whose_picked_port_another_service_took_runs_on_another(
+    make_pipeline, monkeypatch
+):
+    """A port picked free and taken before `videoqueue serve` binds it (by another service
+    that answers /healthz too): it is served on another port, and the block never gets the
+    URL of the service that took it."""
+    p = make_pipeline(workers=0)
+    with serve_in_thread(_answers_everything) as other_url:
+        taken = int(other_url.rsplit(":", 1)[1])
+        picks = iter([taken])
+        monkeypatch.setattr("ops.stack.free_port", lambda host: next(picks, None) or free_port())
+        with http_service(p.env) as url:
+            assert url != other_url
+            assert httpx.get(f"{url}/openapi.json").json()["info"]
