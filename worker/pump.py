@@ -15,12 +15,23 @@ number of them safe together, on any number of hosts. The script, atomically:
 A SIGKILL anywhere in or around it leaves entries due or leased, never lost. The script is
 producer/core/lua/claim.lua (claim_submit.lua for submits), run through the schedule
 (producer/core/schedule.py), which owns every key it writes.
+
+A pass that claims something is followed by another at once. An idle pump waits before the
+next, and the deployment's pumps share the watch: each waits PumpStep.interval_s times the
+number of live pumps (they say so every REGISTER_EVERY_S in a sorted set), jittered so that
+they drift apart, up to IDLE_MAX_S. An idle deployment then asks Redis about 20 times a
+second whatever its number of workers (before: 20 times a second per worker, ~640 commands/s
+each, which made idle pumps the first Redis cost to grow with workers), and due work still
+waits ~interval_s for the next pass on average.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +46,19 @@ from producer.core.settings import Settings
 from worker.messages import claim_envelope
 
 log = structlog.get_logger("videoqueue.pump")
+
+# How often a pump says it is alive, and how long one that stopped saying so still counts.
+REGISTER_EVERY_S = 2.0
+PUMP_TTL_S = 10.0
+# The longest an idle pump waits between passes, however many pumps there are.
+IDLE_MAX_S = 0.5
+
+
+def idle_wait_s(interval_s: float, pumps: int, jitter: float) -> float:
+    """How long an idle pump waits: interval_s times the live pumps (the deployment still
+    passes about once per interval_s), capped at IDLE_MAX_S; jitter in [0.5, 1.5) spreads
+    the pumps' passes apart."""
+    return min(IDLE_MAX_S, interval_s * max(1, pumps)) * jitter
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,22 @@ class Pump:
         limits = ProviderLimits(client, settings)
         self._terms: dict[Lane, ClaimTerms] = {lane: limits.claim_terms(lane) for lane in LANES}
         self._fair = FairTerms(settings.fair_share, settings.priority_aging_s)
+
+    def register(self) -> int:
+        """Say this pump is alive; returns how many pumps did within PUMP_TTL_S."""
+        seconds, micros = self.redis.time()
+        now = float(seconds) + micros / 1e6
+        key = self.keys.pumps()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {self.token_prefix: now})
+            pipe.zremrangebyscore(key, "-inf", now - PUMP_TTL_S)
+            pipe.zcard(key)
+            pipe.expire(key, int(PUMP_TTL_S) * 6)
+            return int(pipe.execute()[2])
+
+    def unregister(self) -> None:
+        """This pump stops: the others need not wait for its entry to lapse."""
+        self.redis.zrem(self.keys.pumps(), self.token_prefix)
 
     def claim_due(self) -> dict[Lane, Claimed]:
         """One pass over every lane, in one round trip; what each lane handed out."""
@@ -115,8 +155,12 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
         from worker.runtime import runtime
 
         pump = runtime().pump
+        pumps, register_at = 1, 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= register_at:
+                    register_at = time.monotonic() + REGISTER_EVERY_S
+                    pumps = pump.register()
                 passed = pump.claim_due()
                 metrics.claims(passed)
                 claimed = sum(c.entries for c in passed.values())
@@ -131,4 +175,6 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
             # Work claimed means more may be due: go again at once; else wait a tick. This
             # wait is the pump thread's, not a task's: no task ever sleeps.
             if not claimed:
-                self._stop.wait(self.interval_s)
+                self._stop.wait(idle_wait_s(self.interval_s, pumps, random.uniform(0.5, 1.5)))
+        with suppress(redis.RedisError):
+            pump.unregister()

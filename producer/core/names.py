@@ -275,6 +275,11 @@ class Keys:
         """A hash: entry -> the token of the claim that holds it (absent: not claimed)."""
         return f"{self.prefix}:schedule:leases"
 
+    def pumps(self) -> str:
+        """A sorted set: each live pump's token -> when it last said it was alive (Redis
+        time); the pumps space their idle passes by how many there are (worker/pump.py)."""
+        return f"{self.prefix}:pumps"
+
     def faults(self) -> str:
         """A hash: entry -> how many unexpected exceptions its steps raised."""
         return f"{self.prefix}:schedule:faults"
