@@ -16,13 +16,14 @@ A SIGKILL anywhere in or around it leaves entries due or leased, never lost. The
 producer/core/lua/claim.lua (claim_submit.lua for submits), run through the schedule
 (producer/core/schedule.py), which owns every key it writes.
 
-A pass that claims something is followed by another at once. An idle pump waits before the
-next, and the deployment's pumps share the watch: each waits PumpStep.interval_s times the
-number of live pumps (they say so every REGISTER_EVERY_S in a sorted set), jittered so that
-they drift apart, up to IDLE_MAX_S. An idle deployment then asks Redis about 20 times a
-second whatever its number of workers (before: 20 times a second per worker, ~640 commands/s
-each, which made idle pumps the first Redis cost to grow with workers), and due work still
-waits ~interval_s for the next pass on average.
+A pass that claims something is followed by another at once, and one that found a lane's
+Celery queue full by another after PumpStep.interval_s (the workers drain it). An idle pump
+waits longer before the next, and the deployment's pumps share the watch: each waits
+PumpStep.interval_s times the number of live pumps (they say so every REGISTER_EVERY_S in a
+sorted set), jittered so that they drift apart, up to IDLE_MAX_S. An idle deployment then
+asks Redis about 20 times a second whatever its number of workers (before: 20 times a second
+per worker, ~640 commands/s each, which made idle pumps the first Redis cost to grow with
+workers), and due work still waits ~interval_s for the next pass on average.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class Claimed:
     entries: int
     lateness_total_s: float
     lateness_max_s: float
+    # Its Celery queue held dispatch_ahead messages already: the workers are busy, not idle.
+    queue_full: bool = False
 
 
 class Pump:
@@ -124,8 +127,8 @@ class Pump:
                 )
             results = pipe.execute()
         return {
-            lane: Claimed(int(n), int(total_ms) / 1000, int(worst_ms) / 1000)
-            for lane, (n, total_ms, worst_ms) in zip(self._terms, results, strict=True)
+            lane: Claimed(int(n), int(total_ms) / 1000, int(worst_ms) / 1000, bool(full))
+            for lane, (n, total_ms, worst_ms, *full) in zip(self._terms, results, strict=True)
         }
 
 
@@ -164,6 +167,7 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 passed = pump.claim_due()
                 metrics.claims(passed)
                 claimed = sum(c.entries for c in passed.values())
+                busy = any(c.queue_full for c in passed.values())
             except Exception as e:  # noqa: BLE001  (the pump must outlive anything)
                 # Once a second, not every tick: an outage should not flood the log.
                 if isinstance(e, redis.RedisError):
@@ -172,9 +176,13 @@ class PumpStep(bootsteps.StartStopStep):  # type: ignore[misc]
                     log.error("pump failed", error_type=type(e).__name__, error=str(e)[:200])
                 self._stop.wait(1.0)
                 continue
-            # Work claimed means more may be due: go again at once; else wait a tick. This
-            # wait is the pump thread's, not a task's: no task ever sleeps.
-            if not claimed:
+            # Work claimed means more may be due: go again at once; else wait. This wait is
+            # the pump thread's, not a task's: no task ever sleeps.
+            if claimed:
+                continue
+            if busy:  # a queue drains as its workers finish: refill it promptly
+                self._stop.wait(self.interval_s)
+            else:
                 self._stop.wait(idle_wait_s(self.interval_s, pumps, random.uniform(0.5, 1.5)))
         with suppress(redis.RedisError):
             pump.unregister()

@@ -25,7 +25,7 @@
 -- notes are dropped when next read.
 local lane, routes = KEY.lane, KEY.routes
 local room = tonumber(ARG.dispatch_ahead) - redis.call('LLEN', KEY.queue)
-if room <= 0 then return {0, 0, 0} end
+if room <= 0 then return {0, 0, 0, 1} end  -- 1: its queue is full (worker/pump.py)
 local per = tonumber(ARG.per_message)
 local want = room * per
 local limited, default = ARG.limited == '1', ARG.default_route

@@ -41,7 +41,7 @@
 local lane, routes, band = KEY.lane, KEY.routes, tonumber(ARG.parked_band)
 local fair, aging, tp = ARG.fair == '1', tonumber(ARG.aging_s), ARG.tenant_prefix
 local room = tonumber(ARG.dispatch_ahead) - redis.call('LLEN', KEY.queue)
-if room <= 0 then return {0, 0, 0} end
+if room <= 0 then return {0, 0, 0, 1} end  -- 1: its queue is full (worker/pump.py)
 local until_ = now + tonumber(ARG.lease_s)
 local chosen, late = {}, {}
 local function ready(q) return tp .. q .. ':ready' end
