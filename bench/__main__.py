@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         wall_s=wall_s,
         command=command,
         fresh_only=fresh_only,
-        conditions=conditions(results),
+        # The host's load while this invocation ran: the kept scenarios' sections say theirs.
+        conditions=conditions(list(fresh.values()) or results),
         order=list(SCENARIOS),
         previous=results_md.read_text() if results_md.exists() else "",
     )
