@@ -260,12 +260,14 @@ def _redis_binary() -> str:
 
 
 def _owned_by(port: int, pid: int, password: str | None = None) -> bool:
-    """The Redis (server or sentinel) answering on port is process pid: a ready check must not
-    be answered by another process that holds the port this one failed to bind."""
+    """The Redis (server or sentinel) answering on port is process pid, and it serves: a ready
+    check must not be answered by another process that holds the port this one failed to bind,
+    nor pass while the server still loads its AOF (INFO answers then; PING says LOADING)."""
     client = redis.Redis(
         port=port, password=password, socket_connect_timeout=0.5, socket_timeout=0.5
     )
     try:
+        client.ping()
         return int(client.info("server")["process_id"]) == pid
     except (redis.RedisError, OSError, KeyError, ValueError):
         return False
