@@ -60,6 +60,14 @@ local limit = tonumber(ARG.limit)
 local found, scanned = {}, 0
 local CHUNK = 200
 
+-- Reads the job's record into found if it matches; true once found holds limit records.
+local function take(id)
+  scanned = scanned + 1
+  local raw = redis.call('GET', ARG.job_prefix .. id)
+  if raw and matches(raw) then found[#found + 1] = raw end
+  return #found >= limit
+end
+
 if ARG.kind == 'list' then
   local offset = tonumber(ARG.cursor ~= '' and ARG.cursor or '0')
   local total = redis.call('LLEN', KEY.source)
@@ -69,12 +77,7 @@ if ARG.kind == 'list' then
     if #ids == 0 then break end
     for _, id in ipairs(ids) do
       offset = offset + 1
-      scanned = scanned + 1
-      local raw = redis.call('GET', ARG.job_prefix .. id)
-      if raw and matches(raw) then
-        found[#found + 1] = raw
-        if #found >= limit then break end
-      end
+      if take(id) then break end
     end
   end
   local next_cursor = ''
@@ -101,13 +104,8 @@ while scanned < window and #found < limit do
     local id, score = page[j], tonumber(page[j + 1])
     if since and score < since then exhausted = true break end
     start = start + 1
-    scanned = scanned + 1
     last = id
-    local raw = redis.call('GET', ARG.job_prefix .. id)
-    if raw and matches(raw) then
-      found[#found + 1] = raw
-      if #found >= limit then break end
-    end
+    if take(id) then break end
   end
   if exhausted then break end
 end
