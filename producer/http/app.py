@@ -105,9 +105,9 @@ async def readyz(request: Request) -> Any:
     return {"ok": True}
 
 
-def _redis_unavailable() -> ApiError:
+def _redis_unavailable(why: str = "is unreachable") -> ApiError:
     return ApiError(
-        503, "the job store (Redis) is unreachable; try again shortly",
+        503, f"the job store (Redis) {why}; try again shortly",
         code="redis_unavailable", type_="server_error", headers={"Retry-After": "1"},
     )  # fmt: skip
 
@@ -166,11 +166,8 @@ async def _redis_down(_request: Request, exc: Exception) -> Response:
 
 async def _redis_refused(_request: Request, exc: Exception) -> Response:
     log.warning("redis refused a write: %s", exc)
-    response: Response = ApiError(
-        503, "the job store (Redis) refuses writes: its primary has too few replicas in sync; "
-        "try again shortly", code="redis_unavailable", type_="server_error",
-        headers={"Retry-After": "1"},
-    ).response()  # fmt: skip
+    why = "refuses writes: its primary has too few replicas in sync"
+    response: Response = _redis_unavailable(why).response()
     return response
 
 
